@@ -1,0 +1,69 @@
+//! The error body every 4xx/5xx answer of the HTTP API carries.
+
+use serde::{Deserialize, Serialize};
+
+/// Stable, machine-readable error codes. Clients match on these; the message is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not syntactically valid JSON.
+    MalformedJson,
+    /// The body is JSON but not of the expected shape (missing field, wrong type, unknown field).
+    InvalidBody,
+    /// The request needs `Content-Type: application/json`.
+    UnsupportedMediaType,
+    /// The body is larger than the server accepts.
+    PayloadTooLarge,
+    /// A field has a value the server refuses (empty title, move across boards, ...).
+    InvalidField,
+    /// A path or query parameter is not of the expected form (e.g. an id that is not a UUID).
+    InvalidParameter,
+    /// No such route, or no entity with that id.
+    NotFound,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
+    /// The write was based on a version that is no longer current.
+    Conflict,
+    /// Something failed on the server; the request may be retried.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::InvalidParameter => "invalid_parameter",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// `{ "error": <stable code>, "message": <what is wrong>, "field"?: <which field> }`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: ErrorCode,
+    pub message: String,
+    /// The offending field, for [`ErrorCode::InvalidField`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_stable_names() {
+        for code in [ErrorCode::MalformedJson, ErrorCode::PayloadTooLarge, ErrorCode::NotFound] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+}

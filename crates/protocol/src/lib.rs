@@ -1,0 +1,11 @@
+//! Wire types shared by the syncline server and its clients.
+//!
+//! Everything here is plain data with serde derives: no I/O, no async, no clock. The server, the browser
+//! runtime and the simulation all speak these types, so a change here is a protocol change.
+
+pub mod api;
+pub mod error;
+pub mod limits;
+
+pub use api::*;
+pub use error::{ApiError, ErrorCode};

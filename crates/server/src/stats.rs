@@ -1,0 +1,75 @@
+//! What the server saw: HTTP requests and open WebSockets, for tests and (later) Prometheus.
+//!
+//! Browser tests assert on these counts instead of on what the page says it did: a request the page thinks
+//! it did not make still shows up here.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+/// Header a client may set to say which tab sent a request, so tests can attribute requests to tabs.
+pub const CLIENT_HEADER: &str = "x-syncline-client";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub client: Option<String>,
+    pub status: u16,
+}
+
+/// Bounded log of recent requests plus running totals.
+#[derive(Debug, Default)]
+pub struct Stats {
+    requests_total: AtomicU64,
+    open_websockets: AtomicU64,
+    recent: Mutex<std::collections::VecDeque<RequestRecord>>,
+}
+
+const RECENT_CAPACITY: usize = 10_000;
+
+impl Stats {
+    pub fn requests_total(&self) -> u64 {
+        self.requests_total.load(Ordering::Relaxed)
+    }
+
+    pub fn open_websockets(&self) -> u64 {
+        self.open_websockets.load(Ordering::Relaxed)
+    }
+
+    pub fn websocket_opened(&self) {
+        self.open_websockets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn websocket_closed(&self) {
+        self.open_websockets.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The most recent requests (up to 10,000), oldest first.
+    pub fn recent_requests(&self) -> Vec<RequestRecord> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    fn record(&self, rec: RequestRecord) {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_CAPACITY {
+            recent.pop_front();
+        }
+        recent.push_back(rec);
+    }
+}
+
+pub async fn record_requests(State(stats): State<std::sync::Arc<Stats>>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let client = req.headers().get(CLIENT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let response = next.run(req).await;
+    stats.record(RequestRecord { method, path, query, client, status: response.status().as_u16() });
+    response
+}

@@ -1,0 +1,294 @@
+//! The HTTP API over a real loopback socket against a real SQLite file.
+
+use std::time::Duration;
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use syncline_protocol::{Board, BoardSnapshot, Card, Column};
+use syncline_server::{Config, Server};
+
+struct Fixture {
+    server: Server,
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&Config::for_tests(dir.path().join("test.sqlite3"))).await.unwrap();
+        Fixture { server, client: Client::new(), _dir: dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.server.url(), path)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Response {
+        self.client.post(self.url(path)).json(&body).send().await.unwrap()
+    }
+
+    async fn patch(&self, path: &str, body: Value) -> Response {
+        self.client.patch(self.url(path)).json(&body).send().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// A board with two columns "Todo" and "Done" and one card in "Todo".
+    async fn board(&self) -> (Board, Column, Column, Card) {
+        let board: Board = self.post("/api/boards", json!({"title": "Project"})).await.json().await.unwrap();
+        let todo: Column =
+            self.post(&format!("/api/boards/{}/columns", board.id), json!({"title": "Todo"})).await.json().await.unwrap();
+        let done: Column =
+            self.post(&format!("/api/boards/{}/columns", board.id), json!({"title": "Done"})).await.json().await.unwrap();
+        let card: Card =
+            self.post(&format!("/api/columns/{}/cards", todo.id), json!({"title": "Write tests"})).await.json().await.unwrap();
+        (board, todo, done, card)
+    }
+
+    async fn snapshot(&self, board: &Board) -> BoardSnapshot {
+        self.get(&format!("/api/boards/{}", board.id)).await.json().await.unwrap()
+    }
+}
+
+/// Asserts status and error code, and that the body says something.
+async fn assert_error(resp: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(resp.status(), status);
+    assert!(
+        resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"),
+        "error bodies are JSON"
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], code, "{body}");
+    assert!(!body["message"].as_str().unwrap().is_empty(), "{body}");
+    body
+}
+
+#[tokio::test]
+async fn boards_columns_and_cards_round_trip_with_versions() {
+    let f = Fixture::new().await;
+    let (board, todo, done, card) = f.board().await;
+    assert_eq!((board.version, todo.version, card.version), (1, 1, 1));
+    assert!(todo.position < done.position, "columns are appended in order");
+
+    let second: Card = f.post(&format!("/api/columns/{}/cards", todo.id), json!({"title": "Ship"})).await.json().await.unwrap();
+    assert!(card.position < second.position);
+
+    // Move the first card after the second: one row changes, its version goes up.
+    let moved: Card = f
+        .post(&format!("/api/cards/{}/move", card.id), json!({"column_id": todo.id, "after_card_id": second.id}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(moved.version, 2);
+    let snap = f.snapshot(&board).await;
+    let order: Vec<_> = snap.cards_in(todo.id).map(|c| c.id).collect();
+    assert_eq!(order, vec![second.id, card.id]);
+
+    // Into the other column, first place.
+    let moved: Card =
+        f.post(&format!("/api/cards/{}/move", card.id), json!({"column_id": done.id})).await.json().await.unwrap();
+    assert_eq!((moved.column_id, moved.version), (done.id, 3));
+
+    let edited: Card = f
+        .patch(&format!("/api/cards/{}", card.id), json!({"title": "Write more tests", "description": "e2e too"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((edited.title.as_str(), edited.description.as_str(), edited.version), ("Write more tests", "e2e too", 4));
+
+    let renamed: Board = f.patch(&format!("/api/boards/{}", board.id), json!({"title": "Renamed"})).await.json().await.unwrap();
+    assert_eq!(renamed.version, 2);
+
+    // Columns reorder too.
+    let moved_col: Column =
+        f.post(&format!("/api/columns/{}/move", done.id), json!({})).await.json().await.unwrap();
+    assert!(moved_col.position < todo.position);
+
+    assert_eq!(f.client.delete(f.url(&format!("/api/cards/{}", second.id))).send().await.unwrap().status(), 204);
+    assert_eq!(f.client.delete(f.url(&format!("/api/columns/{}", done.id))).send().await.unwrap().status(), 204);
+    let snap = f.snapshot(&board).await;
+    assert_eq!(snap.columns.len(), 1);
+    assert!(snap.cards.is_empty(), "deleting a column deletes its cards");
+    assert_eq!(f.client.delete(f.url(&format!("/api/boards/{}", board.id))).send().await.unwrap().status(), 204);
+    let boards: Vec<Board> = f.get("/api/boards").await.json().await.unwrap();
+    assert!(boards.is_empty());
+}
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let f = Fixture::new().await;
+    let resp = f
+        .client
+        .post(f.url("/api/boards"))
+        .header("content-type", "application/json")
+        .body("{\"title\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, StatusCode::BAD_REQUEST, "malformed_json").await;
+}
+
+#[tokio::test]
+async fn wrong_shape_is_422_invalid_body() {
+    let f = Fixture::new().await;
+    assert_error(f.post("/api/boards", json!({"title": 5})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+    assert_error(f.post("/api/boards", json!({"titel": "x"})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415() {
+    let f = Fixture::new().await;
+    let resp = f
+        .client
+        .post(f.url("/api/boards"))
+        .header("content-type", "text/plain")
+        .body(r#"{"title":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
+}
+
+#[tokio::test]
+async fn unknown_ids_are_404() {
+    let f = Fixture::new().await;
+    let ghost = uuid::Uuid::now_v7();
+    assert_error(f.get(&format!("/api/boards/{ghost}")).await, StatusCode::NOT_FOUND, "not_found").await;
+    assert_error(
+        f.patch(&format!("/api/cards/{ghost}"), json!({"title": "x"})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        f.post(&format!("/api/columns/{ghost}/cards"), json!({"title": "x"})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let resp = f.client.delete(f.url(&format!("/api/columns/{ghost}"))).send().await.unwrap();
+    assert_error(resp, StatusCode::NOT_FOUND, "not_found").await;
+    assert_error(f.get("/api/nothing-here").await, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn ids_that_are_not_uuids_are_400() {
+    let f = Fixture::new().await;
+    assert_error(f.get("/api/boards/42").await, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+}
+
+#[tokio::test]
+async fn wrong_method_is_405() {
+    let f = Fixture::new().await;
+    let resp = f.client.put(f.url("/api/boards")).json(&json!({})).send().await.unwrap();
+    assert_error(resp, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+}
+
+#[tokio::test]
+async fn invalid_fields_are_422_and_write_nothing() {
+    let f = Fixture::new().await;
+    let (board, todo, _done, card) = f.board().await;
+    let before = f.snapshot(&board).await;
+
+    let body = assert_error(
+        f.patch(&format!("/api/cards/{}", card.id), json!({"title": "  "})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    )
+    .await;
+    assert_eq!(body["field"], "title");
+
+    // Title over the limit, even though the description in the same write is fine: nothing is written.
+    let body = assert_error(
+        f.patch(&format!("/api/cards/{}", card.id), json!({"title": "x".repeat(201), "description": "ok"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    )
+    .await;
+    assert_eq!(body["field"], "title");
+
+    // A move into a column of another board.
+    let (_other_board, other_col, _, _) = f.board().await;
+    let body = assert_error(
+        f.post(&format!("/api/cards/{}/move", card.id), json!({"column_id": other_col.id})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    )
+    .await;
+    assert_eq!(body["field"], "column_id");
+
+    // After a card that is not in the target column.
+    let body = assert_error(
+        f.post(&format!("/api/cards/{}/move", card.id), json!({"column_id": todo.id, "after_card_id": uuid::Uuid::now_v7()}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    )
+    .await;
+    assert_eq!(body["field"], "after_card_id");
+
+    // A client-chosen id that is taken.
+    let body = assert_error(
+        f.post("/api/boards", json!({"id": board.id, "title": "dup"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+    )
+    .await;
+    assert_eq!(body["field"], "id");
+
+    assert_eq!(f.snapshot(&board).await, before, "refused writes change nothing");
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413() {
+    let f = Fixture::new().await;
+    let huge = "x".repeat(2 * 1024 * 1024);
+    assert_error(f.post("/api/boards", json!({"title": huge})).await, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    let boards: Vec<Board> = f.get("/api/boards").await.json().await.unwrap();
+    assert!(boards.is_empty());
+}
+
+#[tokio::test]
+async fn stale_base_version_is_409_with_the_current_entity() {
+    let f = Fixture::new().await;
+    let (_board, _todo, _done, card) = f.board().await;
+    let ok = f.patch(&format!("/api/cards/{}", card.id), json!({"title": "mine", "base_version": 1})).await;
+    assert_eq!(ok.status(), 200);
+    let body = assert_error(
+        f.patch(&format!("/api/cards/{}", card.id), json!({"title": "theirs", "base_version": 1})).await,
+        StatusCode::CONFLICT,
+        "conflict",
+    )
+    .await;
+    assert_eq!(body["current"]["title"], "mine");
+    assert_eq!(body["current"]["version"], 2);
+}
+
+#[tokio::test]
+async fn data_survives_a_restart_on_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::for_tests(dir.path().join("nested/dir/db.sqlite3"));
+    let server = Server::start(&config).await.unwrap();
+    let client = Client::new();
+    let board: Board = client
+        .post(format!("{}/api/boards", server.url()))
+        .json(&json!({"title": "Durable"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    server.stop(Duration::from_secs(1)).await;
+
+    let server = Server::start(&config).await.unwrap();
+    let boards: Vec<Board> =
+        client.get(format!("{}/api/boards", server.url())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(boards, vec![board]);
+    assert!(server.stats().requests_total() >= 1, "the server counts what it serves");
+}

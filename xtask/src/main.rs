@@ -1,1 +1,170 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's build orchestration, in Rust instead of shell scripts.
+//!
+//! - `run [server flags]`: installs what is missing, builds the web app, starts the server, prints the URL.
+//! - `test`: installs what is missing, builds the web app, runs every test in one cargo selection.
+//! - `build-web`: only builds the web app into `target/dist`.
+//!
+//! "What is missing" on a fresh Debian machine: the wasm32 target, the wasm-bindgen CLI at the version in
+//! Cargo.lock, and Chromium (+ chromedriver) from apt. Each step checks first, so running again is cheap.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+const WASM_TARGET: &str = "wasm32-unknown-unknown";
+const WASM_PROFILE: &str = "wasm-release";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match command.as_str() {
+        "run" => run(&root, &rest),
+        "test" => test(&root, &rest),
+        "build-web" => {
+            ensure_wasm_tools(&root)?;
+            build_web(&root).map(|_| ())
+        }
+        _ => {
+            eprintln!("usage: cargo xtask <run [server flags] | test [cargo test args] | build-web>");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn dist_dir(root: &Path) -> PathBuf {
+    root.join("target").join("dist")
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("could not start {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed with {st}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(root: &Path, server_args: &[String]) -> Result<()> {
+    ensure_wasm_tools(root)?;
+    let dist = build_web(root)?;
+    println!("xtask: starting the server (Ctrl-C stops it)");
+    status(
+        cargo()
+            .args(["run", "--package", "syncline-server", "--"])
+            .arg("--static-dir")
+            .arg(&dist)
+            .args(server_args),
+    )
+}
+
+fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
+    let started = Instant::now();
+    ensure_wasm_tools(root)?;
+    ensure_chromium()?;
+    let dist = build_web(root)?;
+    // One selection for every test: the whole workspace but the wasm-only app (which the browser tests
+    // exercise). Changing this selection between runs costs a rebuild, so nothing else should differ.
+    status(
+        cargo()
+            .args(["test", "--workspace", "--exclude", "syncline-app"])
+            .args(cargo_args)
+            .env("SYNCLINE_DIST_DIR", &dist),
+    )?;
+    println!("xtask: all tests passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// wasm32 target and the wasm-bindgen CLI at exactly the version Cargo.lock uses.
+fn ensure_wasm_tools(root: &Path) -> Result<()> {
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !installed.lines().any(|l| l.trim() == WASM_TARGET) {
+        println!("xtask: adding the {WASM_TARGET} target");
+        status(Command::new("rustup").args(["target", "add", WASM_TARGET]))?;
+    }
+    let wanted = locked_version(root, "wasm-bindgen")?;
+    let have = output(Command::new(wasm_bindgen_path()).arg("--version")).unwrap_or_default();
+    if have.split_whitespace().nth(1) != Some(wanted.as_str()) {
+        println!("xtask: installing wasm-bindgen-cli {wanted} (once; about 3 minutes)");
+        // No --locked: the CLI's own lock pins a crate version the registry here does not serve.
+        status(cargo().args(["install", "wasm-bindgen-cli", "--version", &wanted, "--force"]))?;
+    }
+    Ok(())
+}
+
+fn wasm_bindgen_path() -> PathBuf {
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cargo"));
+    let installed = cargo_home.join("bin").join("wasm-bindgen");
+    if installed.exists() { installed } else { PathBuf::from("wasm-bindgen") }
+}
+
+/// The version of `package` recorded in Cargo.lock.
+fn locked_version(root: &Path, package: &str) -> Result<String> {
+    let lock = std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?;
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == format!("name = \"{package}\"") {
+            if let Some(v) = lines.next().and_then(|l| l.trim().strip_prefix("version = ")) {
+                return Ok(v.trim_matches('"').to_owned());
+            }
+        }
+    }
+    bail!("{package} is not in Cargo.lock")
+}
+
+/// Debian's Chromium and chromedriver, installed with apt when absent and we are root.
+fn ensure_chromium() -> Result<()> {
+    if Path::new(CHROMIUM).exists() {
+        return Ok(());
+    }
+    let uid = output(Command::new("id").arg("-u")).unwrap_or_default();
+    if uid.trim() != "0" {
+        bail!("Chromium is missing: run `sudo apt-get install -y chromium chromium-driver`, then try again");
+    }
+    println!("xtask: installing chromium and chromium-driver with apt");
+    status(Command::new("apt-get").arg("update"))?;
+    status(Command::new("apt-get").args(["install", "-y", "chromium", "chromium-driver"]).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Builds the app for wasm32, runs wasm-bindgen, copies the static files. Returns the dist directory.
+fn build_web(root: &Path) -> Result<PathBuf> {
+    let started = Instant::now();
+    status(cargo().args(["build", "--package", "syncline-app", "--target", WASM_TARGET, "--profile", WASM_PROFILE]))?;
+    let wasm = root.join("target").join(WASM_TARGET).join(WASM_PROFILE).join("syncline_app.wasm");
+    let dist = dist_dir(root);
+    std::fs::create_dir_all(dist.join("pkg"))?;
+    status(
+        Command::new(wasm_bindgen_path())
+            .args(["--target", "web", "--no-typescript", "--out-dir"])
+            .arg(dist.join("pkg"))
+            .arg(&wasm),
+    )?;
+    let static_dir = root.join("crates").join("app").join("static");
+    for entry in std::fs::read_dir(&static_dir)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), dist.join(entry.file_name()))?;
+    }
+    let size = std::fs::metadata(dist.join("pkg").join("syncline_app_bg.wasm"))?.len();
+    println!("xtask: web app built into {} in {:.0?} ({} KiB of wasm)", dist.display(), started.elapsed(), size / 1024);
+    Ok(dist)
+}

@@ -1,1 +1,65 @@
+//! The syncline Kanban app: Leptos, client-side rendered, compiled to wasm32.
+//!
+//! Two screens, chosen by the URL hash: `#/` lists the boards, `#/boards/<id>` shows one board. A hash router
+//! is all two screens need, and it keeps the static server trivial (every path is `index.html`).
 
+mod board;
+mod boards;
+mod http;
+
+use leptos::prelude::*;
+use uuid::Uuid;
+use wasm_bindgen::prelude::*;
+
+/// Which screen the URL hash asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Boards,
+    Board(Uuid),
+    NotFound,
+}
+
+fn current_route() -> Route {
+    let hash = window().location().hash().unwrap_or_default();
+    let path = hash.trim_start_matches('#');
+    match path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice() {
+        [""] => Route::Boards,
+        ["boards", id] => Uuid::parse_str(id).map(Route::Board).unwrap_or(Route::NotFound),
+        _ => Route::NotFound,
+    }
+}
+
+pub(crate) fn navigate(to: &str) {
+    let _ = window().location().set_hash(to);
+}
+
+#[component]
+fn App() -> impl IntoView {
+    let route = RwSignal::new(current_route());
+    let on_hash = Closure::<dyn Fn()>::new(move || route.set(current_route()));
+    let _ = window().add_event_listener_with_callback("hashchange", on_hash.as_ref().unchecked_ref());
+    // The listener lives as long as the page.
+    on_hash.forget();
+
+    view! {
+        <header class="topbar">
+            <a class="brand" href="#/">"syncline"</a>
+            <span class="tagline">"Kanban, kept fresh"</span>
+        </header>
+        <main>
+            {move || match route.get() {
+                Route::Boards => boards::BoardList().into_any(),
+                Route::Board(id) => view! { <board::BoardView id=id /> }.into_any(),
+                Route::NotFound => view! {
+                    <p class="notice">"Nothing here. " <a href="#/">"Back to the boards"</a></p>
+                }.into_any(),
+            }}
+        </main>
+    }
+}
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(App);
+}

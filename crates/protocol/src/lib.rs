@@ -6,6 +6,7 @@
 pub mod api;
 pub mod error;
 pub mod limits;
+pub mod moves;
 
 pub use api::*;
 pub use error::{ApiError, ErrorCode};

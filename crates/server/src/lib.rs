@@ -33,7 +33,7 @@ pub struct Config {
     #[arg(long, env = "SYNCLINE_DB", default_value = "data/syncline.sqlite3")]
     pub db: PathBuf,
     /// Directory of the built web app (index.html, pkg/).
-    #[arg(long, env = "SYNCLINE_STATIC_DIR", default_value = "dist")]
+    #[arg(long, env = "SYNCLINE_STATIC_DIR", default_value = "target/dist")]
     pub static_dir: PathBuf,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "SYNCLINE_MAX_BODY_BYTES", default_value_t = syncline_protocol::limits::DEFAULT_MAX_BODY_BYTES)]

@@ -1,1 +1,374 @@
+//! Real-Chromium test harness.
+//!
+//! - [`Harness`]: the syncline server in-process on a free loopback port, on a temporary SQLite file, serving
+//!   the built web app (`cargo xtask test` builds it and sets `SYNCLINE_DIST_DIR`). It exposes what the
+//!   *server* saw (requests, open WebSockets) and can restart the server on the same port and database.
+//! - [`TestBrowser`]: Debian's Chromium, headless, driven over CDP by chromiumoxide (no browser download),
+//!   with a fresh profile. Each [`Tab`] opens in its own window so it can be hidden and shown on its own with
+//!   real `visibilitychange` events, and taken offline with real `offline`/`online` events.
+//!
+//! Waiting is done in the page (a promise that settles on a DOM mutation or an event), not by sleeping.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::cdp::browser_protocol::browser::{
+    Bounds, GetWindowForTargetParams, SetWindowBoundsParams, WindowState,
+};
+#[allow(deprecated)]
+use chromiumoxide::cdp::browser_protocol::network::{EmulateNetworkConditionsParams, EnableParams};
+use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
+use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
+use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
+use chromiumoxide::page::{Page, ScreenshotParams};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use syncline_server::{Config, RequestRecord, Server, Stats, Store};
+use tempfile::TempDir;
+
+/// Where the browser binary is; `SYNCLINE_CHROMIUM` overrides.
+fn chromium_path() -> PathBuf {
+    std::env::var_os("SYNCLINE_CHROMIUM").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// The built web app: `SYNCLINE_DIST_DIR`, or `target/dist` of this workspace.
+pub fn dist_dir() -> PathBuf {
+    std::env::var_os("SYNCLINE_DIST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dist"))
+}
+
+/// The repository root (for writing screenshots under docs/).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The server under test, in-process.
+pub struct Harness {
+    server: Option<Server>,
+    config: Config,
+    dir: TempDir,
+}
+
+impl Harness {
+    /// Starts the server on a free loopback port with a new SQLite file, serving the built app.
+    pub async fn start() -> Result<Harness> {
+        let dist = dist_dir();
+        if !dist.join("index.html").exists() || !dist.join("pkg").exists() {
+            bail!("the web app is not built in {}: run `cargo xtask test`", dist.display());
+        }
+        let dir = tempfile::tempdir()?;
+        let mut config = Config::for_tests(dir.path().join("syncline.sqlite3"));
+        config.static_dir = dist;
+        let server = Server::start(&config).await?;
+        // Restarts bind the same port.
+        config.bind = server.addr;
+        Ok(Harness { server: Some(server), config, dir })
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("server is running")
+    }
+
+    /// `http://127.0.0.1:<port><path>`
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.server().url(), path)
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.config.db
+    }
+
+    /// The temporary directory holding the database (for browser profiles and other files).
+    pub fn temp_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Direct access to the store, to seed data without going through HTTP (so it is not counted).
+    pub fn store(&self) -> &Store {
+        &self.server().state.store
+    }
+
+    /// What the server saw.
+    pub fn stats(&self) -> &Arc<Stats> {
+        self.server().stats()
+    }
+
+    /// Requests the server saw, optionally only those whose path starts with `prefix`.
+    pub fn requests(&self, prefix: &str) -> Vec<RequestRecord> {
+        self.stats().recent_requests().into_iter().filter(|r| r.path.starts_with(prefix)).collect()
+    }
+
+    /// WebSockets open on the server right now.
+    pub fn open_websockets(&self) -> u64 {
+        self.stats().open_websockets()
+    }
+
+    /// Stops the server (dropping open connections after a short grace) and starts it again on the same
+    /// port and database. Counters start from zero.
+    pub async fn restart_server(&mut self) -> Result<()> {
+        if let Some(server) = self.server.take() {
+            server.stop(Duration::from_millis(200)).await;
+        }
+        // The port was ours a moment ago; retry briefly in case the OS has not released it yet.
+        let mut last_err = None;
+        for _ in 0..50 {
+            match Server::start(&self.config).await {
+                Ok(server) => {
+                    self.server = Some(server);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last_err = Some(e);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("could not restart")))
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// One Chromium process with its own profile.
+pub struct TestBrowser {
+    browser: Browser,
+    handler: tokio::task::JoinHandle<()>,
+    _profile: TempDir,
+}
+
+impl TestBrowser {
+    /// Launches headless Chromium with a fresh profile. The flags keep Chromium off the network (only
+    /// loopback works here) and, deliberately, do *not* disable background throttling: hidden tabs behave
+    /// as they do for users.
+    pub async fn launch() -> Result<TestBrowser> {
+        let profile = tempfile::tempdir()?;
+        let config = BrowserConfig::builder()
+            .chrome_executable(chromium_path())
+            .new_headless_mode()
+            .no_sandbox()
+            .disable_default_args()
+            .user_data_dir(profile.path())
+            .window_size(1280, 800)
+            .viewport(None)
+            .args([
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-default-apps",
+                "--disable-dev-shm-usage",
+                "--disable-breakpad",
+                "--disable-features=Translate,MediaRouter,OptimizationHints",
+                "--password-store=basic",
+                "--use-mock-keychain",
+                "--lang=en-US",
+            ])
+            .build()
+            .map_err(|e| anyhow!("browser config: {e}"))?;
+        let (browser, mut handler) = Browser::launch(config)
+            .await
+            .with_context(|| format!("launching {}", chromium_path().display()))?;
+        let handler = tokio::spawn(async move {
+            while let Some(event) = handler.next().await {
+                if event.is_err() {
+                    // Errors for individual messages are not fatal to the connection; keep draining.
+                    continue;
+                }
+            }
+        });
+        Ok(TestBrowser { browser, handler, _profile: profile })
+    }
+
+    /// Opens `url` in a new window (so it can be hidden on its own) and waits until it has loaded.
+    pub async fn open(&self, url: &str) -> Result<Tab> {
+        let params = CreateTargetParams::builder()
+            .url("about:blank")
+            .new_window(true)
+            .build()
+            .map_err(|e| anyhow!("target params: {e}"))?;
+        let page = self.browser.new_page(params).await?;
+        let tab = Tab { page };
+        tab.goto(url).await?;
+        Ok(tab)
+    }
+
+    /// Opens `n` tabs on `url`, each in its own window.
+    pub async fn open_tabs(&self, url: &str, n: usize) -> Result<Vec<Tab>> {
+        let mut tabs = Vec::with_capacity(n);
+        for _ in 0..n {
+            tabs.push(self.open(url).await?);
+        }
+        Ok(tabs)
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.browser.close().await;
+        let _ = self.browser.wait().await;
+        self.handler.abort();
+    }
+}
+
+/// One page of a [`TestBrowser`].
+pub struct Tab {
+    page: Page,
+}
+
+impl Tab {
+    pub fn page(&self) -> &Page {
+        &self.page
+    }
+
+    pub async fn goto(&self, url: &str) -> Result<()> {
+        self.page.goto(url).await?;
+        self.page.wait_for_navigation().await?;
+        Ok(())
+    }
+
+    pub async fn reload(&self) -> Result<()> {
+        self.page.reload().await?;
+        Ok(())
+    }
+
+    /// Evaluates a JS expression (awaiting it if it is a promise) and returns its JSON value.
+    pub async fn eval<T: DeserializeOwned>(&self, expression: &str) -> Result<T> {
+        self.evaluate(expression).await?.into_value().map_err(|e| anyhow!("{expression}: {e}"))
+    }
+
+    async fn evaluate(&self, expression: &str) -> Result<chromiumoxide::js::EvaluationResult> {
+        let params = EvaluateParams::builder()
+            .expression(expression)
+            .await_promise(true)
+            .return_by_value(true)
+            .build()
+            .map_err(|e| anyhow!("evaluate params: {e}"))?;
+        self.page.evaluate_expression(params).await.with_context(|| format!("evaluating {expression}"))
+    }
+
+    /// Evaluates a JS expression for its effect (awaiting it if it is a promise), ignoring its value.
+    pub async fn exec(&self, expression: &str) -> Result<()> {
+        self.evaluate(expression).await.map(|_| ())
+    }
+
+    /// Waits until the JS expression `predicate` is truthy, re-checking on every DOM mutation and every
+    /// 25 ms (hidden pages throttle timers, so a hidden tab may take up to a second longer).
+    pub async fn wait_for(&self, predicate: &str, timeout: Duration) -> Result<()> {
+        let js = format!(
+            r#"new Promise((resolve, reject) => {{
+                const check = () => {{ try {{ return !!({predicate}); }} catch (e) {{ return false; }} }};
+                if (check()) return resolve(true);
+                const done = (ok) => {{ obs.disconnect(); clearInterval(iv); clearTimeout(to); ok ? resolve(true) : reject(new Error('timed out waiting for: ' + {quoted})); }};
+                const obs = new MutationObserver(() => {{ if (check()) done(true); }});
+                obs.observe(document, {{ subtree: true, childList: true, attributes: true, characterData: true }});
+                const iv = setInterval(() => {{ if (check()) done(true); }}, 25);
+                const to = setTimeout(() => done(check()), {ms});
+            }})"#,
+            quoted = serde_json::to_string(predicate)?,
+            ms = timeout.as_millis()
+        );
+        self.eval::<bool>(&js).await.map(|_| ())
+    }
+
+    /// Waits until an element matching `selector` exists.
+    pub async fn wait_for_selector(&self, selector: &str, timeout: Duration) -> Result<()> {
+        self.wait_for(&format!("document.querySelector({})", serde_json::to_string(selector)?), timeout).await
+    }
+
+    /// Text content of the first element matching `selector`.
+    pub async fn text(&self, selector: &str) -> Result<String> {
+        self.eval(&format!("document.querySelector({}).textContent", serde_json::to_string(selector)?)).await
+    }
+
+    /// Clicks the element's centre with a real mouse event.
+    pub async fn click(&self, selector: &str) -> Result<()> {
+        self.page.find_element(selector).await?.click().await?;
+        Ok(())
+    }
+
+    /// Focuses the element and types `text` with real key events.
+    pub async fn type_into(&self, selector: &str, text: &str) -> Result<()> {
+        let el = self.page.find_element(selector).await?;
+        el.focus().await?;
+        el.type_str(text).await?;
+        Ok(())
+    }
+
+    /// Presses a key (by its `KeyboardEvent.key` name, e.g. "ArrowRight", " ", "Enter") on the focused element.
+    pub async fn press(&self, key: &str) -> Result<()> {
+        let focused = self.page.find_element(":focus").await.context("no element has focus")?;
+        focused.press_key(key).await?;
+        Ok(())
+    }
+
+    async fn set_window_state(&self, state: WindowState) -> Result<()> {
+        let window = self
+            .page
+            .execute(GetWindowForTargetParams::builder().target_id(self.page.target_id().clone()).build())
+            .await?
+            .result
+            .window_id;
+        let bounds = Bounds::builder().window_state(state).build();
+        self.page.execute(SetWindowBoundsParams::new(window, bounds)).await?;
+        Ok(())
+    }
+
+    /// Hides the tab (minimises its window): `visibilitychange` fires and `visibilityState` is "hidden".
+    pub async fn hide(&self) -> Result<()> {
+        self.set_window_state(WindowState::Minimized).await
+    }
+
+    /// Shows the tab again (restores its window).
+    pub async fn show(&self) -> Result<()> {
+        self.set_window_state(WindowState::Normal).await
+    }
+
+    /// Emulates losing (or regaining) the network: `navigator.onLine` flips and `offline`/`online` fire;
+    /// new fetches and WebSockets fail. Already-open WebSockets are not broken by this.
+    // The CDP method is marked deprecated in favour of per-rule conditions, but it is the one verified to
+    // fire real offline/online events in this Chromium (see shared/TOOLCHAIN.md).
+    #[allow(deprecated)]
+    pub async fn set_offline(&self, offline: bool) -> Result<()> {
+        self.page.execute(EnableParams::default()).await?;
+        self.page
+            .execute(EmulateNetworkConditionsParams {
+                offline,
+                latency: 0.0,
+                download_throughput: -1.0,
+                upload_throughput: -1.0,
+                connection_type: None,
+                packet_loss: None,
+                packet_queue_length: None,
+                packet_reordering: None,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Saves a PNG screenshot of the viewport.
+    pub async fn screenshot(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let png = self
+            .page
+            .screenshot(ScreenshotParams::builder().format(CaptureScreenshotFormat::Png).build())
+            .await?;
+        std::fs::write(path, png)?;
+        Ok(())
+    }
+
+    pub async fn close(self) -> Result<()> {
+        self.page.close().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,261 @@
+//! Walking-skeleton browser tests: the Kanban app in a real Chromium against the real server and SQLite file,
+//! and proof that the harness helpers do what they say.
+
+use std::time::Duration;
+
+use syncline_e2e::{Harness, Tab, TestBrowser, repo_root};
+use syncline_protocol::{BoardSnapshot, CreateBoard, CreateCard, CreateColumn};
+use syncline_server::store;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Seeded {
+    board: uuid::Uuid,
+    columns: Vec<uuid::Uuid>,
+}
+
+/// A board with the given columns, each with the given card titles, written straight into the store.
+async fn seed(h: &Harness, title: &str, columns: &[(&str, &[&str])]) -> Seeded {
+    let title = title.to_owned();
+    let columns: Vec<(String, Vec<String>)> =
+        columns.iter().map(|(c, cards)| (c.to_string(), cards.iter().map(|s| s.to_string()).collect())).collect();
+    h.store()
+        .transaction(move |tx| {
+            let board = store::create_board(tx, CreateBoard { id: None, title })?;
+            let mut ids = Vec::new();
+            for (col_title, cards) in columns {
+                let col = store::create_column(tx, board.id, CreateColumn { id: None, title: col_title })?;
+                for card in cards {
+                    store::create_card(tx, col.id, CreateCard { id: None, title: card, description: String::new() })?;
+                }
+                ids.push(col.id);
+            }
+            Ok(Seeded { board: board.id, columns: ids })
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+        .unwrap()
+}
+
+async fn snapshot(h: &Harness, board: uuid::Uuid) -> BoardSnapshot {
+    h.store().transaction(move |tx| store::board_snapshot(tx, board)).await.map_err(|e| anyhow::anyhow!("{e:?}")).unwrap()
+}
+
+fn card_in_column(column: uuid::Uuid, title: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('[data-column-id=\"{column}\"] .card-title')].some(e => e.textContent === {})",
+        serde_json::to_string(title).unwrap()
+    )
+}
+
+async fn open_board(browser: &TestBrowser, h: &Harness, board: uuid::Uuid) -> Tab {
+    let tab = browser.open(&h.url(&format!("/#/boards/{board}"))).await.unwrap();
+    tab.wait_for_selector(".column", WAIT).await.unwrap();
+    tab
+}
+
+#[tokio::test]
+async fn a_card_created_in_the_ui_survives_a_reload_and_is_in_the_sqlite_file() {
+    let h = Harness::start().await.unwrap();
+    let seeded = seed(&h, "Launch", &[("Todo", &[]), ("Done", &[])]).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = open_board(&browser, &h, seeded.board).await;
+
+    let todo = seeded.columns[0];
+    tab.type_into(&format!("#new-card-{todo}"), "Book the venue").await.unwrap();
+    tab.press("Enter").await.unwrap();
+    tab.wait_for(&card_in_column(todo, "Book the venue"), WAIT).await.unwrap();
+
+    tab.reload().await.unwrap();
+    tab.wait_for(&card_in_column(todo, "Book the venue"), WAIT).await.unwrap();
+
+    // Read the SQLite file on its own connection: the card is on disk, in the right column.
+    let conn = rusqlite::Connection::open(h.db_path()).unwrap();
+    let column: String = conn
+        .query_row("SELECT column_id FROM cards WHERE title = 'Book the venue'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(column, todo.to_string());
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_card_moved_with_the_keyboard_lands_in_the_new_column() {
+    let h = Harness::start().await.unwrap();
+    let seeded = seed(&h, "Keys", &[("Todo", &["First", "Second"]), ("Doing", &["Other"]), ("Done", &[])]).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = open_board(&browser, &h, seeded.board).await;
+    let (todo, doing) = (seeded.columns[0], seeded.columns[1]);
+    let second = snapshot(&h, seeded.board).await.cards.iter().find(|c| c.title == "Second").unwrap().id;
+
+    // Focus the card, pick it up with Space, move it right, then up, then put it down.
+    tab.exec(&format!("document.querySelector('[data-card-id=\"{second}\"]').focus()")).await.unwrap();
+    tab.press(" ").await.unwrap();
+    tab.wait_for(&format!("document.querySelector('[data-card-id=\"{second}\"]').getAttribute('aria-grabbed') === 'true'"), WAIT)
+        .await
+        .unwrap();
+    tab.press("ArrowRight").await.unwrap();
+    tab.wait_for(&card_in_column(doing, "Second"), WAIT).await.unwrap();
+    // Same index (1) in the new column: after "Other". Focus stays on the moved card, so keep moving.
+    tab.wait_for(&format!("document.activeElement && document.activeElement.dataset.cardId === '{second}'"), WAIT)
+        .await
+        .unwrap();
+    tab.press("ArrowUp").await.unwrap();
+    tab.wait_for(
+        &format!("[...document.querySelectorAll('[data-column-id=\"{doing}\"] .card-title')].map(e => e.textContent).join() === 'Second,Other'"),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    tab.press(" ").await.unwrap();
+
+    let snap = snapshot(&h, seeded.board).await;
+    let titles = |col| snap.cards_in(col).map(|c| c.title.as_str()).collect::<Vec<_>>();
+    assert_eq!(titles(doing), vec!["Second", "Other"]);
+    assert_eq!(titles(todo), vec!["First"]);
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_card_dragged_and_dropped_lands_where_it_was_dropped() {
+    let h = Harness::start().await.unwrap();
+    let seeded = seed(&h, "Drag", &[("Todo", &["Drag me"]), ("Done", &["Already done"])]).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = open_board(&browser, &h, seeded.board).await;
+    let done = seeded.columns[1];
+    let snap = snapshot(&h, seeded.board).await;
+    let dragged = snap.cards.iter().find(|c| c.title == "Drag me").unwrap().id;
+    let target = snap.cards.iter().find(|c| c.title == "Already done").unwrap().id;
+
+    // HTML5 drag-and-drop events, as the browser dispatches them, onto the upper half of the target card.
+    tab.exec(&format!(
+        r#"(() => {{
+            const src = document.querySelector('[data-card-id="{dragged}"]');
+            const dst = document.querySelector('[data-card-id="{target}"]');
+            const dt = new DataTransfer();
+            const r = dst.getBoundingClientRect();
+            const at = {{ bubbles: true, cancelable: true, dataTransfer: dt, clientX: r.left + 5, clientY: r.top + 2 }};
+            src.dispatchEvent(new DragEvent('dragstart', at));
+            dst.dispatchEvent(new DragEvent('dragover', at));
+            dst.dispatchEvent(new DragEvent('drop', at));
+            src.dispatchEvent(new DragEvent('dragend', at));
+        }})()"#
+    ))
+    .await
+    .unwrap();
+    tab.wait_for(
+        &format!("[...document.querySelectorAll('[data-column-id=\"{done}\"] .card-title')].map(e => e.textContent).join() === 'Drag me,Already done'"),
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let snap = snapshot(&h, seeded.board).await;
+    assert_eq!(snap.cards_in(done).map(|c| c.title.as_str()).collect::<Vec<_>>(), vec!["Drag me", "Already done"]);
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn harness_hides_and_shows_a_tab_with_real_visibilitychange_events() {
+    let h = Harness::start().await.unwrap();
+    let browser = TestBrowser::launch().await.unwrap();
+    let tabs = browser.open_tabs(&h.url("/"), 2).await.unwrap();
+    for tab in &tabs {
+        assert_eq!(tab.eval::<String>("document.visibilityState").await.unwrap(), "visible");
+    }
+    let tab = &tabs[0];
+    tab.exec(
+        "window.__visibility = []; document.addEventListener('visibilitychange', () => window.__visibility.push(document.visibilityState))",
+    )
+    .await
+    .unwrap();
+    tab.hide().await.unwrap();
+    tab.wait_for("window.__visibility.includes('hidden')", WAIT).await.unwrap();
+    assert_eq!(tab.eval::<String>("document.visibilityState").await.unwrap(), "hidden");
+    assert_eq!(tabs[1].eval::<String>("document.visibilityState").await.unwrap(), "visible", "only that tab hides");
+
+    tab.show().await.unwrap();
+    tab.wait_for("window.__visibility.at(-1) === 'visible'", WAIT).await.unwrap();
+    assert_eq!(tab.eval::<Vec<String>>("window.__visibility").await.unwrap(), vec!["hidden", "visible"]);
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn harness_takes_a_tab_offline_with_real_offline_and_online_events() {
+    let h = Harness::start().await.unwrap();
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = browser.open(&h.url("/")).await.unwrap();
+    tab.exec(
+        "window.__net = []; addEventListener('offline', () => __net.push('offline')); addEventListener('online', () => __net.push('online'))",
+    )
+    .await
+    .unwrap();
+    assert!(tab.eval::<bool>("navigator.onLine").await.unwrap());
+
+    tab.set_offline(true).await.unwrap();
+    tab.wait_for("__net.includes('offline')", WAIT).await.unwrap();
+    assert!(!tab.eval::<bool>("navigator.onLine").await.unwrap());
+    let fetch_failed: bool =
+        tab.eval("fetch('/api/boards').then(() => false, () => true)").await.unwrap();
+    assert!(fetch_failed, "fetch fails while offline");
+
+    tab.set_offline(false).await.unwrap();
+    tab.wait_for("__net.at(-1) === 'online'", WAIT).await.unwrap();
+    assert!(tab.eval::<bool>("navigator.onLine").await.unwrap());
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn harness_counts_requests_as_the_server_saw_them_and_restarts_the_server() {
+    let mut h = Harness::start().await.unwrap();
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = browser.open(&h.url("/")).await.unwrap();
+    tab.wait_for_selector(".boards", WAIT).await.unwrap();
+
+    let before = h.requests("/api/boards").len();
+    let status: u16 = tab
+        .eval("fetch('/api/boards?from=test', { headers: { 'x-syncline-client': 'tab-1' } }).then(r => r.status)")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let seen = h.requests("/api/boards");
+    assert_eq!(seen.len(), before + 1);
+    let last = seen.last().unwrap();
+    assert_eq!((last.method.as_str(), last.query.as_deref(), last.client.as_deref()), ("GET", Some("from=test"), Some("tab-1")));
+    assert_eq!(h.open_websockets(), 0);
+
+    // Same port, same database after a restart.
+    let seeded = seed(&h, "Before restart", &[]).await;
+    h.restart_server().await.unwrap();
+    tab.exec(&format!("location.hash = '#/boards/{}'", seeded.board)).await.unwrap();
+    tab.wait_for("document.querySelector('#board-title')?.value === 'Before restart'", WAIT).await.unwrap();
+    assert!(!h.requests("/api/boards/").is_empty(), "the restarted server counts from zero and saw the load");
+    browser.close().await;
+    h.stop().await;
+}
+
+/// Produces the README screenshot: a board as a user sees it.
+#[tokio::test]
+async fn screenshot_of_a_board_for_the_readme() {
+    let h = Harness::start().await.unwrap();
+    let seeded = seed(
+        &h,
+        "Product launch",
+        &[
+            ("Backlog", &["Pricing page copy", "Customer interviews", "Press kit"]),
+            ("In progress", &["Onboarding flow", "Offline outbox"]),
+            ("Review", &["Leader election"]),
+            ("Done", &["Change feed", "Kanban skeleton"]),
+        ],
+    )
+    .await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = open_board(&browser, &h, seeded.board).await;
+    tab.wait_for("document.querySelectorAll('.card').length === 8", WAIT).await.unwrap();
+    tab.screenshot(&repo_root().join("docs/screenshot-board.png")).await.unwrap();
+    browser.close().await;
+    h.stop().await;
+}

@@ -2,14 +2,19 @@
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use syncline_protocol::{Board, CreateBoard};
+use syncline_protocol::{Board, BoardList, CreateBoard};
 
 use crate::http::{self, CallError};
 
 #[component]
 pub fn BoardList() -> impl IntoView {
     let boards = RwSignal::new(None::<Result<Vec<Board>, CallError>>);
-    let reload = move || spawn_local(async move { boards.set(Some(http::get("/api/boards".into()).await)) });
+    let reload = move || {
+        spawn_local(async move {
+            let list = http::get::<BoardList>("/api/boards".into()).await;
+            boards.set(Some(list.map(|l| l.boards)));
+        })
+    };
     reload();
 
     let new_title = RwSignal::new(String::new());

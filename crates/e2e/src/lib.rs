@@ -87,7 +87,7 @@ impl Harness {
         self.dir.path()
     }
 
-    /// Direct access to the store, to seed data without going through HTTP (so it is not counted).
+    /// Direct access to the store, to read data without going through HTTP (so it is not counted).
     pub fn store(&self) -> &Store {
         &self.server().state.store
     }
@@ -103,8 +103,25 @@ impl Harness {
     }
 
     /// WebSockets open on the server right now.
-    pub fn open_websockets(&self) -> u64 {
-        self.stats().open_websockets()
+    pub fn open_websockets(&self) -> i64 {
+        self.server().metrics().websockets_open.get()
+    }
+
+    pub fn metrics(&self) -> &Arc<syncline_server::Metrics> {
+        self.server().metrics()
+    }
+
+    /// Applies a write as a client would (through the change log, so live clients hear of it), without an
+    /// HTTP request. Returns the written entity's JSON; fails on a refusal.
+    pub async fn write(&self, op: syncline_protocol::WriteOp) -> Result<serde_json::Value> {
+        let server = self.server();
+        let outcome = syncline_server::writes::execute(&server.state.store, server.metrics(), None, op)
+            .await
+            .map_err(|e| anyhow!("{:?}", e.body))?;
+        if !outcome.status.is_success() {
+            bail!("write refused with {}: {}", outcome.status, outcome.body);
+        }
+        Ok(outcome.body)
     }
 
     /// Stops the server (dropping open connections after a short grace) and starts it again on the same

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use syncline_e2e::{Harness, Tab, TestBrowser, repo_root};
-use syncline_protocol::{BoardSnapshot, CreateBoard, CreateCard, CreateColumn};
+use syncline_protocol::{BoardSnapshot, CreateBoard, CreateCard, CreateColumn, WriteOp};
 use syncline_server::store;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -14,31 +14,26 @@ struct Seeded {
     columns: Vec<uuid::Uuid>,
 }
 
-/// A board with the given columns, each with the given card titles, written straight into the store.
+/// A board with the given columns, each with the given card titles, written without HTTP.
 async fn seed(h: &Harness, title: &str, columns: &[(&str, &[&str])]) -> Seeded {
-    let title = title.to_owned();
-    let columns: Vec<(String, Vec<String>)> =
-        columns.iter().map(|(c, cards)| (c.to_string(), cards.iter().map(|s| s.to_string()).collect())).collect();
-    h.store()
-        .transaction(move |tx| {
-            let board = store::create_board(tx, CreateBoard { id: None, title })?;
-            let mut ids = Vec::new();
-            for (col_title, cards) in columns {
-                let col = store::create_column(tx, board.id, CreateColumn { id: None, title: col_title })?;
-                for card in cards {
-                    store::create_card(tx, col.id, CreateCard { id: None, title: card, description: String::new() })?;
-                }
-                ids.push(col.id);
-            }
-            Ok(Seeded { board: board.id, columns: ids })
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e:?}"))
-        .unwrap()
+    let id = |v: serde_json::Value| uuid::Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
+    let board = id(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: title.into() } }).await.unwrap());
+    let mut ids = Vec::new();
+    for (col_title, cards) in columns {
+        let body = CreateColumn { id: None, title: col_title.to_string() };
+        let col = id(h.write(WriteOp::CreateColumn { board_id: board, body }).await.unwrap());
+        for card in cards.iter() {
+            let body = CreateCard { id: None, title: card.to_string(), description: String::new() };
+            h.write(WriteOp::CreateCard { column_id: col, body }).await.unwrap();
+        }
+        ids.push(col);
+    }
+    Seeded { board, columns: ids }
 }
 
 async fn snapshot(h: &Harness, board: uuid::Uuid) -> BoardSnapshot {
-    h.store().transaction(move |tx| store::board_snapshot(tx, board)).await.map_err(|e| anyhow::anyhow!("{e:?}")).unwrap()
+    let log_id = h.store().log_id();
+    h.store().transaction(move |tx| store::board_snapshot(tx, board, log_id)).await.map_err(|e| anyhow::anyhow!("{e:?}")).unwrap()
 }
 
 fn card_in_column(column: uuid::Uuid, title: &str) -> String {

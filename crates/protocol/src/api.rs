@@ -41,12 +41,24 @@ pub struct Card {
     pub version: Version,
 }
 
-/// One board with all its columns and cards, each list in display order.
+/// One board with all its columns and cards, each list in display order, as of `cursor` in the board's
+/// stream (`board:<id>`): follow the feed from there to stay up to date.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BoardSnapshot {
     pub board: Board,
     pub columns: Vec<Column>,
     pub cards: Vec<Card>,
+    /// The change log this snapshot belongs to.
+    pub log_id: Uuid,
+    pub cursor: crate::Cursor,
+}
+
+/// `GET /api/boards`: every board, as of `cursor` in the `boards` stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoardList {
+    pub boards: Vec<Board>,
+    pub log_id: Uuid,
+    pub cursor: crate::Cursor,
 }
 
 impl BoardSnapshot {

@@ -24,6 +24,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The write was based on a version that is no longer current.
     Conflict,
+    /// A write id (idempotency key) was sent again with a different write.
+    IdempotencyKeyReused,
+    /// The request's `Origin` is not allowed to use this server.
+    ForbiddenOrigin,
     /// Something failed on the server; the request may be retried.
     Internal,
 }
@@ -40,6 +44,8 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::ForbiddenOrigin => "forbidden_origin",
             ErrorCode::Internal => "internal",
         }
     }

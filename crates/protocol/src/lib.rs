@@ -5,8 +5,12 @@
 
 pub mod api;
 pub mod error;
+pub mod feed;
 pub mod limits;
 pub mod moves;
+pub mod writes;
 
 pub use api::*;
 pub use error::{ApiError, ErrorCode};
+pub use feed::{Change, ChangeOp, ClientMessage, Cursor, ServerMessage, StreamCursor, StreamId};
+pub use writes::{Write, WriteBatch, WriteBatchResult, WriteOp, WriteOutcome};

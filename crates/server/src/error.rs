@@ -29,13 +29,20 @@ impl AppError {
     }
 }
 
+impl AppError {
+    /// The JSON body: the `ApiError`, plus `current` for a conflict.
+    pub fn json(&self) -> serde_json::Value {
+        let mut body = serde_json::to_value(&self.body).unwrap_or_default();
+        if let (Some(current), Some(obj)) = (&self.current, body.as_object_mut()) {
+            obj.insert("current".into(), current.clone());
+        }
+        body
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let mut body = serde_json::to_value(&self.body).unwrap_or_default();
-        if let (Some(current), Some(obj)) = (self.current, body.as_object_mut()) {
-            obj.insert("current".into(), current);
-        }
-        (self.status, axum::Json(body)).into_response()
+        (self.status, axum::Json(self.json())).into_response()
     }
 }
 

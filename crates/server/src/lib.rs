@@ -5,8 +5,12 @@
 
 pub mod api;
 pub mod error;
+pub mod feed;
+pub mod metrics;
 pub mod stats;
 pub mod store;
+pub mod writes;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::services::{ServeDir, ServeFile};
 
+pub use feed::Retention;
+pub use metrics::Metrics;
 pub use stats::{RequestRecord, Stats};
 pub use store::Store;
 
@@ -38,6 +44,33 @@ pub struct Config {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "SYNCLINE_MAX_BODY_BYTES", default_value_t = syncline_protocol::limits::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// Origins (besides the server's own) allowed to open the WebSocket feed, e.g. https://app.example.com.
+    #[arg(long = "allowed-origin", env = "SYNCLINE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Seconds between server pings on the feed; a client silent for two periods is dropped.
+    #[arg(long, env = "SYNCLINE_HEARTBEAT_SECS", default_value_t = 25.0)]
+    pub heartbeat_secs: f64,
+    /// Streams one feed connection may follow.
+    #[arg(long, env = "SYNCLINE_MAX_SUBSCRIPTIONS", default_value_t = 64)]
+    pub max_subscriptions: usize,
+    /// Largest WebSocket frame or message accepted from a client, in bytes.
+    #[arg(long, env = "SYNCLINE_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Longest a long-poll may wait, in seconds (clients asking for more get this).
+    #[arg(long, env = "SYNCLINE_LONGPOLL_MAX_WAIT_SECS", default_value_t = 30.0)]
+    pub longpoll_max_wait_secs: f64,
+    /// Changes kept per stream; a cursor older than that gets `reset`.
+    #[arg(long, env = "SYNCLINE_RETENTION_CHANGES", default_value_t = 100_000)]
+    pub retention_changes: u64,
+    /// Changes older than this many seconds are dropped (default 7 days).
+    #[arg(long, env = "SYNCLINE_RETENTION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub retention_secs: u64,
+    /// Write ids (idempotency keys) are remembered at least this many seconds (default 24 h).
+    #[arg(long, env = "SYNCLINE_WRITE_ID_TTL_SECS", default_value_t = 24 * 3600)]
+    pub write_id_ttl_secs: u64,
+    /// Seconds between retention sweeps.
+    #[arg(long, env = "SYNCLINE_PRUNE_INTERVAL_SECS", default_value_t = 60.0)]
+    pub prune_interval_secs: f64,
 }
 
 impl Config {
@@ -48,14 +81,58 @@ impl Config {
             db,
             static_dir: PathBuf::from("/nonexistent"),
             max_body_bytes: syncline_protocol::limits::DEFAULT_MAX_BODY_BYTES,
+            allowed_origins: Vec::new(),
+            heartbeat_secs: 25.0,
+            max_subscriptions: 64,
+            max_frame_bytes: 64 * 1024,
+            longpoll_max_wait_secs: 30.0,
+            retention_changes: 100_000,
+            retention_secs: 7 * 24 * 3600,
+            write_id_ttl_secs: 24 * 3600,
+            prune_interval_secs: 60.0,
         }
     }
+
+    pub fn retention(&self) -> Retention {
+        Retention {
+            max_changes_per_stream: self.retention_changes,
+            max_change_age: Duration::from_secs(self.retention_secs),
+            write_ttl: Duration::from_secs(self.write_id_ttl_secs),
+        }
+    }
+
+    fn feed(&self) -> FeedConfig {
+        FeedConfig {
+            heartbeat: Duration::from_secs_f64(self.heartbeat_secs.max(0.01)),
+            max_subscriptions: self.max_subscriptions,
+            max_frame_bytes: self.max_frame_bytes,
+            longpoll_max_wait: Duration::from_secs_f64(self.longpoll_max_wait_secs.max(0.0)),
+            allowed_origins: self.allowed_origins.clone(),
+            page_size: 500,
+        }
+    }
+}
+
+/// Settings of the feed (WebSocket and long-poll).
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    pub heartbeat: Duration,
+    pub max_subscriptions: usize,
+    pub max_frame_bytes: usize,
+    pub longpoll_max_wait: Duration,
+    pub allowed_origins: Vec<String>,
+    /// Changes per message when replaying from the log.
+    pub page_size: usize,
 }
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
+    pub feed: Arc<FeedConfig>,
+    /// Becomes true when the server stops: long-lived connections close.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// Builds the whole application: `/api/*` and the static web app.
@@ -64,9 +141,10 @@ pub fn app(state: AppState, config: &Config) -> Router {
     let static_files = ServeDir::new(&config.static_dir).not_found_service(ServeFile::new(index));
     Router::new()
         .nest("/api", api::router())
+        .route("/metrics", axum::routing::get(api::metrics))
         .fallback_service(static_files)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(state.stats.clone(), stats::record_requests))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), stats::record_requests))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -93,8 +171,15 @@ impl Server {
         if !config.static_dir.join("index.html").exists() {
             tracing::warn!(dir = %config.static_dir.display(), "no index.html in the static directory; only /api is served");
         }
-        let state = AppState { store, stats: Arc::new(Stats::default()) };
         let (shutdown, mut rx) = watch::channel(false);
+        let state = AppState {
+            store,
+            stats: Arc::new(Stats::default()),
+            metrics: Arc::new(Metrics::default()),
+            feed: Arc::new(config.feed()),
+            shutdown: rx.clone(),
+        };
+        tokio::spawn(prune_periodically(state.clone(), config.retention(), config.prune_interval_secs));
         let app = app(state.clone(), config);
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -114,6 +199,10 @@ impl Server {
         &self.state.stats
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.state.metrics
+    }
+
     /// Resolves when the server has stopped (after [`Server::stop`] or a fatal error).
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.task).await??;
@@ -128,4 +217,33 @@ impl Server {
             let _ = self.task.await;
         }
     }
+}
+
+/// Applies retention now and then until the server stops.
+async fn prune_periodically(state: AppState, retention: Retention, every_secs: f64) {
+    let mut shutdown = state.shutdown.clone();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(every_secs.max(0.01)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+        let now = feed::now_ms();
+        match state.store.transaction(move |tx| feed::prune(tx, &retention, now)).await {
+            Ok((changes, writes)) => {
+                state.metrics.changes_pruned.inc_by(changes as u64);
+                if changes + writes > 0 {
+                    tracing::debug!(changes, writes, "retention pruned the log");
+                }
+            }
+            Err(e) => tracing::warn!(error = ?e, "retention sweep failed"),
+        }
+        state.store.hub().sweep();
+    }
+}
+
+/// Resolves once the server is stopping.
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it at once.
+    let _ = shutdown.wait_for(|stop| *stop).await.is_ok();
 }

@@ -1,4 +1,5 @@
-//! What the server saw: HTTP requests and open WebSockets, for tests and (later) Prometheus.
+//! What the server saw: a bounded log of HTTP requests, for tests. (Open WebSockets and the rest are in
+//! [`crate::metrics`].)
 //!
 //! Browser tests assert on these counts instead of on what the page says it did: a request the page thinks
 //! it did not make still shows up here.
@@ -26,7 +27,6 @@ pub struct RequestRecord {
 #[derive(Debug, Default)]
 pub struct Stats {
     requests_total: AtomicU64,
-    open_websockets: AtomicU64,
     recent: Mutex<std::collections::VecDeque<RequestRecord>>,
 }
 
@@ -35,18 +35,6 @@ const RECENT_CAPACITY: usize = 10_000;
 impl Stats {
     pub fn requests_total(&self) -> u64 {
         self.requests_total.load(Ordering::Relaxed)
-    }
-
-    pub fn open_websockets(&self) -> u64 {
-        self.open_websockets.load(Ordering::Relaxed)
-    }
-
-    pub fn websocket_opened(&self) {
-        self.open_websockets.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn websocket_closed(&self) {
-        self.open_websockets.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The most recent requests (up to 10,000), oldest first.
@@ -64,12 +52,13 @@ impl Stats {
     }
 }
 
-pub async fn record_requests(State(stats): State<std::sync::Arc<Stats>>, req: Request, next: Next) -> Response {
+pub async fn record_requests(State(state): State<crate::AppState>, req: Request, next: Next) -> Response {
     let method = req.method().to_string();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let client = req.headers().get(CLIENT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let response = next.run(req).await;
-    stats.record(RequestRecord { method, path, query, client, status: response.status().as_u16() });
+    state.metrics.http_requests.inc();
+    state.stats.record(RequestRecord { method, path, query, client, status: response.status().as_u16() });
     response
 }

@@ -8,14 +8,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use fractional_index::FractionalIndex;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use syncline_protocol::limits::{validate_description, validate_title};
 use syncline_protocol::{
-    Board, BoardId, BoardSnapshot, Card, CardId, Column, ColumnId, CreateBoard, CreateCard, CreateColumn,
-    MoveCard, MoveColumn, Rename, UpdateCard, Version,
+    Board, BoardId, BoardList, BoardSnapshot, Card, CardId, ChangeOp, Column, ColumnId, CreateBoard, CreateCard,
+    CreateColumn, MoveCard, MoveColumn, Rename, StreamId, UpdateCard, Version,
 };
 use uuid::Uuid;
+
+use crate::feed::{Hub, Recorder, record, stream_head};
 
 /// What a store operation can refuse, besides an internal failure.
 #[derive(Debug)]
@@ -36,8 +38,9 @@ impl From<rusqlite::Error> for StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE boards (
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE boards (
             id TEXT PRIMARY KEY NOT NULL,
             title TEXT NOT NULL,
             version INTEGER NOT NULL
@@ -61,12 +64,40 @@ fn migrations() -> Migrations<'static> {
         );
         CREATE INDEX cards_by_column ON cards(column_id, position);
         CREATE INDEX cards_by_board ON cards(board_id);",
-    )])
+        ),
+        // The change log. `streams.head` is the last cursor handed out in a stream; a writer bumps it under
+        // the row's lock, so a stream's cursors commit in order. `writes` remembers the outcome of every
+        // write that carried an idempotency key.
+        M::up(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+        CREATE TABLE streams (stream TEXT PRIMARY KEY NOT NULL, head INTEGER NOT NULL);
+        CREATE TABLE changes (
+            stream TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at_ms INTEGER NOT NULL,
+            write_id TEXT,
+            body TEXT NOT NULL,
+            PRIMARY KEY (stream, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX changes_by_age ON changes(at_ms);
+        CREATE TABLE writes (
+            write_id TEXT PRIMARY KEY NOT NULL,
+            at_ms INTEGER NOT NULL,
+            request TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            body TEXT NOT NULL
+        );
+        CREATE INDEX writes_by_age ON writes(at_ms);",
+        ),
+    ])
 }
 
+/// The database plus the in-process fan-out of what it commits.
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    log_id: Uuid,
+    hub: Arc<Hub>,
 }
 
 impl Store {
@@ -81,24 +112,50 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrations().to_latest(&mut conn)?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+        // The log's identity: created once with the database, so cursors from another database are refused.
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?1)", [Uuid::new_v4().to_string()])?;
+        let log_id: String = conn.query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |r| r.get(0))?;
+        Ok(Store { conn: Arc::new(Mutex::new(conn)), log_id: Uuid::parse_str(&log_id)?, hub: Arc::new(Hub::default()) })
+    }
+
+    /// Identifies this database's change log.
+    pub fn log_id(&self) -> Uuid {
+        self.log_id
+    }
+
+    /// Live notifications of committed changes.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
     }
 
     /// Runs `f` on the connection in a blocking thread, inside one transaction committed on success.
     pub async fn transaction<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock poisons it; the connection itself is still sound because the
-            // transaction was rolled back when it dropped, so carry on with the inner value.
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+        self.with_conn(move |conn| {
             let tx = conn.transaction()?;
             let out = f(&tx)?;
             tx.commit()?;
             Ok(out)
+        })
+        .await
+    }
+
+    /// Runs `f` with the connection locked, in a blocking thread. Whatever `f` publishes to the hub is
+    /// published while the lock is held, so notifications leave in commit order.
+    pub async fn with_conn<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock poisons it; the connection itself is still sound because any
+            // transaction was rolled back when it dropped, so carry on with the inner value.
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
         })
         .await
         .map_err(|e| StoreError::Internal(e.into()))?
@@ -148,31 +205,31 @@ const CARD_COLS: &str = "id, board_id, column_id, title, description, position, 
 
 // ---- reads -------------------------------------------------------------------------------------------------
 
-pub fn list_boards(tx: &Transaction<'_>) -> StoreResult<Vec<Board>> {
+pub fn list_boards(tx: &Connection, log_id: Uuid) -> StoreResult<BoardList> {
     let mut stmt = tx.prepare_cached(&format!("SELECT {BOARD_COLS} FROM boards ORDER BY rowid"))?;
-    let rows = stmt.query_map([], board_row)?.collect::<Result<_, _>>()?;
-    Ok(rows)
+    let boards = stmt.query_map([], board_row)?.collect::<Result<_, _>>()?;
+    Ok(BoardList { boards, log_id, cursor: stream_head(tx, StreamId::Boards)? })
 }
 
-pub fn get_board(tx: &Transaction<'_>, id: BoardId) -> StoreResult<Board> {
+pub fn get_board(tx: &Connection, id: BoardId) -> StoreResult<Board> {
     tx.query_row(&format!("SELECT {BOARD_COLS} FROM boards WHERE id = ?1"), [id.to_string()], board_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("no board with id {id}")))
 }
 
-pub fn get_column(tx: &Transaction<'_>, id: ColumnId) -> StoreResult<Column> {
+pub fn get_column(tx: &Connection, id: ColumnId) -> StoreResult<Column> {
     tx.query_row(&format!("SELECT {COLUMN_COLS} FROM columns WHERE id = ?1"), [id.to_string()], column_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("no column with id {id}")))
 }
 
-pub fn get_card(tx: &Transaction<'_>, id: CardId) -> StoreResult<Card> {
+pub fn get_card(tx: &Connection, id: CardId) -> StoreResult<Card> {
     tx.query_row(&format!("SELECT {CARD_COLS} FROM cards WHERE id = ?1"), [id.to_string()], card_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("no card with id {id}")))
 }
 
-pub fn board_snapshot(tx: &Transaction<'_>, id: BoardId) -> StoreResult<BoardSnapshot> {
+pub fn board_snapshot(tx: &Connection, id: BoardId, log_id: Uuid) -> StoreResult<BoardSnapshot> {
     let board = get_board(tx, id)?;
     let columns = tx
         .prepare_cached(&format!("SELECT {COLUMN_COLS} FROM columns WHERE board_id = ?1 ORDER BY position, id"))?
@@ -185,7 +242,8 @@ pub fn board_snapshot(tx: &Transaction<'_>, id: BoardId) -> StoreResult<BoardSna
     // Group by column in column order, keeping each column's card order.
     let column_index = |c: &Card| columns.iter().position(|col| col.id == c.column_id).unwrap_or(usize::MAX);
     cards.sort_by_key(|c| column_index(c));
-    Ok(BoardSnapshot { board, columns, cards })
+    let cursor = stream_head(tx, StreamId::Board(id))?;
+    Ok(BoardSnapshot { board, columns, cards, log_id, cursor })
 }
 
 // ---- helpers for writes ------------------------------------------------------------------------------------
@@ -229,45 +287,77 @@ fn key_between(before: Option<&str>, after: Option<&str>) -> StoreResult<String>
     Ok(key.to_string())
 }
 
-/// Position for an item placed right after `after` (first when `None`) in an ordered sibling list given as
-/// `(id, position)` pairs, the moving item itself excluded.
-fn position_after(siblings: &[(Uuid, String)], after: Option<Uuid>) -> Option<StoreResult<String>> {
-    let (lo, hi) = match after {
-        None => (None, siblings.first()),
-        Some(after) => {
-            let i = siblings.iter().position(|(id, _)| *id == after)?;
-            (Some(&siblings[i]), siblings.get(i + 1))
-        }
-    };
-    // Equal neighbours (possible after concurrent inserts at one spot) have no key between them; place after
-    // the lower one's key then, which keeps the (position, id) order total.
+/// The key for an item placed between `lo` and `hi` (either may be open), given as `(id, position)`.
+fn key_for(lo: Option<&(Uuid, String)>, hi: Option<&(Uuid, String)>) -> StoreResult<String> {
     match (lo, hi) {
-        (Some(l), Some(h)) if l.1 == h.1 => Some(key_between(Some(&l.1), None)),
-        _ => Some(key_between(lo.map(|l| l.1.as_str()), hi.map(|h| h.1.as_str()))),
+        // Equal neighbours (possible after concurrent inserts at one spot) have no key between them; place
+        // after the lower one's key then, which keeps the (position, id) order total.
+        (Some(l), Some(h)) if l.1 == h.1 => key_between(Some(&l.1), None),
+        _ => key_between(lo.map(|l| l.1.as_str()), hi.map(|h| h.1.as_str())),
     }
 }
 
-fn siblings(tx: &Transaction<'_>, sql: &str, parent: Uuid, except: Option<Uuid>) -> StoreResult<Vec<(Uuid, String)>> {
-    let mut stmt = tx.prepare_cached(sql)?;
-    let rows = stmt
-        .query_map([parent.to_string()], |r| Ok((uuid_col(r, 0)?, r.get::<_, String>(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows.into_iter().filter(|(id, _)| Some(*id) != except).collect())
+/// The ordered children of one parent: cards of a column, or columns of a board. Neighbours are found with
+/// indexed queries, so placing an item costs the same in a column of 10 or 10,000 cards.
+#[derive(Clone, Copy)]
+enum Siblings {
+    CardsOf(ColumnId),
+    ColumnsOf(BoardId),
 }
 
-fn column_siblings(tx: &Transaction<'_>, board: BoardId, except: Option<ColumnId>) -> StoreResult<Vec<(Uuid, String)>> {
-    siblings(tx, "SELECT id, position FROM columns WHERE board_id = ?1 ORDER BY position, id", board, except)
+impl Siblings {
+    fn table_and_parent(self) -> (&'static str, &'static str, Uuid) {
+        match self {
+            Siblings::CardsOf(c) => ("cards", "column_id", c),
+            Siblings::ColumnsOf(b) => ("columns", "board_id", b),
+        }
+    }
+
+    fn query(self, tx: &Connection, filter: &str, params: &[&dyn rusqlite::ToSql]) -> StoreResult<Option<(Uuid, String)>> {
+        let (table, parent, _) = self.table_and_parent();
+        let sql = format!("SELECT id, position FROM {table} WHERE {parent} = ?1 {filter} LIMIT 1");
+        Ok(tx.prepare_cached(&sql)?.query_row(params, |r| Ok((uuid_col(r, 0)?, r.get(1)?))).optional()?)
+    }
+
+    /// Key after the last item.
+    fn last_key(self, tx: &Connection) -> StoreResult<String> {
+        let (_, _, parent) = self.table_and_parent();
+        let last = self.query(tx, "ORDER BY position DESC, id DESC", &[&parent.to_string()])?;
+        key_for(last.as_ref(), None)
+    }
+
+    /// Key for `moving` placed right after `after` (first when `None`); `None` when `after` is not a sibling.
+    fn key_after(self, tx: &Connection, moving: Uuid, after: Option<Uuid>) -> StoreResult<Option<String>> {
+        let (_, _, parent) = self.table_and_parent();
+        let (parent, moving) = (parent.to_string(), moving.to_string());
+        let lo = match after {
+            None => None,
+            Some(after) => match self.query(tx, "AND id = ?2", &[&parent, &after.to_string()])? {
+                None => return Ok(None),
+                found => found,
+            },
+        };
+        let hi = match &lo {
+            None => self.query(tx, "AND id != ?2 ORDER BY position, id", &[&parent, &moving])?,
+            Some((lo_id, lo_pos)) => self.query(
+                tx,
+                "AND id != ?2 AND (position, id) > (?3, ?4) ORDER BY position, id",
+                &[&parent, &moving, lo_pos, &lo_id.to_string()],
+            )?,
+        };
+        key_for(lo.as_ref(), hi.as_ref()).map(Some)
+    }
+
+    fn ids(self, tx: &Connection) -> StoreResult<Vec<Uuid>> {
+        let (table, parent_col, parent) = self.table_and_parent();
+        let sql = format!("SELECT id FROM {table} WHERE {parent_col} = ?1 ORDER BY position, id");
+        let mut stmt = tx.prepare_cached(&sql)?;
+        let ids = stmt.query_map([parent.to_string()], |r| uuid_col(r, 0))?.collect::<Result<_, _>>()?;
+        Ok(ids)
+    }
 }
 
-fn card_siblings(tx: &Transaction<'_>, column: ColumnId, except: Option<CardId>) -> StoreResult<Vec<(Uuid, String)>> {
-    siblings(tx, "SELECT id, position FROM cards WHERE column_id = ?1 ORDER BY position, id", column, except)
-}
-
-fn last_position(siblings: &[(Uuid, String)]) -> StoreResult<String> {
-    key_between(siblings.last().map(|s| s.1.as_str()), None)
-}
-
-fn new_id(requested: Option<Uuid>, tx: &Transaction<'_>, table: &str) -> StoreResult<Uuid> {
+fn new_id(requested: Option<Uuid>, tx: &Connection, table: &str) -> StoreResult<Uuid> {
     match requested {
         None => Ok(Uuid::now_v7()),
         Some(id) => {
@@ -286,49 +376,75 @@ fn new_id(requested: Option<Uuid>, tx: &Transaction<'_>, table: &str) -> StoreRe
 }
 
 // ---- writes ------------------------------------------------------------------------------------------------
+//
+// Each write validates, changes rows and records its changes in the log through `rec`, all on the caller's
+// transaction. Upserts record the entity as committed, so clients can apply them without a refetch.
 
-pub fn create_board(tx: &Transaction<'_>, req: CreateBoard) -> StoreResult<Board> {
+fn board_changed(tx: &Connection, rec: &mut Recorder, board: &Board) -> StoreResult<()> {
+    record(tx, rec, StreamId::Board(board.id), ChangeOp::BoardUpserted { board: board.clone() })?;
+    record(tx, rec, StreamId::Boards, ChangeOp::BoardUpserted { board: board.clone() })
+}
+
+fn column_changed(tx: &Connection, rec: &mut Recorder, column: &Column) -> StoreResult<()> {
+    record(tx, rec, StreamId::Board(column.board_id), ChangeOp::ColumnUpserted { column: column.clone() })
+}
+
+fn card_changed(tx: &Connection, rec: &mut Recorder, card: &Card) -> StoreResult<()> {
+    record(tx, rec, StreamId::Board(card.board_id), ChangeOp::CardUpserted { card: card.clone() })
+}
+
+pub fn create_board(tx: &Connection, rec: &mut Recorder, req: CreateBoard) -> StoreResult<Board> {
     let title = title(&req.title)?;
     let id = new_id(req.id, tx, "boards")?;
     tx.execute("INSERT INTO boards (id, title, version) VALUES (?1, ?2, 1)", params![id.to_string(), title])?;
-    get_board(tx, id)
+    let board = get_board(tx, id)?;
+    board_changed(tx, rec, &board)?;
+    Ok(board)
 }
 
-pub fn rename_board(tx: &Transaction<'_>, id: BoardId, req: Rename) -> StoreResult<Board> {
+pub fn rename_board(tx: &Connection, rec: &mut Recorder, id: BoardId, req: Rename) -> StoreResult<Board> {
     let current = get_board(tx, id)?;
     check_base_version("board", current.version, req.base_version, || serde_json::json!(current))?;
     let title = title(&req.title)?;
     tx.execute("UPDATE boards SET title = ?2, version = version + 1 WHERE id = ?1", params![id.to_string(), title])?;
-    get_board(tx, id)
+    let board = get_board(tx, id)?;
+    board_changed(tx, rec, &board)?;
+    Ok(board)
 }
 
-pub fn delete_board(tx: &Transaction<'_>, id: BoardId) -> StoreResult<()> {
-    get_board(tx, id)?;
+pub fn delete_board(tx: &Connection, rec: &mut Recorder, id: BoardId, base_version: Option<Version>) -> StoreResult<()> {
+    let current = get_board(tx, id)?;
+    check_base_version("board", current.version, base_version, || serde_json::json!(current))?;
     tx.execute("DELETE FROM boards WHERE id = ?1", [id.to_string()])?;
-    Ok(())
+    record(tx, rec, StreamId::Board(id), ChangeOp::BoardDeleted { id })?;
+    record(tx, rec, StreamId::Boards, ChangeOp::BoardDeleted { id })
 }
 
-pub fn create_column(tx: &Transaction<'_>, board: BoardId, req: CreateColumn) -> StoreResult<Column> {
+pub fn create_column(tx: &Connection, rec: &mut Recorder, board: BoardId, req: CreateColumn) -> StoreResult<Column> {
     get_board(tx, board)?;
     let title = title(&req.title)?;
     let id = new_id(req.id, tx, "columns")?;
-    let position = last_position(&column_siblings(tx, board, None)?)?;
+    let position = Siblings::ColumnsOf(board).last_key(tx)?;
     tx.execute(
         "INSERT INTO columns (id, board_id, title, position, version) VALUES (?1, ?2, ?3, ?4, 1)",
         params![id.to_string(), board.to_string(), title, position],
     )?;
-    get_column(tx, id)
+    let column = get_column(tx, id)?;
+    column_changed(tx, rec, &column)?;
+    Ok(column)
 }
 
-pub fn rename_column(tx: &Transaction<'_>, id: ColumnId, req: Rename) -> StoreResult<Column> {
+pub fn rename_column(tx: &Connection, rec: &mut Recorder, id: ColumnId, req: Rename) -> StoreResult<Column> {
     let current = get_column(tx, id)?;
     check_base_version("column", current.version, req.base_version, || serde_json::json!(current))?;
     let title = title(&req.title)?;
     tx.execute("UPDATE columns SET title = ?2, version = version + 1 WHERE id = ?1", params![id.to_string(), title])?;
-    get_column(tx, id)
+    let column = get_column(tx, id)?;
+    column_changed(tx, rec, &column)?;
+    Ok(column)
 }
 
-pub fn move_column(tx: &Transaction<'_>, id: ColumnId, req: MoveColumn) -> StoreResult<Column> {
+pub fn move_column(tx: &Connection, rec: &mut Recorder, id: ColumnId, req: MoveColumn) -> StoreResult<Column> {
     let current = get_column(tx, id)?;
     check_base_version("column", current.version, req.base_version, || serde_json::json!(current))?;
     if req.after_column_id == Some(id) {
@@ -337,40 +453,51 @@ pub fn move_column(tx: &Transaction<'_>, id: ColumnId, req: MoveColumn) -> Store
             message: "a column cannot be placed after itself".into(),
         });
     }
-    let siblings = column_siblings(tx, current.board_id, Some(id))?;
-    let position = position_after(&siblings, req.after_column_id).ok_or_else(|| StoreError::InvalidField {
-        field: "after_column_id",
-        message: format!("column {} is not on board {}", req.after_column_id.unwrap_or_default(), current.board_id),
-    })??;
+    let position = Siblings::ColumnsOf(current.board_id).key_after(tx, id, req.after_column_id)?.ok_or_else(|| {
+        StoreError::InvalidField {
+            field: "after_column_id",
+            message: format!("column {} is not on board {}", req.after_column_id.unwrap_or_default(), current.board_id),
+        }
+    })?;
     tx.execute(
         "UPDATE columns SET position = ?2, version = version + 1 WHERE id = ?1",
         params![id.to_string(), position],
     )?;
-    get_column(tx, id)
+    let column = get_column(tx, id)?;
+    column_changed(tx, rec, &column)?;
+    Ok(column)
 }
 
-pub fn delete_column(tx: &Transaction<'_>, id: ColumnId) -> StoreResult<()> {
-    get_column(tx, id)?;
+pub fn delete_column(tx: &Connection, rec: &mut Recorder, id: ColumnId, base_version: Option<Version>) -> StoreResult<()> {
+    let current = get_column(tx, id)?;
+    check_base_version("column", current.version, base_version, || serde_json::json!(current))?;
+    let board_id = current.board_id;
+    // Each card deleted with the column is its own change, so a client applies them one by one.
+    for card in Siblings::CardsOf(id).ids(tx)? {
+        record(tx, rec, StreamId::Board(board_id), ChangeOp::CardDeleted { id: card, board_id })?;
+    }
     tx.execute("DELETE FROM columns WHERE id = ?1", [id.to_string()])?;
-    Ok(())
+    record(tx, rec, StreamId::Board(board_id), ChangeOp::ColumnDeleted { id, board_id })
 }
 
-pub fn create_card(tx: &Transaction<'_>, column: ColumnId, req: CreateCard) -> StoreResult<Card> {
+pub fn create_card(tx: &Connection, rec: &mut Recorder, column: ColumnId, req: CreateCard) -> StoreResult<Card> {
     let col = get_column(tx, column)?;
     let title = title(&req.title)?;
     let description = validate_description(&req.description)
         .map_err(|message| StoreError::InvalidField { field: "description", message })?;
     let id = new_id(req.id, tx, "cards")?;
-    let position = last_position(&card_siblings(tx, column, None)?)?;
+    let position = Siblings::CardsOf(column).last_key(tx)?;
     tx.execute(
         "INSERT INTO cards (id, board_id, column_id, title, description, position, version)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
         params![id.to_string(), col.board_id.to_string(), column.to_string(), title, description, position],
     )?;
-    get_card(tx, id)
+    let card = get_card(tx, id)?;
+    card_changed(tx, rec, &card)?;
+    Ok(card)
 }
 
-pub fn update_card(tx: &Transaction<'_>, id: CardId, req: UpdateCard) -> StoreResult<Card> {
+pub fn update_card(tx: &Connection, rec: &mut Recorder, id: CardId, req: UpdateCard) -> StoreResult<Card> {
     let current = get_card(tx, id)?;
     check_base_version("card", current.version, req.base_version, || serde_json::json!(current))?;
     if req.title.is_none() && req.description.is_none() {
@@ -391,10 +518,12 @@ pub fn update_card(tx: &Transaction<'_>, id: CardId, req: UpdateCard) -> StoreRe
         "UPDATE cards SET title = ?2, description = ?3, version = version + 1 WHERE id = ?1",
         params![id.to_string(), title, description],
     )?;
-    get_card(tx, id)
+    let card = get_card(tx, id)?;
+    card_changed(tx, rec, &card)?;
+    Ok(card)
 }
 
-pub fn move_card(tx: &Transaction<'_>, id: CardId, req: MoveCard) -> StoreResult<Card> {
+pub fn move_card(tx: &Connection, rec: &mut Recorder, id: CardId, req: MoveCard) -> StoreResult<Card> {
     let current = get_card(tx, id)?;
     check_base_version("card", current.version, req.base_version, || serde_json::json!(current))?;
     let target = match get_column(tx, req.column_id) {
@@ -416,22 +545,26 @@ pub fn move_card(tx: &Transaction<'_>, id: CardId, req: MoveCard) -> StoreResult
             message: "a card cannot be placed after itself".into(),
         });
     }
-    let siblings = card_siblings(tx, target.id, Some(id))?;
-    let position = position_after(&siblings, req.after_card_id).ok_or_else(|| StoreError::InvalidField {
-        field: "after_card_id",
-        message: format!("card {} is not in column {}", req.after_card_id.unwrap_or_default(), target.id),
-    })??;
+    let position = Siblings::CardsOf(target.id).key_after(tx, id, req.after_card_id)?.ok_or_else(|| {
+        StoreError::InvalidField {
+            field: "after_card_id",
+            message: format!("card {} is not in column {}", req.after_card_id.unwrap_or_default(), target.id),
+        }
+    })?;
     tx.execute(
         "UPDATE cards SET column_id = ?2, position = ?3, version = version + 1 WHERE id = ?1",
         params![id.to_string(), target.id.to_string(), position],
     )?;
-    get_card(tx, id)
+    let card = get_card(tx, id)?;
+    card_changed(tx, rec, &card)?;
+    Ok(card)
 }
 
-pub fn delete_card(tx: &Transaction<'_>, id: CardId) -> StoreResult<()> {
-    get_card(tx, id)?;
+pub fn delete_card(tx: &Connection, rec: &mut Recorder, id: CardId, base_version: Option<Version>) -> StoreResult<()> {
+    let current = get_card(tx, id)?;
+    check_base_version("card", current.version, base_version, || serde_json::json!(current))?;
     tx.execute("DELETE FROM cards WHERE id = ?1", [id.to_string()])?;
-    Ok(())
+    record(tx, rec, StreamId::Board(current.board_id), ChangeOp::CardDeleted { id, board_id: current.board_id })
 }
 
 #[cfg(test)]
@@ -463,15 +596,15 @@ mod tests {
     }
 
     #[test]
-    fn position_after_places_between_neighbours() {
+    fn keys_fall_between_neighbours_even_equal_ones() {
         let a = key_between(None, None).unwrap();
         let b = key_between(Some(&a), None).unwrap();
-        let (ia, ib) = (Uuid::now_v7(), Uuid::now_v7());
-        let sibs = vec![(ia, a.clone()), (ib, b.clone())];
-        let first = position_after(&sibs, None).unwrap().unwrap();
-        let mid = position_after(&sibs, Some(ia)).unwrap().unwrap();
-        let last = position_after(&sibs, Some(ib)).unwrap().unwrap();
+        let (la, lb) = ((Uuid::now_v7(), a.clone()), (Uuid::now_v7(), b.clone()));
+        let first = key_for(None, Some(&la)).unwrap();
+        let mid = key_for(Some(&la), Some(&lb)).unwrap();
+        let last = key_for(Some(&lb), None).unwrap();
         assert!(first < a && a < mid && mid < b && b < last);
-        assert!(position_after(&sibs, Some(Uuid::now_v7())).is_none());
+        let twin = (Uuid::now_v7(), a.clone());
+        assert!(key_for(Some(&la), Some(&twin)).unwrap() > a, "equal neighbours still get a key");
     }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
-use syncline_protocol::{Board, BoardSnapshot, Card, Column};
+use syncline_protocol::{Board, BoardList, BoardSnapshot, Card, Column};
 use syncline_server::{Config, Server};
 
 struct Fixture {
@@ -115,8 +115,8 @@ async fn boards_columns_and_cards_round_trip_with_versions() {
     assert_eq!(snap.columns.len(), 1);
     assert!(snap.cards.is_empty(), "deleting a column deletes its cards");
     assert_eq!(f.client.delete(f.url(&format!("/api/boards/{}", board.id))).send().await.unwrap().status(), 204);
-    let boards: Vec<Board> = f.get("/api/boards").await.json().await.unwrap();
-    assert!(boards.is_empty());
+    let boards: BoardList = f.get("/api/boards").await.json().await.unwrap();
+    assert!(boards.boards.is_empty());
 }
 
 #[tokio::test]
@@ -249,8 +249,8 @@ async fn oversized_bodies_are_413() {
     let f = Fixture::new().await;
     let huge = "x".repeat(2 * 1024 * 1024);
     assert_error(f.post("/api/boards", json!({"title": huge})).await, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
-    let boards: Vec<Board> = f.get("/api/boards").await.json().await.unwrap();
-    assert!(boards.is_empty());
+    let boards: BoardList = f.get("/api/boards").await.json().await.unwrap();
+    assert!(boards.boards.is_empty());
 }
 
 #[tokio::test]
@@ -287,8 +287,8 @@ async fn data_survives_a_restart_on_the_same_file() {
     server.stop(Duration::from_secs(1)).await;
 
     let server = Server::start(&config).await.unwrap();
-    let boards: Vec<Board> =
+    let boards: BoardList =
         client.get(format!("{}/api/boards", server.url())).send().await.unwrap().json().await.unwrap();
-    assert_eq!(boards, vec![board]);
+    assert_eq!(boards.boards, vec![board]);
     assert!(server.stats().requests_total() >= 1, "the server counts what it serves");
 }

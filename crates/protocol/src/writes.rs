@@ -1,0 +1,78 @@
+//! Writes as data: every write the API accepts, as one enum, so the REST routes, the batch endpoint and a
+//! client's outbox all describe a write the same way.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{BoardId, CardId, ColumnId, CreateBoard, CreateCard, CreateColumn, MoveCard, MoveColumn, Rename, UpdateCard, Version};
+
+/// One write. `base_version` (where present) makes the write conditional on the entity's current version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WriteOp {
+    CreateBoard { #[serde(flatten)] body: CreateBoard },
+    RenameBoard { id: BoardId, #[serde(flatten)] body: Rename },
+    DeleteBoard { id: BoardId, #[serde(default, skip_serializing_if = "Option::is_none")] base_version: Option<Version> },
+    CreateColumn { board_id: BoardId, #[serde(flatten)] body: CreateColumn },
+    RenameColumn { id: ColumnId, #[serde(flatten)] body: Rename },
+    MoveColumn { id: ColumnId, #[serde(flatten)] body: MoveColumn },
+    DeleteColumn { id: ColumnId, #[serde(default, skip_serializing_if = "Option::is_none")] base_version: Option<Version> },
+    CreateCard { column_id: ColumnId, #[serde(flatten)] body: CreateCard },
+    UpdateCard { id: CardId, #[serde(flatten)] body: UpdateCard },
+    MoveCard { id: CardId, #[serde(flatten)] body: MoveCard },
+    DeleteCard { id: CardId, #[serde(default, skip_serializing_if = "Option::is_none")] base_version: Option<Version> },
+}
+
+/// A write with its idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Write {
+    /// Client-generated, unique per write. Sending the same id again returns the first outcome and applies
+    /// nothing twice.
+    pub write_id: Uuid,
+    pub op: WriteOp,
+}
+
+/// `POST /api/writes`: several queued writes, applied in order, each on its own (one failing does not stop
+/// the rest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteBatch {
+    pub writes: Vec<Write>,
+}
+
+/// The outcome of one write: the HTTP status it had (or would have had alone) and its JSON body (the entity,
+/// or an `ApiError`, with `current` for a conflict).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteOutcome {
+    pub write_id: Uuid,
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WriteBatchResult {
+    pub results: Vec<WriteOutcome>,
+}
+
+/// Most writes accepted in one batch.
+pub const MAX_BATCH_WRITES: usize = 100;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_are_tagged_and_flat() {
+        let json = r#"{"write_id":"00000000-0000-0000-0000-000000000001",
+            "op":{"type":"update_card","id":"00000000-0000-0000-0000-000000000002","title":"x","base_version":3}}"#;
+        let w: Write = serde_json::from_str(json).unwrap();
+        match w.op {
+            WriteOp::UpdateCard { body, .. } => {
+                assert_eq!(body.title.as_deref(), Some("x"));
+                assert_eq!(body.base_version, Some(3));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The change log: recording changes inside a write's transaction, reading them back from a cursor, pruning
+//! by retention, and the in-process hub that tells live readers a stream advanced.
+//!
+//! The log (table `changes`) is the single source of truth. The hub is only an accelerator: a reader that
+//! misses a notification (it lagged, or the batch skipped ahead) re-reads the log from its cursor, so nothing is
+//! lost and no reader needs an unbounded queue.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use syncline_protocol::{Change, ChangeOp, Cursor, StreamId};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::store::{StoreError, StoreResult};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Collects the changes one write records, to publish them once it commits.
+#[derive(Debug)]
+pub struct Recorder {
+    write_id: Option<Uuid>,
+    at_ms: u64,
+    changes: Vec<Change>,
+}
+
+impl Recorder {
+    pub fn new(write_id: Option<Uuid>) -> Recorder {
+        Recorder { write_id, at_ms: now_ms(), changes: Vec::new() }
+    }
+
+    pub fn changes(&self) -> &[Change] {
+        &self.changes
+    }
+
+    /// Forgets what was recorded (the write's savepoint was rolled back).
+    pub fn clear(&mut self) {
+        self.changes.clear();
+    }
+}
+
+/// Appends a change to `stream`'s log, advancing the stream's head, on the caller's transaction.
+pub fn record(tx: &Connection, rec: &mut Recorder, stream: StreamId, op: ChangeOp) -> StoreResult<()> {
+    let name = stream.to_string();
+    // The UPSERT takes the stream row's write lock until commit: cursors of one stream commit in order.
+    let head: i64 = tx.query_row(
+        "INSERT INTO streams (stream, head) VALUES (?1, 1)
+         ON CONFLICT(stream) DO UPDATE SET head = head + 1 RETURNING head",
+        [&name],
+        |r| r.get(0),
+    )?;
+    let body = serde_json::to_string(&op).map_err(|e| StoreError::Internal(e.into()))?;
+    tx.prepare_cached("INSERT INTO changes (stream, seq, at_ms, write_id, body) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![name, head, rec.at_ms as i64, rec.write_id.map(|w| w.to_string()), body])?;
+    rec.changes.push(Change { stream, cursor: head as Cursor, at_ms: rec.at_ms, write_id: rec.write_id, op });
+    Ok(())
+}
+
+/// The last cursor handed out in `stream` (0 if it has none).
+pub fn stream_head(tx: &Connection, stream: StreamId) -> StoreResult<Cursor> {
+    let head: Option<i64> = tx
+        .prepare_cached("SELECT head FROM streams WHERE stream = ?1")?
+        .query_row([stream.to_string()], |r| r.get(0))
+        .optional()?;
+    Ok(head.unwrap_or(0) as Cursor)
+}
+
+/// What a reader gets for a cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogRead {
+    /// The changes right after the cursor, in order (at most the limit asked; empty when caught up).
+    Changes(Vec<Change>),
+    /// The cursor cannot be served; the reason says why.
+    Reset(String),
+}
+
+/// Reads `stream` after `since`, or says why that cursor cannot be served.
+pub fn read_log(
+    tx: &Connection,
+    log_id: Uuid,
+    stream: StreamId,
+    since: Cursor,
+    client_log_id: Option<Uuid>,
+    limit: usize,
+) -> StoreResult<LogRead> {
+    if let Some(theirs) = client_log_id.filter(|&theirs| theirs != log_id) {
+        return Ok(LogRead::Reset(format!(
+            "the cursor belongs to change log {theirs}, this server's is {log_id}: refetch"
+        )));
+    }
+    let head = stream_head(tx, stream)?;
+    if since > head {
+        return Ok(LogRead::Reset(format!("cursor {since} is ahead of the log (head {head}): refetch")));
+    }
+    if since == head {
+        return Ok(LogRead::Changes(Vec::new()));
+    }
+    let name = stream.to_string();
+    let oldest: Option<i64> =
+        tx.prepare_cached("SELECT MIN(seq) FROM changes WHERE stream = ?1")?.query_row([&name], |r| r.get(0))?;
+    match oldest {
+        Some(oldest) if oldest as Cursor <= since + 1 => {}
+        Some(oldest) => {
+            return Ok(LogRead::Reset(format!(
+                "cursor {since} is older than retention (oldest change kept is {oldest}): refetch"
+            )));
+        }
+        None => return Ok(LogRead::Reset(format!("cursor {since} is older than retention: refetch"))),
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT seq, at_ms, write_id, body FROM changes WHERE stream = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![name, since as i64, limit as i64], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, String>(3)?))
+    })?;
+    let mut changes = Vec::new();
+    for row in rows {
+        let (seq, at_ms, write_id, body) = row?;
+        let op: ChangeOp = serde_json::from_str(&body)
+            .map_err(|e| StoreError::Internal(anyhow::anyhow!("corrupt change {name}@{seq}: {e}")))?;
+        let write_id = write_id.and_then(|w| Uuid::parse_str(&w).ok());
+        changes.push(Change { stream, cursor: seq as Cursor, at_ms: at_ms as u64, write_id, op });
+    }
+    Ok(LogRead::Changes(changes))
+}
+
+/// How long the log keeps changes and write outcomes.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Changes kept per stream, at most.
+    pub max_changes_per_stream: u64,
+    /// Changes older than this are dropped.
+    pub max_change_age: Duration,
+    /// Write outcomes (idempotency keys) are kept at least this long.
+    pub write_ttl: Duration,
+}
+
+/// Drops what retention no longer keeps. Returns (changes, write outcomes) deleted.
+pub fn prune(tx: &Connection, retention: &Retention, now_ms: u64) -> StoreResult<(usize, usize)> {
+    let age_limit = now_ms.saturating_sub(retention.max_change_age.as_millis() as u64) as i64;
+    let mut changes = tx.execute("DELETE FROM changes WHERE at_ms < ?1", [age_limit])?;
+    changes += tx.execute(
+        "DELETE FROM changes WHERE seq <= (SELECT s.head FROM streams s WHERE s.stream = changes.stream) - ?1",
+        [retention.max_changes_per_stream as i64],
+    )?;
+    let write_limit = now_ms.saturating_sub(retention.write_ttl.as_millis() as u64) as i64;
+    let writes = tx.execute("DELETE FROM writes WHERE at_ms < ?1", [write_limit])?;
+    Ok((changes, writes))
+}
+
+/// Changes of one stream, as published right after their commit.
+#[derive(Debug)]
+pub struct Published {
+    pub changes: Vec<Change>,
+    /// When the write committed: fan-out latency is measured from here.
+    pub committed_at: Instant,
+}
+
+/// Per-stream broadcast of committed changes to live readers in this process.
+#[derive(Debug, Default)]
+pub struct Hub {
+    channels: Mutex<HashMap<StreamId, broadcast::Sender<Arc<Published>>>>,
+}
+
+/// Batches a reader may fall behind before it lags and re-reads from the log instead.
+const HUB_CAPACITY: usize = 128;
+
+impl Hub {
+    /// Receives every batch published to `stream` from now on.
+    pub fn subscribe(&self, stream: StreamId) -> broadcast::Receiver<Arc<Published>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels.entry(stream).or_insert_with(|| broadcast::channel(HUB_CAPACITY).0).subscribe()
+    }
+
+    /// Publishes committed changes, grouped by stream (in the order given, which is cursor order).
+    pub fn publish(&self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        let committed_at = Instant::now();
+        let mut by_stream: Vec<(StreamId, Vec<Change>)> = Vec::new();
+        for change in changes {
+            match by_stream.iter_mut().find(|(s, _)| *s == change.stream) {
+                Some((_, list)) => list.push(change.clone()),
+                None => by_stream.push((change.stream, vec![change.clone()])),
+            }
+        }
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        for (stream, changes) in by_stream {
+            if let Some(tx) = channels.get(&stream) {
+                if tx.send(Arc::new(Published { changes, committed_at })).is_err() {
+                    // Nobody listens any more.
+                    channels.remove(&stream);
+                }
+            }
+        }
+    }
+
+    /// Forgets channels nobody listens to.
+    pub fn sweep(&self) {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, tx| tx.receiver_count() > 0);
+    }
+}

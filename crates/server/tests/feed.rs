@@ -1,0 +1,500 @@
+//! The change feed over real loopback sockets: WebSocket (tokio-tungstenite) and HTTP (reqwest) clients
+//! against the real server and SQLite file.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use syncline_protocol::{
+    Board, Card, Change, ChangeOp, ClientMessage, Column, Cursor, ServerMessage, StreamCursor, StreamId,
+    WriteBatchResult,
+};
+use syncline_server::{Config, Server};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Fixture {
+    server: Server,
+    http: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        Self::with(|_| {}).await
+    }
+
+    async fn with(configure: impl FnOnce(&mut Config)) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_tests(dir.path().join("feed.sqlite3"));
+        configure(&mut config);
+        let server = Server::start(&config).await.unwrap();
+        Fixture { server, http: Client::new(), _dir: dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.server.url(), path)
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: Value) -> T {
+        let resp = self.http.post(self.url(path)).json(&body).send().await.unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
+    /// A board with one column and one card.
+    async fn board(&self) -> (Board, Column, Card) {
+        let board: Board = self.post("/api/boards", json!({"title": "Feed"})).await;
+        let column: Column = self.post(&format!("/api/boards/{}/columns", board.id), json!({"title": "Todo"})).await;
+        let card: Card = self.post(&format!("/api/columns/{}/cards", column.id), json!({"title": "Card"})).await;
+        (board, column, card)
+    }
+
+    async fn rename_card(&self, card: &Card, title: &str) -> Card {
+        let resp = self.http.patch(self.url(&format!("/api/cards/{}", card.id))).json(&json!({"title": title})).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    async fn connect(&self) -> Ws {
+        let url = format!("ws://{}/api/feed", self.server.addr);
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        match next(&mut ws).await {
+            ServerMessage::Hello { .. } => ws,
+            other => panic!("expected hello, got {other:?}"),
+        }
+    }
+
+    async fn cursor(&self, board: &Board) -> Cursor {
+        let snap: Value = self.http.get(self.url(&format!("/api/boards/{}", board.id))).send().await.unwrap().json().await.unwrap();
+        snap["cursor"].as_u64().unwrap()
+    }
+}
+
+async fn send(ws: &mut Ws, msg: &ClientMessage) {
+    ws.send(Message::text(serde_json::to_string(msg).unwrap())).await.unwrap();
+}
+
+async fn subscribe(ws: &mut Ws, stream: StreamId, since: Cursor) {
+    send(ws, &ClientMessage::Subscribe { streams: vec![StreamCursor { stream, since }], log_id: None }).await;
+}
+
+/// The next feed message, skipping control frames.
+async fn next(ws: &mut Ws) -> ServerMessage {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next()).await.expect("a message in time").expect("socket open").unwrap();
+        match frame {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Collects changes until `cursor` is reached; panics on a gap, a duplicate or a reset.
+async fn changes_until(ws: &mut Ws, stream: StreamId, mut have: Cursor, until: Cursor) -> Vec<Change> {
+    let mut all = Vec::new();
+    while have < until {
+        match next(ws).await {
+            ServerMessage::Changes { stream: s, changes } => {
+                assert_eq!(s, stream);
+                for c in changes {
+                    assert_eq!(c.cursor, have + 1, "changes arrive in order with no gap or repeat");
+                    have = c.cursor;
+                    all.push(c);
+                }
+            }
+            ServerMessage::Synced { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    all
+}
+
+/// Reads until the socket closes; returns the close code and reason.
+async fn close_of(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("close in time") {
+            Some(Ok(Message::Close(Some(frame)))) => return (u16::from(frame.code), frame.reason.to_string()),
+            Some(Ok(Message::Close(None))) | None => panic!("closed without a code"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => panic!("socket error before close: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_resumes_from_its_cursor_and_gets_exactly_what_it_missed_in_order() {
+    let f = Fixture::new().await;
+    let (board, _, card) = f.board().await;
+    let stream = StreamId::Board(board.id);
+    let mut ws = f.connect().await;
+    let since = f.cursor(&board).await;
+    subscribe(&mut ws, stream, since).await;
+    assert_eq!(next(&mut ws).await, ServerMessage::Synced { stream, cursor: since });
+    drop(ws);
+
+    for i in 0..100 {
+        f.rename_card(&card, &format!("title {i}")).await;
+    }
+
+    let mut ws = f.connect().await;
+    subscribe(&mut ws, stream, since).await;
+    let got = changes_until(&mut ws, stream, since, since + 100).await;
+    assert_eq!(got.len(), 100);
+    for (i, change) in got.iter().enumerate() {
+        match &change.op {
+            ChangeOp::CardUpserted { card } => assert_eq!(card.title, format!("title {i}")),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(next(&mut ws).await, ServerMessage::Synced { stream, cursor: since + 100 });
+
+    // And it is live afterwards: the next write arrives without asking.
+    f.rename_card(&card, "live").await;
+    let live = changes_until(&mut ws, stream, since + 100, since + 101).await;
+    assert!(matches!(&live[0].op, ChangeOp::CardUpserted { card } if card.title == "live"));
+}
+
+#[tokio::test]
+async fn the_same_write_id_sent_five_times_concurrently_is_applied_once_with_identical_answers() {
+    let f = Fixture::new().await;
+    let (board, _, card) = f.board().await;
+    let before = f.cursor(&board).await;
+    let write_id = Uuid::new_v4();
+    let url = f.url(&format!("/api/cards/{}", card.id));
+    let sends = (0..5).map(|_| {
+        let (http, url) = (f.http.clone(), url.clone());
+        async move {
+            let resp = http
+                .patch(url)
+                .header("idempotency-key", write_id.to_string())
+                .json(&json!({"title": "once", "base_version": 1}))
+                .send()
+                .await
+                .unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        }
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    for answer in &answers {
+        assert_eq!(answer, &answers[0], "every replay answers like the first");
+    }
+    assert_eq!(answers[0].0, StatusCode::OK);
+    let updated: Card = serde_json::from_str(&answers[0].1).unwrap();
+    assert_eq!(updated.version, 2, "applied exactly once");
+    assert_eq!(f.cursor(&board).await, before + 1, "one change in the log");
+
+    // The same id with a different write is refused, not applied.
+    let resp = f
+        .http
+        .patch(&url)
+        .header("idempotency-key", write_id.to_string())
+        .json(&json!({"title": "something else"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "idempotency_key_reused");
+    let metrics = f.http.get(f.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("syncline_duplicate_writes_total 4"), "{metrics}");
+}
+
+#[tokio::test]
+async fn two_writes_on_the_same_base_version_one_wins_the_other_gets_409_with_the_current_entity() {
+    let f = Fixture::new().await;
+    let (_, _, card) = f.board().await;
+    let url = f.url(&format!("/api/cards/{}", card.id));
+    let a = f.http.patch(&url).json(&json!({"title": "A", "base_version": 1}));
+    let b = f.http.patch(&url).json(&json!({"title": "B", "base_version": 1}));
+    let (a, b) = tokio::join!(a.send(), b.send());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409]);
+    let (winner, loser) = if a.status() == 200 { (a, b) } else { (b, a) };
+    let winner: Card = winner.json().await.unwrap();
+    let loser: Value = loser.json().await.unwrap();
+    assert_eq!(loser["error"], "conflict");
+    assert_eq!(loser["current"]["title"], winner.title.as_str());
+    assert_eq!(loser["current"]["version"], 2);
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_within_100_ms_of_a_write_landing() {
+    let f = Fixture::new().await;
+    let (board, _, card) = f.board().await;
+    let since = f.cursor(&board).await;
+    let url = f.url(&format!("/api/changes?stream=board:{}&since={since}&wait=20", board.id));
+    let poll = tokio::spawn({
+        let http = f.http.clone();
+        async move {
+            let resp: ServerMessage = http.get(url).send().await.unwrap().json().await.unwrap();
+            (resp, Instant::now())
+        }
+    });
+    // Let the poll start waiting (the gauge says when), then write.
+    let waiting = Instant::now();
+    while f.server.metrics().longpolls_waiting.get() == 0 {
+        assert!(waiting.elapsed() < WAIT, "the long-poll never started waiting");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f.rename_card(&card, "landed").await;
+    let landed = Instant::now();
+    let (resp, returned) = poll.await.unwrap();
+    let latency = returned.saturating_duration_since(landed);
+    assert!(latency < Duration::from_millis(100), "long-poll answered {latency:?} after the write");
+    match resp {
+        ServerMessage::Changes { changes, .. } => {
+            assert_eq!(changes.len(), 1);
+            assert_eq!(changes[0].cursor, since + 1);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // With changes already there, it answers at once; with none and wait=0, at once and empty.
+    let now: ServerMessage = f.http.get(f.url(&format!("/api/changes?stream=board:{}&since={since}&wait=20", board.id))).send().await.unwrap().json().await.unwrap();
+    assert!(matches!(now, ServerMessage::Changes { ref changes, .. } if changes.len() == 1));
+    let empty: ServerMessage = f.http.get(f.url(&format!("/api/changes?stream=board:{}&since={}", board.id, since + 1))).send().await.unwrap().json().await.unwrap();
+    assert!(matches!(empty, ServerMessage::Changes { ref changes, .. } if changes.is_empty()));
+    let bad = f.http.get(f.url("/api/changes?stream=cards&since=0")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"], "invalid_parameter");
+}
+
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_gets_everything_later_and_costs_bounded_memory() {
+    // Heartbeats are not the point here: a client that does not read does not answer pings either.
+    let f = Fixture::with(|c| c.heartbeat_secs = 600.0).await;
+    let (board, column, _) = f.board().await;
+    let stream = StreamId::Board(board.id);
+    let since = f.cursor(&board).await;
+    let mut slow = f.connect().await;
+    subscribe(&mut slow, stream, since).await;
+    assert_eq!(next(&mut slow).await, ServerMessage::Synced { stream, cursor: since });
+
+    // 10,000 changes of ~4 KB each: ~40 MB that would pile up in memory if the server queued them.
+    let description = "x".repeat(4000);
+    let rss_before = resident_bytes();
+    let started = Instant::now();
+    for batch in 0..100 {
+        let writes: Vec<Value> = (0..100)
+            .map(|i| {
+                json!({"write_id": Uuid::new_v4(), "op": {"type": "create_card", "column_id": column.id,
+                       "title": format!("card {}", batch * 100 + i), "description": description}})
+            })
+            .collect();
+        let result: WriteBatchResult = f.post("/api/writes", json!({ "writes": writes })).await;
+        assert!(result.results.iter().all(|r| r.status == 201));
+    }
+    eprintln!("10,000 writes in {:?}", started.elapsed());
+    let growth = resident_bytes().saturating_sub(rss_before);
+    assert!(growth < 24 * 1024 * 1024, "memory grew by {} MB while a subscriber was not reading", growth >> 20);
+    let got = changes_until(&mut slow, stream, since, since + 10_000).await;
+    assert_eq!(got.len(), 10_000);
+    assert!(f.server.metrics().feed_resyncs.get() > 0, "the stalled reader fell back to the log");
+    assert!(matches!(&got[9_999].op, ChangeOp::CardUpserted { card } if card.title == "card 9999"));
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_retention_or_from_another_log_gets_reset() {
+    let f = Fixture::with(|c| {
+        c.retention_changes = 10;
+        c.prune_interval_secs = 0.05;
+    })
+    .await;
+    let (board, _, card) = f.board().await;
+    for i in 0..30 {
+        f.rename_card(&card, &format!("t{i}")).await;
+    }
+    let stream = StreamId::Board(board.id);
+    let head = f.cursor(&board).await;
+    // Wait for a retention sweep to drop the old changes.
+    let started = Instant::now();
+    while f.server.metrics().changes_pruned.get() == 0 {
+        assert!(started.elapsed() < WAIT, "retention never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut ws = f.connect().await;
+    subscribe(&mut ws, stream, 1).await;
+    assert!(matches!(next(&mut ws).await, ServerMessage::Reset { stream: s, ref reason } if s == stream && reason.contains("retention")));
+    // A recent cursor is still served.
+    subscribe(&mut ws, stream, head - 5).await;
+    assert_eq!(changes_until(&mut ws, stream, head - 5, head).await.len(), 5);
+    assert_eq!(next(&mut ws).await, ServerMessage::Synced { stream, cursor: head });
+    // A cursor from the future, or from another log, is reset too.
+    subscribe(&mut ws, stream, head + 1).await;
+    assert!(matches!(next(&mut ws).await, ServerMessage::Reset { .. }));
+    send(&mut ws, &ClientMessage::Subscribe { streams: vec![StreamCursor { stream, since: head }], log_id: Some(Uuid::new_v4()) }).await;
+    assert!(matches!(next(&mut ws).await, ServerMessage::Reset { ref reason, .. } if reason.contains("change log")));
+
+    let polled: ServerMessage = f.http.get(f.url(&format!("/api/changes?stream=board:{}&since=1", board.id))).send().await.unwrap().json().await.unwrap();
+    assert!(matches!(polled, ServerMessage::Reset { .. }));
+}
+
+#[tokio::test]
+async fn a_forged_origin_is_refused_and_bad_frames_close_only_their_own_socket() {
+    let f = Fixture::with(|c| c.max_subscriptions = 2).await;
+    let (board, _, card) = f.board().await;
+    let stream = StreamId::Board(board.id);
+
+    let mut request = format!("ws://{}/api/feed", f.server.addr).into_client_request().unwrap();
+    request.headers_mut().insert("origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 403);
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"], "forbidden_origin");
+        }
+        other => panic!("forged origin was not refused: {other:?}"),
+    }
+    // The server's own origin is fine.
+    let mut request = format!("ws://{}/api/feed", f.server.addr).into_client_request().unwrap();
+    request.headers_mut().insert("origin", format!("http://{}", f.server.addr).parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(request).await.is_ok());
+
+    // A bystander that must keep working through all of this.
+    let mut bystander = f.connect().await;
+    let since = f.cursor(&board).await;
+    subscribe(&mut bystander, stream, since).await;
+    assert_eq!(next(&mut bystander).await, ServerMessage::Synced { stream, cursor: since });
+
+    let cases: Vec<(Message, u16)> = vec![
+        (Message::text("{not json"), 1007),
+        (Message::text(r#"{"type":"subscribe","streams":[{"stream":"nope","since":0}]}"#), 1007),
+        (Message::text(r#"{"type":"dance"}"#), 1007),
+        (Message::Binary(Bytes::from_static(b"\x00\x01")), 1003),
+        (Message::text("x".repeat(70 * 1024)), 1009),
+        (
+            Message::text(
+                serde_json::to_string(&ClientMessage::Subscribe {
+                    streams: (0..3).map(|_| StreamCursor { stream: StreamId::Board(Uuid::new_v4()), since: 0 }).collect(),
+                    log_id: None,
+                })
+                .unwrap(),
+            ),
+            1008,
+        ),
+    ];
+    for (frame, expected) in cases {
+        let mut ws = f.connect().await;
+        ws.send(frame).await.unwrap();
+        let (code, reason) = close_of(&mut ws).await;
+        assert_eq!(code, expected, "close code for a bad frame ({reason})");
+        assert!(!reason.is_empty(), "a close says why");
+    }
+
+    f.rename_card(&card, "still served").await;
+    let got = changes_until(&mut bystander, stream, since, since + 1).await;
+    assert!(matches!(&got[0].op, ChangeOp::CardUpserted { card } if card.title == "still served"));
+    assert!(CloseCode::from(1007) != CloseCode::Normal);
+}
+
+#[tokio::test]
+async fn heartbeats_go_both_ways() {
+    let f = Fixture::with(|c| c.heartbeat_secs = 0.1).await;
+    let mut ws = f.connect().await;
+    send(&mut ws, &ClientMessage::Ping { nonce: 42 }).await;
+    assert_eq!(next(&mut ws).await, ServerMessage::Pong { nonce: 42 });
+    // The server pings on its own; tungstenite answers with pongs as it reads.
+    let ping = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(Ok(Message::Ping(_))) = ws.next().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ping.is_ok(), "the server pings");
+
+    // A client that never answers is dropped with 4000 after two silent periods: simulate by not reading.
+    let mut silent = f.connect().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (code, _) = close_of(&mut silent).await;
+    assert_eq!(code, 4000);
+}
+
+#[tokio::test]
+async fn snapshots_carry_etags_and_answer_304_when_unchanged() {
+    let f = Fixture::new().await;
+    let (board, _, card) = f.board().await;
+    let url = f.url(&format!("/api/boards/{}", board.id));
+    let first = f.http.get(&url).send().await.unwrap();
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    let again = f.http.get(&url).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+    f.rename_card(&card, "changed").await;
+    let changed = f.http.get(&url).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(changed.status(), 200);
+    assert_ne!(changed.headers()["etag"].to_str().unwrap(), etag);
+
+    let list = f.http.get(f.url("/api/boards")).send().await.unwrap();
+    let etag = list.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(f.http.get(f.url("/api/boards")).header("if-none-match", &etag).send().await.unwrap().status(), 304);
+}
+
+#[tokio::test]
+async fn a_batch_applies_queued_writes_in_order_each_with_its_own_outcome() {
+    let f = Fixture::new().await;
+    let (board, column, card) = f.board().await;
+    let new_card = Uuid::new_v4();
+    let writes = json!({"writes": [
+        {"write_id": Uuid::new_v4(), "op": {"type": "create_card", "column_id": column.id, "id": new_card, "title": "made offline"}},
+        {"write_id": Uuid::new_v4(), "op": {"type": "update_card", "id": new_card, "description": "then edited"}},
+        {"write_id": Uuid::new_v4(), "op": {"type": "update_card", "id": card.id, "title": "stale", "base_version": 7}},
+        {"write_id": Uuid::new_v4(), "op": {"type": "delete_card", "id": Uuid::new_v4()}},
+        {"write_id": Uuid::new_v4(), "op": {"type": "move_card", "id": new_card, "column_id": column.id}},
+    ]});
+    let result: WriteBatchResult = f.post("/api/writes", writes.clone()).await;
+    let statuses: Vec<u16> = result.results.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![201, 200, 409, 404, 200]);
+    assert_eq!(result.results[1].body["description"], "then edited");
+    assert_eq!(result.results[2].body["current"]["version"], 1);
+
+    // Replaying the whole batch (the client never saw the answer) applies nothing again.
+    let cursor = f.cursor(&board).await;
+    let replay: WriteBatchResult = f.post("/api/writes", writes).await;
+    assert_eq!(replay, result);
+    assert_eq!(f.cursor(&board).await, cursor);
+
+    let too_many: Vec<Value> = (0..101).map(|_| json!({"write_id": Uuid::new_v4(), "op": {"type": "delete_card", "id": card.id}})).collect();
+    let resp = f.http.post(f.url("/api/writes")).json(&json!({"writes": too_many})).send().await.unwrap();
+    assert_eq!(resp.status(), 422);
+}
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_text() {
+    let f = Fixture::new().await;
+    let (_, _, card) = f.board().await;
+    let mut ws = f.connect().await;
+    subscribe(&mut ws, StreamId::Boards, 0).await;
+    f.rename_card(&card, "x").await;
+    let text = f.http.get(f.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "syncline_websockets_open 1",
+        "syncline_ws_messages_out_total",
+        "syncline_ws_bytes_out_total",
+        "syncline_writes_applied_total 4",
+        "syncline_write_conflicts_total 0",
+        "syncline_duplicate_writes_total 0",
+        "syncline_longpolls_waiting 0",
+        "syncline_fanout_latency_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "missing {name} in\n{text}");
+    }
+}

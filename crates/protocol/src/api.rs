@@ -13,16 +13,18 @@ pub type CardId = Uuid;
 pub type Version = u64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Board {
-    pub id: BoardId,
+    pub id: Uuid,
     pub title: String,
     pub version: Version,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Column {
-    pub id: ColumnId,
-    pub board_id: BoardId,
+    pub id: Uuid,
+    pub board_id: Uuid,
     pub title: String,
     /// Fractional-index key; compare as bytes.
     pub position: String,
@@ -30,10 +32,11 @@ pub struct Column {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Card {
-    pub id: CardId,
-    pub board_id: BoardId,
-    pub column_id: ColumnId,
+    pub id: Uuid,
+    pub board_id: Uuid,
+    pub column_id: Uuid,
     pub title: String,
     pub description: String,
     /// Fractional-index key within the column; compare as bytes.
@@ -44,6 +47,7 @@ pub struct Card {
 /// One board with all its columns and cards, each list in display order, as of `cursor` in the board's
 /// stream (`board:<id>`): follow the feed from there to stay up to date.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BoardSnapshot {
     pub board: Board,
     pub columns: Vec<Column>,
@@ -55,6 +59,7 @@ pub struct BoardSnapshot {
 
 /// `GET /api/boards`: every board, as of `cursor` in the `boards` stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BoardList {
     pub boards: Vec<Board>,
     pub log_id: Uuid,
@@ -63,23 +68,25 @@ pub struct BoardList {
 
 impl BoardSnapshot {
     /// The cards of one column, in order.
-    pub fn cards_in(&self, column: ColumnId) -> impl Iterator<Item = &Card> {
+    pub fn cards_in(&self, column: Uuid) -> impl Iterator<Item = &Card> {
         self.cards.iter().filter(move |c| c.column_id == column)
     }
 }
 
 /// `POST /api/boards`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateBoard {
     /// Client-chosen id (lets an offline client refer to what it created); the server picks one if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<BoardId>,
+    pub id: Option<Uuid>,
     pub title: String,
 }
 
 /// `PATCH /api/boards/{id}`, `PATCH /api/columns/{id}`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Rename {
     pub title: String,
@@ -90,29 +97,32 @@ pub struct Rename {
 
 /// `POST /api/boards/{id}/columns` — appended after the last column.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateColumn {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<ColumnId>,
+    pub id: Option<Uuid>,
     pub title: String,
 }
 
 /// `POST /api/columns/{id}/move` — place the column right after `after_column_id`, or first when absent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MoveColumn {
     #[serde(default)]
-    pub after_column_id: Option<ColumnId>,
+    pub after_column_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_version: Option<Version>,
 }
 
 /// `POST /api/columns/{id}/cards` — appended at the end of the column.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateCard {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<CardId>,
+    pub id: Option<Uuid>,
     pub title: String,
     #[serde(default)]
     pub description: String,
@@ -120,6 +130,7 @@ pub struct CreateCard {
 
 /// `PATCH /api/cards/{id}` — only the fields present change.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCard {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,11 +144,12 @@ pub struct UpdateCard {
 /// `POST /api/cards/{id}/move` — into `column_id` (same board), right after `after_card_id`, or first when
 /// absent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MoveCard {
-    pub column_id: ColumnId,
+    pub column_id: Uuid,
     #[serde(default)]
-    pub after_card_id: Option<CardId>,
+    pub after_card_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_version: Option<Version>,
 }

@@ -16,7 +16,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Board, BoardId, Card, CardId, Column, ColumnId};
+use crate::{Board, BoardId, Card, Column};
 
 /// Position in a stream: the cursor of the last change applied. 0 = before the first change.
 pub type Cursor = u64;
@@ -69,19 +69,21 @@ impl<'de> Deserialize<'de> for StreamId {
 /// What changed. Upserts carry the whole entity as committed, so a client can apply the change to its cached
 /// data without asking the server again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ChangeOp {
     BoardUpserted { board: Board },
-    BoardDeleted { id: BoardId },
+    BoardDeleted { id: Uuid },
     ColumnUpserted { column: Column },
     /// The column's cards were deleted with it; each has its own `CardDeleted` change just before this one.
-    ColumnDeleted { id: ColumnId, board_id: BoardId },
+    ColumnDeleted { id: Uuid, board_id: Uuid },
     CardUpserted { card: Card },
-    CardDeleted { id: CardId, board_id: BoardId },
+    CardDeleted { id: Uuid, board_id: Uuid },
 }
 
 /// One committed change, at `cursor` in `stream`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Change {
     pub stream: StreamId,
     pub cursor: Cursor,
@@ -97,6 +99,7 @@ pub struct Change {
 
 /// A stream and the cursor the client has for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamCursor {
     pub stream: StreamId,
     /// The last cursor the client applied (0 for "from the beginning").
@@ -105,6 +108,7 @@ pub struct StreamCursor {
 
 /// Client → server messages on the WebSocket feed (`GET /api/feed`, JSON text frames).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
     /// Follow these streams from these cursors. `log_id` is the one from `hello` (or from a snapshot) the
@@ -121,6 +125,7 @@ pub enum ClientMessage {
 
 /// Server → client messages on the WebSocket feed, and the body of a long-poll answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     /// First message on a socket.
@@ -192,3 +197,19 @@ mod tests {
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"ping"}"#).is_err());
     }
 }
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for StreamId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^(boards|board:[0-9a-fA-F-]{36})$"))
+            .description(Some("`boards` (the list of boards) or `board:<uuid>` (one board and everything on it)"))
+            .examples(["board:0192f0c4-6d2e-7c1a-9d34-1b2c3d4e5f60"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for StreamId {}

@@ -4,27 +4,29 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{BoardId, CardId, ColumnId, CreateBoard, CreateCard, CreateColumn, MoveCard, MoveColumn, Rename, UpdateCard, Version};
+use crate::{CreateBoard, CreateCard, CreateColumn, MoveCard, MoveColumn, Rename, UpdateCard, Version};
 
 /// One write. `base_version` (where present) makes the write conditional on the entity's current version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum WriteOp {
     CreateBoard { #[serde(flatten)] body: CreateBoard },
-    RenameBoard { id: BoardId, #[serde(flatten)] body: Rename },
-    DeleteBoard { id: BoardId, #[serde(default, skip_serializing_if = "Option::is_none")] base_version: Option<Version> },
-    CreateColumn { board_id: BoardId, #[serde(flatten)] body: CreateColumn },
-    RenameColumn { id: ColumnId, #[serde(flatten)] body: Rename },
-    MoveColumn { id: ColumnId, #[serde(flatten)] body: MoveColumn },
-    DeleteColumn { id: ColumnId, #[serde(default, skip_serializing_if = "Option::is_none")] base_version: Option<Version> },
-    CreateCard { column_id: ColumnId, #[serde(flatten)] body: CreateCard },
-    UpdateCard { id: CardId, #[serde(flatten)] body: UpdateCard },
-    MoveCard { id: CardId, #[serde(flatten)] body: MoveCard },
-    DeleteCard { id: CardId, #[serde(default, skip_serializing_if = "Option::is_none")] base_version: Option<Version> },
+    RenameBoard { id: Uuid, #[serde(flatten)] body: Rename },
+    DeleteBoard { id: Uuid, #[serde(default, skip_serializing_if = "Option::is_none")] base_version: Option<Version> },
+    CreateColumn { board_id: Uuid, #[serde(flatten)] body: CreateColumn },
+    RenameColumn { id: Uuid, #[serde(flatten)] body: Rename },
+    MoveColumn { id: Uuid, #[serde(flatten)] body: MoveColumn },
+    DeleteColumn { id: Uuid, #[serde(default, skip_serializing_if = "Option::is_none")] base_version: Option<Version> },
+    CreateCard { column_id: Uuid, #[serde(flatten)] body: CreateCard },
+    UpdateCard { id: Uuid, #[serde(flatten)] body: UpdateCard },
+    MoveCard { id: Uuid, #[serde(flatten)] body: MoveCard },
+    DeleteCard { id: Uuid, #[serde(default, skip_serializing_if = "Option::is_none")] base_version: Option<Version> },
 }
 
 /// A write with its idempotency key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Write {
     /// Client-generated, unique per write. Sending the same id again returns the first outcome and applies
@@ -36,6 +38,7 @@ pub struct Write {
 /// `POST /api/writes`: several queued writes, applied in order, each on its own (one failing does not stop
 /// the rest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WriteBatch {
     pub writes: Vec<Write>,
@@ -44,6 +47,7 @@ pub struct WriteBatch {
 /// The outcome of one write: the HTTP status it had (or would have had alone) and its JSON body (the entity,
 /// or an `ApiError`, with `current` for a conflict).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WriteOutcome {
     pub write_id: Uuid,
     pub status: u16,
@@ -51,6 +55,7 @@ pub struct WriteOutcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WriteBatchResult {
     pub results: Vec<WriteOutcome>,
 }

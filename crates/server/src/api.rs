@@ -12,9 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use serde::Deserialize;
 use syncline_protocol::writes::MAX_BATCH_WRITES;
+#[allow(unused_imports)] // some are named only by the OpenAPI attributes
 use syncline_protocol::{
-    BoardId, CardId, ColumnId, CreateBoard, CreateCard, CreateColumn, Cursor, ErrorCode, MoveCard, MoveColumn,
-    Rename, ServerMessage, StreamId, UpdateCard, Version, WriteBatch, WriteBatchResult, WriteOp, WriteOutcome,
+    ApiError, Board, BoardId, BoardList, BoardSnapshot, Card, CardId, Change, ChangeOp, ClientMessage, Column,
+    ColumnId, CreateBoard, CreateCard, CreateColumn, Cursor, ErrorCode, MoveCard, MoveColumn, Rename, ServerMessage,
+    StreamCursor, StreamId, UpdateCard, Version, Write, WriteBatch, WriteBatchResult, WriteOp, WriteOutcome,
 };
 use uuid::Uuid;
 
@@ -42,10 +44,12 @@ pub fn router() -> Router<AppState> {
         .route("/writes", post(write_batch))
         .route("/changes", get(long_poll))
         .route("/feed", get(ws::feed))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
 }
@@ -88,6 +92,7 @@ fn snapshot_response<T: serde::Serialize>(tag: String, body: Option<T>) -> Respo
     }
 }
 
+#[utoipa::path(get, path = "/api/boards", tag = "boards", responses((status = 200, description = "All boards, with the `boards` stream cursor; ETag", body = BoardList), (status = 304, description = "Unchanged since If-None-Match")))]
 async fn list_boards(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     let log_id = s.store.log_id();
     let known = headers;
@@ -102,6 +107,7 @@ async fn list_boards(State(s): State<AppState>, headers: HeaderMap) -> ApiResult
     Ok(snapshot_response(tag, list))
 }
 
+#[utoipa::path(get, path = "/api/boards/{id}", tag = "boards", params(("id" = Uuid, Path)), responses((status = 200, description = "Board snapshot with its stream cursor; ETag", body = BoardSnapshot), (status = 304, description = "Unchanged since If-None-Match"), (status = 404, body = ApiError)))]
 async fn get_board(State(s): State<AppState>, Path(id): Path<BoardId>, headers: HeaderMap) -> ApiResult<Response> {
     let log_id = s.store.log_id();
     let known = headers;
@@ -117,7 +123,8 @@ async fn get_board(State(s): State<AppState>, Path(id): Path<BoardId>, headers: 
     Ok(snapshot_response(tag, snapshot))
 }
 
-async fn get_card(State(s): State<AppState>, Path(id): Path<CardId>) -> ApiResult<axum::Json<syncline_protocol::Card>> {
+#[utoipa::path(get, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path)), responses((status = 200, body = Card), (status = 404, body = ApiError)))]
+async fn get_card(State(s): State<AppState>, Path(id): Path<CardId>) -> ApiResult<axum::Json<Card>> {
     Ok(axum::Json(s.store.transaction(move |tx| store::get_card(tx, id)).await?))
 }
 
@@ -156,10 +163,12 @@ struct BaseVersion {
     base_version: Option<Version>,
 }
 
+#[utoipa::path(post, path = "/api/boards", tag = "boards", params(("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = CreateBoard, responses((status = 201, body = Board), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn create_board(State(s): State<AppState>, headers: HeaderMap, Json(body): Json<CreateBoard>) -> ApiResult<Outcome> {
     write(&s, &headers, WriteOp::CreateBoard { body }).await
 }
 
+#[utoipa::path(patch, path = "/api/boards/{id}", tag = "boards", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = Rename, responses((status = 200, body = Board), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn rename_board(
     State(s): State<AppState>,
     Path(id): Path<BoardId>,
@@ -169,6 +178,7 @@ async fn rename_board(
     write(&s, &headers, WriteOp::RenameBoard { id, body }).await
 }
 
+#[utoipa::path(delete, path = "/api/boards/{id}", tag = "boards", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), responses((status = 204, description = "Deleted"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn delete_board(
     State(s): State<AppState>,
     Path(id): Path<BoardId>,
@@ -178,6 +188,7 @@ async fn delete_board(
     write(&s, &headers, WriteOp::DeleteBoard { id, base_version: q.base_version }).await
 }
 
+#[utoipa::path(post, path = "/api/boards/{id}/columns", tag = "columns", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = CreateColumn, responses((status = 201, body = Column), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn create_column(
     State(s): State<AppState>,
     Path(board_id): Path<BoardId>,
@@ -187,6 +198,7 @@ async fn create_column(
     write(&s, &headers, WriteOp::CreateColumn { board_id, body }).await
 }
 
+#[utoipa::path(patch, path = "/api/columns/{id}", tag = "columns", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = Rename, responses((status = 200, body = Column), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn rename_column(
     State(s): State<AppState>,
     Path(id): Path<ColumnId>,
@@ -196,6 +208,7 @@ async fn rename_column(
     write(&s, &headers, WriteOp::RenameColumn { id, body }).await
 }
 
+#[utoipa::path(post, path = "/api/columns/{id}/move", tag = "columns", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = MoveColumn, responses((status = 200, body = Column), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn move_column(
     State(s): State<AppState>,
     Path(id): Path<ColumnId>,
@@ -205,6 +218,7 @@ async fn move_column(
     write(&s, &headers, WriteOp::MoveColumn { id, body }).await
 }
 
+#[utoipa::path(delete, path = "/api/columns/{id}", tag = "columns", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), responses((status = 204, description = "Deleted with its cards"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn delete_column(
     State(s): State<AppState>,
     Path(id): Path<ColumnId>,
@@ -214,6 +228,7 @@ async fn delete_column(
     write(&s, &headers, WriteOp::DeleteColumn { id, base_version: q.base_version }).await
 }
 
+#[utoipa::path(post, path = "/api/columns/{id}/cards", tag = "cards", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = CreateCard, responses((status = 201, body = Card), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn create_card(
     State(s): State<AppState>,
     Path(column_id): Path<ColumnId>,
@@ -223,6 +238,7 @@ async fn create_card(
     write(&s, &headers, WriteOp::CreateCard { column_id, body }).await
 }
 
+#[utoipa::path(patch, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = UpdateCard, responses((status = 200, body = Card), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn update_card(
     State(s): State<AppState>,
     Path(id): Path<CardId>,
@@ -232,6 +248,7 @@ async fn update_card(
     write(&s, &headers, WriteOp::UpdateCard { id, body }).await
 }
 
+#[utoipa::path(post, path = "/api/cards/{id}/move", tag = "cards", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = MoveCard, responses((status = 200, body = Card), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn move_card(
     State(s): State<AppState>,
     Path(id): Path<CardId>,
@@ -241,6 +258,7 @@ async fn move_card(
     write(&s, &headers, WriteOp::MoveCard { id, body }).await
 }
 
+#[utoipa::path(delete, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), responses((status = 204, description = "Deleted"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn delete_card(
     State(s): State<AppState>,
     Path(id): Path<CardId>,
@@ -251,6 +269,7 @@ async fn delete_card(
 }
 
 /// `POST /api/writes`: queued writes in order; each has its own outcome.
+#[utoipa::path(post, path = "/api/writes", tag = "writes", request_body = WriteBatch, responses((status = 200, description = "Each write's outcome, in order", body = WriteBatchResult), (status = 422, description = "Too many writes or a malformed batch", body = ApiError)))]
 async fn write_batch(State(s): State<AppState>, Json(batch): Json<WriteBatch>) -> ApiResult<axum::Json<WriteBatchResult>> {
     if batch.writes.len() > MAX_BATCH_WRITES {
         return Err(AppError::new(
@@ -283,6 +302,7 @@ struct LongPollQuery {
 
 /// `GET /api/changes?stream=&since=&wait=`: the changes after `since` at once if there are any, otherwise as
 /// soon as one lands (or an empty list after `wait`). Answers `changes` or `reset`, as on the WebSocket.
+#[utoipa::path(get, path = "/api/changes", tag = "feed", params(("stream" = String, Query, description = "`boards` or `board:<uuid>`"), ("since" = u64, Query, description = "Last cursor applied"), ("wait" = Option<f64>, Query, description = "Seconds to wait for a change (capped by the server)"), ("log_id" = Option<Uuid>, Query, description = "Log the cursor belongs to")), responses((status = 200, description = "`changes` (possibly empty) or `reset`", body = ServerMessage), (status = 400, body = ApiError)))]
 async fn long_poll(
     State(s): State<AppState>,
     query: Result<Query<LongPollQuery>, axum::extract::rejection::QueryRejection>,
@@ -318,4 +338,30 @@ async fn long_poll(
         LogRead::Changes(changes) => ServerMessage::Changes { stream, changes },
         LogRead::Reset(reason) => ServerMessage::Reset { stream, reason },
     }))
+}
+
+// ---- OpenAPI -------------------------------------------------------------------------------------------------
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "syncline", description = "Kanban API with a gap-free change feed. The WebSocket feed (`GET /api/feed`) is described in docs/protocol.md."),
+    paths(
+        list_boards, create_board, get_board, rename_board, delete_board, create_column, rename_column, move_column,
+        delete_column, create_card, get_card, update_card, move_card, delete_card, write_batch, long_poll, metrics,
+        feed_doc
+    ),
+    components(schemas(ClientMessage, ServerMessage, Change, ChangeOp, StreamCursor, WriteOp, Write))
+)]
+pub struct ApiDoc;
+
+/// Documentation stub for the WebSocket route, which axum serves in [`ws::feed`].
+#[utoipa::path(get, path = "/api/feed", tag = "feed",
+    description = "Upgrade to a WebSocket. The client sends `ClientMessage`s, the server `ServerMessage`s, as JSON text frames. A browser Origin other than the server's own (or an allowed one) is refused with 403.",
+    responses((status = 101, description = "Switching to the feed"), (status = 403, description = "Origin not allowed", body = ApiError)))]
+#[allow(dead_code)]
+fn feed_doc() {}
+
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    axum::Json(ApiDoc::openapi())
 }

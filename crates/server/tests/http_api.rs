@@ -292,3 +292,36 @@ async fn data_survives_a_restart_on_the_same_file() {
     assert_eq!(boards.boards, vec![board]);
     assert!(server.stats().requests_total() >= 1, "the server counts what it serves");
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let f = Fixture::new().await;
+    let doc: Value = f.get("/api/openapi.json").await.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let routes = [
+        ("get", "/api/boards"),
+        ("post", "/api/boards"),
+        ("get", "/api/boards/{id}"),
+        ("patch", "/api/boards/{id}"),
+        ("delete", "/api/boards/{id}"),
+        ("post", "/api/boards/{id}/columns"),
+        ("patch", "/api/columns/{id}"),
+        ("delete", "/api/columns/{id}"),
+        ("post", "/api/columns/{id}/move"),
+        ("post", "/api/columns/{id}/cards"),
+        ("get", "/api/cards/{id}"),
+        ("patch", "/api/cards/{id}"),
+        ("delete", "/api/cards/{id}"),
+        ("post", "/api/cards/{id}/move"),
+        ("post", "/api/writes"),
+        ("get", "/api/changes"),
+        ("get", "/api/feed"),
+        ("get", "/metrics"),
+    ];
+    for (method, path) in routes {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} is not documented");
+    }
+    for schema in ["Board", "BoardSnapshot", "Card", "ApiError", "ErrorCode", "ServerMessage", "ClientMessage", "WriteOp"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
+    }
+}

@@ -2,6 +2,7 @@
 //!
 //! - `run [server flags]`: installs what is missing, builds the web app, starts the server, prints the URL.
 //! - `test`: installs what is missing, builds the web app, runs every test in one cargo selection.
+//! - `bench feed [args]`: the feed fan-out benchmark (release builds; prints a table).
 //! - `build-web`: only builds the web app into `target/dist`.
 //!
 //! "What is missing" on a fresh Debian machine: the wasm32 target, the wasm-bindgen CLI at the version in
@@ -26,12 +27,13 @@ fn main() -> Result<()> {
     match command.as_str() {
         "run" => run(&root, &rest),
         "test" => test(&root, &rest),
+        "bench" => bench(&rest),
         "build-web" => {
             ensure_wasm_tools(&root)?;
             build_web(&root).map(|_| ())
         }
         _ => {
-            eprintln!("usage: cargo xtask <run [server flags] | test [cargo test args] | build-web>");
+            eprintln!("usage: cargo xtask <run [server flags] | test [cargo test args] | bench feed [args] | build-web>");
             std::process::exit(2);
         }
     }
@@ -91,6 +93,17 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     )?;
     println!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("feed") => {
+            status(cargo().args(["build", "--release", "--package", "syncline-server", "--package", "syncline-bench"]))?;
+            let release = workspace_root().join("target").join("release");
+            status(Command::new(release.join("feed-bench")).arg("--server").arg(release.join("syncline-server")).args(&args[1..]))
+        }
+        _ => bail!("usage: cargo xtask bench feed [--subscribers 1000,10000] [--rounds 20]"),
+    }
 }
 
 /// wasm32 target and the wasm-bindgen CLI at exactly the version Cargo.lock uses.

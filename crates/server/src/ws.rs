@@ -52,7 +52,7 @@ pub async fn feed(State(state): State<AppState>, headers: HeaderMap, ws: WebSock
     ws.max_message_size(max)
         .max_frame_size(max)
         // Small buffers: idle connections are the common case and must stay cheap.
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {

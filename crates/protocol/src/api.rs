@@ -57,6 +57,27 @@ pub struct BoardSnapshot {
     pub cursor: crate::Cursor,
 }
 
+/// `GET /api/boards/{id}/summary`: figures the server computes over a board (a query a client cannot bring up
+/// to date from a change alone, so it is refetched when the board changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BoardSummary {
+    pub board_id: Uuid,
+    pub columns: Vec<ColumnSummary>,
+    pub total_cards: u64,
+    /// Cards with a non-empty description.
+    pub described_cards: u64,
+    pub cursor: crate::Cursor,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ColumnSummary {
+    pub column_id: Uuid,
+    pub title: String,
+    pub cards: u64,
+}
+
 /// `GET /api/boards`: every board, as of `cursor` in the `boards` stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use syncline_protocol::writes::MAX_BATCH_WRITES;
 #[allow(unused_imports)] // some are named only by the OpenAPI attributes
 use syncline_protocol::{
-    ApiError, Board, BoardId, BoardList, BoardSnapshot, Card, CardId, Change, ChangeOp, ClientMessage, Column,
+    ApiError, Board, BoardId, BoardList, BoardSnapshot, BoardSummary, Card, CardId, Change, ChangeOp, ClientMessage, Column,
     ColumnId, CreateBoard, CreateCard, CreateColumn, Cursor, ErrorCode, MoveCard, MoveColumn, Rename, ServerMessage,
     StreamCursor, StreamId, UpdateCard, Version, Write, WriteBatch, WriteBatchResult, WriteOp, WriteOutcome,
 };
@@ -36,6 +36,7 @@ pub fn router() -> Router<AppState> {
         .route("/boards", get(list_boards).post(create_board))
         .route("/boards/{id}", get(get_board).patch(rename_board).delete(delete_board))
         .route("/boards/{id}/columns", post(create_column))
+        .route("/boards/{id}/summary", get(get_summary))
         .route("/columns/{id}", patch(rename_column).delete(delete_column))
         .route("/columns/{id}/move", post(move_column))
         .route("/columns/{id}/cards", post(create_card))
@@ -121,6 +122,21 @@ async fn get_board(State(s): State<AppState>, Path(id): Path<BoardId>, headers: 
         })
         .await?;
     Ok(snapshot_response(tag, snapshot))
+}
+
+#[utoipa::path(get, path = "/api/boards/{id}/summary", tag = "boards", params(("id" = Uuid, Path)), responses((status = 200, description = "Server-computed figures; ETag", body = BoardSummary), (status = 304, description = "Unchanged since If-None-Match"), (status = 404, body = ApiError)))]
+async fn get_summary(State(s): State<AppState>, Path(id): Path<BoardId>, headers: HeaderMap) -> ApiResult<Response> {
+    let log_id = s.store.log_id();
+    let (tag, summary) = s
+        .store
+        .transaction(move |tx| {
+            store::get_board(tx, id)?;
+            let tag = format!("\"{log_id}-{}-summary\"", stream_head(tx, StreamId::Board(id))?);
+            let summary = if not_modified(&headers, &tag) { None } else { Some(store::board_summary(tx, id)?) };
+            Ok((tag, summary))
+        })
+        .await?;
+    Ok(snapshot_response(tag, summary))
 }
 
 #[utoipa::path(get, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path)), responses((status = 200, body = Card), (status = 404, body = ApiError)))]
@@ -346,7 +362,7 @@ async fn long_poll(
 #[openapi(
     info(title = "syncline", description = "Kanban API with a gap-free change feed. The WebSocket feed (`GET /api/feed`) is described in docs/protocol.md."),
     paths(
-        list_boards, create_board, get_board, rename_board, delete_board, create_column, rename_column, move_column,
+        list_boards, create_board, get_board, get_summary, rename_board, delete_board, create_column, rename_column, move_column,
         delete_column, create_card, get_card, update_card, move_card, delete_card, write_batch, long_poll, metrics,
         feed_doc
     ),

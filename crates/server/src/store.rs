@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use syncline_protocol::limits::{validate_description, validate_title};
 use syncline_protocol::{
-    Board, BoardId, BoardList, BoardSnapshot, Card, CardId, ChangeOp, Column, ColumnId, CreateBoard, CreateCard,
+    Board, BoardId, BoardList, BoardSnapshot, BoardSummary, Card, ColumnSummary, CardId, ChangeOp, Column, ColumnId, CreateBoard, CreateCard,
     CreateColumn, MoveCard, MoveColumn, Rename, StreamId, UpdateCard, Version,
 };
 use uuid::Uuid;
@@ -244,6 +244,31 @@ pub fn board_snapshot(tx: &Connection, id: BoardId, log_id: Uuid) -> StoreResult
     cards.sort_by_key(|c| column_index(c));
     let cursor = stream_head(tx, StreamId::Board(id))?;
     Ok(BoardSnapshot { board, columns, cards, log_id, cursor })
+}
+
+pub fn board_summary(tx: &Connection, id: BoardId) -> StoreResult<BoardSummary> {
+    get_board(tx, id)?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT c.id, c.title, COUNT(k.id) FROM columns c LEFT JOIN cards k ON k.column_id = c.id
+         WHERE c.board_id = ?1 GROUP BY c.id ORDER BY c.position, c.id",
+    )?;
+    let columns = stmt
+        .query_map([id.to_string()], |r| {
+            Ok(ColumnSummary { column_id: uuid_col(r, 0)?, title: r.get(1)?, cards: r.get::<_, i64>(2)? as u64 })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let described: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM cards WHERE board_id = ?1 AND description != ''",
+        [id.to_string()],
+        |r| r.get(0),
+    )?;
+    Ok(BoardSummary {
+        board_id: id,
+        total_cards: columns.iter().map(|c| c.cards).sum(),
+        columns,
+        described_cards: described as u64,
+        cursor: stream_head(tx, StreamId::Board(id))?,
+    })
 }
 
 // ---- helpers for writes ------------------------------------------------------------------------------------

@@ -105,6 +105,11 @@ async fn boards_columns_and_cards_round_trip_with_versions() {
     assert_eq!(renamed.version, 2);
 
     // Columns reorder too.
+    let summary: Value = f.get(&format!("/api/boards/{}/summary", board.id)).await.json().await.unwrap();
+    assert_eq!(summary["total_cards"], 2);
+    assert_eq!(summary["described_cards"], 1);
+    assert_eq!(summary["columns"][1]["cards"], 1);
+
     let moved_col: Column =
         f.post(&format!("/api/columns/{}/move", done.id), json!({})).await.json().await.unwrap();
     assert!(moved_col.position < todo.position);
@@ -305,6 +310,7 @@ async fn the_openapi_document_describes_every_route() {
         ("patch", "/api/boards/{id}"),
         ("delete", "/api/boards/{id}"),
         ("post", "/api/boards/{id}/columns"),
+        ("get", "/api/boards/{id}/summary"),
         ("patch", "/api/columns/{id}"),
         ("delete", "/api/columns/{id}"),
         ("post", "/api/columns/{id}/move"),

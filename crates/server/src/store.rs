@@ -92,6 +92,24 @@ fn migrations() -> Migrations<'static> {
     ])
 }
 
+/// Opens a database (`:memory:` for a throwaway one), applies the migrations, and returns it with its log id.
+/// [`Store`] wraps this for the server; the simulation drives the same connection synchronously.
+pub fn open_connection(path: &Path) -> anyhow::Result<(Connection, Uuid)> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    migrations().to_latest(&mut conn)?;
+    // The log's identity: created once with the database, so cursors from another database are refused.
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?1)", [Uuid::new_v4().to_string()])?;
+    let log_id: String = conn.query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |r| r.get(0))?;
+    Ok((conn, Uuid::parse_str(&log_id)?))
+}
+
 /// The database plus the in-process fan-out of what it commits.
 #[derive(Clone)]
 pub struct Store {
@@ -103,19 +121,8 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrations().to_latest(&mut conn)?;
-        // The log's identity: created once with the database, so cursors from another database are refused.
-        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?1)", [Uuid::new_v4().to_string()])?;
-        let log_id: String = conn.query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |r| r.get(0))?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)), log_id: Uuid::parse_str(&log_id)?, hub: Arc::new(Hub::default()) })
+        let (conn, log_id) = open_connection(path)?;
+        Ok(Store { conn: Arc::new(Mutex::new(conn)), log_id, hub: Arc::new(Hub::default()) })
     }
 
     /// Identifies this database's change log.

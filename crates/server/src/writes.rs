@@ -40,7 +40,8 @@ pub async fn execute(store: &Store, metrics: &Metrics, write_id: Option<Uuid>, o
     Ok(outcome)
 }
 
-fn execute_locked(conn: &mut Connection, write_id: Option<Uuid>, op: WriteOp) -> StoreResult<(Outcome, Recorder)> {
+/// [`execute`] on a connection the caller holds; returns the outcome and the changes to publish.
+pub fn execute_locked(conn: &mut Connection, write_id: Option<Uuid>, op: WriteOp) -> StoreResult<(Outcome, Recorder)> {
     let request = serde_json::to_string(&op).map_err(|e| StoreError::Internal(e.into()))?;
     let mut tx = conn.transaction()?;
     let mut rec = Recorder::new(write_id);

@@ -1,0 +1,430 @@
+//! Bringing cached data up to date without asking the server: applying feed changes (deltas), applying the
+//! entity a write returned, and laying pending writes over server data (the optimistic view).
+//!
+//! Everything is version-checked: an entity is replaced only by a newer version of itself, so applying a
+//! change twice, or a change older than a snapshot, changes nothing.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use syncline_protocol::{Board, BoardList, BoardSnapshot, Card, Change, ChangeOp, Column, WriteOp};
+use uuid::Uuid;
+
+use crate::types::{PendingWrite, QueryData};
+
+/// What applying a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Changed,
+    Unchanged,
+    /// The change cannot be applied from its own data (e.g. a card in a column this copy does not have):
+    /// the query must be refetched.
+    CannotApply,
+}
+
+fn upsert<T: Clone>(list: &mut Vec<T>, item: &T, id: impl Fn(&T) -> Uuid, version: impl Fn(&T) -> u64) -> bool {
+    match list.iter_mut().find(|x| id(x) == id(item)) {
+        Some(existing) if version(existing) >= version(item) => false,
+        Some(existing) => {
+            *existing = item.clone();
+            true
+        }
+        None => {
+            list.push(item.clone());
+            true
+        }
+    }
+}
+
+fn remove<T>(list: &mut Vec<T>, target: Uuid, id: impl Fn(&T) -> Uuid) -> bool {
+    let before = list.len();
+    list.retain(|x| id(x) != target);
+    list.len() != before
+}
+
+/// Puts columns and cards back in display order: columns by (position, id); cards grouped by column order,
+/// then by (position, id).
+pub fn normalize(snap: &mut BoardSnapshot) {
+    snap.columns.sort_by(|a, b| (&a.position, a.id).cmp(&(&b.position, b.id)));
+    let column_index = |c: &Card| snap.columns.iter().position(|col| col.id == c.column_id).unwrap_or(usize::MAX);
+    let mut cards = std::mem::take(&mut snap.cards);
+    cards.sort_by(|a, b| (column_index(a), &a.position, a.id).cmp(&(column_index(b), &b.position, b.id)));
+    snap.cards = cards;
+}
+
+/// Applies one feed change to a query's data.
+pub fn apply_change(data: &mut QueryData, change: &Change) -> Applied {
+    let result = match data {
+        QueryData::Boards(list) => apply_to_list(list, &change.op),
+        QueryData::Board(snap) => match &change.op {
+            ChangeOp::BoardDeleted { id } if *id == snap.board.id => {
+                *data = QueryData::Gone;
+                return Applied::Changed;
+            }
+            op => apply_to_board(snap, op),
+        },
+        QueryData::Summary(_) => Applied::CannotApply,
+        QueryData::Gone => Applied::Unchanged,
+    };
+    match data {
+        QueryData::Boards(l) => l.cursor = l.cursor.max(change.cursor),
+        QueryData::Board(b) => b.cursor = b.cursor.max(change.cursor),
+        _ => {}
+    }
+    result
+}
+
+fn changed(b: bool) -> Applied {
+    if b { Applied::Changed } else { Applied::Unchanged }
+}
+
+fn apply_to_list(list: &mut BoardList, op: &ChangeOp) -> Applied {
+    match op {
+        ChangeOp::BoardUpserted { board } => changed(upsert(&mut list.boards, board, |b| b.id, |b| b.version)),
+        ChangeOp::BoardDeleted { id } => changed(remove(&mut list.boards, *id, |b| b.id)),
+        _ => Applied::Unchanged,
+    }
+}
+
+fn apply_to_board(snap: &mut BoardSnapshot, op: &ChangeOp) -> Applied {
+    let result = match op {
+        ChangeOp::BoardUpserted { board } if board.id == snap.board.id => {
+            if board.version > snap.board.version {
+                snap.board = board.clone();
+                Applied::Changed
+            } else {
+                Applied::Unchanged
+            }
+        }
+        ChangeOp::ColumnUpserted { column } if column.board_id == snap.board.id => {
+            changed(upsert(&mut snap.columns, column, |c| c.id, |c| c.version))
+        }
+        ChangeOp::ColumnDeleted { id, .. } => {
+            let gone_cards = remove(&mut snap.cards, *id, |c| c.column_id);
+            changed(remove(&mut snap.columns, *id, |c| c.id) || gone_cards)
+        }
+        ChangeOp::CardUpserted { card } if card.board_id == snap.board.id => {
+            if !snap.columns.iter().any(|c| c.id == card.column_id) {
+                return Applied::CannotApply;
+            }
+            changed(upsert(&mut snap.cards, card, |c| c.id, |c| c.version))
+        }
+        ChangeOp::CardDeleted { id, .. } => changed(remove(&mut snap.cards, *id, |c| c.id)),
+        _ => Applied::Unchanged,
+    };
+    if result == Applied::Changed {
+        normalize(snap);
+    }
+    result
+}
+
+/// Applies the entity a confirmed write returned (it may arrive before its change on the feed).
+pub fn apply_entity(data: &mut QueryData, entity: &Value) -> Applied {
+    let op = if let Ok(card) = serde_json::from_value::<Card>(entity.clone()) {
+        ChangeOp::CardUpserted { card }
+    } else if let Ok(column) = serde_json::from_value::<Column>(entity.clone()) {
+        ChangeOp::ColumnUpserted { column }
+    } else if let Ok(board) = serde_json::from_value::<Board>(entity.clone()) {
+        ChangeOp::BoardUpserted { board }
+    } else {
+        return Applied::Unchanged;
+    };
+    match data {
+        QueryData::Boards(list) => apply_to_list(list, &op),
+        QueryData::Board(snap) => apply_to_board(snap, &op),
+        _ => Applied::Unchanged,
+    }
+}
+
+/// The entity a write is about: its per-entity order and its pending marker key.
+pub fn entity_of(op: &WriteOp) -> Uuid {
+    match op {
+        WriteOp::CreateBoard { body } => body.id.unwrap_or_default(),
+        WriteOp::CreateColumn { body, .. } => body.id.unwrap_or_default(),
+        WriteOp::CreateCard { body, .. } => body.id.unwrap_or_default(),
+        WriteOp::RenameBoard { id, .. } | WriteOp::DeleteBoard { id, .. } => *id,
+        WriteOp::RenameColumn { id, .. } | WriteOp::MoveColumn { id, .. } | WriteOp::DeleteColumn { id, .. } => *id,
+        WriteOp::UpdateCard { id, .. } | WriteOp::MoveCard { id, .. } | WriteOp::DeleteCard { id, .. } => *id,
+    }
+}
+
+/// The fields a write changes, for conflict resolution ("*" = the whole entity).
+pub fn fields_written(op: &WriteOp) -> BTreeSet<&'static str> {
+    let mut f = BTreeSet::new();
+    match op {
+        WriteOp::UpdateCard { body, .. } => {
+            if body.title.is_some() {
+                f.insert("title");
+            }
+            if body.description.is_some() {
+                f.insert("description");
+            }
+        }
+        WriteOp::MoveCard { .. } => {
+            f.insert("column_id");
+            f.insert("position");
+        }
+        WriteOp::MoveColumn { .. } => {
+            f.insert("position");
+        }
+        WriteOp::RenameBoard { .. } | WriteOp::RenameColumn { .. } => {
+            f.insert("title");
+        }
+        _ => {
+            f.insert("*");
+        }
+    }
+    f
+}
+
+/// The fields that differ between two versions of an entity (its version aside).
+pub fn fields_changed(base: &Value, current: &Value) -> BTreeSet<String> {
+    let (Some(a), Some(b)) = (base.as_object(), current.as_object()) else { return ["*".to_owned()].into() };
+    a.keys()
+        .chain(b.keys())
+        .filter(|k| k.as_str() != "version" && a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// Sets a write's base version (when it has one).
+pub fn set_base_version(op: &mut WriteOp, version: u64) {
+    match op {
+        WriteOp::RenameBoard { body, .. } | WriteOp::RenameColumn { body, .. } => body.base_version = Some(version),
+        WriteOp::MoveColumn { body, .. } => body.base_version = Some(version),
+        WriteOp::UpdateCard { body, .. } => body.base_version = Some(version),
+        WriteOp::MoveCard { body, .. } => body.base_version = Some(version),
+        WriteOp::DeleteBoard { base_version, .. }
+        | WriteOp::DeleteColumn { base_version, .. }
+        | WriteOp::DeleteCard { base_version, .. } => *base_version = Some(version),
+        WriteOp::CreateBoard { .. } | WriteOp::CreateColumn { .. } | WriteOp::CreateCard { .. } => {}
+    }
+}
+
+/// A position key that sorts after every real one (real keys are hex), for optimistic inserts.
+fn pending_position(n: usize) -> String {
+    format!("zz{n:08}")
+}
+
+/// The board as the user should see it: server data with pending writes laid over, in order.
+pub fn overlay_board(snap: &BoardSnapshot, pending: &[&PendingWrite]) -> Option<BoardSnapshot> {
+    let mut view = snap.clone();
+    for (n, w) in pending.iter().enumerate() {
+        match &w.op {
+            WriteOp::RenameBoard { id, body } if *id == view.board.id => view.board.title = body.title.clone(),
+            WriteOp::DeleteBoard { id, .. } if *id == view.board.id => return None,
+            WriteOp::CreateColumn { board_id, body } if *board_id == view.board.id => {
+                if let Some(id) = body.id.filter(|id| !view.columns.iter().any(|c| c.id == *id)) {
+                    view.columns.push(Column {
+                        id,
+                        board_id: *board_id,
+                        title: body.title.clone(),
+                        position: pending_position(n),
+                        version: 0,
+                    });
+                }
+            }
+            WriteOp::RenameColumn { id, body } => {
+                if let Some(c) = view.columns.iter_mut().find(|c| c.id == *id) {
+                    c.title = body.title.clone();
+                }
+            }
+            WriteOp::MoveColumn { id, body } => {
+                if let Some(i) = view.columns.iter().position(|c| c.id == *id) {
+                    let col = view.columns.remove(i);
+                    let at = match body.after_column_id {
+                        None => 0,
+                        Some(after) => view.columns.iter().position(|c| c.id == after).map_or(view.columns.len(), |i| i + 1),
+                    };
+                    view.columns.insert(at, col);
+                }
+            }
+            WriteOp::DeleteColumn { id, .. } => {
+                view.columns.retain(|c| c.id != *id);
+                view.cards.retain(|c| c.column_id != *id);
+            }
+            WriteOp::CreateCard { column_id, body } => {
+                let known_column = view.columns.iter().any(|c| c.id == *column_id);
+                if let Some(id) = body.id.filter(|id| known_column && !view.cards.iter().any(|c| c.id == *id)) {
+                    let card = Card {
+                        id,
+                        board_id: view.board.id,
+                        column_id: *column_id,
+                        title: body.title.clone(),
+                        description: body.description.clone(),
+                        position: pending_position(n),
+                        version: 0,
+                    };
+                    let at = view.cards.iter().rposition(|c| c.column_id == *column_id).map_or(view.cards.len(), |i| i + 1);
+                    view.cards.insert(at, card);
+                }
+            }
+            WriteOp::UpdateCard { id, body } => {
+                if let Some(c) = view.cards.iter_mut().find(|c| c.id == *id) {
+                    if let Some(t) = &body.title {
+                        c.title = t.clone();
+                    }
+                    if let Some(d) = &body.description {
+                        c.description = d.clone();
+                    }
+                }
+            }
+            WriteOp::MoveCard { id, body } => {
+                if !view.columns.iter().any(|c| c.id == body.column_id) {
+                    continue;
+                }
+                if let Some(i) = view.cards.iter().position(|c| c.id == *id) {
+                    let mut card = view.cards.remove(i);
+                    card.column_id = body.column_id;
+                    let at = match body.after_card_id {
+                        Some(after) => view.cards.iter().position(|c| c.id == after).map(|i| i + 1),
+                        None => None,
+                    }
+                    .or_else(|| {
+                        // First in the column: before its first card, or where the column's cards would start.
+                        view.cards.iter().position(|c| c.column_id == body.column_id)
+                    })
+                    .unwrap_or_else(|| {
+                        let col = view.columns.iter().position(|c| c.id == body.column_id).unwrap_or(0);
+                        view.cards
+                            .iter()
+                            .position(|c| view.columns.iter().position(|k| k.id == c.column_id).unwrap_or(0) > col)
+                            .unwrap_or(view.cards.len())
+                    });
+                    view.cards.insert(at, card);
+                }
+            }
+            WriteOp::DeleteCard { id, .. } => view.cards.retain(|c| c.id != *id),
+            _ => {}
+        }
+    }
+    Some(view)
+}
+
+/// The list of boards with pending writes laid over.
+pub fn overlay_list(list: &BoardList, pending: &[&PendingWrite]) -> BoardList {
+    let mut view = list.clone();
+    for w in pending {
+        match &w.op {
+            WriteOp::CreateBoard { body } => {
+                if let Some(id) = body.id.filter(|id| !view.boards.iter().any(|b| b.id == *id)) {
+                    view.boards.push(Board { id, title: body.title.clone(), version: 0 });
+                }
+            }
+            WriteOp::RenameBoard { id, body } => {
+                if let Some(b) = view.boards.iter_mut().find(|b| b.id == *id) {
+                    b.title = body.title.clone();
+                }
+            }
+            WriteOp::DeleteBoard { id, .. } => view.boards.retain(|b| b.id != *id),
+            _ => {}
+        }
+    }
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncline_protocol::{CreateCard, MoveCard, StreamId, UpdateCard};
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn board() -> BoardSnapshot {
+        let col = |n: u128, pos: &str| Column { id: id(n), board_id: id(100), title: format!("c{n}"), position: pos.into(), version: 1 };
+        let card = |n: u128, c: u128, pos: &str| Card {
+            id: id(n),
+            board_id: id(100),
+            column_id: id(c),
+            title: format!("card {n}"),
+            description: String::new(),
+            position: pos.into(),
+            version: 1,
+        };
+        BoardSnapshot {
+            board: Board { id: id(100), title: "b".into(), version: 1 },
+            columns: vec![col(10, "80"), col(20, "81")],
+            cards: vec![card(1, 10, "80"), card(2, 10, "81"), card(3, 20, "80")],
+            log_id: id(0),
+            cursor: 5,
+        }
+    }
+
+    fn change(cursor: u64, op: ChangeOp) -> Change {
+        Change { stream: StreamId::Board(id(100)), cursor, at_ms: 0, write_id: None, op }
+    }
+
+    fn titles(snap: &BoardSnapshot) -> Vec<String> {
+        snap.cards.iter().map(|c| c.title.clone()).collect()
+    }
+
+    #[test]
+    fn a_card_change_is_applied_in_place_and_reordered() {
+        let mut data = QueryData::Board(board());
+        let mut moved = board().cards[0].clone();
+        moved.column_id = id(20);
+        moved.position = "7f".into();
+        moved.version = 2;
+        assert_eq!(apply_change(&mut data, &change(6, ChangeOp::CardUpserted { card: moved.clone() })), Applied::Changed);
+        let QueryData::Board(snap) = &data else { panic!() };
+        assert_eq!(titles(snap), vec!["card 2", "card 1", "card 3"]);
+        assert_eq!(snap.cursor, 6);
+        // The same change again, or an older version, changes nothing.
+        assert_eq!(apply_change(&mut data, &change(6, ChangeOp::CardUpserted { card: moved.clone() })), Applied::Unchanged);
+        moved.version = 1;
+        assert_eq!(apply_change(&mut data, &change(7, ChangeOp::CardUpserted { card: moved })), Applied::Unchanged);
+    }
+
+    #[test]
+    fn a_card_in_an_unknown_column_cannot_be_applied() {
+        let mut data = QueryData::Board(board());
+        let mut card = board().cards[0].clone();
+        card.column_id = id(99);
+        card.version = 2;
+        assert_eq!(apply_change(&mut data, &change(6, ChangeOp::CardUpserted { card })), Applied::CannotApply);
+    }
+
+    #[test]
+    fn deleting_a_column_drops_its_cards_and_deleting_the_board_empties_the_query() {
+        let mut data = QueryData::Board(board());
+        apply_change(&mut data, &change(6, ChangeOp::ColumnDeleted { id: id(10), board_id: id(100) }));
+        let QueryData::Board(snap) = &data else { panic!() };
+        assert_eq!(titles(snap), vec!["card 3"]);
+        assert_eq!(apply_change(&mut data, &change(7, ChangeOp::BoardDeleted { id: id(100) })), Applied::Changed);
+        assert_eq!(data, QueryData::Gone);
+    }
+
+    fn pending(op: WriteOp) -> PendingWrite {
+        PendingWrite { write_id: Uuid::new_v4(), op, priority: Default::default(), policy: Default::default(), seq: 0, base: None, conflict: None }
+    }
+
+    #[test]
+    fn pending_writes_are_laid_over_in_order() {
+        let snap = board();
+        let writes = [
+            pending(WriteOp::CreateCard { column_id: id(20), body: CreateCard { id: Some(id(4)), title: "new".into(), description: String::new() } }),
+            pending(WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("renamed".into()), ..Default::default() } }),
+            pending(WriteOp::MoveCard { id: id(1), body: MoveCard { column_id: id(20), after_card_id: Some(id(3)), base_version: None } }),
+        ];
+        let refs: Vec<&PendingWrite> = writes.iter().collect();
+        let view = overlay_board(&snap, &refs).unwrap();
+        assert_eq!(titles(&view), vec!["card 2", "card 3", "renamed", "new"]);
+        assert_eq!(view.cards[2].column_id, id(20));
+        assert_eq!(snap, board(), "the server data itself is untouched");
+    }
+
+    #[test]
+    fn conflicts_compare_the_fields_each_side_changed() {
+        let base = serde_json::to_value(&board().cards[0]).unwrap();
+        let mut theirs = board().cards[0].clone();
+        theirs.description = "theirs".into();
+        theirs.version = 2;
+        let current = serde_json::to_value(&theirs).unwrap();
+        let changed = fields_changed(&base, &current);
+        assert_eq!(changed, ["description".to_owned()].into());
+        let mine = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
+        assert!(fields_written(&mine).iter().all(|f| !changed.contains(*f)), "title vs description: no overlap");
+    }
+}

@@ -1,0 +1,75 @@
+//! What the engine did, as counters and latency samples, readable as a snapshot.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::Millis;
+
+/// Bounded reservoir of the most recent samples (for percentiles without unbounded memory).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Samples {
+    values: Vec<u64>,
+    next: usize,
+}
+
+const SAMPLES_KEPT: usize = 512;
+
+impl Samples {
+    pub fn record(&mut self, v: u64) {
+        if self.values.len() < SAMPLES_KEPT {
+            self.values.push(v);
+        } else {
+            self.values[self.next] = v;
+            self.next = (self.next + 1) % SAMPLES_KEPT;
+        }
+    }
+
+    /// The p-th percentile (0.0–1.0) of the kept samples.
+    pub fn percentile(&self, p: f64) -> Option<u64> {
+        if self.values.is_empty() {
+            return None;
+        }
+        let mut sorted = self.values.clone();
+        sorted.sort_unstable();
+        Some(sorted[((sorted.len() - 1) as f64 * p).round() as usize])
+    }
+
+    pub fn count(&self) -> usize {
+        self.values.len()
+    }
+}
+
+/// Time spent in each connection state, in ms.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateTimes {
+    pub live_ms: Millis,
+    pub polling_ms: Millis,
+    pub connecting_ms: Millis,
+    pub offline_ms: Millis,
+    pub paused_ms: Millis,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Metrics {
+    /// HTTP requests asked of the driver (fetches, long-polls, write batches).
+    pub requests: u64,
+    pub long_polls: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub socket_messages_in: u64,
+    pub socket_messages_out: u64,
+    /// Sockets opened after the first.
+    pub reconnects: u64,
+    pub socket_opens: u64,
+    /// Requests not made because the same query was already being fetched (here or for another tab).
+    pub dedupe_hits: u64,
+    /// Changes applied to cached data directly.
+    pub deltas_applied: u64,
+    /// Queries refetched because a change could not be applied or made them stale.
+    pub invalidations: u64,
+    pub writes_sent: u64,
+    pub conflicts: u64,
+    /// Fetch round trips, ms.
+    pub fetch_latency: Samples,
+    /// Time in each connection state.
+    pub states: StateTimes,
+}

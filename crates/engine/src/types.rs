@@ -1,0 +1,352 @@
+//! The engine's vocabulary: what drivers tell it ([`Input`]) and what it asks of them ([`Output`]).
+
+use serde::{Deserialize, Serialize};
+use syncline_protocol::{
+    BoardList, BoardSnapshot, BoardSummary, Change, ClientMessage, Cursor, ServerMessage, StreamId, WriteOp,
+};
+use uuid::Uuid;
+
+use crate::config::Preferences;
+
+/// Milliseconds on the driver's monotonic clock (`performance.now()` in a browser, simulated time in tests).
+pub type Millis = u64;
+
+/// Identifies a tab (an engine instance) within one browser.
+pub type TabId = u64;
+
+/// Identifies a request the engine asked a driver to make.
+pub type RequestId = u64;
+
+/// A query: what a view reads. Hierarchical: a board's summary is derived from the board's cards, so it depends on
+/// the board query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum QueryKey {
+    /// The list of boards (`GET /api/boards`), kept fresh by the `boards` stream.
+    Boards,
+    /// One board with its columns and cards (`GET /api/boards/{id}`), kept fresh by `board:<id>` deltas.
+    Board(Uuid),
+    /// Server-computed figures of a board (`GET /api/boards/{id}/summary`): no delta can update it, so it is
+    /// invalidated (and refetched once per batch) whenever the board it depends on changes.
+    BoardSummary(Uuid),
+}
+
+impl QueryKey {
+    /// The stream whose changes concern this query.
+    pub fn stream(self) -> StreamId {
+        match self {
+            QueryKey::Boards => StreamId::Boards,
+            QueryKey::Board(id) | QueryKey::BoardSummary(id) => StreamId::Board(id),
+        }
+    }
+
+    /// Whether changes on its stream can be applied to this query's data directly.
+    pub fn takes_deltas(self) -> bool {
+        !matches!(self, QueryKey::BoardSummary(_))
+    }
+
+    /// Queries whose change makes this one stale (it cannot follow them by deltas).
+    pub fn depends_on(self) -> Option<QueryKey> {
+        match self {
+            QueryKey::BoardSummary(id) => Some(QueryKey::Board(id)),
+            _ => None,
+        }
+    }
+
+    /// The HTTP path that fetches it.
+    pub fn path(self) -> String {
+        match self {
+            QueryKey::Boards => "/api/boards".into(),
+            QueryKey::Board(id) => format!("/api/boards/{id}"),
+            QueryKey::BoardSummary(id) => format!("/api/boards/{id}/summary"),
+        }
+    }
+
+    /// Path segments, e.g. `["board", "<id>", "summary"]`: the key's place in the hierarchy.
+    pub fn segments(self) -> Vec<String> {
+        match self {
+            QueryKey::Boards => vec!["boards".into()],
+            QueryKey::Board(id) => vec!["board".into(), id.to_string()],
+            QueryKey::BoardSummary(id) => vec!["board".into(), id.to_string(), "summary".into()],
+        }
+    }
+}
+
+/// A query's data as the server last gave it (the optimistic overlay is applied on read).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum QueryData {
+    Boards(BoardList),
+    Board(BoardSnapshot),
+    Summary(BoardSummary),
+    /// The entity is gone (deleted on the server).
+    Gone,
+}
+
+impl QueryData {
+    /// The stream cursor the data is at, when it follows a stream.
+    pub fn cursor(&self) -> Option<Cursor> {
+        match self {
+            QueryData::Boards(l) => Some(l.cursor),
+            QueryData::Board(b) => Some(b.cursor),
+            QueryData::Summary(s) => Some(s.cursor),
+            QueryData::Gone => None,
+        }
+    }
+}
+
+/// How fresh a query is, for the UI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Freshness {
+    /// Up to date: the live feed keeps it so, or it was fetched within its stale time.
+    Fresh,
+    /// Possibly out of date; `age_ms` since it was last known current.
+    Stale { age_ms: u64 },
+    /// Being fetched (and no usable data yet, or a refetch is under way).
+    Fetching,
+    /// Offline: shows the last data, `age_ms` old; nothing will be fetched until online.
+    Paused { age_ms: u64 },
+    /// The last fetch failed; next attempt at `retry_at`.
+    Error { message: String, retry_at: Millis },
+}
+
+/// Which tab holds the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+/// `navigator.connection.effectiveType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum EffectiveType {
+    #[serde(rename = "slow-2g")]
+    Slow2g,
+    #[serde(rename = "2g")]
+    TwoG,
+    #[serde(rename = "3g")]
+    ThreeG,
+    #[default]
+    #[serde(rename = "4g")]
+    FourG,
+}
+
+/// What the browser says about the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LinkQuality {
+    pub effective_type: EffectiveType,
+    pub rtt_ms: Option<u32>,
+    pub save_data: bool,
+}
+
+/// Order in which queued writes are sent: user-visible edits before background work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    #[default]
+    UserVisible,
+    Background,
+}
+
+/// What to do when a write's base version is stale (the server answered 409).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictPolicy {
+    /// Re-send on the current version when the fields we change are not the ones that changed on the server;
+    /// otherwise ask the user. The default.
+    #[default]
+    RebaseOrAsk,
+    /// Re-send when the fields do not overlap; otherwise the server's version stands (and the user is told).
+    RebaseOrServerWins,
+    /// The server's version stands; the user is told.
+    ServerWins,
+    /// Always ask the user: keep mine or take theirs.
+    AskUser,
+}
+
+/// A write the UI accepted and the server has not yet answered for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingWrite {
+    pub write_id: Uuid,
+    pub op: WriteOp,
+    pub priority: Priority,
+    pub policy: ConflictPolicy,
+    /// Order of acceptance across the browser's tabs (a Lamport clock carried by tab messages; ties broken by
+    /// write id): writes of one entity go out in this order.
+    pub seq: u64,
+    /// The entity as the user saw it when writing (server data), to tell which fields changed since.
+    pub base: Option<serde_json::Value>,
+    /// Set when the server refused for a conflict and the policy asks the user.
+    pub conflict: Option<serde_json::Value>,
+}
+
+/// How a write ended, told to every tab.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Settled {
+    /// Applied; the entity as committed (`null` for a delete).
+    Applied { status: u16, body: serde_json::Value },
+    /// Not applied, for good (unknown entity, invalid); the server's error body.
+    Rejected { status: u16, body: serde_json::Value },
+    /// Not applied: the server's version stood (by policy or by the user's choice).
+    Overridden { current: serde_json::Value },
+    /// Replaced by a new write (new id) re-based on the current version.
+    Rebased { new_write_id: Uuid },
+}
+
+/// Messages between the tabs of one browser (BroadcastChannel).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TabMessage {
+    /// Sent on start, on every change of visibility or role, and as a heartbeat.
+    Presence { tab: TabId, visible: bool, leader: bool },
+    /// A tab is gone (closed); crashed tabs are noticed by their missing heartbeat.
+    Goodbye { tab: TabId },
+    /// A follower's queries: the leader keeps them fresh and shares their data.
+    Interest { tab: TabId, keys: Vec<QueryKey> },
+    /// A follower wants this query refetched (it became visible and the data is stale).
+    Refetch { key: QueryKey },
+    /// Leader → all: a query's data as fetched.
+    Data { key: QueryKey, data: QueryData, fetched_at: Millis },
+    /// Leader → all: changes from the feed, in order.
+    Changes { stream: StreamId, changes: Vec<Change> },
+    /// Any tab → all: a write was queued (it is also in the shared persistent outbox).
+    WriteQueued { write: PendingWrite },
+    /// Leader → all: a write ended.
+    WriteSettled { write_id: Uuid, settled: Settled },
+    /// A tab's decision on a conflict that asks the user.
+    ConflictResolved { write_id: Uuid, keep_mine: bool },
+    /// Leader → all: the connection state, for badges and freshness.
+    Status { status: ConnectionStatus },
+}
+
+/// The connection as the user should see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    /// Nothing to do yet (no queries), or waiting for a leader.
+    Idle,
+    Connecting,
+    /// The WebSocket is up and caught up.
+    Live,
+    /// Fresh by long-poll (or timed refetches); `reason` says why not live.
+    Polling { reason: String },
+    /// Waiting to reconnect at `retry_at`.
+    Reconnecting { retry_at: Millis },
+    /// No visible tab: the connection is paused to save the battery and the server.
+    Paused,
+    /// No network; `pending_writes` are saved on this device.
+    Offline { pending_writes: usize },
+}
+
+/// An HTTP request the driver makes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HttpRequest {
+    pub method: &'static str,
+    /// Path and query, e.g. `/api/changes?stream=boards&since=4&wait=25`.
+    pub path: String,
+    /// JSON body, for POST.
+    pub body: Option<String>,
+    /// `If-None-Match`, for snapshot GETs the engine already holds.
+    pub if_none_match: Option<String>,
+}
+
+/// What the driver got back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HttpResult {
+    /// Any HTTP answer (including 4xx/5xx): status, body text, ETag header.
+    Response { status: u16, body: String, etag: Option<String> },
+    /// No answer: network down, connection refused or reset.
+    NetworkError(String),
+}
+
+/// Records to keep across page loads (IndexedDB in a browser).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum PersistOp {
+    OutboxPut { write: PendingWrite },
+    OutboxDelete { write_id: Uuid },
+    /// A query's data, to render at once on the next load.
+    CachePut { key: QueryKey, data: QueryData },
+    CacheDelete { key: QueryKey },
+}
+
+/// Everything a driver tells the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// This tab became visible or hidden.
+    Visibility { visible: bool },
+    /// `online` / `offline`.
+    Network { online: bool },
+    /// `navigator.connection` changed.
+    Link(LinkQuality),
+    /// This tab won or lost the leader lock.
+    Role(Role),
+    /// Preferences changed (here or in another tab).
+    Preferences(Preferences),
+    /// What was persisted, read at start and when becoming leader.
+    Restored { outbox: Vec<PendingWrite>, cache: Vec<(QueryKey, QueryData)> },
+    /// A view started reading this query.
+    Subscribe(QueryKey),
+    /// A view stopped reading it.
+    Unsubscribe(QueryKey),
+    /// The user made a write.
+    Write { op: WriteOp, priority: Priority, policy: ConflictPolicy },
+    /// The user chose, for a write in conflict: keep mine (re-send on the current version) or take theirs.
+    ResolveConflict { write_id: Uuid, keep_mine: bool },
+    /// The user asked to retry now ("retry now" on the badge).
+    RetryNow,
+    /// The socket the engine asked for is open.
+    SocketOpened,
+    /// The socket closed (or failed to open).
+    SocketClosed { code: Option<u16>, reason: String },
+    /// A text frame from the server.
+    SocketMessage(String),
+    /// The answer to a request.
+    Http { id: RequestId, result: HttpResult },
+    /// A message from another tab.
+    Tab(TabMessage),
+}
+
+/// Something the UI should re-read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Notification {
+    /// A query's data or freshness changed.
+    Query { key: QueryKey },
+    /// The connection status changed.
+    Connection { status: ConnectionStatus },
+    /// The set of pending writes changed.
+    Outbox { pending: usize },
+    /// A write conflicted; `needs_decision` when the user must choose (keep mine / take theirs).
+    Conflict { write_id: Uuid, current: serde_json::Value, needs_decision: bool },
+    /// A write was refused for good.
+    WriteRejected { write_id: Uuid, message: String },
+}
+
+/// Everything the engine asks of a driver. After every input, drain with `poll_output` until it returns
+/// `Timeout`; call `handle_timeout` (or any input) at that deadline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    OpenSocket,
+    CloseSocket { code: u16, reason: String },
+    SendSocket(ClientMessage),
+    Http { id: RequestId, request: HttpRequest },
+    /// Abandon a request (e.g. a long-poll no longer wanted); its result, if any, is ignored.
+    CancelHttp { id: RequestId },
+    Broadcast(TabMessage),
+    Persist(PersistOp),
+    Notify(Notification),
+    /// Take the leader lock even though another tab holds it (Web Locks `steal`): this tab is visible and the
+    /// leader is not.
+    ClaimLeadership,
+    /// Nothing more to do until this time (or the next input).
+    Timeout(Millis),
+}
+
+/// A parsed server message, for tests that build inputs.
+pub fn socket_message(msg: &ServerMessage) -> Input {
+    Input::SocketMessage(serde_json::to_string(msg).expect("server messages serialize"))
+}

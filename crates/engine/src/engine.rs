@@ -185,7 +185,9 @@ impl Engine {
             notified: BTreeSet::new(),
             metrics: Metrics::default(),
         };
-        engine.reconcile();
+        // Nothing is said until the driver has told the engine where it stands (visibility first), so a tab
+        // that opens hidden never announces itself as visible.
+        engine.next_presence = now;
         engine
     }
 

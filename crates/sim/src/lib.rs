@@ -50,6 +50,9 @@ pub enum Invariant {
     FollowerRequest,
     /// Too many long-polls in a minute.
     PollBudget,
+    /// A browser whose tabs have all been hidden past the grace period, with the "pause" preference, used the
+    /// network for something other than sending the user's writes.
+    HiddenTraffic,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +153,8 @@ struct Browser {
     leader: Option<usize>,
     long_polls: Vec<Millis>,
     two_sockets_since: Option<Millis>,
+    /// Since when no tab of this browser is visible.
+    hidden_since: Option<Millis>,
 }
 
 struct ServerSocket {
@@ -279,6 +284,7 @@ impl World {
                 leader: None,
                 long_polls: Vec::new(),
                 two_sockets_since: None,
+                hidden_since: None,
             });
             let tabs = world.rng.random_range(1..=3);
             for _ in 0..tabs {
@@ -324,6 +330,7 @@ impl World {
             self.stats.events += 1;
             self.handle(q.event);
             self.check_sockets();
+            self.track_visibility();
         }
         if self.violation.is_none() {
             self.now = end;
@@ -342,6 +349,10 @@ impl World {
         let visible = self.browsers[b].tabs.iter().all(|t| !t.alive || !t.visible) || self.rng.random_bool(0.5);
         self.browsers[b].tabs.push(Tab { engine, alive: true, visible: true, deadline: Millis::MAX, socket: None, socket_attempt: 0, socket_fifo: 0 });
         self.log(|| format!("b{b}/t{t} opened"));
+        if !visible {
+            self.browsers[b].tabs[t].visible = false;
+            self.input(b, t, Input::Visibility { visible: false });
+        }
         let link = self.browsers[b].link;
         let online = self.browsers[b].online;
         let outbox: Vec<PendingWrite> = self.browsers[b].idb_outbox.values().cloned().collect();
@@ -353,10 +364,6 @@ impl World {
         self.input(b, t, Input::Restored { outbox, cache });
         self.input(b, t, Input::Subscribe(QueryKey::Board(self.board)));
         self.input(b, t, Input::Subscribe(QueryKey::BoardSummary(self.board)));
-        if !visible {
-            self.browsers[b].tabs[t].visible = false;
-            self.input(b, t, Input::Visibility { visible: false });
-        }
         if self.browsers[b].leader.is_none() {
             let delay = self.rng.random_range(1..30);
             self.schedule(delay, Event::LockGrant { b });
@@ -459,6 +466,19 @@ impl World {
             self.log(|| format!("b{b}/t{t} -> {shown}"));
         }
         let role = self.browsers[b].tabs[t].engine.role();
+        let is_write = matches!(&out, Output::Http { request, .. } if request.method == "POST");
+        if matches!(out, Output::OpenSocket | Output::Http { .. }) && !is_write {
+            let browser = &self.browsers[b];
+            // A crashed tab that was visible counts as visible until its heartbeat times out.
+            let cfg = EngineConfig::default();
+            let grace = cfg.hidden_grace_ms + cfg.peer_timeout_ms;
+            let visible_now = browser.tabs.iter().any(|t| t.alive && t.visible);
+            if let Some(since) = browser.hidden_since.filter(|&s| !visible_now && self.now > s + grace + 1_000) {
+                if browser.prefs.background == BackgroundMode::Pause {
+                    self.fail(Invariant::HiddenTraffic, format!("b{b}/t{t}: no tab visible since {since} ms, yet {out:?}"));
+                }
+            }
+        }
         match out {
             Output::OpenSocket | Output::Http { .. } if role == Role::Follower => {
                 let visible = self.browsers[b].tabs[t].visible;
@@ -823,6 +843,18 @@ impl World {
                 tab.socket_fifo = at;
                 let delay = at - self.now;
                 self.schedule(delay, Event::ToTab { b: s.b, t: s.t, input: Input::SocketClosed { code: Some(1006), reason: "dropped".into() } });
+            }
+        }
+    }
+
+    fn track_visibility(&mut self) {
+        for b in 0..self.browsers.len() {
+            let any_visible = self.browsers[b].tabs.iter().any(|t| t.alive && t.visible);
+            let browser = &mut self.browsers[b];
+            if any_visible {
+                browser.hidden_since = None;
+            } else if browser.hidden_since.is_none() {
+                browser.hidden_since = Some(self.now);
             }
         }
     }

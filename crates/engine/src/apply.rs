@@ -397,7 +397,7 @@ mod tests {
     }
 
     fn pending(op: WriteOp) -> PendingWrite {
-        PendingWrite { write_id: Uuid::new_v4(), op, priority: Default::default(), policy: Default::default(), seq: 0, base: None, conflict: None }
+        PendingWrite { write_id: Uuid::from_u128(entity_of(&op).as_u128() ^ 0xabc), op, priority: Default::default(), policy: Default::default(), seq: 0, base: None, conflict: None }
     }
 
     #[test]

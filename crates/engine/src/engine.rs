@@ -215,6 +215,7 @@ impl Engine {
             Input::Restored { outbox, cache } => self.on_restored(outbox, cache),
             Input::Subscribe(key) => self.subscribe(key),
             Input::Unsubscribe(key) => self.unsubscribe(key),
+            Input::Critical { key, critical } => self.queries.entry(key).or_default().critical = critical,
             Input::Write { op, priority, policy } => {
                 self.write(op, priority, policy);
             }
@@ -1582,7 +1583,7 @@ impl Engine {
             return;
         }
         // Ramp-up: catch up first, then send the outbox, then go live.
-        if matches!(self.conn, Conn::Opening { .. }) || (self.socket_ready() && !self.live()) {
+        if matches!(self.conn, Conn::Opening { .. } | Conn::Open { hello: false, .. }) || (self.socket_ready() && !self.live()) {
             return;
         }
         let mut batch: Vec<&PendingWrite> = Vec::new();

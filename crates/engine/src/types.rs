@@ -292,6 +292,8 @@ pub enum Input {
     Subscribe(QueryKey),
     /// A view stopped reading it.
     Unsubscribe(QueryKey),
+    /// Marks a query critical (polled while hidden under the "critical data only" preference) or not.
+    Critical { key: QueryKey, critical: bool },
     /// The user made a write.
     Write { op: WriteOp, priority: Priority, policy: ConflictPolicy },
     /// The user chose, for a write in conflict: keep mine (re-send on the current version) or take theirs.

@@ -364,6 +364,9 @@ impl World {
         self.input(b, t, Input::Restored { outbox, cache });
         self.input(b, t, Input::Subscribe(QueryKey::Board(self.board)));
         self.input(b, t, Input::Subscribe(QueryKey::BoardSummary(self.board)));
+        if b % 2 == 0 {
+            self.input(b, t, Input::Critical { key: QueryKey::Board(self.board), critical: true });
+        }
         if self.browsers[b].leader.is_none() {
             let delay = self.rng.random_range(1..30);
             self.schedule(delay, Event::LockGrant { b });

@@ -1,0 +1,566 @@
+//! One test (or a few) per engine policy, driving the engine as a driver would and reading its outputs.
+
+use serde_json::json;
+use syncline_engine::*;
+use syncline_protocol::{
+    Board, BoardSnapshot, BoardSummary, Card, Change, ChangeOp, ClientMessage, Column, ColumnSummary, MoveCard,
+    ServerMessage, StreamId, UpdateCard, WriteBatch, WriteBatchResult, WriteOp, WriteOutcome,
+};
+use uuid::Uuid;
+
+fn id(n: u128) -> Uuid {
+    Uuid::from_u128(n)
+}
+const BOARD: u128 = 100;
+const LOG: u128 = 999;
+
+fn card(n: u128, column: u128, title: &str, version: u64) -> Card {
+    Card { id: id(n), board_id: id(BOARD), column_id: id(column), title: title.into(), description: String::new(), position: format!("8{n}"), version }
+}
+
+/// Board 100: columns 10 and 20; cards 1 and 2 in column 10.
+fn snapshot(cursor: u64) -> BoardSnapshot {
+    let col = |n: u128| Column { id: id(n), board_id: id(BOARD), title: format!("c{n}"), position: format!("8{n}"), version: 1 };
+    BoardSnapshot {
+        board: Board { id: id(BOARD), title: "b".into(), version: 1 },
+        columns: vec![col(10), col(20)],
+        cards: vec![card(1, 10, "one", 1), card(2, 10, "two", 1)],
+        log_id: id(LOG),
+        cursor,
+    }
+}
+
+fn summary(cursor: u64) -> BoardSummary {
+    BoardSummary { board_id: id(BOARD), columns: vec![ColumnSummary { column_id: id(10), title: "c10".into(), cards: 2 }], total_cards: 2, described_cards: 0, cursor }
+}
+
+/// A driver for tests: feeds inputs, collects outputs, keeps the clock.
+struct Driver {
+    e: Engine,
+    now: Millis,
+    /// Answer the engine's pings, as a live server would.
+    pong: bool,
+}
+
+impl Driver {
+    fn new(prefs: Preferences) -> Driver {
+        let mut d = Driver { e: Engine::new(EngineConfig::default(), prefs, 1, 7, 0), now: 0, pong: true };
+        d.input(Input::Visibility { visible: true });
+        d
+    }
+
+    fn leader() -> Driver {
+        let mut d = Driver::new(Preferences::default());
+        d.input(Input::Role(Role::Leader));
+        d
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        loop {
+            match self.e.poll_output() {
+                Output::Timeout(_) => return out,
+                o => out.push(o),
+            }
+        }
+    }
+
+    fn input(&mut self, i: Input) -> Vec<Output> {
+        self.e.handle_input(self.now, i);
+        self.drain()
+    }
+
+    /// Moves the clock forward, firing every deadline on the way; returns everything output.
+    fn advance(&mut self, ms: Millis) -> Vec<Output> {
+        let end = self.now + ms;
+        let mut all = Vec::new();
+        loop {
+            let next = match self.e.poll_output() {
+                Output::Timeout(t) => t,
+                Output::SendSocket(ClientMessage::Ping { nonce }) if self.pong => {
+                    all.push(Output::SendSocket(ClientMessage::Ping { nonce }));
+                    let pong = socket_message(&ServerMessage::Pong { nonce });
+                    self.e.handle_input(self.now, pong);
+                    continue;
+                }
+                o => {
+                    all.push(o);
+                    continue;
+                }
+            };
+            if next > end {
+                break;
+            }
+            self.now = next.max(self.now);
+            self.e.handle_timeout(self.now);
+        }
+        self.now = end;
+        self.e.handle_timeout(end);
+        all.extend(self.drain());
+        all
+    }
+
+    fn reply(&mut self, id: RequestId, status: u16, body: String) -> Vec<Output> {
+        self.input(Input::Http { id, result: HttpResult::Response { status, body, etag: None } })
+    }
+
+    fn server(&mut self, msg: ServerMessage) -> Vec<Output> {
+        self.input(socket_message(&msg))
+    }
+
+    /// Subscribes to the board and brings the socket up to live (snapshot at `cursor`).
+    fn live_on_board(&mut self, cursor: u64) -> Vec<Output> {
+        let out = self.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+        let get = http(&out).into_iter().find(|(_, r)| r.path == format!("/api/boards/{}", id(BOARD))).expect("fetch");
+        self.reply(get.0, 200, serde_json::to_string(&snapshot(cursor)).unwrap());
+        self.input(Input::SocketOpened);
+        let out = self.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 });
+        assert!(sends(&out).iter().any(|m| matches!(m, ClientMessage::Subscribe { streams, .. } if streams[0].since == cursor)), "{out:?}");
+        self.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor })
+    }
+}
+
+fn http(out: &[Output]) -> Vec<(RequestId, HttpRequest)> {
+    out.iter().filter_map(|o| if let Output::Http { id, request } = o { Some((*id, request.clone())) } else { None }).collect()
+}
+
+fn sends(out: &[Output]) -> Vec<ClientMessage> {
+    out.iter().filter_map(|o| if let Output::SendSocket(m) = o { Some(m.clone()) } else { None }).collect()
+}
+
+fn opens(out: &[Output]) -> usize {
+    out.iter().filter(|o| matches!(o, Output::OpenSocket)).count()
+}
+
+fn notified(out: &[Output], key: QueryKey) -> bool {
+    out.iter().any(|o| matches!(o, Output::Notify(Notification::Query { key: k }) if *k == key))
+}
+
+fn changes(cursor: u64, ops: Vec<ChangeOp>) -> ServerMessage {
+    let stream = StreamId::Board(id(BOARD));
+    let changes = ops.into_iter().enumerate().map(|(i, op)| Change { stream, cursor: cursor + i as u64, at_ms: 0, write_id: None, op }).collect();
+    ServerMessage::Changes { stream, changes }
+}
+
+// ---- query cache -------------------------------------------------------------------------------------------
+
+#[test]
+fn a_query_is_fetched_once_however_many_views_read_it() {
+    let mut d = Driver::leader();
+    let first = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+    let second = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+    assert_eq!(http(&first).len(), 1);
+    assert!(http(&second).is_empty(), "in-flight dedupe");
+    assert_eq!(d.e.freshness(QueryKey::Board(id(BOARD))), Freshness::Fetching);
+}
+
+#[test]
+fn freshness_goes_fresh_then_stale_with_age_and_an_unchanged_result_does_not_notify() {
+    let mut d = Driver::new(Preferences { realtime: false, ..Preferences::default() });
+    d.input(Input::Role(Role::Leader));
+    let key = QueryKey::Board(id(BOARD));
+    let (rid, _) = http(&d.input(Input::Subscribe(key)))[0].clone();
+    let out = d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
+    assert!(notified(&out, key));
+    assert_eq!(d.e.freshness(key), Freshness::Fresh);
+    // Realtime is off: a timed refetch after the foreground interval (5 s); the same data does not notify.
+    let out = d.advance(5_000);
+    let (rid, req) = http(&out)[0].clone();
+    assert_eq!(req.path, format!("/api/boards/{}", id(BOARD)));
+    let out = d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
+    assert!(!notified(&out, key), "unchanged data, no notification");
+    // With no answer for a while, it shows its age.
+    let out = d.advance(1);
+    let (rid, _) = http(&d.advance(5_000))[0].clone();
+    let _ = out;
+    d.input(Input::Http { id: rid, result: HttpResult::NetworkError("down".into()) });
+    match d.e.freshness(key) {
+        Freshness::Error { retry_at, .. } => assert!(retry_at > d.now),
+        other => panic!("{other:?}"),
+    }
+    d.input(Input::Network { online: false });
+    assert!(matches!(d.e.freshness(key), Freshness::Paused { age_ms } if age_ms >= 5_000));
+}
+
+#[test]
+fn stale_data_reports_its_age_when_nothing_keeps_it_fresh() {
+    let mut d = Driver::leader();
+    let key = QueryKey::Board(id(BOARD));
+    d.live_on_board(3);
+    assert_eq!(d.e.freshness(key), Freshness::Fresh);
+    d.advance(60_000);
+    assert_eq!(d.e.freshness(key), Freshness::Fresh, "the live feed keeps it fresh however long");
+    d.input(Input::SocketClosed { code: Some(1006), reason: "gone".into() });
+    d.input(Input::Network { online: true });
+    let now = d.now;
+    // Reconnecting; data from the moment the socket dropped ages from there.
+    d.e.handle_timeout(now + 40_000);
+    assert!(matches!(d.e.freshness(key), Freshness::Stale { .. } | Freshness::Fetching), "{:?}", d.e.freshness(key));
+}
+
+// ---- schedule ----------------------------------------------------------------------------------------------
+
+#[test]
+fn nothing_polls_while_the_socket_is_live() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let out = d.advance(10 * 60_000);
+    assert!(http(&out).is_empty(), "no HTTP while live: {:?}", http(&out));
+    assert!(sends(&out).iter().all(|m| matches!(m, ClientMessage::Ping { .. })), "only heartbeats on the socket");
+    assert_eq!(d.e.status(), &ConnectionStatus::Live);
+}
+
+#[test]
+fn a_hidden_tab_closes_the_socket_after_the_grace_period_and_then_makes_no_requests() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    d.input(Input::Visibility { visible: false });
+    let out = d.advance(29_000);
+    assert!(!out.iter().any(|o| matches!(o, Output::CloseSocket { .. })), "still within the grace period");
+    let out = d.advance(2_000);
+    assert!(out.iter().any(|o| matches!(o, Output::CloseSocket { .. })));
+    assert_eq!(d.e.status(), &ConnectionStatus::Paused);
+    let out = d.advance(30 * 60_000);
+    assert!(http(&out).is_empty() && opens(&out) == 0, "paused: no network at all");
+    // Visible again: reconnect at once.
+    let out = d.input(Input::Visibility { visible: true });
+    assert_eq!(opens(&out), 1);
+}
+
+#[test]
+fn hidden_with_critical_only_polls_critical_queries_at_the_background_interval() {
+    let prefs = Preferences { background: BackgroundMode::CriticalOnly, background_interval_ms: 45_000, ..Preferences::default() };
+    let mut d = Driver::new(prefs);
+    d.input(Input::Role(Role::Leader));
+    d.input(Input::Critical { key: QueryKey::Board(id(BOARD)), critical: true });
+    d.live_on_board(3);
+    d.input(Input::Subscribe(QueryKey::BoardSummary(id(BOARD))));
+    let s = http(&d.drain());
+    let _ = s;
+    d.input(Input::Visibility { visible: false });
+    d.advance(31_000); // past the grace period: socket closed
+    let mut fetched_at = Vec::new();
+    let start = d.now;
+    for _ in 0..40 {
+        let out = d.advance(5_000);
+        for (rid, req) in http(&out) {
+            fetched_at.push((d.now - start, req.path.clone()));
+            let body = if req.path.ends_with("summary") { serde_json::to_string(&summary(3)).unwrap() } else { serde_json::to_string(&snapshot(3)).unwrap() };
+            d.reply(rid, 200, body);
+        }
+    }
+    assert!(!fetched_at.is_empty(), "critical data is polled");
+    assert!(fetched_at.iter().all(|(_, p)| !p.ends_with("summary")), "non-critical data is not: {fetched_at:?}");
+    for w in fetched_at.windows(2) {
+        assert!(w[1].0 - w[0].0 >= 45_000, "at the background interval: {fetched_at:?}");
+    }
+}
+
+#[test]
+fn becoming_visible_catches_stale_queries_up_at_once() {
+    let mut d = Driver::new(Preferences { realtime: false, ..Preferences::default() });
+    d.input(Input::Role(Role::Leader));
+    let key = QueryKey::Board(id(BOARD));
+    let (rid, _) = http(&d.input(Input::Subscribe(key)))[0].clone();
+    d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
+    d.input(Input::Visibility { visible: false });
+    let out = d.advance(10 * 60_000);
+    assert!(http(&out).is_empty(), "hidden and paused");
+    let out = d.input(Input::Visibility { visible: true });
+    assert_eq!(http(&out).len(), 1, "stale: refetched at once");
+}
+
+// ---- transport ---------------------------------------------------------------------------------------------
+
+#[test]
+fn socket_failures_back_off_with_full_jitter_then_fall_back_to_long_poll_and_probe_back() {
+    let mut d = Driver::leader();
+    let out = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+    let (rid, _) = http(&out)[0].clone();
+    d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
+    assert_eq!(opens(&out), 1);
+    // Two failures: reconnecting after a jittered delay, within the exponential ceiling.
+    for attempt in 1..=2u32 {
+        d.input(Input::SocketClosed { code: Some(1006), reason: "refused".into() });
+        let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() else { panic!("{:?}", d.e.status()) };
+        assert!(retry_at >= d.now && retry_at <= d.now + (500 << attempt), "attempt {attempt}: {retry_at}");
+        let out = d.advance(retry_at - d.now);
+        assert_eq!(opens(&out), 1, "reopens at the deadline");
+    }
+    // The third failure falls back to long-poll.
+    let out = d.input(Input::SocketClosed { code: Some(1006), reason: "refused".into() });
+    let polls: Vec<_> = http(&out).into_iter().filter(|(_, r)| r.path.starts_with("/api/changes")).collect();
+    assert_eq!(polls.len(), 1, "{out:?}");
+    assert!(polls[0].1.path.contains("since=3") && polls[0].1.path.contains("wait=25"));
+    assert!(matches!(d.e.status(), ConnectionStatus::Polling { .. }));
+    // It keeps probing the socket, and upgrades back when it works.
+    let out = d.advance(30_000);
+    assert_eq!(opens(&out), 1, "probed within the probe interval");
+    d.input(Input::SocketOpened);
+    let out = d.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 });
+    assert!(out.iter().any(|o| matches!(o, Output::CancelHttp { .. })), "long-poll stopped");
+    d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor: 3 });
+    assert_eq!(d.e.status(), &ConnectionStatus::Live);
+}
+
+#[test]
+fn going_online_reconnects_at_once_and_offline_stops_all_network() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let out = d.input(Input::Network { online: false });
+    assert!(out.iter().any(|o| matches!(o, Output::CloseSocket { .. })), "the leader closes its own socket");
+    assert!(matches!(d.e.status(), ConnectionStatus::Offline { .. }));
+    let out = d.advance(5 * 60_000);
+    assert!(http(&out).is_empty() && opens(&out) == 0);
+    let out = d.input(Input::Network { online: true });
+    assert_eq!(opens(&out), 1, "no backoff wait after coming online");
+}
+
+#[test]
+fn a_silent_socket_is_detected_by_the_heartbeat() {
+    let mut d = Driver::leader();
+    d.pong = false;
+    d.live_on_board(3);
+    let out = d.advance(20_000);
+    assert!(sends(&out).iter().any(|m| matches!(m, ClientMessage::Ping { .. })));
+    let out = d.advance(21_000);
+    let closed = out.iter().position(|o| matches!(o, Output::CloseSocket { code: 4000, .. })).expect("closed for silence");
+    assert!(out[closed..].contains(&Output::OpenSocket), "and reconnects after a backoff");
+}
+
+// ---- ramp-up -----------------------------------------------------------------------------------------------
+
+#[test]
+fn after_recovery_it_catches_up_then_sends_the_outbox_then_goes_live() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    d.input(Input::Network { online: false });
+    let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("offline edit".into()), ..Default::default() } };
+    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    assert!(out.iter().any(|o| matches!(o, Output::Persist(PersistOp::OutboxPut { .. }))), "persisted at once");
+    assert_eq!(d.e.board(id(BOARD)).unwrap().cards[0].title, "offline edit", "optimistic view");
+    assert_eq!(d.e.pending_for(id(1)), 1);
+    d.input(Input::Network { online: true });
+    d.input(Input::SocketOpened);
+    let out = d.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 });
+    assert!(http(&out).is_empty(), "no writes before the catch-up");
+    let out = d.server(changes(4, vec![ChangeOp::CardUpserted { card: card(2, 20, "moved", 2) }]));
+    assert!(http(&out).is_empty());
+    let out = d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor: 4 });
+    let posts: Vec<_> = http(&out).into_iter().filter(|(_, r)| r.method == "POST").collect();
+    assert_eq!(posts.len(), 1, "the outbox goes once caught up");
+    let batch: WriteBatch = serde_json::from_str(posts[0].1.body.as_deref().unwrap()).unwrap();
+    assert!(matches!(&batch.writes[0].op, WriteOp::UpdateCard { body, .. } if body.base_version == Some(1)));
+}
+
+#[test]
+fn fetches_ramp_up_a_few_at_a_time() {
+    let mut d = Driver::leader();
+    let mut out = Vec::new();
+    for n in 0..6 {
+        out.extend(d.input(Input::Subscribe(QueryKey::Board(id(200 + n)))));
+    }
+    assert_eq!(http(&out).len(), EngineConfig::default().max_concurrent_fetches);
+}
+
+// ---- deltas and cascade ------------------------------------------------------------------------------------
+
+#[test]
+fn a_change_is_applied_without_a_request_and_its_dependents_refetch_once_per_batch() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let out = d.input(Input::Subscribe(QueryKey::BoardSummary(id(BOARD))));
+    let (rid, _) = http(&out)[0].clone();
+    d.reply(rid, 200, serde_json::to_string(&summary(3)).unwrap());
+    let out = d.server(changes(4, vec![
+        ChangeOp::CardUpserted { card: card(1, 20, "moved", 2) },
+        ChangeOp::CardUpserted { card: card(2, 10, "renamed", 2) },
+        ChangeOp::CardUpserted { card: card(3, 20, "new", 1) },
+    ]));
+    let gets: Vec<String> = http(&out).into_iter().map(|(_, r)| r.path).collect();
+    assert_eq!(gets, vec![format!("/api/boards/{}/summary", id(BOARD))], "the summary once; the board not at all");
+    let view = d.e.board(id(BOARD)).unwrap();
+    assert_eq!(view.cards.iter().map(|c| c.title.as_str()).collect::<Vec<_>>(), vec!["renamed", "moved", "new"]);
+    assert!(notified(&out, QueryKey::Board(id(BOARD))));
+    assert_eq!(d.e.metrics().deltas_applied, 3);
+}
+
+#[test]
+fn a_change_that_cannot_be_applied_refetches_that_query_once() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let out = d.server(changes(4, vec![ChangeOp::CardUpserted { card: card(9, 77, "in an unknown column", 1) }]));
+    let gets: Vec<String> = http(&out).into_iter().map(|(_, r)| r.path).collect();
+    assert_eq!(gets, vec![format!("/api/boards/{}", id(BOARD))]);
+}
+
+#[test]
+fn while_hidden_invalidations_wait_for_a_visible_tab() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let (rid, _) = http(&d.input(Input::Subscribe(QueryKey::BoardSummary(id(BOARD)))))[0].clone();
+    d.reply(rid, 200, serde_json::to_string(&summary(3)).unwrap());
+    d.input(Input::Visibility { visible: false });
+    let out = d.server(changes(4, vec![ChangeOp::CardUpserted { card: card(1, 20, "moved", 2) }]));
+    assert!(http(&out).is_empty(), "the summary waits");
+    let out = d.server(changes(5, vec![ChangeOp::CardUpserted { card: card(2, 20, "moved", 2) }]));
+    assert!(http(&out).is_empty());
+    let out = d.input(Input::Visibility { visible: true });
+    assert_eq!(http(&out).len(), 1, "one refetch for the whole batch");
+}
+
+// ---- outbox ------------------------------------------------------------------------------------------------
+
+fn posted(out: &[Output]) -> Option<(RequestId, WriteBatch)> {
+    http(out).into_iter().find(|(_, r)| r.method == "POST").map(|(id, r)| (id, serde_json::from_str(r.body.as_deref().unwrap()).unwrap()))
+}
+
+#[test]
+fn user_visible_writes_go_before_background_work_and_each_entity_keeps_its_order() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    d.input(Input::Network { online: false });
+    let title = |t: &str| UpdateCard { title: Some(t.into()), ..Default::default() };
+    d.input(Input::Write { op: WriteOp::UpdateCard { id: id(1), body: title("bg") }, priority: Priority::Background, policy: ConflictPolicy::default() });
+    d.input(Input::Write { op: WriteOp::UpdateCard { id: id(2), body: title("a") }, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    d.input(Input::Write { op: WriteOp::UpdateCard { id: id(2), body: title("b") }, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    d.input(Input::Network { online: true });
+    d.input(Input::SocketOpened);
+    d.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 });
+    let out = d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor: 3 });
+    let (_, batch) = posted(&out).expect("a batch");
+    let titles: Vec<String> = batch.writes.iter().map(|w| match &w.op { WriteOp::UpdateCard { body, .. } => body.title.clone().unwrap(), _ => unreachable!() }).collect();
+    assert_eq!(titles, vec!["a", "b"], "user-visible first, in order; background after");
+    let bases: Vec<Option<u64>> = batch.writes.iter().map(|w| match &w.op { WriteOp::UpdateCard { body, .. } => body.base_version, _ => None }).collect();
+    assert_eq!(bases, vec![Some(1), Some(2)], "each based on the version the user saw");
+}
+
+fn one_write(policy: ConflictPolicy, body: UpdateCard) -> (Driver, RequestId, Uuid) {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let op = WriteOp::UpdateCard { id: id(1), body };
+    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy });
+    let (rid, batch) = posted(&out).expect("sent at once when live");
+    (d, rid, batch.writes[0].write_id)
+}
+
+fn conflict_reply(d: &mut Driver, rid: RequestId, write_id: Uuid, current: &Card) -> Vec<Output> {
+    let body = json!({"error": "conflict", "message": "stale", "current": current});
+    let result = WriteBatchResult { results: vec![WriteOutcome { write_id, status: 409, body }] };
+    d.reply(rid, 200, serde_json::to_string(&result).unwrap())
+}
+
+#[test]
+fn a_confirmed_write_leaves_the_outbox() {
+    let (mut d, rid, write_id) = one_write(ConflictPolicy::default(), UpdateCard { title: Some("mine".into()), ..Default::default() });
+    let result = WriteBatchResult { results: vec![WriteOutcome { write_id, status: 200, body: serde_json::to_value(card(1, 10, "mine", 2)).unwrap() }] };
+    let out = d.reply(rid, 200, serde_json::to_string(&result).unwrap());
+    assert!(out.iter().any(|o| matches!(o, Output::Persist(PersistOp::OutboxDelete { write_id: w }) if *w == write_id)));
+    assert_eq!(d.e.pending().len(), 0);
+    assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[0].version, 2);
+}
+
+#[test]
+fn a_conflict_on_other_fields_is_rebased_and_resent_on_the_current_version() {
+    let (mut d, rid, write_id) = one_write(ConflictPolicy::RebaseOrAsk, UpdateCard { title: Some("mine".into()), ..Default::default() });
+    let mut theirs = card(1, 10, "one", 2);
+    theirs.description = "their description".into();
+    let out = conflict_reply(&mut d, rid, write_id, &theirs);
+    let (_, batch) = posted(&out).expect("re-sent");
+    assert_ne!(batch.writes[0].write_id, write_id, "a new write id: the old one's outcome is the 409");
+    assert!(matches!(&batch.writes[0].op, WriteOp::UpdateCard { body, .. } if body.base_version == Some(2) && body.title.as_deref() == Some("mine")));
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::WriteSettled { settled: Settled::Rebased { .. }, .. }))));
+}
+
+#[test]
+fn a_conflict_on_the_same_field_asks_the_user_and_keep_mine_resends() {
+    let (mut d, rid, write_id) = one_write(ConflictPolicy::RebaseOrAsk, UpdateCard { title: Some("mine".into()), ..Default::default() });
+    let out = conflict_reply(&mut d, rid, write_id, &card(1, 10, "theirs", 2));
+    assert!(out.iter().any(|o| matches!(o, Output::Notify(Notification::Conflict { needs_decision: true, .. }))));
+    assert_eq!(d.e.conflicts().len(), 1);
+    // Later writes on the same card wait for the decision.
+    let op = WriteOp::MoveCard { id: id(1), body: MoveCard { column_id: id(20), after_card_id: None, base_version: None } };
+    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    assert!(posted(&out).is_none());
+    let out = d.input(Input::ResolveConflict { write_id, keep_mine: true });
+    let (_, batch) = posted(&out).expect("resent after the decision");
+    assert!(matches!(&batch.writes[0].op, WriteOp::UpdateCard { body, .. } if body.base_version == Some(2)));
+}
+
+#[test]
+fn server_wins_drops_mine_and_tells_the_user() {
+    let (mut d, rid, write_id) = one_write(ConflictPolicy::ServerWins, UpdateCard { title: Some("mine".into()), ..Default::default() });
+    let out = conflict_reply(&mut d, rid, write_id, &card(1, 10, "theirs", 2));
+    assert!(out.iter().any(|o| matches!(o, Output::Notify(Notification::Conflict { needs_decision: false, .. }))));
+    assert!(d.e.pending().is_empty());
+    assert_eq!(d.e.board(id(BOARD)).unwrap().cards[0].title, "theirs");
+}
+
+// ---- tabs --------------------------------------------------------------------------------------------------
+
+#[test]
+fn a_follower_makes_no_requests_and_routes_its_writes_through_the_leader() {
+    let mut d = Driver::new(Preferences::default());
+    let mut out = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+    out.extend(d.input(Input::Write {
+        op: WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } },
+        priority: Priority::UserVisible,
+        policy: ConflictPolicy::default(),
+    }));
+    out.extend(d.advance(10 * 60_000));
+    assert!(http(&out).is_empty() && opens(&out) == 0, "followers never touch the network");
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Interest { .. }))));
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::WriteQueued { .. }))));
+    // The leader's data and changes reach it.
+    d.input(Input::Tab(TabMessage::Data { key: QueryKey::Board(id(BOARD)), data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
+    let stream = StreamId::Board(id(BOARD));
+    d.input(Input::Tab(TabMessage::Changes { stream, changes: vec![Change { stream, cursor: 4, at_ms: 0, write_id: None, op: ChangeOp::CardUpserted { card: card(2, 20, "via leader", 2) } }] }));
+    assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[1].title, "via leader");
+}
+
+#[test]
+fn a_new_leader_sends_the_persisted_outbox_with_the_same_write_ids() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let w = PendingWrite {
+        write_id: id(5555),
+        op: WriteOp::UpdateCard { id: id(2), body: UpdateCard { title: Some("from a closed tab".into()), base_version: Some(1), ..Default::default() } },
+        priority: Priority::UserVisible,
+        policy: ConflictPolicy::default(),
+        seq: 1,
+        base: None,
+        conflict: None,
+    };
+    let out = d.input(Input::Restored { outbox: vec![w], cache: vec![] });
+    let (_, batch) = posted(&out).expect("sent");
+    assert_eq!(batch.writes[0].write_id, id(5555), "same id: the server applies it at most once");
+}
+
+#[test]
+fn a_visible_follower_claims_leadership_from_a_hidden_leader() {
+    let mut d = Driver::new(Preferences::default());
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true }));
+    let out = d.advance(1_000);
+    assert!(!out.contains(&Output::ClaimLeadership), "the leader is visible");
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: false, leader: true }));
+    let out = d.advance(600);
+    assert!(out.contains(&Output::ClaimLeadership));
+}
+
+// ---- metrics -----------------------------------------------------------------------------------------------
+
+#[test]
+fn metrics_count_requests_dedupe_hits_and_time_in_each_state() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    d.input(Input::Tab(TabMessage::Interest { tab: 2, keys: vec![QueryKey::BoardSummary(id(BOARD))] }));
+    d.input(Input::Tab(TabMessage::Interest { tab: 3, keys: vec![QueryKey::BoardSummary(id(BOARD))] }));
+    d.advance(10_000);
+    let m = d.e.metrics();
+    assert_eq!(m.requests, 2, "board + summary");
+    assert!(m.dedupe_hits >= 1, "the second tab's interest found the fetch in flight");
+    assert!(m.states.live_ms >= 10_000);
+    assert_eq!(m.socket_opens, 1);
+    assert!(m.fetch_latency.count() >= 1);
+}
+

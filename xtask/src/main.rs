@@ -21,7 +21,8 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_default();
-    let rest: Vec<String> = args.collect();
+    // `cargo xtask run -- --bind …` passes the `--` through; it only separates, so drop it.
+    let rest: Vec<String> = args.skip_while(|a| a == "--").collect();
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
     match command.as_str() {

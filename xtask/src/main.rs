@@ -84,11 +84,11 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     ensure_wasm_tools(root)?;
     ensure_chromium()?;
     let dist = build_web(root)?;
-    // One selection for every test: the whole workspace but the wasm-only app (which the browser tests
-    // exercise). Changing this selection between runs costs a rebuild, so nothing else should differ.
+    // One selection for every test: the whole workspace but the wasm-only crates (the app and the browser
+    // runtime, which the browser tests exercise). Changing this selection between runs costs a rebuild, so nothing else should differ.
     status(
         cargo()
-            .args(["test", "--workspace", "--exclude", "syncline-app"])
+            .args(["test", "--workspace", "--exclude", "syncline-app", "--exclude", "syncline-web"])
             .args(cargo_args)
             .env("SYNCLINE_DIST_DIR", &dist),
     )?;

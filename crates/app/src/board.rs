@@ -3,10 +3,7 @@
 //! Keyboard: focus a card (Tab), press Space to pick it up, move it with the arrow keys (each press is
 //! saved), press Space or Escape to put it down; Enter opens the card editor.
 
-use std::future::Future;
-
 use leptos::prelude::*;
-use leptos::task::spawn_local;
 use syncline_protocol::moves::Direction;
 use syncline_protocol::{
     BoardSnapshot, Card, CardId, Column, ColumnId, CreateCard, CreateColumn, MoveCard, Rename, UpdateCard,
@@ -14,13 +11,17 @@ use syncline_protocol::{
 use uuid::Uuid;
 use wasm_bindgen::JsCast;
 
-use crate::http::{self, CallError};
+use syncline_engine::{ConnectionStatus, Freshness, Notification, QueryKey};
+use syncline_protocol::WriteOp;
+
+use crate::rt;
 
 /// Shared state of the board screen.
 #[derive(Clone, Copy)]
 struct Ctx {
     id: Uuid,
-    snapshot: RwSignal<Option<Result<BoardSnapshot, CallError>>>,
+    /// Bumped on every notification about this board: views re-read the runtime.
+    version: RwSignal<u64>,
     error: RwSignal<Option<String>>,
     /// The card picked up for keyboard moves.
     picked: RwSignal<Option<CardId>>,
@@ -31,39 +32,20 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn reload(self) -> impl Future<Output = ()> {
-        async move {
-            let result = http::get::<BoardSnapshot>(format!("/api/boards/{}", self.id)).await;
-            self.snapshot.set(Some(result));
-        }
-    }
-
-    /// Runs a write, shows its error if any, then reloads the board.
-    fn write<T: 'static>(self, call: impl Future<Output = Result<T, CallError>> + 'static) {
-        self.write_then(call, || {});
-    }
-
-    fn write_then<T: 'static>(self, call: impl Future<Output = Result<T, CallError>> + 'static, then: impl FnOnce() + 'static) {
-        spawn_local(async move {
-            match call.await {
-                Ok(_) => self.error.set(None),
-                Err(e) => self.error.set(Some(e.0)),
-            }
-            self.reload().await;
-            then();
-        });
+    /// Queues a write: the view shows it at once; the runtime sends it (now or when back online).
+    fn write(self, op: WriteOp) {
+        rt().write(op);
     }
 
     fn current(self) -> Option<BoardSnapshot> {
-        self.snapshot.get_untracked().and_then(Result::ok)
+        rt().board(self.id)
     }
 
     fn move_card(self, card: CardId, mv: MoveCard, refocus: bool) {
-        self.write_then(http::post::<_, Card>(format!("/api/cards/{card}/move"), mv), move || {
-            if refocus {
-                focus_card(card);
-            }
-        });
+        self.write(WriteOp::MoveCard { id: card, body: mv });
+        if refocus {
+            focus_card(card);
+        }
     }
 }
 
@@ -79,17 +61,65 @@ fn focus_card(card: CardId) {
     });
 }
 
+/// The connection and freshness line: what the user needs to know about how current the board is.
+fn sync_status(ctx: Ctx) -> impl IntoView {
+    move || {
+        ctx.version.get();
+        let status = rt().status();
+        let freshness = rt().freshness(QueryKey::Board(ctx.id));
+        let pending = rt().pending_count();
+        let connection = match &status {
+            ConnectionStatus::Live => "Live".to_owned(),
+            ConnectionStatus::Connecting => "Connecting…".to_owned(),
+            ConnectionStatus::Polling { .. } => "Polling".to_owned(),
+            ConnectionStatus::Reconnecting { .. } => "Reconnecting…".to_owned(),
+            ConnectionStatus::Paused => "Paused (tab hidden)".to_owned(),
+            ConnectionStatus::Offline { pending_writes } => format!("Offline — {pending_writes} changes saved on this device"),
+            ConnectionStatus::Idle => "Idle".to_owned(),
+        };
+        let fresh = match &freshness {
+            Freshness::Fresh => "up to date".to_owned(),
+            Freshness::Stale { age_ms } | Freshness::Paused { age_ms } => format!("updated {} s ago", age_ms / 1000),
+            Freshness::Fetching => "loading".to_owned(),
+            Freshness::Error { message, .. } => format!("error: {message}"),
+        };
+        let state = serde_json::to_value(&status).ok().and_then(|v| v["state"].as_str().map(str::to_owned)).unwrap_or_default();
+        let fresh_state = serde_json::to_value(&freshness).ok().and_then(|v| v["state"].as_str().map(str::to_owned)).unwrap_or_default();
+        view! {
+            <p id="sync-status" class="sync-status" role="status" data-connection=state data-freshness=fresh_state data-pending=pending.to_string()>
+                {connection} " · " {fresh}
+                {(pending > 0).then(|| format!(" · {pending} pending"))}
+            </p>
+        }
+    }
+}
+
 #[component]
 pub fn BoardView(id: Uuid) -> impl IntoView {
     let ctx = Ctx {
         id,
-        snapshot: RwSignal::new(None),
+        version: RwSignal::new(0),
         error: RwSignal::new(None),
         picked: RwSignal::new(None),
         editing: RwSignal::new(None),
         dragging: RwSignal::new(None),
     };
-    spawn_local(ctx.reload());
+    let runtime = rt();
+    let listener = runtime.on_notify(move |n| match n {
+        Notification::Query { key: QueryKey::Board(b) } if *b == id => ctx.version.update(|v| *v += 1),
+        Notification::Outbox { .. } | Notification::Connection { .. } => ctx.version.update(|v| *v += 1),
+        Notification::WriteRejected { message, .. } => ctx.error.set(Some(message.clone())),
+        Notification::Conflict { needs_decision: false, .. } => {
+            ctx.error.set(Some("Someone else changed this card; their version was kept.".into()))
+        }
+        _ => {}
+    });
+    runtime.subscribe(QueryKey::Board(id));
+    on_cleanup(move || {
+        let runtime = rt();
+        runtime.off(listener);
+        runtime.unsubscribe(QueryKey::Board(id));
+    });
 
     view! {
         <section class="board">
@@ -98,12 +128,16 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
                     <button class="link" on:click=move |_| ctx.error.set(None)>"Dismiss"</button>
                 </p>
             })}
-            {move || match ctx.snapshot.get() {
-                None => view! { <p class="notice">"Loading…"</p> }.into_any(),
-                Some(Err(e)) => view! {
-                    <p class="error" role="alert">{e.0} " " <a href="#/">"Back to the boards"</a></p>
-                }.into_any(),
-                Some(Ok(snapshot)) => board_body(ctx, snapshot).into_any(),
+            {sync_status(ctx)}
+            {move || {
+                ctx.version.get();
+                match ctx.current() {
+                    Some(snapshot) => board_body(ctx, snapshot).into_any(),
+                    None if rt().board_gone(ctx.id) => view! {
+                        <p class="notice">"This board was deleted. " <a href="#/">"Back to the boards"</a></p>
+                    }.into_any(),
+                    None => view! { <p class="notice">"Loading…"</p> }.into_any(),
+                }
             }}
         </section>
     }
@@ -113,19 +147,12 @@ fn board_body(ctx: Ctx, snapshot: BoardSnapshot) -> impl IntoView {
     let board = snapshot.board.clone();
     let rename_board = move |ev: leptos::ev::Event| {
         let title = event_target_value(&ev);
-        ctx.write(http::patch::<_, syncline_protocol::Board>(
-            format!("/api/boards/{}", ctx.id),
-            Rename { title, base_version: None },
-        ));
+        ctx.write(WriteOp::RenameBoard { id: ctx.id, body: Rename { title, base_version: None } });
     };
     let delete_board = move |_| {
         if window().confirm_with_message("Delete this board with all its columns and cards?").unwrap_or(false) {
-            spawn_local(async move {
-                match http::delete(format!("/api/boards/{}", ctx.id)).await {
-                    Ok(()) => crate::navigate("/"),
-                    Err(e) => ctx.error.set(Some(e.0)),
-                }
-            });
+            ctx.write(WriteOp::DeleteBoard { id: ctx.id, base_version: None });
+            crate::navigate("/");
         }
     };
     let new_column = RwSignal::new(String::new());
@@ -133,10 +160,7 @@ fn board_body(ctx: Ctx, snapshot: BoardSnapshot) -> impl IntoView {
         ev.prevent_default();
         let title = new_column.get_untracked();
         new_column.set(String::new());
-        ctx.write(http::post::<_, Column>(
-            format!("/api/boards/{}/columns", ctx.id),
-            CreateColumn { id: None, title },
-        ));
+        ctx.write(WriteOp::CreateColumn { board_id: ctx.id, body: CreateColumn { id: None, title } });
     };
     let columns_view = snapshot.columns.iter().cloned().map(|col| column_view(ctx, &snapshot, col)).collect_view();
 
@@ -167,11 +191,11 @@ fn column_view(ctx: Ctx, snapshot: &BoardSnapshot, column: Column) -> impl IntoV
     let count = cards.len();
     let rename = move |ev: leptos::ev::Event| {
         let title = event_target_value(&ev);
-        ctx.write(http::patch::<_, Column>(format!("/api/columns/{column_id}"), Rename { title, base_version: None }));
+        ctx.write(WriteOp::RenameColumn { id: column_id, body: Rename { title, base_version: None } });
     };
     let delete = move |_| {
         if window().confirm_with_message("Delete this column and its cards?").unwrap_or(false) {
-            ctx.write(async move { http::delete(format!("/api/columns/{column_id}")).await });
+            ctx.write(WriteOp::DeleteColumn { id: column_id, base_version: None });
         }
     };
     let new_card = RwSignal::new(String::new());
@@ -179,10 +203,7 @@ fn column_view(ctx: Ctx, snapshot: &BoardSnapshot, column: Column) -> impl IntoV
         ev.prevent_default();
         let title = new_card.get_untracked();
         new_card.set(String::new());
-        ctx.write(http::post::<_, Card>(
-            format!("/api/columns/{column_id}/cards"),
-            CreateCard { id: None, title, description: String::new() },
-        ));
+        ctx.write(WriteOp::CreateCard { column_id, body: CreateCard { id: None, title, description: String::new() } });
     };
     let drop_at_end = move |ev: leptos::ev::DragEvent| {
         ev.prevent_default();
@@ -289,13 +310,17 @@ fn card_view(ctx: Ctx, column_id: ColumnId, card: Card) -> impl IntoView {
             ctx.move_card(dragged, mv, false);
         }
     };
-    let delete = move |_| ctx.write(async move { http::delete(format!("/api/cards/{card_id}")).await });
+    let delete = move |_| ctx.write(WriteOp::DeleteCard { id: card_id, base_version: None });
     let title = card.title.clone();
     let description = card.description.clone();
+    let pending = rt().pending_for(card_id);
+    let card_class = if pending > 0 { "card pending" } else { "card" };
 
     view! {
-        <li class="card" tabindex="0" draggable="true"
+        <li class=card_class tabindex="0" draggable="true"
             data-card-id=card_id.to_string()
+            data-pending=pending.to_string()
+            title=(pending > 0).then_some("Not yet saved on the server")
             class:picked=move || ctx.picked.get() == Some(card_id)
             aria-grabbed=move || (ctx.picked.get() == Some(card_id)).to_string()
             aria-label=format!("Card: {}", card.title)
@@ -332,7 +357,8 @@ fn card_editor(ctx: Ctx, card_id: CardId, title: String, description: String) ->
             base_version: None,
         };
         ctx.editing.set(None);
-        ctx.write_then(http::patch::<_, Card>(format!("/api/cards/{card_id}"), update), move || focus_card(card_id));
+        ctx.write(WriteOp::UpdateCard { id: card_id, body: update });
+        focus_card(card_id);
     };
     let cancel = move |_| {
         ctx.editing.set(None);

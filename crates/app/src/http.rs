@@ -1,5 +1,4 @@
-//! The app's HTTP client for the Kanban API. For now the app loads over HTTP and reloads after its own
-//! writes; the sync engine replaces this in later issues.
+//! A plain HTTP client, for what does not go through the sync runtime yet: the boards page (list and create).
 
 use gloo_net::http::{Request, RequestBuilder, Response};
 use serde::Serialize;
@@ -43,12 +42,4 @@ async fn send<B: Serialize, T: DeserializeOwned>(builder: RequestBuilder, body: 
 
 pub async fn post<B: Serialize, T: DeserializeOwned>(path: String, body: B) -> Result<T, CallError> {
     send(Request::post(&path), body).await
-}
-
-pub async fn patch<B: Serialize, T: DeserializeOwned>(path: String, body: B) -> Result<T, CallError> {
-    send(Request::patch(&path), body).await
-}
-
-pub async fn delete(path: String) -> Result<(), CallError> {
-    finish(Request::delete(&path).send().await).await.map(|_| ())
 }

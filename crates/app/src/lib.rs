@@ -7,6 +7,20 @@ mod board;
 mod boards;
 mod http;
 
+use std::cell::RefCell;
+
+use syncline_web::Runtime;
+
+thread_local! {
+    /// The tab's sync runtime, started before the app mounts.
+    static RUNTIME: RefCell<Option<Runtime>> = const { RefCell::new(None) };
+}
+
+/// The sync runtime of this tab.
+pub(crate) fn rt() -> Runtime {
+    RUNTIME.with(|r| r.borrow().clone()).expect("the runtime starts before the app mounts")
+}
+
 use leptos::prelude::*;
 use uuid::Uuid;
 use wasm_bindgen::prelude::*;
@@ -61,5 +75,10 @@ fn App() -> impl IntoView {
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
-    leptos::mount::mount_to_body(App);
+    // Leptos' own executor starts with the mount; the runtime starts before it.
+    wasm_bindgen_futures::spawn_local(async {
+        let runtime = Runtime::start().await;
+        RUNTIME.with(|r| *r.borrow_mut() = Some(runtime));
+        leptos::mount::mount_to_body(App);
+    });
 }

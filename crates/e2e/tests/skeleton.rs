@@ -8,6 +8,8 @@ use syncline_protocol::{BoardSnapshot, CreateBoard, CreateCard, CreateColumn, Wr
 use syncline_server::store;
 
 const WAIT: Duration = Duration::from_secs(10);
+/// The page's sync runtime has no write left to send.
+const SAVED: &str = "window.__syncline && JSON.parse(window.__syncline()).pending === 0";
 
 struct Seeded {
     board: uuid::Uuid,
@@ -61,6 +63,8 @@ async fn a_card_created_in_the_ui_survives_a_reload_and_is_in_the_sqlite_file() 
     tab.press("Enter").await.unwrap();
     tab.wait_for(&card_in_column(todo, "Book the venue"), WAIT).await.unwrap();
 
+    // Shown at once (optimistic); saved when the outbox has drained.
+    tab.wait_for(SAVED, WAIT).await.unwrap();
     tab.reload().await.unwrap();
     tab.wait_for(&card_in_column(todo, "Book the venue"), WAIT).await.unwrap();
 
@@ -103,6 +107,7 @@ async fn a_card_moved_with_the_keyboard_lands_in_the_new_column() {
     .await
     .unwrap();
     tab.press(" ").await.unwrap();
+    tab.wait_for(SAVED, WAIT).await.unwrap();
 
     let snap = snapshot(&h, seeded.board).await;
     let titles = |col| snap.cards_in(col).map(|c| c.title.as_str()).collect::<Vec<_>>();
@@ -145,6 +150,7 @@ async fn a_card_dragged_and_dropped_lands_where_it_was_dropped() {
     )
     .await
     .unwrap();
+    tab.wait_for(SAVED, WAIT).await.unwrap();
     let snap = snapshot(&h, seeded.board).await;
     assert_eq!(snap.cards_in(done).map(|c| c.title.as_str()).collect::<Vec<_>>(), vec!["Drag me", "Already done"]);
     browser.close().await;

@@ -1,0 +1,75 @@
+//! The few browser APIs used through small JavaScript helpers instead of web-sys: IndexedDB (web-sys exposes
+//! only its callback-and-event form, which takes hundreds of lines of Rust for four operations) and Web Locks
+//! (whose web-sys bindings are unstable and typed differently across versions). Each helper does one call and
+//! reports back; every decision stays in the engine.
+
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(inline_js = r#"
+const DB = 'syncline';
+let opened = null;
+function db() {
+  if (!opened) {
+    opened = new Promise((resolve, reject) => {
+      const req = indexedDB.open(DB, 1);
+      req.onupgradeneeded = () => {
+        req.result.createObjectStore('outbox');
+        req.result.createObjectStore('cache');
+      };
+      req.onsuccess = () => resolve(req.result);
+      req.onerror = () => reject(req.error);
+    });
+  }
+  return opened;
+}
+export async function idb_put(store, key, value) {
+  const d = await db();
+  return new Promise((resolve, reject) => {
+    const tx = d.transaction(store, 'readwrite');
+    tx.objectStore(store).put(value, key);
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+  });
+}
+export async function idb_delete(store, key) {
+  const d = await db();
+  return new Promise((resolve, reject) => {
+    const tx = d.transaction(store, 'readwrite');
+    tx.objectStore(store).delete(key);
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+  });
+}
+export async function idb_all(store) {
+  const d = await db();
+  return new Promise((resolve, reject) => {
+    const req = d.transaction(store, 'readonly').objectStore(store).getAll();
+    req.onsuccess = () => resolve(req.result);
+    req.onerror = () => reject(req.error);
+  });
+}
+export function hold_lock(name, steal, granted, lost) {
+  navigator.locks.request(name, steal ? { steal: true } : {}, () => {
+    granted();
+    return new Promise(() => {}); // held until the tab goes away or another tab steals it
+  }).catch(() => lost());
+}
+export function connection_info() {
+  const c = navigator.connection;
+  return c ? { effectiveType: c.effectiveType || '4g', saveData: !!c.saveData, rtt: c.rtt ?? null } : null;
+}
+export function on_connection_change(f) {
+  if (navigator.connection) navigator.connection.addEventListener('change', f);
+}
+"#)]
+extern "C" {
+    #[wasm_bindgen(catch)]
+    pub async fn idb_put(store: &str, key: &str, value: &str) -> Result<JsValue, JsValue>;
+    #[wasm_bindgen(catch)]
+    pub async fn idb_delete(store: &str, key: &str) -> Result<JsValue, JsValue>;
+    #[wasm_bindgen(catch)]
+    pub async fn idb_all(store: &str) -> Result<JsValue, JsValue>;
+    pub fn hold_lock(name: &str, steal: bool, granted: &js_sys::Function, lost: &js_sys::Function);
+    pub fn connection_info() -> JsValue;
+    pub fn on_connection_change(f: &js_sys::Function);
+}

@@ -1,0 +1,203 @@
+//! The sync acceptance list in a real Chromium: one connection per browser, silent hidden followers, leader
+//! failover, offline and back. Request and socket counts are the server's, not the page's.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use syncline_e2e::{Harness, Tab, TestBrowser};
+use syncline_protocol::{CreateBoard, CreateCard, CreateColumn, UpdateCard, WriteOp};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Board {
+    id: Uuid,
+    column: Uuid,
+    card: Uuid,
+}
+
+async fn seed(h: &Harness) -> Board {
+    let id_of = |v: Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
+    let id = id_of(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: "Sync".into() } }).await.unwrap());
+    let column = id_of(h.write(WriteOp::CreateColumn { board_id: id, body: CreateColumn { id: None, title: "Todo".into() } }).await.unwrap());
+    let body = CreateCard { id: None, title: "Watch me".into(), description: String::new() };
+    let card = id_of(h.write(WriteOp::CreateCard { column_id: column, body }).await.unwrap());
+    Board { id, column, card }
+}
+
+async fn rename(h: &Harness, card: Uuid, title: &str) {
+    let body = UpdateCard { title: Some(title.into()), ..Default::default() };
+    h.write(WriteOp::UpdateCard { id: card, body }).await.unwrap();
+}
+
+/// The tab's runtime state: `{tab, leader, status: {state}, pending, metrics}`.
+async fn state(tab: &Tab) -> Value {
+    let text: String = tab.eval("window.__syncline ? window.__syncline() : 'null'").await.unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn client_id(tab: &Tab) -> String {
+    tab.wait_for("window.__syncline", WAIT).await.unwrap();
+    state(tab).await["tab"].as_str().unwrap().to_owned()
+}
+
+fn live(tab_is_leader: bool) -> String {
+    format!(
+        "window.__syncline && (s => s.leader === {tab_is_leader} && s.status.state === 'live')(JSON.parse(window.__syncline()))"
+    )
+}
+
+fn shows(card: Uuid, title: &str) -> String {
+    format!("document.querySelector('[data-card-id=\"{card}\"] .card-title')?.textContent === {}", serde_json::to_string(title).unwrap())
+}
+
+/// Requests (HTTP, and WebSocket upgrades) the server saw from one tab.
+fn requests_from(h: &Harness, client: &str) -> usize {
+    h.stats()
+        .recent_requests()
+        .iter()
+        .filter(|r| r.client.as_deref() == Some(client) || r.query.as_deref().is_some_and(|q| q.contains(&format!("client={client}"))))
+        .count()
+}
+
+/// Waits for a server-side condition (the server has no event to await from here).
+async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn four_tabs_share_one_websocket_and_one_fetch_per_query() {
+    let h = Harness::start().await.unwrap();
+    let board = seed(&h).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let url = h.url(&format!("/#/boards/{}", board.id));
+    let mut tabs = Vec::new();
+    for _ in 0..4 {
+        let tab = browser.open(&url).await.unwrap();
+        tab.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+        tabs.push(tab);
+    }
+    let leader_tabs = {
+        let mut n = 0;
+        for t in &tabs {
+            if state(t).await["leader"] == true {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert_eq!(leader_tabs, 1, "one leader");
+    eventually("one socket", WAIT, || h.open_websockets() == 1).await;
+    let board_fetches = h.requests(&format!("/api/boards/{}", board.id)).len();
+    assert_eq!(board_fetches, 1, "the board was fetched once for all four tabs");
+    // A change reaches every tab through the one socket.
+    rename(&h, board.card, "Seen by all").await;
+    for t in &tabs {
+        t.wait_for(&shows(board.card, "Seen by all"), WAIT).await.unwrap();
+    }
+    assert_eq!(h.open_websockets(), 1);
+    assert_eq!(h.requests(&format!("/api/boards/{}", board.id)).len(), 1, "deltas, not refetches");
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn hidden_followers_make_no_requests_while_changes_stream_in() {
+    let h = Harness::start().await.unwrap();
+    let board = seed(&h).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let url = h.url(&format!("/#/boards/{}", board.id));
+    let leader = browser.open(&url).await.unwrap();
+    leader.wait_for(&live(true), WAIT).await.unwrap();
+    let mut followers = Vec::new();
+    for _ in 0..2 {
+        let tab = browser.open(&url).await.unwrap();
+        tab.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+        tab.hide().await.unwrap();
+        tab.wait_for("document.visibilityState === 'hidden'", WAIT).await.unwrap();
+        followers.push(tab);
+    }
+    let ids: Vec<String> = futures::future::join_all(followers.iter().map(client_id)).await;
+    let before: Vec<usize> = ids.iter().map(|c| requests_from(&h, c)).collect();
+    // 30 s at one change per second.
+    for i in 0..30 {
+        rename(&h, board.card, &format!("change {i}")).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    leader.wait_for(&shows(board.card, "change 29"), WAIT).await.unwrap();
+    for (client, before) in ids.iter().zip(before) {
+        assert_eq!(requests_from(&h, client) - before, 0, "hidden follower {client} made requests");
+    }
+    assert_eq!(h.open_websockets(), 1, "the browser holds exactly one socket");
+    // The hidden followers still kept up, through the leader.
+    for f in &followers {
+        let s = state(f).await;
+        assert_eq!(s["leader"], false);
+        f.wait_for(&shows(board.card, "change 29"), WAIT).await.unwrap();
+    }
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn closing_the_leader_hands_over_within_a_second_and_misses_nothing() {
+    let h = Harness::start().await.unwrap();
+    let board = seed(&h).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let url = h.url(&format!("/#/boards/{}", board.id));
+    let leader = browser.open(&url).await.unwrap();
+    leader.wait_for(&live(true), WAIT).await.unwrap();
+    let follower = browser.open(&url).await.unwrap();
+    follower.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+    assert_eq!(state(&follower).await["leader"], false);
+
+    let closed = Instant::now();
+    leader.close().await.unwrap();
+    rename(&h, board.card, "written during the handover").await;
+    follower.wait_for(&live(true), Duration::from_secs(1)).await.unwrap();
+    let handover = closed.elapsed();
+    follower.wait_for(&shows(board.card, "written during the handover"), WAIT).await.unwrap();
+    eprintln!("leader handover: live again {handover:?} after the leader tab closed");
+    eventually("one socket after the handover", WAIT, || h.open_websockets() == 1).await;
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn offline_then_online_is_live_again_within_a_second_with_nothing_missed() {
+    let h = Harness::start().await.unwrap();
+    let board = seed(&h).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = browser.open(&h.url(&format!("/#/boards/{}", board.id))).await.unwrap();
+    tab.wait_for(&live(true), WAIT).await.unwrap();
+
+    tab.set_offline(true).await.unwrap();
+    tab.wait_for("document.querySelector('#sync-status')?.dataset.connection === 'offline'", WAIT).await.unwrap();
+    eventually("the leader to close its socket", WAIT, || h.open_websockets() == 0).await;
+    // Meanwhile: someone else changes the card, and this user edits another one offline.
+    rename(&h, board.card, "changed while you were away").await;
+    let text = tab.text("#sync-status").await.unwrap();
+    assert!(text.starts_with("Offline") && text.contains("ago"), "offline, with the data's age: {text}");
+    assert_eq!(tab.eval::<String>("document.querySelector('#sync-status').dataset.freshness").await.unwrap(), "paused");
+    tab.type_into(&format!("#new-card-{}", board.column), "Written offline").await.unwrap();
+    tab.press("Enter").await.unwrap();
+    tab.wait_for("document.querySelector('#sync-status')?.dataset.pending === '1'", WAIT).await.unwrap();
+
+    let back = Instant::now();
+    tab.set_offline(false).await.unwrap();
+    tab.wait_for(&live(true), Duration::from_secs(1)).await.unwrap();
+    let relive = back.elapsed();
+    tab.wait_for(&shows(board.card, "changed while you were away"), WAIT).await.unwrap();
+    tab.wait_for("JSON.parse(window.__syncline()).pending === 0", WAIT).await.unwrap();
+    tab.wait_for("document.querySelector('#sync-status')?.dataset.freshness === 'fresh'", WAIT).await.unwrap();
+    eprintln!("back online: live again {relive:?} after `online`");
+    let conn = rusqlite::Connection::open(h.db_path()).unwrap();
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM cards WHERE title = 'Written offline'", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1, "the offline write is applied exactly once");
+    browser.close().await;
+    h.stop().await;
+}

@@ -147,6 +147,12 @@ impl Harness {
         Err(last_err.unwrap_or_else(|| anyhow!("could not restart")))
     }
 
+    /// Refuses (or accepts again) WebSocket upgrades, as a proxy that breaks them would. Survives restarts.
+    pub fn set_websockets(&mut self, enabled: bool) {
+        self.config.no_websocket = !enabled;
+        self.server().state.websockets.store(enabled, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.stop(Duration::from_millis(200)).await;

@@ -201,3 +201,45 @@ async fn offline_then_online_is_live_again_within_a_second_with_nothing_missed()
     browser.close().await;
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_server_restart_is_survived_with_backoff_and_a_resume_from_the_cursor() {
+    let mut h = Harness::start().await.unwrap();
+    let board = seed(&h).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = browser.open(&h.url(&format!("/#/boards/{}", board.id))).await.unwrap();
+    tab.wait_for(&live(true), WAIT).await.unwrap();
+    h.restart_server().await.unwrap();
+    rename(&h, board.card, "after the restart").await;
+    tab.wait_for(&shows(board.card, "after the restart"), WAIT).await.unwrap();
+    tab.wait_for(&live(true), WAIT).await.unwrap();
+    let s = state(&tab).await;
+    assert!(s["metrics"]["reconnects"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(h.requests(&format!("/api/boards/{}", board.id)).len(), 0, "resumed from the cursor: no refetch");
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn without_websockets_it_stays_fresh_by_long_poll_and_upgrades_back_when_they_return() {
+    let mut h = Harness::start().await.unwrap();
+    let board = seed(&h).await;
+    h.set_websockets(false);
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = browser.open(&h.url(&format!("/#/boards/{}", board.id))).await.unwrap();
+    tab.wait_for("document.querySelector('#sync-status')?.dataset.connection === 'polling'", Duration::from_secs(20)).await.unwrap();
+    rename(&h, board.card, "by long-poll").await;
+    let sent = Instant::now();
+    tab.wait_for(&shows(board.card, "by long-poll"), WAIT).await.unwrap();
+    eprintln!("change to DOM by long-poll: {:?}", sent.elapsed());
+    assert!(!h.requests("/api/changes").is_empty(), "long-polls reached the server");
+    assert_eq!(h.open_websockets(), 0);
+    // WebSockets come back: the next probe upgrades (probes come every 15–30 s).
+    h.set_websockets(true);
+    tab.wait_for(&live(true), Duration::from_secs(40)).await.unwrap();
+    eventually("a socket", WAIT, || h.open_websockets() == 1).await;
+    rename(&h, board.card, "live again").await;
+    tab.wait_for(&shows(board.card, "live again"), WAIT).await.unwrap();
+    browser.close().await;
+    h.stop().await;
+}

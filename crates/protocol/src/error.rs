@@ -29,6 +29,8 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     /// The request's `Origin` is not allowed to use this server.
     ForbiddenOrigin,
+    /// The WebSocket feed is turned off; long-poll instead.
+    WebsocketUnavailable,
     /// Something failed on the server; the request may be retried.
     Internal,
 }
@@ -47,6 +49,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::ForbiddenOrigin => "forbidden_origin",
+            ErrorCode::WebsocketUnavailable => "websocket_unavailable",
             ErrorCode::Internal => "internal",
         }
     }

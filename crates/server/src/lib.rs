@@ -68,6 +68,9 @@ pub struct Config {
     /// Write ids (idempotency keys) are remembered at least this many seconds (default 24 h).
     #[arg(long, env = "SYNCLINE_WRITE_ID_TTL_SECS", default_value_t = 24 * 3600)]
     pub write_id_ttl_secs: u64,
+    /// Refuse WebSocket upgrades; clients use the long-poll fallback.
+    #[arg(long, env = "SYNCLINE_NO_WEBSOCKET")]
+    pub no_websocket: bool,
     /// Seconds between retention sweeps.
     #[arg(long, env = "SYNCLINE_PRUNE_INTERVAL_SECS", default_value_t = 60.0)]
     pub prune_interval_secs: f64,
@@ -90,6 +93,7 @@ impl Config {
             retention_secs: 7 * 24 * 3600,
             write_id_ttl_secs: 24 * 3600,
             prune_interval_secs: 60.0,
+            no_websocket: false,
         }
     }
 
@@ -133,6 +137,9 @@ pub struct AppState {
     pub feed: Arc<FeedConfig>,
     /// Becomes true when the server stops: long-lived connections close.
     pub shutdown: watch::Receiver<bool>,
+    /// When false, WebSocket upgrades are refused (503) and clients stay fresh by long-poll: for operating
+    /// behind a proxy that breaks WebSockets, and for testing the fallback.
+    pub websockets: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Builds the whole application: `/api/*` and the static web app.
@@ -178,6 +185,7 @@ impl Server {
             metrics: Arc::new(Metrics::default()),
             feed: Arc::new(config.feed()),
             shutdown: rx.clone(),
+            websockets: Arc::new(std::sync::atomic::AtomicBool::new(!config.no_websocket)),
         };
         tokio::spawn(prune_periodically(state.clone(), config.retention(), config.prune_interval_secs));
         let app = app(state.clone(), config);

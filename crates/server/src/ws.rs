@@ -48,6 +48,14 @@ pub async fn feed(State(state): State<AppState>, headers: HeaderMap, ws: WebSock
     if let Err(e) = check_origin(&headers, &state.feed.allowed_origins) {
         return e.into_response();
     }
+    if !state.websockets.load(std::sync::atomic::Ordering::Relaxed) {
+        return AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::WebsocketUnavailable,
+            "the WebSocket feed is turned off here; use GET /api/changes",
+        )
+        .into_response();
+    }
     let max = state.feed.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)

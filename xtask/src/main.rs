@@ -3,6 +3,7 @@
 //! - `run [server flags]`: installs what is missing, builds the web app, starts the server, prints the URL.
 //! - `test`: installs what is missing, builds the web app, runs every test in one cargo selection.
 //! - `bench feed [args]`: the feed fan-out benchmark (release builds; prints a table).
+//! - `bench browser`: requests/min and change → DOM latency with 1, 4 and 8 tabs in a real Chromium.
 //! - `build-web`: only builds the web app into `target/dist`.
 //!
 //! "What is missing" on a fresh Debian machine: the wasm32 target, the wasm-bindgen CLI at the version in
@@ -103,7 +104,17 @@ fn bench(args: &[String]) -> Result<()> {
             let release = workspace_root().join("target").join("release");
             status(Command::new(release.join("feed-bench")).arg("--server").arg(release.join("syncline-server")).args(&args[1..]))
         }
-        _ => bail!("usage: cargo xtask bench feed [--subscribers 1000,10000] [--rounds 20]"),
+        Some("browser") => {
+            ensure_wasm_tools(&workspace_root())?;
+            ensure_chromium()?;
+            let dist = build_web(&workspace_root())?;
+            status(
+                cargo()
+                    .args(["run", "--release", "--package", "syncline-e2e", "--bin", "browser-bench"])
+                    .env("SYNCLINE_DIST_DIR", &dist),
+            )
+        }
+        _ => bail!("usage: cargo xtask bench feed [--subscribers 1000,10000] [--rounds 20] | cargo xtask bench browser"),
     }
 }
 

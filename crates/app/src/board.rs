@@ -106,7 +106,7 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
     };
     let runtime = rt();
     let listener = runtime.on_notify(move |n| match n {
-        Notification::Query { key: QueryKey::Board(b) } if *b == id => ctx.version.update(|v| *v += 1),
+        Notification::Query { key: QueryKey::Board(b) | QueryKey::BoardSummary(b) } if *b == id => ctx.version.update(|v| *v += 1),
         Notification::Outbox { .. } | Notification::Connection { .. } => ctx.version.update(|v| *v += 1),
         Notification::WriteRejected { message, .. } => ctx.error.set(Some(message.clone())),
         Notification::Conflict { needs_decision: false, .. } => {
@@ -115,11 +115,24 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
         _ => {}
     });
     runtime.subscribe(QueryKey::Board(id));
+    let summary_open = RwSignal::new(false);
     on_cleanup(move || {
         let runtime = rt();
         runtime.off(listener);
         runtime.unsubscribe(QueryKey::Board(id));
+        if summary_open.get_untracked() {
+            runtime.unsubscribe(QueryKey::BoardSummary(id));
+        }
     });
+    // The summary is computed by the server: no change can update it in place, so while it is open it is
+    // refetched (once per batch of changes) whenever the board changes.
+    let toggle_summary = move |ev: leptos::ev::Event| {
+        let open = ev.target().and_then(|t| t.dyn_into::<web_sys::HtmlDetailsElement>().ok()).is_some_and(|d| d.open());
+        if open != summary_open.get_untracked() {
+            summary_open.set(open);
+            if open { rt().subscribe(QueryKey::BoardSummary(id)) } else { rt().unsubscribe(QueryKey::BoardSummary(id)) }
+        }
+    };
 
     view! {
         <section class="board">
@@ -129,6 +142,34 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
                 </p>
             })}
             {sync_status(ctx)}
+            <details id="board-summary" class="board-summary" on:toggle=toggle_summary>
+                <summary>"Summary"</summary>
+                {move || {
+                    ctx.version.get();
+                    match rt().summary(id) {
+                        Some(s) => view! {
+                            <p class="summary-figures" data-total=s.total_cards.to_string()>
+                                {format!("{} cards, {} with a description · ", s.total_cards, s.described_cards)}
+                                {s.columns.iter().map(|c| format!("{}: {}", c.title, c.cards)).collect::<Vec<_>>().join(", ")}
+                            </p>
+                        }.into_any(),
+                        None => view! { <p class="notice">"Loading…"</p> }.into_any(),
+                    }
+                }}
+            </details>
+            {move || {
+                ctx.version.get();
+                rt().conflicts().into_iter().map(|(write_id, _, theirs)| {
+                    let title = theirs.get("title").and_then(|t| t.as_str()).unwrap_or("").to_owned();
+                    view! {
+                        <div class="conflict" role="alert" data-write-id=write_id.to_string()>
+                            <span>"Someone else changed this card to “" {title} "” while you were editing it."</span>
+                            <button class="keep-mine" on:click=move |_| rt().resolve_conflict(write_id, true)>"Keep mine"</button>
+                            <button class="take-theirs link" on:click=move |_| rt().resolve_conflict(write_id, false)>"Take theirs"</button>
+                        </div>
+                    }
+                }).collect_view()
+            }}
             {move || {
                 ctx.version.get();
                 match ctx.current() {

@@ -243,3 +243,133 @@ async fn without_websockets_it_stays_fresh_by_long_poll_and_upgrades_back_when_t
     browser.close().await;
     h.stop().await;
 }
+
+/// Types a new card title into a column's "Add a card" box and submits.
+async fn add_card(tab: &Tab, column: Uuid, title: &str) {
+    tab.type_into(&format!("#new-card-{column}"), title).await.unwrap();
+    tab.press("Enter").await.unwrap();
+    tab.wait_for(&format!("[...document.querySelectorAll('.card-title')].some(e => e.textContent === {})", serde_json::to_string(title).unwrap()), WAIT)
+        .await
+        .unwrap();
+}
+
+fn titles_in_db(h: &Harness, title: &str) -> i64 {
+    let conn = rusqlite::Connection::open(h.db_path()).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM cards WHERE title = ?1", [title], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn offline_writes_in_two_tabs_survive_closing_one_and_are_applied_once() {
+    let h = Harness::start().await.unwrap();
+    let board = seed(&h).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let url = h.url(&format!("/#/boards/{}", board.id));
+    let a = browser.open(&url).await.unwrap();
+    a.wait_for(&live(true), WAIT).await.unwrap();
+    let b = browser.open(&url).await.unwrap();
+    b.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+    a.set_offline(true).await.unwrap();
+    b.set_offline(true).await.unwrap();
+    a.wait_for("document.querySelector('#sync-status')?.dataset.connection === 'offline'", WAIT).await.unwrap();
+    add_card(&a, board.column, "from A").await;
+    add_card(&b, board.column, "from B").await;
+    // Each tab knows of both pending writes (shared through the BroadcastChannel and IndexedDB).
+    a.wait_for("JSON.parse(window.__syncline()).pending === 2", WAIT).await.unwrap();
+    // The leader, holding both writes, is closed while offline.
+    a.close().await.unwrap();
+    b.set_offline(false).await.unwrap();
+    b.wait_for(&live(true), WAIT).await.unwrap();
+    b.wait_for("JSON.parse(window.__syncline()).pending === 0", WAIT).await.unwrap();
+    assert_eq!(titles_in_db(&h, "from A"), 1, "the closed tab's write was sent by the next leader, once");
+    assert_eq!(titles_in_db(&h, "from B"), 1);
+    for title in ["from A", "from B"] {
+        b.wait_for(&format!("[...document.querySelectorAll('.card-title')].filter(e => e.textContent === '{title}').length === 1"), WAIT)
+            .await
+            .unwrap();
+    }
+    browser.close().await;
+    h.stop().await;
+}
+
+/// Opens the editor of a card, sets its title and saves.
+async fn edit_title(tab: &Tab, card: Uuid, title: &str) {
+    tab.exec(&format!("document.querySelector('[data-card-id=\"{card}\"] .card-actions button').click()")).await.unwrap();
+    tab.wait_for_selector(".edit-title", WAIT).await.unwrap();
+    tab.exec(&format!(
+        "(() => {{ const i = document.querySelector('.edit-title'); i.value = {}; i.dispatchEvent(new Event('input', {{bubbles: true}})); document.querySelector('.card-editor button[type=submit]').click(); }})()",
+        serde_json::to_string(title).unwrap()
+    ))
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn two_browsers_editing_one_title_offline_get_a_winner_and_a_question_not_a_silent_loss() {
+    let h = Harness::start().await.unwrap();
+    let board = seed(&h).await;
+    let url = h.url(&format!("/#/boards/{}", board.id));
+    let alice = TestBrowser::launch().await.unwrap();
+    let bob = TestBrowser::launch().await.unwrap();
+    let ta = alice.open(&url).await.unwrap();
+    let tb = bob.open(&url).await.unwrap();
+    ta.wait_for(&live(true), WAIT).await.unwrap();
+    tb.wait_for(&live(true), WAIT).await.unwrap();
+    ta.set_offline(true).await.unwrap();
+    tb.set_offline(true).await.unwrap();
+    edit_title(&ta, board.card, "Alice's title").await;
+    edit_title(&tb, board.card, "Bob's title").await;
+    ta.wait_for(&shows(board.card, "Alice's title"), WAIT).await.unwrap();
+    // Alice comes back first: her write is based on the current version and wins.
+    ta.set_offline(false).await.unwrap();
+    ta.wait_for("JSON.parse(window.__syncline()).pending === 0", WAIT).await.unwrap();
+    assert_eq!(titles_in_db(&h, "Alice's title"), 1);
+    // Bob's write was based on the old version: the stated policy (same field changed) asks him.
+    tb.set_offline(false).await.unwrap();
+    tb.wait_for_selector(".conflict", WAIT).await.unwrap();
+    let text = tb.text(".conflict span").await.unwrap();
+    assert!(text.contains("Alice's title"), "Bob is told what Alice wrote: {text}");
+    assert_eq!(titles_in_db(&h, "Bob's title"), 0, "nothing applied behind Bob's back");
+    // Bob keeps his: re-sent on the current version; Alice sees it.
+    tb.click(".conflict .keep-mine").await.unwrap();
+    tb.wait_for("JSON.parse(window.__syncline()).pending === 0", WAIT).await.unwrap();
+    assert_eq!(titles_in_db(&h, "Bob's title"), 1);
+    ta.wait_for(&shows(board.card, "Bob's title"), WAIT).await.unwrap();
+    alice.close().await;
+    bob.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_updates_every_view_from_its_own_data_and_refetches_only_the_server_computed_one() {
+    let h = Harness::start().await.unwrap();
+    let board = seed(&h).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = browser.open(&h.url(&format!("/#/boards/{}", board.id))).await.unwrap();
+    tab.wait_for(&live(true), WAIT).await.unwrap();
+    let board_path = format!("/api/boards/{}", board.id);
+    let summary_path = format!("/api/boards/{}/summary", board.id);
+    let count = |h: &Harness, path: &str| h.stats().recent_requests().iter().filter(|r| r.path == path).count();
+    assert_eq!(count(&h, &board_path), 1);
+
+    // Without the summary open, a change is applied from its own data: no HTTP request at all.
+    let before = h.stats().requests_total();
+    rename(&h, board.card, "renamed").await;
+    tab.wait_for(&shows(board.card, "renamed"), WAIT).await.unwrap();
+    assert_eq!(h.stats().requests_total(), before, "a delta, no request");
+
+    // Open the summary: the server computes it, so it is fetched...
+    tab.exec("document.querySelector('#board-summary').open = true").await.unwrap();
+    tab.wait_for("document.querySelector('.summary-figures')?.dataset.total === '1'", WAIT).await.unwrap();
+    assert_eq!(count(&h, &summary_path), 1);
+    // ...and a card added elsewhere updates the board in place (the column, its count) and refetches the
+    // summary exactly once; the board itself is not refetched.
+    let body = CreateCard { id: None, title: "Second".into(), description: "with words".into() };
+    h.write(WriteOp::CreateCard { column_id: board.column, body }).await.unwrap();
+    tab.wait_for("[...document.querySelectorAll('.card-title')].some(e => e.textContent === 'Second')", WAIT).await.unwrap();
+    tab.wait_for("document.querySelector('.column .count')?.textContent === '2'", WAIT).await.unwrap();
+    tab.wait_for("document.querySelector('.summary-figures')?.dataset.total === '2'", WAIT).await.unwrap();
+    assert_eq!(count(&h, &summary_path), 2, "the dependent query, once");
+    assert_eq!(count(&h, &board_path), 1, "the board is never refetched");
+    browser.close().await;
+    h.stop().await;
+}

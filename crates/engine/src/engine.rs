@@ -922,6 +922,17 @@ impl Engine {
                 let Some((data, etag)) = fresh else { return };
                 q.etag = etag;
                 let snapshot_cursor = data.cursor();
+                // A query that cannot follow deltas, fetched while changes kept coming: if its answer is older
+                // than what the feed already brought, it is stale on arrival and goes again.
+                if !key.takes_deltas() {
+                    let followed = self.queries.values().filter_map(|q| q.data.as_ref()).filter(|d| matches!(d, QueryData::Board(b) if QueryKey::Board(b.board.id).stream() == key.stream())).filter_map(QueryData::cursor).max();
+                    if let (Some(have), Some(got)) = (followed, snapshot_cursor) {
+                        if got < have {
+                            self.queries.get_mut(&key).expect("present").invalidated = true;
+                        }
+                    }
+                }
+                let q = self.queries.get_mut(&key).expect("present");
                 if q.data.as_ref() != Some(&data) {
                     q.data = Some(data.clone());
                     if matches!(key, QueryKey::Board(_) | QueryKey::Boards) {

@@ -206,6 +206,10 @@ impl Runtime {
         self.inner.engine.borrow().board_gone(id)
     }
 
+    pub fn summary(&self, board: Uuid) -> Option<syncline_protocol::BoardSummary> {
+        self.inner.engine.borrow().summary(board).cloned()
+    }
+
     pub fn boards(&self) -> Option<BoardList> {
         self.inner.engine.borrow().boards()
     }
@@ -220,6 +224,17 @@ impl Runtime {
 
     pub fn pending_for(&self, entity: Uuid) -> usize {
         self.inner.engine.borrow().pending_for(entity)
+    }
+
+    /// Writes waiting for the user's decision (keep mine / take theirs): (write id, entity id, their version).
+    pub fn conflicts(&self) -> Vec<(Uuid, Uuid, serde_json::Value)> {
+        self.inner
+            .engine
+            .borrow()
+            .conflicts()
+            .iter()
+            .map(|w| (w.write_id, syncline_engine::apply::entity_of(&w.op), w.conflict.clone().unwrap_or_default()))
+            .collect()
     }
 
     pub fn pending_count(&self) -> usize {

@@ -1,0 +1,91 @@
+//! `cargo xtask bench browser`: one browser with N tabs (one visible) on a board while the server makes one change
+//! per second. Measures, as the server saw it, HTTP requests per minute and WebSockets; and change → DOM latency
+//! in the visible tab and in a hidden one (wall clock on both sides). Prints a table; asserts nothing.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use syncline_e2e::{Harness, TestBrowser};
+use syncline_protocol::{CreateBoard, CreateCard, CreateColumn, UpdateCard, WriteOp};
+use uuid::Uuid;
+
+fn wall_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+const OBSERVE: &str = r#"(() => {
+  window.__seen = [];
+  const target = () => document.querySelector('.card .card-title');
+  new MutationObserver(() => {
+    const t = target();
+    if (t && t.textContent.startsWith('bench ') && !window.__seen.some(s => s[0] === t.textContent)) {
+      window.__seen.push([t.textContent, Date.now()]);
+    }
+  }).observe(document.body, { subtree: true, childList: true, characterData: true });
+})()"#;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    println!("browser sync: 1 change/s for {seconds} s; one browser, N tabs, the first visible, the rest hidden");
+    println!("{:>4} | {:>13} | {:>10} | {:>22} | {:>22}", "tabs", "HTTP req/min", "WebSockets", "visible tab p50/p99 ms", "hidden tab p50/p99 ms");
+    println!("{}", "-".repeat(84));
+    for tabs in [1usize, 4, 8] {
+        let h = Harness::start().await?;
+        let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
+        let board = id(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: "Bench".into() } }).await?);
+        let column = id(h.write(WriteOp::CreateColumn { board_id: board, body: CreateColumn { id: None, title: "Col".into() } }).await?);
+        let card = id(h.write(WriteOp::CreateCard { column_id: column, body: CreateCard { id: None, title: "start".into(), description: String::new() } }).await?);
+        let browser = TestBrowser::launch().await?;
+        let url = h.url(&format!("/#/boards/{board}"));
+        let mut open = Vec::new();
+        for i in 0..tabs {
+            let tab = browser.open(&url).await?;
+            tab.wait_for("document.querySelector('.card')", Duration::from_secs(10)).await?;
+            tab.exec(OBSERVE).await?;
+            if i > 0 {
+                tab.hide().await?;
+            }
+            open.push(tab);
+        }
+        open[0].show().await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = h.stats().requests_total();
+        let mut sent = Vec::new();
+        for i in 0..seconds {
+            let title = format!("bench {i}");
+            sent.push((title.clone(), wall_ms()));
+            h.write(WriteOp::UpdateCard { id: card, body: UpdateCard { title: Some(title), ..Default::default() } }).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let requests = h.stats().requests_total() - before;
+        let sockets = h.open_websockets();
+        let latency = |seen: Vec<(String, f64)>| -> Vec<f64> {
+            seen.iter().filter_map(|(t, at)| sent.iter().find(|(s, _)| s == t).map(|(_, w)| at - w)).collect()
+        };
+        let visible: Vec<(String, f64)> = open[0].eval("window.__seen").await?;
+        let mut v = latency(visible);
+        let mut hid = if tabs > 1 { latency(open[tabs - 1].eval("window.__seen").await?) } else { Vec::new() };
+        println!(
+            "{:>4} | {:>13.1} | {:>10} | {:>10.1} / {:>9.1} | {:>10.1} / {:>9.1}",
+            tabs,
+            requests as f64 * 60.0 / seconds as f64,
+            sockets,
+            pct(&mut v, 0.5),
+            pct(&mut v, 0.99),
+            pct(&mut hid, 0.5),
+            pct(&mut hid, 0.99)
+        );
+        browser.close().await;
+        h.stop().await;
+    }
+    println!("(hidden tabs render when the browser lets them; their latency includes background timer throttling)");
+    Ok(())
+}

@@ -373,3 +373,48 @@ async fn a_change_updates_every_view_from_its_own_data_and_refetches_only_the_se
     browser.close().await;
     h.stop().await;
 }
+
+#[tokio::test]
+async fn leadership_moves_to_the_visible_tab_when_the_leader_is_hidden() {
+    let h = Harness::start().await.unwrap();
+    let board = seed(&h).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let url = h.url(&format!("/#/boards/{}", board.id));
+    let first = browser.open(&url).await.unwrap();
+    first.wait_for(&live(true), WAIT).await.unwrap();
+    let second = browser.open(&url).await.unwrap();
+    second.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+    assert_eq!(state(&second).await["leader"], false);
+    first.hide().await.unwrap();
+    second.wait_for(&live(true), WAIT).await.unwrap();
+    first.wait_for("JSON.parse(window.__syncline()).leader === false", WAIT).await.unwrap();
+    eventually("one socket after the move", WAIT, || h.open_websockets() == 1).await;
+    rename(&h, board.card, "through the new leader").await;
+    second.wait_for(&shows(board.card, "through the new leader"), WAIT).await.unwrap();
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_single_hidden_tab_lets_go_of_the_network_and_catches_up_when_shown() {
+    let h = Harness::start().await.unwrap();
+    let board = seed(&h).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = browser.open(&h.url(&format!("/#/boards/{}", board.id))).await.unwrap();
+    tab.wait_for(&live(true), WAIT).await.unwrap();
+    let client = client_id(&tab).await;
+    tab.hide().await.unwrap();
+    // After the grace period (30 s) the socket closes; then nothing, however much changes.
+    eventually("the hidden tab to close its socket", Duration::from_secs(40), || h.open_websockets() == 0).await;
+    let before = requests_from(&h, &client);
+    for i in 0..5 {
+        rename(&h, board.card, &format!("while hidden {i}")).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(requests_from(&h, &client), before, "a paused tab makes no requests");
+    tab.show().await.unwrap();
+    tab.wait_for(&live(true), WAIT).await.unwrap();
+    tab.wait_for(&shows(board.card, "while hidden 4"), WAIT).await.unwrap();
+    browser.close().await;
+    h.stop().await;
+}

@@ -115,6 +115,12 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
         _ => {}
     });
     runtime.subscribe(QueryKey::Board(id));
+    let board_memo = Memo::new(move |_| {
+        ctx.version.get();
+        ctx.current()
+    });
+    let has_board = Memo::new(move |_| board_memo.with(Option::is_some));
+    let snapshot: Snapshot = board_memo.into();
     let summary_open = RwSignal::new(false);
     on_cleanup(move || {
         let runtime = rt();
@@ -171,21 +177,24 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
                 }).collect_view()
             }}
             {move || {
-                ctx.version.get();
-                match ctx.current() {
-                    Some(snapshot) => board_body(ctx, snapshot).into_any(),
-                    None if rt().board_gone(ctx.id) => view! {
-                        <p class="notice">"This board was deleted. " <a href="#/">"Back to the boards"</a></p>
-                    }.into_any(),
-                    None => view! { <p class="notice">"Loading…"</p> }.into_any(),
+                // Only the presence of the board decides this branch; its content updates in place below, keyed
+                // by entity, so inputs being typed into and focus survive live changes.
+                if has_board.get() {
+                    board_body(ctx, snapshot).into_any()
+                } else if rt().board_gone(ctx.id) {
+                    view! { <p class="notice">"This board was deleted. " <a href="#/">"Back to the boards"</a></p> }.into_any()
+                } else {
+                    view! { <p class="notice">"Loading…"</p> }.into_any()
                 }
             }}
         </section>
     }
 }
 
-fn board_body(ctx: Ctx, snapshot: BoardSnapshot) -> impl IntoView {
-    let board = snapshot.board.clone();
+type Snapshot = Signal<Option<BoardSnapshot>>;
+
+fn board_body(ctx: Ctx, snapshot: Snapshot) -> impl IntoView {
+    let title = move || snapshot.with(|s| s.as_ref().map(|s| s.board.title.clone()).unwrap_or_default());
     let rename_board = move |ev: leptos::ev::Event| {
         let title = event_target_value(&ev);
         ctx.write(WriteOp::RenameBoard { id: ctx.id, body: Rename { title, base_version: None } });
@@ -203,18 +212,20 @@ fn board_body(ctx: Ctx, snapshot: BoardSnapshot) -> impl IntoView {
         new_column.set(String::new());
         ctx.write(WriteOp::CreateColumn { board_id: ctx.id, body: CreateColumn { id: None, title } });
     };
-    let columns_view = snapshot.columns.iter().cloned().map(|col| column_view(ctx, &snapshot, col)).collect_view();
+    let columns = move || snapshot.with(|s| s.as_ref().map(|s| s.columns.clone()).unwrap_or_default());
 
     view! {
         <div class="board-header">
             <a href="#/" class="back" aria-label="All boards">"←"</a>
             <label for="board-title" class="visually-hidden">"Board title"</label>
-            <input id="board-title" class="board-title" maxlength="200" prop:value=board.title on:change=rename_board />
+            <input id="board-title" class="board-title" maxlength="200" prop:value=title on:change=rename_board />
             <button class="danger" on:click=delete_board>"Delete board"</button>
         </div>
         <p class="hint">"Drag cards, or focus one and press Space, then the arrow keys, then Space to put it down."</p>
         <div class="columns">
-            {columns_view}
+            <For each=columns key=|c: &Column| c.id let:col>
+                {column_view(ctx, snapshot, col)}
+            </For>
             <form class="add-column" on:submit=add_column>
                 <label for="new-column-title" class="visually-hidden">"New column title"</label>
                 <input id="new-column-title" placeholder="New column" maxlength="200"
@@ -226,10 +237,15 @@ fn board_body(ctx: Ctx, snapshot: BoardSnapshot) -> impl IntoView {
     }
 }
 
-fn column_view(ctx: Ctx, snapshot: &BoardSnapshot, column: Column) -> impl IntoView + use<> {
+fn column_view(ctx: Ctx, snapshot: Snapshot, column: Column) -> impl IntoView {
     let column_id = column.id;
-    let cards: Vec<Card> = snapshot.cards_in(column_id).cloned().collect();
-    let count = cards.len();
+    let column_title = move || {
+        snapshot.with(|s| s.as_ref().and_then(|s| s.columns.iter().find(|c| c.id == column_id).map(|c| c.title.clone())))
+            .unwrap_or_default()
+    };
+    let cards = move || snapshot.with(|s| s.as_ref().map(|s| s.cards_in(column_id).cloned().collect::<Vec<Card>>()).unwrap_or_default());
+    let count = move || cards().len();
+    let card_ids = move || cards().into_iter().map(|c| c.id).collect::<Vec<CardId>>();
     let rename = move |ev: leptos::ev::Event| {
         let title = event_target_value(&ev);
         ctx.write(WriteOp::RenameColumn { id: column_id, body: Rename { title, base_version: None } });
@@ -258,15 +274,17 @@ fn column_view(ctx: Ctx, snapshot: &BoardSnapshot, column: Column) -> impl IntoV
     let input_id = format!("new-card-{column_id}");
 
     view! {
-        <section class="column" data-column-id=column_id.to_string() aria-label=column.title.clone()>
+        <section class="column" data-column-id=column_id.to_string() aria-label=column_title>
             <header class="column-header">
                 <input class="column-title" aria-label="Column title" maxlength="200"
-                    prop:value=column.title.clone() on:change=rename />
+                    prop:value=column_title on:change=rename />
                 <span class="count" aria-label="cards">{count}</span>
                 <button class="icon danger" aria-label="Delete column" title="Delete column" on:click=delete>"×"</button>
             </header>
             <ol class="cards" on:dragover=|ev: leptos::ev::DragEvent| ev.prevent_default() on:drop=drop_at_end>
-                {cards.into_iter().map(|card| card_view(ctx, column_id, card)).collect_view()}
+                <For each=card_ids key=|id: &CardId| *id let:card_id>
+                    {card_view(ctx, snapshot, column_id, card_id)}
+                </For>
             </ol>
             <form class="add-card" on:submit=add_card>
                 <label for=input_id.clone() class="visually-hidden">"New card title"</label>
@@ -279,8 +297,7 @@ fn column_view(ctx: Ctx, snapshot: &BoardSnapshot, column: Column) -> impl IntoV
     }
 }
 
-fn card_view(ctx: Ctx, column_id: ColumnId, card: Card) -> impl IntoView {
-    let card_id = card.id;
+fn card_view(ctx: Ctx, snapshot: Snapshot, column_id: ColumnId, card_id: CardId) -> impl IntoView {
     let keydown = move |ev: leptos::ev::KeyboardEvent| {
         // Keys typed inside the editor belong to the editor.
         if ctx.editing.get_untracked() == Some(card_id) {
@@ -352,30 +369,43 @@ fn card_view(ctx: Ctx, column_id: ColumnId, card: Card) -> impl IntoView {
         }
     };
     let delete = move |_| ctx.write(WriteOp::DeleteCard { id: card_id, base_version: None });
-    let title = card.title.clone();
-    let description = card.description.clone();
-    let pending = rt().pending_for(card_id);
-    let card_class = if pending > 0 { "card pending" } else { "card" };
+    // The node lives as long as the card stays in this column; its content follows the data, so focus and an
+    // open editor survive live changes.
+    let data = move || snapshot.with(|s| s.as_ref().and_then(|s| s.cards.iter().find(|c| c.id == card_id).cloned()));
+    let title = move || data().map(|c| c.title).unwrap_or_default();
+    let description = move || data().map(|c| c.description).unwrap_or_default();
+    let pending = move || {
+        ctx.version.get();
+        rt().pending_for(card_id)
+    };
+    let class = move || {
+        let mut class = String::from("card");
+        if pending() > 0 {
+            class.push_str(" pending");
+        }
+        if ctx.picked.get() == Some(card_id) {
+            class.push_str(" picked");
+        }
+        class
+    };
 
     view! {
-        <li class=card_class tabindex="0" draggable="true"
+        <li class=class tabindex="0" draggable="true"
             data-card-id=card_id.to_string()
-            data-pending=pending.to_string()
-            title=(pending > 0).then_some("Not yet saved on the server")
-            class:picked=move || ctx.picked.get() == Some(card_id)
+            data-pending=move || pending().to_string()
             aria-grabbed=move || (ctx.picked.get() == Some(card_id)).to_string()
-            aria-label=format!("Card: {}", card.title)
+            aria-label=move || format!("Card: {}", title())
             on:keydown=keydown on:dragstart=drag_start
             on:dragover=|ev: leptos::ev::DragEvent| ev.prevent_default()
             on:drop=drop_here
             on:dragend=move |_| ctx.dragging.set(None)>
             {move || if ctx.editing.get() == Some(card_id) {
-                card_editor(ctx, card_id, title.clone(), description.clone()).into_any()
+                card_editor(ctx, card_id, title(), description()).into_any()
             } else {
                 view! {
                     <div class="card-body">
-                        <span class="card-title">{title.clone()}</span>
-                        {(!description.is_empty()).then(|| view! { <p class="card-description">{description.clone()}</p> })}
+                        <span class="card-title">{title}</span>
+                        {move || { let d = description(); (!d.is_empty()).then(|| view! { <p class="card-description">{d}</p> }) }}
                     </div>
                     <div class="card-actions">
                         <button class="link" on:click=move |_| ctx.editing.set(Some(card_id))>"Edit"</button>

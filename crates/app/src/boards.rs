@@ -1,55 +1,62 @@
-//! The list of boards, with a form to create one.
+//! The list of boards, with a form to create one. Read through the sync runtime (the `boards` stream keeps it
+//! fresh); a new board is a queued write, so it opens at once, even offline.
 
 use leptos::prelude::*;
-use leptos::task::spawn_local;
-use syncline_protocol::{Board, BoardList, CreateBoard};
+use syncline_engine::{Notification, QueryKey};
+use syncline_protocol::{CreateBoard, WriteOp};
 
-use crate::http::{self, CallError};
+use crate::rt;
 
 #[component]
 pub fn BoardList() -> impl IntoView {
-    let boards = RwSignal::new(None::<Result<Vec<Board>, CallError>>);
-    let reload = move || {
-        spawn_local(async move {
-            let list = http::get::<BoardList>("/api/boards".into()).await;
-            boards.set(Some(list.map(|l| l.boards)));
-        })
-    };
-    reload();
+    let version = RwSignal::new(0u64);
+    let runtime = rt();
+    let listener = runtime.on_notify(move |n| match n {
+        Notification::Query { key: QueryKey::Boards } | Notification::Outbox { .. } | Notification::Connection { .. } => {
+            version.update(|v| *v += 1)
+        }
+        _ => {}
+    });
+    runtime.subscribe(QueryKey::Boards);
+    on_cleanup(move || {
+        rt().off(listener);
+        rt().unsubscribe(QueryKey::Boards);
+    });
 
     let new_title = RwSignal::new(String::new());
     let error = RwSignal::new(None::<String>);
     let create = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let title = new_title.get_untracked();
-        spawn_local(async move {
-            match http::post::<_, Board>("/api/boards".into(), CreateBoard { id: None, title }).await {
-                Ok(board) => {
-                    new_title.set(String::new());
-                    error.set(None);
-                    crate::navigate(&format!("/boards/{}", board.id));
-                }
-                Err(e) => error.set(Some(e.0)),
-            }
-        });
+        if let Err(message) = syncline_protocol::limits::validate_title(&title) {
+            error.set(Some(message));
+            return;
+        }
+        let id = rt().new_id();
+        rt().write(WriteOp::CreateBoard { body: CreateBoard { id: Some(id), title } });
+        new_title.set(String::new());
+        error.set(None);
+        crate::navigate(&format!("/boards/{id}"));
     };
 
     view! {
         <section class="boards">
             <h1>"Boards"</h1>
-            {move || match boards.get() {
-                None => view! { <p class="notice">"Loading…"</p> }.into_any(),
-                Some(Err(e)) => view! { <p class="error" role="alert">{e.0}</p> }.into_any(),
-                Some(Ok(list)) if list.is_empty() => {
-                    view! { <p class="notice">"No boards yet. Create the first one below."</p> }.into_any()
+            {move || {
+                version.get();
+                match rt().boards() {
+                    None => view! { <p class="notice">"Loading…"</p> }.into_any(),
+                    Some(list) if list.boards.is_empty() => {
+                        view! { <p class="notice">"No boards yet. Create the first one below."</p> }.into_any()
+                    }
+                    Some(list) => view! {
+                        <ul class="board-list">
+                            {list.boards.into_iter().map(|b| view! {
+                                <li><a class="board-link" href=format!("#/boards/{}", b.id)>{b.title}</a></li>
+                            }).collect_view()}
+                        </ul>
+                    }.into_any(),
                 }
-                Some(Ok(list)) => view! {
-                    <ul class="board-list">
-                        {list.into_iter().map(|b| view! {
-                            <li><a class="board-link" href=format!("#/boards/{}", b.id)>{b.title}</a></li>
-                        }).collect_view()}
-                    </ul>
-                }.into_any(),
             }}
             <form class="inline-form" on:submit=create>
                 <label for="new-board-title" class="visually-hidden">"New board title"</label>

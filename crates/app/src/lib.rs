@@ -5,7 +5,6 @@
 
 mod board;
 mod boards;
-mod http;
 
 use std::cell::RefCell;
 

@@ -228,7 +228,9 @@ async fn harness_counts_requests_as_the_server_saw_them_and_restarts_the_server(
     assert_eq!(seen.len(), 1, "the server saw exactly the one fetch");
     let last = &seen[0];
     assert_eq!((last.method.as_str(), last.query.as_deref()), ("GET", Some("from=test")));
-    assert_eq!(h.open_websockets(), 0);
+    // The page's sync runtime holds one socket, and the server counts it.
+    tab.wait_for("window.__syncline && JSON.parse(window.__syncline()).status.state === 'live'", WAIT).await.unwrap();
+    assert_eq!(h.open_websockets(), 1);
 
     // Same port, same database after a restart.
     let seeded = seed(&h, "Before restart", &[]).await;
@@ -259,6 +261,41 @@ async fn screenshot_of_a_board_for_the_readme() {
     let tab = open_board(&browser, &h, seeded.board).await;
     tab.wait_for("document.querySelectorAll('.card').length === 8", WAIT).await.unwrap();
     tab.screenshot(&repo_root().join("docs/screenshot-board.png")).await.unwrap();
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_board_created_in_the_ui_opens_at_once_and_everything_on_it_is_saved() {
+    let h = Harness::start().await.unwrap();
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = browser.open(&h.url("/")).await.unwrap();
+    tab.wait_for_selector(".boards .notice", WAIT).await.unwrap();
+    tab.type_into("#new-board-title", "Fresh board").await.unwrap();
+    tab.press("Enter").await.unwrap();
+    tab.wait_for("document.querySelector('#board-title')?.value === 'Fresh board'", WAIT).await.unwrap();
+    tab.type_into("#new-column-title", "Ideas").await.unwrap();
+    tab.press("Enter").await.unwrap();
+    tab.wait_for_selector(".column .new-card-title", WAIT).await.unwrap();
+    tab.type_into(".column .new-card-title", "First idea").await.unwrap();
+    tab.press("Enter").await.unwrap();
+    tab.wait_for("[...document.querySelectorAll('.card-title')].some(e => e.textContent === 'First idea')", WAIT).await.unwrap();
+    tab.wait_for(SAVED, WAIT).await.unwrap();
+    tab.wait_for("document.querySelector('#board-title')?.value === 'Fresh board' && !document.body.textContent.includes('was deleted')", WAIT)
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(h.db_path()).unwrap();
+    let found: (String, String, String) = conn
+        .query_row(
+            "SELECT b.title, c.title, k.title FROM boards b JOIN columns c ON c.board_id = b.id JOIN cards k ON k.column_id = c.id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(found, ("Fresh board".into(), "Ideas".into(), "First idea".into()));
+    // Back on the list, the board is there.
+    tab.exec("location.hash = '#/'").await.unwrap();
+    tab.wait_for("[...document.querySelectorAll('.board-link')].some(e => e.textContent === 'Fresh board')", WAIT).await.unwrap();
     browser.close().await;
     h.stop().await;
 }

@@ -281,10 +281,30 @@ impl Engine {
 
     /// The board as the user should see it: server data with this browser's pending writes laid over.
     pub fn board(&self, id: Uuid) -> Option<BoardSnapshot> {
-        match &self.queries.get(&QueryKey::Board(id))?.data {
+        match self.queries.get(&QueryKey::Board(id)).and_then(|q| q.data.as_ref()) {
             Some(QueryData::Board(snap)) => apply::overlay_board(snap, &self.pending_sorted()),
-            _ => None,
+            // Created here and not yet confirmed: an empty board from the pending write, with what follows on it.
+            _ => {
+                let created = self.pending_create(id)?;
+                let WriteOp::CreateBoard { body } = &created.op else { return None };
+                let empty = BoardSnapshot {
+                    board: syncline_protocol::Board { id, title: body.title.clone(), version: 0 },
+                    columns: Vec::new(),
+                    cards: Vec::new(),
+                    log_id: self.log_id.unwrap_or_default(),
+                    cursor: 0,
+                };
+                apply::overlay_board(&empty, &self.pending_sorted())
+            }
         }
+    }
+
+    /// The pending write that creates this entity, if it has not reached the server yet.
+    fn pending_create(&self, id: Uuid) -> Option<&PendingWrite> {
+        self.outbox.values().find(|w| {
+            matches!(&w.op, WriteOp::CreateBoard { .. } | WriteOp::CreateColumn { .. } | WriteOp::CreateCard { .. })
+                && apply::entity_of(&w.op) == id
+        })
     }
 
     /// The board's data as the server last gave it (no overlay).
@@ -843,6 +863,24 @@ impl Engine {
         }
     }
 
+    /// A board this browser created is, once confirmed, an empty board at cursor 0 of its own stream: the feed
+    /// brings everything after that (its columns and cards), so there is nothing to fetch and no gap to show.
+    fn seed_created_board(&mut self, entity: &Value) {
+        let Ok(board) = serde_json::from_value::<syncline_protocol::Board>(entity.clone()) else { return };
+        if board.version != 1 {
+            return;
+        }
+        let log_id = self.log_id.unwrap_or_default();
+        if let Some(q) = self.queries.get_mut(&QueryKey::Board(board.id)) {
+            if q.data.is_none() {
+                q.data = Some(QueryData::Board(BoardSnapshot { board, columns: Vec::new(), cards: Vec::new(), log_id, cursor: 0 }));
+                q.invalidated = false;
+                q.current_at = Some(self.now);
+                self.notified.insert(QueryKey::Board(board_id_of(q)));
+            }
+        }
+    }
+
     fn apply_entity_everywhere(&mut self, entity: &Value) {
         let keys: Vec<QueryKey> = self.queries.keys().copied().collect();
         for key in keys {
@@ -1024,6 +1062,9 @@ impl Engine {
             match outcome.status {
                 200..=299 => {
                     if !outcome.body.is_null() {
+                        if matches!(w.op, WriteOp::CreateBoard { .. }) {
+                            self.seed_created_board(&outcome.body);
+                        }
                         self.apply_entity_everywhere(&outcome.body);
                     }
                     self.settle(w.write_id, Settled::Applied { status: outcome.status, body: outcome.body });
@@ -1230,7 +1271,12 @@ impl Engine {
                     self.notify_stream_of(&w.op);
                     // Every tab tells its user what became of a write, whichever tab made it.
                     match &settled {
-                        Settled::Applied { body, .. } if !body.is_null() => self.apply_entity_everywhere(body),
+                        Settled::Applied { body, .. } if !body.is_null() => {
+                            if matches!(w.op, WriteOp::CreateBoard { .. }) {
+                                self.seed_created_board(body);
+                            }
+                            self.apply_entity_everywhere(body)
+                        }
                         Settled::Overridden { current } => {
                             self.apply_entity_everywhere(current);
                             self.out.push_back(Output::Notify(Notification::Conflict {
@@ -1451,8 +1497,14 @@ impl Engine {
 
     /// On the socket and caught up on every stream it follows.
     fn live(&self) -> bool {
+        // Streams without data yet are being fetched; they join once they have a cursor and do not hold back
+        // the others (or the outbox that may be what creates them).
         self.socket_ready()
-            && self.wanted_streams().iter().all(|(s, c)| c.is_some() && self.streams.get(s).is_some_and(|st| st.sub == Sub::Synced))
+            && self
+                .wanted_streams()
+                .iter()
+                .filter(|(_, c)| c.is_some())
+                .all(|(s, _)| self.streams.get(s).is_some_and(|st| st.sub == Sub::Synced))
     }
 
     /// Whether the transport keeps this query current without timed refetches.
@@ -1539,6 +1591,12 @@ impl Engine {
             let q = &self.queries[&key];
             if q.fetching.is_some() || q.retry_at.is_some_and(|t| self.now < t) {
                 continue;
+            }
+            // A board created here is fetched once the server has it (the write settles first).
+            if let QueryKey::Board(b) | QueryKey::BoardSummary(b) = key {
+                if self.pending_create(b).is_some() {
+                    continue;
+                }
             }
             let missing = q.data.is_none();
             let ctx = self.poll_context(q.critical);
@@ -1784,6 +1842,13 @@ const SETTLED_REMEMBERED: usize = 1024;
 const OPEN_TIMEOUT_MS: Millis = 10_000;
 /// How long a visible follower waits before taking leadership from a hidden leader.
 const LEADER_HANDOVER_DELAY_MS: Millis = 500;
+
+fn board_id_of(q: &Query) -> Uuid {
+    match &q.data {
+        Some(QueryData::Board(b)) => b.board.id,
+        _ => Uuid::nil(),
+    }
+}
 
 fn has_base_version(op: &WriteOp) -> bool {
     match op {

@@ -87,10 +87,14 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     let dist = build_web(root)?;
     // One selection for every test: the whole workspace but the wasm-only crates (the app and the browser
     // runtime, which the browser tests exercise). Changing this selection between runs costs a rebuild, so nothing else should differ.
+    // One test at a time within each test binary: the browser tests each run a Chromium and a server, and
+    // their bounds (failover < 1 s, live < 1 s after `online`) mean what they say only on an unloaded machine.
+    // The simulation spreads its seeds over every core itself.
     status(
         cargo()
             .args(["test", "--workspace", "--exclude", "syncline-app", "--exclude", "syncline-web"])
             .args(cargo_args)
+            .args(["--", "--test-threads=1"])
             .env("SYNCLINE_DIST_DIR", &dist),
     )?;
     println!("xtask: all tests passed in {:.0?}", started.elapsed());

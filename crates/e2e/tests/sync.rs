@@ -177,7 +177,8 @@ async fn offline_then_online_is_live_again_within_a_second_with_nothing_missed()
 
     tab.set_offline(true).await.unwrap();
     tab.wait_for("document.querySelector('#sync-status')?.dataset.connection === 'offline'", WAIT).await.unwrap();
-    eventually("the leader to close its socket", WAIT, || h.open_websockets() == 0).await;
+    // The engine closes its own socket on `offline` (emulation does not break it); when the server hears of
+    // that depends on the emulated link, so it is not waited for here.
     // Meanwhile: someone else changes the card, and this user edits another one offline.
     rename(&h, board.card, "changed while you were away").await;
     let text = tab.text("#sync-status").await.unwrap();

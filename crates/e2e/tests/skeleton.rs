@@ -106,6 +106,10 @@ async fn a_card_moved_with_the_keyboard_lands_in_the_new_column() {
     )
     .await
     .unwrap();
+    // Focus follows the card to its new place (restored on the next frame).
+    tab.wait_for(&format!("document.activeElement && document.activeElement.dataset.cardId === '{second}'"), WAIT)
+        .await
+        .unwrap();
     tab.press(" ").await.unwrap();
     tab.wait_for(SAVED, WAIT).await.unwrap();
 

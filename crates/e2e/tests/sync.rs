@@ -25,6 +25,24 @@ async fn seed(h: &Harness) -> Board {
     Board { id, column, card }
 }
 
+/// A server with a seeded board, a browser, and the board's URL.
+async fn setup() -> (Harness, Board, TestBrowser, String) {
+    let h = Harness::start().await.unwrap();
+    let board = seed(&h).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let url = h.url(&format!("/#/boards/{}", board.id));
+    (h, board, browser, url)
+}
+
+/// Two tabs on the board: the first live as leader, the second showing the board as a follower.
+async fn leader_and_follower(browser: &TestBrowser, url: &str, board: &Board) -> (Tab, Tab) {
+    let leader = browser.open(url).await.unwrap();
+    leader.wait_for(&live(true), WAIT).await.unwrap();
+    let follower = browser.open(url).await.unwrap();
+    follower.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+    (leader, follower)
+}
+
 async fn rename(h: &Harness, card: Uuid, title: &str) {
     let body = UpdateCard { title: Some(title.into()), ..Default::default() };
     h.write(WriteOp::UpdateCard { id: card, body }).await.unwrap();
@@ -71,10 +89,7 @@ async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> boo
 
 #[tokio::test]
 async fn four_tabs_share_one_websocket_and_one_fetch_per_query() {
-    let h = Harness::start().await.unwrap();
-    let board = seed(&h).await;
-    let browser = TestBrowser::launch().await.unwrap();
-    let url = h.url(&format!("/#/boards/{}", board.id));
+    let (h, board, browser, url) = setup().await;
     let mut tabs = Vec::new();
     for _ in 0..4 {
         let tab = browser.open(&url).await.unwrap();
@@ -107,10 +122,7 @@ async fn four_tabs_share_one_websocket_and_one_fetch_per_query() {
 
 #[tokio::test]
 async fn hidden_followers_make_no_requests_while_changes_stream_in() {
-    let h = Harness::start().await.unwrap();
-    let board = seed(&h).await;
-    let browser = TestBrowser::launch().await.unwrap();
-    let url = h.url(&format!("/#/boards/{}", board.id));
+    let (h, board, browser, url) = setup().await;
     let leader = browser.open(&url).await.unwrap();
     leader.wait_for(&live(true), WAIT).await.unwrap();
     let mut followers = Vec::new();
@@ -145,14 +157,8 @@ async fn hidden_followers_make_no_requests_while_changes_stream_in() {
 
 #[tokio::test]
 async fn closing_the_leader_hands_over_within_a_second_and_misses_nothing() {
-    let h = Harness::start().await.unwrap();
-    let board = seed(&h).await;
-    let browser = TestBrowser::launch().await.unwrap();
-    let url = h.url(&format!("/#/boards/{}", board.id));
-    let leader = browser.open(&url).await.unwrap();
-    leader.wait_for(&live(true), WAIT).await.unwrap();
-    let follower = browser.open(&url).await.unwrap();
-    follower.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+    let (h, board, browser, url) = setup().await;
+    let (leader, follower) = leader_and_follower(&browser, &url, &board).await;
     assert_eq!(state(&follower).await["leader"], false);
 
     let closed = Instant::now();
@@ -169,9 +175,7 @@ async fn closing_the_leader_hands_over_within_a_second_and_misses_nothing() {
 
 #[tokio::test]
 async fn offline_then_online_is_live_again_within_a_second_with_nothing_missed() {
-    let h = Harness::start().await.unwrap();
-    let board = seed(&h).await;
-    let browser = TestBrowser::launch().await.unwrap();
+    let (h, board, browser, _) = setup().await;
     let tab = browser.open(&h.url(&format!("/#/boards/{}", board.id))).await.unwrap();
     tab.wait_for(&live(true), WAIT).await.unwrap();
 
@@ -205,9 +209,7 @@ async fn offline_then_online_is_live_again_within_a_second_with_nothing_missed()
 
 #[tokio::test]
 async fn a_server_restart_is_survived_with_backoff_and_a_resume_from_the_cursor() {
-    let mut h = Harness::start().await.unwrap();
-    let board = seed(&h).await;
-    let browser = TestBrowser::launch().await.unwrap();
+    let (mut h, board, browser, _) = setup().await;
     let tab = browser.open(&h.url(&format!("/#/boards/{}", board.id))).await.unwrap();
     tab.wait_for(&live(true), WAIT).await.unwrap();
     h.restart_server().await.unwrap();
@@ -262,14 +264,8 @@ fn titles_in_db(h: &Harness, title: &str) -> i64 {
 
 #[tokio::test]
 async fn offline_writes_in_two_tabs_survive_closing_one_and_are_applied_once() {
-    let h = Harness::start().await.unwrap();
-    let board = seed(&h).await;
-    let browser = TestBrowser::launch().await.unwrap();
-    let url = h.url(&format!("/#/boards/{}", board.id));
-    let a = browser.open(&url).await.unwrap();
-    a.wait_for(&live(true), WAIT).await.unwrap();
-    let b = browser.open(&url).await.unwrap();
-    b.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+    let (h, board, browser, url) = setup().await;
+    let (a, b) = leader_and_follower(&browser, &url, &board).await;
     a.set_offline(true).await.unwrap();
     b.set_offline(true).await.unwrap();
     a.wait_for("document.querySelector('#sync-status')?.dataset.connection === 'offline'", WAIT).await.unwrap();
@@ -343,9 +339,7 @@ async fn two_browsers_editing_one_title_offline_get_a_winner_and_a_question_not_
 
 #[tokio::test]
 async fn a_change_updates_every_view_from_its_own_data_and_refetches_only_the_server_computed_one() {
-    let h = Harness::start().await.unwrap();
-    let board = seed(&h).await;
-    let browser = TestBrowser::launch().await.unwrap();
+    let (h, board, browser, _) = setup().await;
     let tab = browser.open(&h.url(&format!("/#/boards/{}", board.id))).await.unwrap();
     tab.wait_for(&live(true), WAIT).await.unwrap();
     let board_path = format!("/api/boards/{}", board.id);
@@ -378,14 +372,8 @@ async fn a_change_updates_every_view_from_its_own_data_and_refetches_only_the_se
 
 #[tokio::test]
 async fn leadership_moves_to_the_visible_tab_when_the_leader_is_hidden() {
-    let h = Harness::start().await.unwrap();
-    let board = seed(&h).await;
-    let browser = TestBrowser::launch().await.unwrap();
-    let url = h.url(&format!("/#/boards/{}", board.id));
-    let first = browser.open(&url).await.unwrap();
-    first.wait_for(&live(true), WAIT).await.unwrap();
-    let second = browser.open(&url).await.unwrap();
-    second.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+    let (h, board, browser, url) = setup().await;
+    let (first, second) = leader_and_follower(&browser, &url, &board).await;
     assert_eq!(state(&second).await["leader"], false);
     first.hide().await.unwrap();
     second.wait_for(&live(true), WAIT).await.unwrap();
@@ -399,9 +387,7 @@ async fn leadership_moves_to_the_visible_tab_when_the_leader_is_hidden() {
 
 #[tokio::test]
 async fn a_single_hidden_tab_lets_go_of_the_network_and_catches_up_when_shown() {
-    let h = Harness::start().await.unwrap();
-    let board = seed(&h).await;
-    let browser = TestBrowser::launch().await.unwrap();
+    let (h, board, browser, _) = setup().await;
     let tab = browser.open(&h.url(&format!("/#/boards/{}", board.id))).await.unwrap();
     tab.wait_for(&live(true), WAIT).await.unwrap();
     let client = client_id(&tab).await;

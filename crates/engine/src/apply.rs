@@ -187,17 +187,24 @@ pub fn fields_changed(base: &Value, current: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// Sets a write's base version (when it has one).
-pub fn set_base_version(op: &mut WriteOp, version: u64) {
+/// The `base_version` field of a write, for the kinds of write that have one (not creates).
+pub fn base_version_slot(op: &mut WriteOp) -> Option<&mut Option<u64>> {
     match op {
-        WriteOp::RenameBoard { body, .. } | WriteOp::RenameColumn { body, .. } => body.base_version = Some(version),
-        WriteOp::MoveColumn { body, .. } => body.base_version = Some(version),
-        WriteOp::UpdateCard { body, .. } => body.base_version = Some(version),
-        WriteOp::MoveCard { body, .. } => body.base_version = Some(version),
+        WriteOp::RenameBoard { body, .. } | WriteOp::RenameColumn { body, .. } => Some(&mut body.base_version),
+        WriteOp::MoveColumn { body, .. } => Some(&mut body.base_version),
+        WriteOp::UpdateCard { body, .. } => Some(&mut body.base_version),
+        WriteOp::MoveCard { body, .. } => Some(&mut body.base_version),
         WriteOp::DeleteBoard { base_version, .. }
         | WriteOp::DeleteColumn { base_version, .. }
-        | WriteOp::DeleteCard { base_version, .. } => *base_version = Some(version),
-        WriteOp::CreateBoard { .. } | WriteOp::CreateColumn { .. } | WriteOp::CreateCard { .. } => {}
+        | WriteOp::DeleteCard { base_version, .. } => Some(base_version),
+        WriteOp::CreateBoard { .. } | WriteOp::CreateColumn { .. } | WriteOp::CreateCard { .. } => None,
+    }
+}
+
+/// Sets a write's base version (when it has one).
+pub fn set_base_version(op: &mut WriteOp, version: u64) {
+    if let Some(slot) = base_version_slot(op) {
+        *slot = Some(version);
     }
 }
 

@@ -602,8 +602,8 @@ impl Engine {
         // Based on what the user saw: the server's version plus this browser's writes on it still ahead.
         if let Some(version) = base.as_ref().and_then(|b| b.get("version")).and_then(Value::as_u64) {
             let ahead = self.outbox.values().filter(|w| apply::entity_of(&w.op) == entity && w.conflict.is_none()).count();
-            if !has_base_version(&op) {
-                apply::set_base_version(&mut op, version + ahead as u64);
+            if let Some(slot @ None) = apply::base_version_slot(&mut op) {
+                *slot = Some(version + ahead as u64);
             }
         }
         self.seq += 1;
@@ -871,12 +871,13 @@ impl Engine {
             return;
         }
         let log_id = self.log_id.unwrap_or_default();
-        if let Some(q) = self.queries.get_mut(&QueryKey::Board(board.id)) {
+        let key = QueryKey::Board(board.id);
+        if let Some(q) = self.queries.get_mut(&key) {
             if q.data.is_none() {
                 q.data = Some(QueryData::Board(BoardSnapshot { board, columns: Vec::new(), cards: Vec::new(), log_id, cursor: 0 }));
                 q.invalidated = false;
                 q.current_at = Some(self.now);
-                self.notified.insert(QueryKey::Board(board_id_of(q)));
+                self.notified.insert(key);
             }
         }
     }
@@ -1090,14 +1091,19 @@ impl Engine {
         let theirs = w.base.as_ref().map(|b| apply::fields_changed(b, &current)).unwrap_or_else(|| ["*".to_owned()].into());
         let mine = apply::fields_written(&w.op);
         let overlap = mine.contains("*") || theirs.contains("*") || mine.iter().any(|f| theirs.contains(*f));
+        enum Decision {
+            Rebase,
+            Ask,
+            ServerWins,
+        }
         let decision = match (w.policy, overlap) {
-            (ConflictPolicy::RebaseOrAsk | ConflictPolicy::RebaseOrServerWins, false) => "rebase",
-            (ConflictPolicy::RebaseOrAsk | ConflictPolicy::AskUser, _) => "ask",
-            (ConflictPolicy::RebaseOrServerWins | ConflictPolicy::ServerWins, _) => "server",
+            (ConflictPolicy::RebaseOrAsk | ConflictPolicy::RebaseOrServerWins, false) => Decision::Rebase,
+            (ConflictPolicy::RebaseOrAsk | ConflictPolicy::AskUser, _) => Decision::Ask,
+            (ConflictPolicy::RebaseOrServerWins | ConflictPolicy::ServerWins, _) => Decision::ServerWins,
         };
         match decision {
-            "rebase" => self.rebase(w, &current),
-            "server" => {
+            Decision::Rebase => self.rebase(w, &current),
+            Decision::ServerWins => {
                 self.out.push_back(Output::Notify(Notification::Conflict {
                     write_id: w.write_id,
                     current: current.clone(),
@@ -1106,7 +1112,7 @@ impl Engine {
                 self.apply_entity_everywhere(&current);
                 self.settle(w.write_id, Settled::Overridden { current });
             }
-            _ => {
+            Decision::Ask => {
                 let mut held = w.clone();
                 held.conflict = Some(current.clone());
                 self.apply_entity_everywhere(&current);
@@ -1638,7 +1644,7 @@ impl Engine {
                 break;
             }
             slots -= 1;
-            let etag = self.queries[&key].etag.clone().filter(|_| !self.queries[&key].invalidated || true);
+            let etag = self.queries[&key].etag.clone();
             let id = self.request(Purpose::Query(key), HttpRequest { method: "GET", path: key.path(), body: None, if_none_match: etag });
             let q = self.queries.get_mut(&key).expect("present");
             q.fetching = Some(id);
@@ -1842,26 +1848,6 @@ const SETTLED_REMEMBERED: usize = 1024;
 const OPEN_TIMEOUT_MS: Millis = 10_000;
 /// How long a visible follower waits before taking leadership from a hidden leader.
 const LEADER_HANDOVER_DELAY_MS: Millis = 500;
-
-fn board_id_of(q: &Query) -> Uuid {
-    match &q.data {
-        Some(QueryData::Board(b)) => b.board.id,
-        _ => Uuid::nil(),
-    }
-}
-
-fn has_base_version(op: &WriteOp) -> bool {
-    match op {
-        WriteOp::RenameBoard { body, .. } | WriteOp::RenameColumn { body, .. } => body.base_version.is_some(),
-        WriteOp::MoveColumn { body, .. } => body.base_version.is_some(),
-        WriteOp::UpdateCard { body, .. } => body.base_version.is_some(),
-        WriteOp::MoveCard { body, .. } => body.base_version.is_some(),
-        WriteOp::DeleteBoard { base_version, .. } | WriteOp::DeleteColumn { base_version, .. } | WriteOp::DeleteCard { base_version, .. } => {
-            base_version.is_some()
-        }
-        _ => true,
-    }
-}
 
 fn parse_query(key: QueryKey, body: &str) -> Result<QueryData, String> {
     let bad = |e: serde_json::Error| format!("unexpected answer for {key:?}: {e}");

@@ -11,7 +11,7 @@ use syncline_protocol::{
 use uuid::Uuid;
 use wasm_bindgen::JsCast;
 
-use syncline_engine::{ConnectionStatus, Freshness, Notification, QueryKey};
+use syncline_engine::{Notification, QueryKey};
 use syncline_protocol::WriteOp;
 
 use crate::rt;
@@ -61,39 +61,6 @@ fn focus_card(card: CardId) {
     });
 }
 
-/// The connection and freshness line: what the user needs to know about how current the board is.
-fn sync_status(ctx: Ctx) -> impl IntoView {
-    move || {
-        ctx.version.get();
-        let status = rt().status();
-        let freshness = rt().freshness(QueryKey::Board(ctx.id));
-        let pending = rt().pending_count();
-        let connection = match &status {
-            ConnectionStatus::Live => "Live".to_owned(),
-            ConnectionStatus::Connecting => "Connecting…".to_owned(),
-            ConnectionStatus::Polling { .. } => "Polling".to_owned(),
-            ConnectionStatus::Reconnecting { .. } => "Reconnecting…".to_owned(),
-            ConnectionStatus::Paused => "Paused (tab hidden)".to_owned(),
-            ConnectionStatus::Offline { pending_writes } => format!("Offline — {pending_writes} changes saved on this device"),
-            ConnectionStatus::Idle => "Idle".to_owned(),
-        };
-        let fresh = match &freshness {
-            Freshness::Fresh => "up to date".to_owned(),
-            Freshness::Stale { age_ms } | Freshness::Paused { age_ms } => format!("updated {} s ago", age_ms / 1000),
-            Freshness::Fetching => "loading".to_owned(),
-            Freshness::Error { message, .. } => format!("error: {message}"),
-        };
-        let state = serde_json::to_value(&status).ok().and_then(|v| v["state"].as_str().map(str::to_owned)).unwrap_or_default();
-        let fresh_state = serde_json::to_value(&freshness).ok().and_then(|v| v["state"].as_str().map(str::to_owned)).unwrap_or_default();
-        view! {
-            <p id="sync-status" class="sync-status" role="status" data-connection=state data-freshness=fresh_state data-pending=pending.to_string()>
-                {connection} " · " {fresh}
-                {(pending > 0).then(|| format!(" · {pending} pending"))}
-            </p>
-        }
-    }
-}
-
 #[component]
 pub fn BoardView(id: Uuid) -> impl IntoView {
     let ctx = Ctx {
@@ -105,9 +72,12 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
         dragging: RwSignal::new(None),
     };
     let runtime = rt();
+    // A burst of changes re-renders once per frame, not once per change.
+    let frame = crate::FrameBatch::new();
+    let bump = move || frame.schedule(move || ctx.version.update(|v| *v += 1));
     let listener = runtime.on_notify(move |n| match n {
-        Notification::Query { key: QueryKey::Board(b) | QueryKey::BoardSummary(b) } if *b == id => ctx.version.update(|v| *v += 1),
-        Notification::Outbox { .. } | Notification::Connection { .. } => ctx.version.update(|v| *v += 1),
+        Notification::Query { key: QueryKey::Board(b) | QueryKey::BoardSummary(b) } if *b == id => bump(),
+        Notification::Outbox { .. } | Notification::Connection { .. } => bump(),
         Notification::WriteRejected { message, .. } => ctx.error.set(Some(message.clone())),
         Notification::Conflict { needs_decision: false, .. } => {
             ctx.error.set(Some("Someone else changed this card; their version was kept.".into()))
@@ -147,7 +117,7 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
                     <button class="link" on:click=move |_| ctx.error.set(None)>"Dismiss"</button>
                 </p>
             })}
-            {sync_status(ctx)}
+            {crate::sync_ui::freshness_line(QueryKey::Board(id), ctx.version)}
             <details id="board-summary" class="board-summary" on:toggle=toggle_summary>
                 <summary>"Summary"</summary>
                 {move || {
@@ -378,10 +348,17 @@ fn card_view(ctx: Ctx, snapshot: Snapshot, column_id: ColumnId, card_id: CardId)
         ctx.version.get();
         rt().pending_for(card_id)
     };
+    let conflicted = move || {
+        ctx.version.get();
+        rt().conflicts().iter().any(|(_, entity, _)| *entity == card_id)
+    };
     let class = move || {
         let mut class = String::from("card");
         if pending() > 0 {
             class.push_str(" pending");
+        }
+        if conflicted() {
+            class.push_str(" conflicted");
         }
         if ctx.picked.get() == Some(card_id) {
             class.push_str(" picked");
@@ -405,6 +382,16 @@ fn card_view(ctx: Ctx, snapshot: Snapshot, column_id: ColumnId, card_id: CardId)
                 view! {
                     <div class="card-body">
                         <span class="card-title">{title}</span>
+                        {move || {
+                            let (class, text) = if conflicted() {
+                                ("card-mark conflict-mark", "Conflict — choose above")
+                            } else if pending() > 0 {
+                                ("card-mark pending-mark", "Not yet saved to the server")
+                            } else {
+                                return None;
+                            };
+                            Some(view! { <span class=class>{text}</span> })
+                        }}
                         {move || { let d = description(); (!d.is_empty()).then(|| view! { <p class="card-description">{d}</p> }) }}
                     </div>
                     <div class="card-actions">

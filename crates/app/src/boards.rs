@@ -42,6 +42,7 @@ pub fn BoardList() -> impl IntoView {
     view! {
         <section class="boards">
             <h1>"Boards"</h1>
+            {crate::sync_ui::freshness_line(QueryKey::Boards, version)}
             {move || {
                 version.get();
                 match rt().boards() {
@@ -52,7 +53,10 @@ pub fn BoardList() -> impl IntoView {
                     Some(list) => view! {
                         <ul class="board-list">
                             {list.boards.into_iter().map(|b| view! {
-                                <li><a class="board-link" href=format!("#/boards/{}", b.id)>{b.title}</a></li>
+                                // Hovering or focusing a link prefetches the board, so it opens from cache.
+                                <li><a class="board-link" href=format!("#/boards/{}", b.id)
+                                    on:mouseenter=move |_| rt().prefetch(QueryKey::Board(b.id))
+                                    on:focus=move |_| rt().prefetch(QueryKey::Board(b.id))>{b.title}</a></li>
                             }).collect_view()}
                         </ul>
                     }.into_any(),

@@ -5,6 +5,7 @@
 
 mod board;
 mod boards;
+mod sync_ui;
 
 use std::cell::RefCell;
 
@@ -46,6 +47,45 @@ pub(crate) fn navigate(to: &str) {
     let _ = window().location().set_hash(to);
 }
 
+/// Runs `f` in the next animation frame when the page is visible (so a burst of changes costs one render per
+/// frame), or soon when it is hidden (hidden pages get no frames). Several calls before it runs make one.
+pub(crate) struct FrameBatch {
+    scheduled: std::cell::Cell<bool>,
+}
+
+impl FrameBatch {
+    pub(crate) fn new() -> std::rc::Rc<FrameBatch> {
+        std::rc::Rc::new(FrameBatch { scheduled: std::cell::Cell::new(false) })
+    }
+
+    pub(crate) fn schedule(self: &std::rc::Rc<Self>, f: impl FnOnce() + 'static) {
+        if self.scheduled.replace(true) {
+            return;
+        }
+        let this = self.clone();
+        let run = move || {
+            this.scheduled.set(false);
+            f();
+        };
+        if document().hidden() {
+            set_timeout(run, std::time::Duration::ZERO);
+        } else {
+            request_animation_frame(run);
+        }
+    }
+}
+
+/// After data changed, the frame after the one that drew it tells the runtime the change is on screen.
+fn measure_change_to_screen() {
+    let batch = FrameBatch::new();
+    rt().on_notify(move |n| {
+        if matches!(n, syncline_engine::Notification::Query { .. }) {
+            // First frame: the views have re-rendered (they re-read in the same frame); second: it was painted.
+            batch.schedule(|| request_animation_frame(|| rt().rendered()));
+        }
+    });
+}
+
 #[component]
 fn App() -> impl IntoView {
     let route = RwSignal::new(current_route());
@@ -53,12 +93,28 @@ fn App() -> impl IntoView {
     let _ = window().add_event_listener_with_callback("hashchange", on_hash.as_ref().unchecked_ref());
     // The listener lives as long as the page.
     on_hash.forget();
+    sync_ui::provide();
+    measure_change_to_screen();
+    let prefs_open = RwSignal::new(false);
+    let metrics_open = RwSignal::new(false);
 
     view! {
         <header class="topbar">
             <a class="brand" href="#/">"syncline"</a>
             <span class="tagline">"Kanban, kept fresh"</span>
+            <sync_ui::ConnectionBadge />
+            <nav class="topbar-actions">
+                <button id="open-preferences" class="topbar-button" aria-expanded=move || prefs_open.get().to_string()
+                    aria-controls="preferences-panel"
+                    on:click=move |_| { metrics_open.set(false); prefs_open.update(|o| *o = !*o) }>"Preferences"</button>
+                <button id="open-metrics" class="topbar-button" aria-expanded=move || metrics_open.get().to_string()
+                    aria-controls="metrics-panel"
+                    on:click=move |_| { prefs_open.set(false); metrics_open.update(|o| *o = !*o) }>"Metrics"</button>
+            </nav>
         </header>
+        <sync_ui::Announcer />
+        <sync_ui::PreferencesPanel open=prefs_open />
+        <sync_ui::MetricsPanel open=metrics_open />
         <main>
             {move || match route.get() {
                 Route::Boards => boards::BoardList().into_any(),

@@ -48,6 +48,15 @@ struct Query {
     next_poll: Option<Millis>,
     unused_since: Option<Millis>,
     critical: bool,
+    /// Prefetched: wanted until its data arrives, then kept (unused) for `gc_time`.
+    prefetch: bool,
+}
+
+impl Query {
+    /// A view reads it, or a prefetch waits for it.
+    fn held(&self) -> bool {
+        self.subscribers > 0 || self.prefetch
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +151,8 @@ pub struct Engine {
     out: VecDeque<Output>,
     notified: BTreeSet<QueryKey>,
     metrics: Metrics,
+    /// Server commit time (epoch ms) of the oldest change applied since the UI last said it rendered.
+    unrendered_since: Option<u64>,
 }
 
 impl Engine {
@@ -184,6 +195,7 @@ impl Engine {
             out: VecDeque::new(),
             notified: BTreeSet::new(),
             metrics: Metrics::default(),
+            unrendered_since: None,
         };
         // Nothing is said until the driver has told the engine where it stands (visibility first), so a tab
         // that opens hidden never announces itself as visible.
@@ -202,8 +214,9 @@ impl Engine {
             Input::Link(link) => self.link = link,
             Input::Role(role) => self.on_role(role),
             Input::Preferences(prefs) => {
-                if prefs.validate().is_ok() {
+                if prefs.validate().is_ok() && prefs != self.prefs {
                     self.prefs = prefs;
+                    self.out.push_back(Output::Notify(Notification::Preferences));
                     for q in self.queries.values_mut() {
                         q.next_poll = None;
                     }
@@ -220,7 +233,14 @@ impl Engine {
                 self.write(op, priority, policy);
             }
             Input::ResolveConflict { write_id, keep_mine } => self.resolve_conflict(write_id, keep_mine),
-            Input::RetryNow => self.retry_now(),
+            Input::RetryNow => {
+                if self.is_leader() {
+                    self.retry_now()
+                } else {
+                    self.out.push_back(Output::Broadcast(TabMessage::RetryNow));
+                }
+            }
+            Input::Prefetch(key) => self.prefetch(key),
             Input::SocketOpened => self.on_socket_opened(),
             Input::SocketClosed { code, reason } => self.on_socket_closed(code, reason),
             Input::SocketMessage(text) => self.on_socket_message(&text),
@@ -250,6 +270,14 @@ impl Engine {
         let id = self.write(op, priority, policy);
         self.reconcile();
         id
+    }
+
+    /// The UI put on screen what it read (driver: the frame after a notification); `epoch_ms` is this device's
+    /// wall clock. Records change → screen latency for the changes applied since the last render.
+    pub fn rendered(&mut self, epoch_ms: u64) {
+        if let Some(at) = self.unrendered_since.take() {
+            self.metrics.change_to_screen.record(epoch_ms.saturating_sub(at));
+        }
     }
 
     /// A fresh random id from the engine's generator (for entities the UI creates).
@@ -390,6 +418,7 @@ impl Engine {
             ConnectionStatus::Idle => {}
         }
         self.now = now;
+        self.metrics.sample(now);
     }
 
     /// The earliest future time at which some timer would change what the engine does. Timers already due
@@ -574,6 +603,42 @@ impl Engine {
         self.notified.insert(key);
         if !self.is_leader() {
             self.send_interest();
+        }
+    }
+
+    fn prefetch(&mut self, key: QueryKey) {
+        // Only for what a user is looking at, and never at the cost of their data plan.
+        if !self.visible || !self.online || self.prefs.data_saver || self.link.save_data {
+            return;
+        }
+        let stale_time = self.cfg.stale_time_ms;
+        let now = self.now;
+        let kept = self.kept_fresh(key);
+        let q = self.queries.entry(key).or_default();
+        let fresh = q.data.is_some() && !q.invalidated && (kept || q.current_at.is_some_and(|t| now < t + stale_time));
+        if fresh || q.prefetch || q.fetching.is_some() {
+            return;
+        }
+        q.prefetch = true;
+        q.unused_since = None;
+        if q.data.is_some() {
+            q.invalidated = true;
+        }
+        if !self.is_leader() {
+            self.send_interest();
+        }
+    }
+
+    /// A prefetched query got its data: it is no longer held (it stays cached for `gc_time`).
+    fn prefetch_done(&mut self, key: QueryKey) {
+        let leader = self.is_leader();
+        if let Some(q) = self.queries.get_mut(&key) {
+            if q.prefetch {
+                q.prefetch = false;
+                if !leader && q.subscribers == 0 {
+                    self.send_interest();
+                }
+            }
         }
     }
 
@@ -803,6 +868,7 @@ impl Engine {
                     Applied::Changed => {
                         changed = true;
                         self.metrics.deltas_applied += 1;
+                        self.unrendered_since = Some(self.unrendered_since.map_or(change.at_ms, |t| t.min(change.at_ms)));
                     }
                     Applied::Unchanged => {}
                     Applied::CannotApply => {
@@ -958,6 +1024,8 @@ impl Engine {
                 q.invalidated = false;
                 q.current_at = Some(self.now);
                 q.next_poll = None;
+                self.prefetch_done(key);
+                let q = self.queries.get_mut(&key).expect("present");
                 let Some((data, etag)) = fresh else { return };
                 q.etag = etag;
                 let snapshot_cursor = data.cursor();
@@ -1167,7 +1235,7 @@ impl Engine {
     }
 
     fn send_interest(&mut self) {
-        let keys: Vec<QueryKey> = self.queries.iter().filter(|(_, q)| q.subscribers > 0).map(|(k, _)| *k).collect();
+        let keys: Vec<QueryKey> = self.queries.iter().filter(|(_, q)| q.held()).map(|(k, _)| *k).collect();
         self.out.push_back(Output::Broadcast(TabMessage::Interest { tab: self.tab, keys }));
     }
 
@@ -1237,6 +1305,7 @@ impl Engine {
                 q.current_at = Some(self.now);
                 q.error = None;
                 q.retry_at = None;
+                self.prefetch_done(key);
             }
             TabMessage::Changes { stream, changes } => {
                 if !self.is_leader() {
@@ -1305,7 +1374,13 @@ impl Engine {
                     self.resolve_conflict(write_id, keep_mine);
                 }
             }
-            TabMessage::Status { status } => {
+            TabMessage::RetryNow => {
+                if self.is_leader() {
+                    self.retry_now();
+                }
+            }
+            TabMessage::Status { status, sent_at } => {
+                let status = status.rebased(sent_at, self.now);
                 if !self.is_leader() && self.leader_status.as_ref() != Some(&status) {
                     self.leader_status = Some(status);
                     self.notify_all_queries();
@@ -1377,7 +1452,7 @@ impl Engine {
         let interests: BTreeSet<QueryKey> = self.peers.values().flat_map(|p| p.interests.iter().copied()).collect();
         let is_leader = self.is_leader();
         for (key, q) in self.queries.iter_mut() {
-            let wanted = q.subscribers > 0 || (is_leader && interests.contains(key));
+            let wanted = q.held() || (is_leader && interests.contains(key));
             if wanted {
                 q.unused_since = None;
             } else if q.unused_since.is_none() {
@@ -1391,7 +1466,7 @@ impl Engine {
         let interests: BTreeSet<QueryKey> = self.peers.values().flat_map(|p| p.interests.iter().copied()).collect();
         self.queries
             .iter()
-            .filter(|(k, q)| q.subscribers > 0 || (self.is_leader() && interests.contains(k)))
+            .filter(|(k, q)| q.held() || (self.is_leader() && interests.contains(k)))
             .map(|(k, _)| *k)
             .collect()
     }
@@ -1695,7 +1770,7 @@ impl Engine {
         let wants: Vec<QueryKey> = self
             .queries
             .iter()
-            .filter(|(_, q)| q.subscribers > 0 && q.invalidated && visible)
+            .filter(|(_, q)| q.held() && q.invalidated && visible)
             .map(|(k, _)| *k)
             .collect();
         for key in wants {
@@ -1744,14 +1819,14 @@ impl Engine {
         } else if self.wanted_keys().is_empty() {
             ConnectionStatus::Idle
         } else if !self.prefs.realtime {
-            ConnectionStatus::Polling { reason: "realtime is off".into() }
+            ConnectionStatus::Polling { reason: "realtime is off".into(), retry_socket_at: None }
         } else if !self.active() {
             ConnectionStatus::Paused
         } else if let Mode::Fallback { next_probe } = self.mode {
             if self.socket_ready() {
                 ConnectionStatus::Connecting
             } else {
-                ConnectionStatus::Polling { reason: format!("WebSocket unavailable; trying it again at {next_probe}") }
+                ConnectionStatus::Polling { reason: "the WebSocket is unavailable".into(), retry_socket_at: Some(next_probe) }
             }
         } else {
             match self.conn {
@@ -1764,7 +1839,7 @@ impl Engine {
             self.status = status.clone();
             self.status_since = self.now;
             if self.is_leader() {
-                self.out.push_back(Output::Broadcast(TabMessage::Status { status: status.clone() }));
+                self.out.push_back(Output::Broadcast(TabMessage::Status { status: status.clone(), sent_at: self.now }));
             }
             self.out.push_back(Output::Notify(Notification::Connection { status }));
             self.notify_all_queries();

@@ -28,5 +28,5 @@ pub mod types;
 
 pub use config::{BackgroundMode, EngineConfig, Preferences};
 pub use engine::Engine;
-pub use metrics::Metrics;
+pub use metrics::{HISTORY_SPAN_MS, HISTORY_STEP_MS, Metrics, MetricsPoint};
 pub use types::*;

@@ -1,5 +1,7 @@
 //! What the engine did, as counters and latency samples, readable as a snapshot.
 
+use std::collections::VecDeque;
+
 use serde::{Deserialize, Serialize};
 
 use crate::types::Millis;
@@ -70,6 +72,55 @@ pub struct Metrics {
     pub conflicts: u64,
     /// Fetch round trips, ms.
     pub fetch_latency: Samples,
+    /// Server commit of a change → the frame that shows it, ms (server clock vs. this device's clock).
+    pub change_to_screen: Samples,
     /// Time in each connection state.
     pub states: StateTimes,
+    /// The counters every [`HISTORY_STEP_MS`] over the last [`HISTORY_SPAN_MS`], oldest first: rates and charts
+    /// are differences between points.
+    pub history: VecDeque<MetricsPoint>,
+}
+
+/// Spacing of [`Metrics::history`] points.
+pub const HISTORY_STEP_MS: Millis = 10_000;
+/// How far back [`Metrics::history`] goes.
+pub const HISTORY_SPAN_MS: Millis = 10 * 60_000;
+
+/// The cumulative counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsPoint {
+    pub at: Millis,
+    pub requests: u64,
+    pub bytes: u64,
+    pub socket_messages: u64,
+    pub reconnects: u64,
+}
+
+impl Metrics {
+    pub fn point(&self, at: Millis) -> MetricsPoint {
+        MetricsPoint {
+            at,
+            requests: self.requests,
+            bytes: self.bytes_in + self.bytes_out,
+            socket_messages: self.socket_messages_in + self.socket_messages_out,
+            reconnects: self.reconnects,
+        }
+    }
+
+    /// Adds a history point when the last one is a step old, and forgets points beyond the span.
+    pub fn sample(&mut self, now: Millis) {
+        if self.history.back().is_none_or(|p| now >= p.at + HISTORY_STEP_MS) {
+            let point = self.point(now);
+            self.history.push_back(point);
+        }
+        while self.history.front().is_some_and(|p| p.at + HISTORY_SPAN_MS + HISTORY_STEP_MS < now) {
+            self.history.pop_front();
+        }
+    }
+
+    /// Requests over the last minute (or since the first point, if younger), as of `now`.
+    pub fn requests_per_minute(&self, now: Millis) -> u64 {
+        let from = self.history.iter().find(|p| p.at + 60_000 >= now).copied().unwrap_or_else(|| self.point(now));
+        self.requests - from.requests
+    }
 }

@@ -218,8 +218,11 @@ pub enum TabMessage {
     WriteSettled { write_id: Uuid, settled: Settled },
     /// A tab's decision on a conflict that asks the user.
     ConflictResolved { write_id: Uuid, keep_mine: bool },
-    /// Leader → all: the connection state, for badges and freshness.
-    Status { status: ConnectionStatus },
+    /// Leader → all: the connection state, for badges and freshness. Times in `status` are on the leader's
+    /// clock, which read `sent_at` when it was sent; receivers shift them onto their own clock.
+    Status { status: ConnectionStatus, sent_at: Millis },
+    /// Follower → leader: the user pressed "retry now".
+    RetryNow,
 }
 
 /// The connection as the user should see it.
@@ -231,14 +234,30 @@ pub enum ConnectionStatus {
     Connecting,
     /// The WebSocket is up and caught up.
     Live,
-    /// Fresh by long-poll (or timed refetches); `reason` says why not live.
-    Polling { reason: String },
+    /// Fresh by long-poll (or timed refetches); `reason` says why not live; the WebSocket is tried again at
+    /// `retry_socket_at` (none when realtime is off).
+    Polling { reason: String, retry_socket_at: Option<Millis> },
     /// Waiting to reconnect at `retry_at`.
     Reconnecting { retry_at: Millis },
     /// No visible tab: the connection is paused to save the battery and the server.
     Paused,
     /// No network; `pending_writes` are saved on this device.
     Offline { pending_writes: usize },
+}
+
+impl ConnectionStatus {
+    /// The same status with its times moved from a clock that reads `from` to one that reads `to` at the same
+    /// instant (tabs each have their own `performance.now()`).
+    pub fn rebased(self, from: Millis, to: Millis) -> ConnectionStatus {
+        let shift = |t: Millis| (t + to).saturating_sub(from);
+        match self {
+            ConnectionStatus::Reconnecting { retry_at } => ConnectionStatus::Reconnecting { retry_at: shift(retry_at) },
+            ConnectionStatus::Polling { reason, retry_socket_at } => {
+                ConnectionStatus::Polling { reason, retry_socket_at: retry_socket_at.map(shift) }
+            }
+            other => other,
+        }
+    }
 }
 
 /// An HTTP request the driver makes.
@@ -300,6 +319,9 @@ pub enum Input {
     ResolveConflict { write_id: Uuid, keep_mine: bool },
     /// The user asked to retry now ("retry now" on the badge).
     RetryNow,
+    /// The user is about to need this query (hovering or focusing a link to it in a visible tab): fetch it
+    /// once if it is missing or stale, so the view opens from cache.
+    Prefetch(QueryKey),
     /// The socket the engine asked for is open.
     SocketOpened,
     /// The socket closed (or failed to open).
@@ -326,6 +348,8 @@ pub enum Notification {
     Conflict { write_id: Uuid, current: serde_json::Value, needs_decision: bool },
     /// A write was refused for good.
     WriteRejected { write_id: Uuid, message: String },
+    /// The preferences in force changed (set here or in another tab).
+    Preferences,
 }
 
 /// Everything the engine asks of a driver. After every input, drain with `poll_output` until it returns

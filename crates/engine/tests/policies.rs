@@ -564,3 +564,106 @@ fn metrics_count_requests_dedupe_hits_and_time_in_each_state() {
     assert!(m.fetch_latency.count() >= 1);
 }
 
+
+#[test]
+fn metrics_keep_ten_minutes_of_history_and_a_requests_per_minute_rate() {
+    let mut d = Driver::new(Preferences { realtime: false, foreground_interval_ms: 5_000, ..Preferences::default() });
+    d.input(Input::Role(Role::Leader));
+    let out = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+    let (rid, _) = http(&out)[0].clone();
+    d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
+    // Answer every timed refetch with 304 for 15 minutes.
+    for _ in 0..(15 * 60 / 5) {
+        for (rid, _) in http(&d.advance(5_000)) {
+            d.reply(rid, 304, String::new());
+        }
+    }
+    let m = d.e.metrics().clone();
+    let span = m.history.back().unwrap().at - m.history.front().unwrap().at;
+    assert!((HISTORY_SPAN_MS..=HISTORY_SPAN_MS + 2 * HISTORY_STEP_MS).contains(&span), "history spans {span} ms");
+    assert!(m.history.len() <= (HISTORY_SPAN_MS / HISTORY_STEP_MS) as usize + 2);
+    let per_minute = m.requests_per_minute(d.now);
+    assert!((11..=13).contains(&per_minute), "one request per 5 s is 12 a minute, got {per_minute}");
+}
+
+#[test]
+fn change_to_screen_latency_is_recorded_when_the_ui_says_it_rendered() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let stream = StreamId::Board(id(BOARD));
+    let change = |cursor, at_ms| Change { stream, cursor, at_ms, write_id: None, op: ChangeOp::CardUpserted { card: card(2, 20, &format!("t{cursor}"), cursor) } };
+    d.server(ServerMessage::Changes { stream, changes: vec![change(4, 1_000_000), change(5, 1_000_010)] });
+    d.e.rendered(1_000_040);
+    d.e.rendered(1_000_090); // nothing new since: no sample
+    assert_eq!(d.e.metrics().change_to_screen.count(), 1);
+    assert_eq!(d.e.metrics().change_to_screen.percentile(0.5), Some(40), "from the oldest change not yet shown");
+}
+
+// ---- prefetch ----------------------------------------------------------------------------------------------
+
+#[test]
+fn a_prefetched_query_is_fetched_once_and_then_opens_from_cache_without_a_request() {
+    let mut d = Driver::leader();
+    let key = QueryKey::Board(id(BOARD));
+    let out = d.input(Input::Prefetch(key));
+    let fetches = http(&out);
+    assert_eq!(fetches.len(), 1, "{out:?}");
+    assert!(http(&d.input(Input::Prefetch(key))).is_empty(), "a second hover while in flight asks nothing");
+    d.reply(fetches[0].0, 200, serde_json::to_string(&snapshot(3)).unwrap());
+    let out = d.advance(5_000);
+    assert!(http(&out).is_empty(), "no view reads it: no polling");
+    assert!(http(&d.input(Input::Prefetch(key))).is_empty(), "fresh: nothing to prefetch");
+    let out = d.input(Input::Subscribe(key));
+    assert!(http(&out).is_empty(), "opens from cache: {out:?}");
+    assert!(d.e.board(id(BOARD)).is_some());
+    assert_eq!(d.e.freshness(key), Freshness::Fresh);
+}
+
+#[test]
+fn no_prefetch_from_a_hidden_tab_or_with_data_saver() {
+    let key = QueryKey::Board(id(BOARD));
+    let mut d = Driver::leader();
+    d.input(Input::Visibility { visible: false });
+    assert!(http(&d.input(Input::Prefetch(key))).is_empty());
+    let mut d = Driver::new(Preferences { data_saver: true, ..Preferences::default() });
+    d.input(Input::Role(Role::Leader));
+    assert!(http(&d.input(Input::Prefetch(key))).is_empty());
+}
+
+#[test]
+fn a_follower_prefetches_through_the_leader_and_releases_the_interest_once_it_has_the_data() {
+    let key = QueryKey::Board(id(BOARD));
+    let mut d = Driver::new(Preferences::default());
+    let out = d.input(Input::Prefetch(key));
+    assert!(http(&out).is_empty());
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Interest { keys, .. }) if keys == &vec![key])), "{out:?}");
+    let out = d.input(Input::Tab(TabMessage::Data { key, data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Interest { keys, .. }) if keys.is_empty())), "{out:?}");
+    assert!(d.e.board(id(BOARD)).is_some());
+}
+
+// ---- status across tabs ------------------------------------------------------------------------------------
+
+#[test]
+fn a_follower_shows_the_leaders_retry_time_on_its_own_clock_and_relays_retry_now() {
+    let mut d = Driver::new(Preferences::default());
+    d.now = 1_000;
+    d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+    // The leader's clock reads 50,000 as it sends; it retries at 53,000 on its clock: 3 s from now.
+    d.input(Input::Tab(TabMessage::Status { status: ConnectionStatus::Reconnecting { retry_at: 53_000 }, sent_at: 50_000 }));
+    assert_eq!(d.e.status(), &ConnectionStatus::Reconnecting { retry_at: 4_000 });
+    let out = d.input(Input::RetryNow);
+    assert!(out.contains(&Output::Broadcast(TabMessage::RetryNow)), "{out:?}");
+    assert!(http(&out).is_empty() && opens(&out) == 0);
+}
+
+#[test]
+fn retry_now_from_another_tab_reconnects_the_leader_at_once() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    d.input(Input::SocketClosed { code: Some(1006), reason: String::new() });
+    let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() else { panic!("{:?}", d.e.status()) };
+    assert!(retry_at > d.now);
+    let out = d.input(Input::Tab(TabMessage::RetryNow));
+    assert_eq!(opens(&out), 1, "{out:?}");
+}

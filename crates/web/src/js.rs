@@ -58,6 +58,25 @@ export function connection_info() {
   const c = navigator.connection;
   return c ? { effectiveType: c.effectiveType || '4g', saveData: !!c.saveData, rtt: c.rtt ?? null } : null;
 }
+// Long tasks (the main thread busy for more than 50 ms), counted from page load: what the user felt as jank.
+const longTasks = { count: 0, maxMs: 0, totalMs: 0 };
+export function observe_long_tasks() {
+  try {
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) {
+        longTasks.count += 1;
+        longTasks.totalMs += e.duration;
+        longTasks.maxMs = Math.max(longTasks.maxMs, e.duration);
+      }
+    }).observe({ type: 'longtask', buffered: true });
+    return true;
+  } catch (_) {
+    return false; // a browser without the Long Tasks API
+  }
+}
+export function long_tasks() {
+  return [longTasks.count, longTasks.maxMs, longTasks.totalMs];
+}
 export function on_connection_change(f) {
   if (navigator.connection) navigator.connection.addEventListener('change', f);
 }
@@ -72,4 +91,6 @@ extern "C" {
     pub fn hold_lock(name: &str, steal: bool, granted: &js_sys::Function, lost: &js_sys::Function);
     pub fn connection_info() -> JsValue;
     pub fn on_connection_change(f: &js_sys::Function);
+    pub fn observe_long_tasks() -> bool;
+    pub fn long_tasks() -> Vec<f64>;
 }

@@ -34,6 +34,16 @@ use web_sys::{AbortController, BroadcastChannel, CloseEvent, MessageEvent, WebSo
 
 pub use syncline_engine::{ConnectionStatus, Metrics};
 
+/// Long tasks seen on this page (PerformanceObserver `longtask`: main-thread work over 50 ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LongTasks {
+    /// Whether this browser reports long tasks at all.
+    pub observed: bool,
+    pub count: u64,
+    pub max_ms: f64,
+    pub total_ms: f64,
+}
+
 const LOCK: &str = "syncline-leader";
 const PREFERENCES_KEY: &str = "syncline.preferences";
 
@@ -55,6 +65,7 @@ struct Inner {
     channel: BroadcastChannel,
     lock_queued: Cell<bool>,
     listeners: RefCell<Vec<(u64, Listener)>>,
+    long_tasks_observed: bool,
     next_listener: Cell<u64>,
     /// Closures registered with the browser for the page's lifetime.
     keep: RefCell<Vec<Closure<dyn FnMut(JsValue)>>>,
@@ -135,6 +146,7 @@ impl Runtime {
                 channel,
                 lock_queued: Cell::new(false),
                 listeners: RefCell::new(Vec::new()),
+                long_tasks_observed: js::observe_long_tasks(),
                 next_listener: Cell::new(1),
                 keep: RefCell::new(Vec::new()),
             }),
@@ -178,6 +190,39 @@ impl Runtime {
     /// A new id for an entity the user creates.
     pub fn new_id(&self) -> Uuid {
         self.inner.engine.borrow_mut().new_id()
+    }
+
+    /// The user is about to open this (hovers or focuses a link to it): fetch it now if it is missing or stale.
+    pub fn prefetch(&self, key: QueryKey) {
+        self.input(Input::Prefetch(key));
+    }
+
+    /// The app drew what it last read: records change → screen latency (call it from the frame after).
+    pub fn rendered(&self) {
+        self.inner.engine.borrow_mut().rendered(js_sys::Date::now() as u64);
+    }
+
+    /// This tab's clock, the one `retry_at` and other engine times are on.
+    pub fn now(&self) -> Millis {
+        now()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.inner.engine.borrow().role() == Role::Leader
+    }
+
+    pub fn preferences(&self) -> Preferences {
+        self.inner.engine.borrow().preferences().clone()
+    }
+
+    pub fn long_tasks(&self) -> LongTasks {
+        let v = js::long_tasks();
+        LongTasks {
+            observed: self.inner.long_tasks_observed,
+            count: v.first().copied().unwrap_or(0.0) as u64,
+            max_ms: v.get(1).copied().unwrap_or(0.0),
+            total_ms: v.get(2).copied().unwrap_or(0.0),
+        }
     }
 
     pub fn resolve_conflict(&self, write_id: Uuid, keep_mine: bool) {
@@ -512,6 +557,8 @@ impl Runtime {
                 "status": engine.status(),
                 "pending": engine.pending().len(),
                 "metrics": engine.metrics(),
+                "preferences": engine.preferences(),
+                "long_tasks": rt.long_tasks(),
             });
             JsValue::from_str(&state.to_string())
         });

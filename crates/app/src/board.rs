@@ -3,6 +3,8 @@
 //! Keyboard: focus a card (Tab), press Space to pick it up, move it with the arrow keys (each press is
 //! saved), press Space or Escape to put it down; Enter opens the card editor.
 
+use std::collections::{HashMap, HashSet};
+
 use leptos::prelude::*;
 use syncline_protocol::moves::Direction;
 use syncline_protocol::{
@@ -29,6 +31,16 @@ struct Ctx {
     editing: RwSignal<Option<CardId>>,
     /// The card being dragged.
     dragging: RwSignal<Option<CardId>>,
+    /// The board's cards by id, rebuilt once per render: each card looks itself up in O(1).
+    cards: Memo<HashMap<CardId, Card>>,
+    /// Entities with writes not yet on the server (count), and those in a conflict awaiting the user.
+    marks: Memo<Marks>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Marks {
+    pending: HashMap<Uuid, usize>,
+    conflicted: HashSet<Uuid>,
 }
 
 impl Ctx {
@@ -63,13 +75,31 @@ fn focus_card(card: CardId) {
 
 #[component]
 pub fn BoardView(id: Uuid) -> impl IntoView {
+    let version = RwSignal::new(0u64);
+    let board_memo = Memo::new(move |_| {
+        version.get();
+        rt().board(id)
+    });
     let ctx = Ctx {
         id,
-        version: RwSignal::new(0),
+        version,
         error: RwSignal::new(None),
         picked: RwSignal::new(None),
         editing: RwSignal::new(None),
         dragging: RwSignal::new(None),
+        cards: Memo::new(move |_| {
+            board_memo.with(|b| b.as_ref().map(|b| b.cards.iter().map(|c| (c.id, c.clone())).collect()).unwrap_or_default())
+        }),
+        marks: Memo::new(move |_| {
+            version.get();
+            let runtime = rt();
+            let mut marks = Marks::default();
+            for entity in runtime.pending_entities() {
+                *marks.pending.entry(entity).or_default() += 1;
+            }
+            marks.conflicted = runtime.conflicts().into_iter().map(|(_, entity, _)| entity).collect();
+            marks
+        }),
     };
     let runtime = rt();
     // A burst of changes re-renders once per frame, not once per change.
@@ -85,10 +115,6 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
         _ => {}
     });
     runtime.subscribe(QueryKey::Board(id));
-    let board_memo = Memo::new(move |_| {
-        ctx.version.get();
-        ctx.current()
-    });
     let has_board = Memo::new(move |_| board_memo.with(Option::is_some));
     let snapshot: Snapshot = board_memo.into();
     let summary_open = RwSignal::new(false);
@@ -213,9 +239,10 @@ fn column_view(ctx: Ctx, snapshot: Snapshot, column: Column) -> impl IntoView {
         snapshot.with(|s| s.as_ref().and_then(|s| s.columns.iter().find(|c| c.id == column_id).map(|c| c.title.clone())))
             .unwrap_or_default()
     };
-    let cards = move || snapshot.with(|s| s.as_ref().map(|s| s.cards_in(column_id).cloned().collect::<Vec<Card>>()).unwrap_or_default());
-    let count = move || cards().len();
-    let card_ids = move || cards().into_iter().map(|c| c.id).collect::<Vec<CardId>>();
+    let card_ids = Memo::new(move |_| {
+        snapshot.with(|s| s.as_ref().map(|s| s.cards_in(column_id).map(|c| c.id).collect::<Vec<CardId>>()).unwrap_or_default())
+    });
+    let count = move || card_ids.with(Vec::len);
     let rename = move |ev: leptos::ev::Event| {
         let title = event_target_value(&ev);
         ctx.write(WriteOp::RenameColumn { id: column_id, body: Rename { title, base_version: None } });
@@ -252,8 +279,8 @@ fn column_view(ctx: Ctx, snapshot: Snapshot, column: Column) -> impl IntoView {
                 <button class="icon danger" aria-label="Delete column" title="Delete column" on:click=delete>"×"</button>
             </header>
             <ol class="cards" on:dragover=|ev: leptos::ev::DragEvent| ev.prevent_default() on:drop=drop_at_end>
-                <For each=card_ids key=|id: &CardId| *id let:card_id>
-                    {card_view(ctx, snapshot, column_id, card_id)}
+                <For each=move || card_ids.get() key=|id: &CardId| *id let:card_id>
+                    {card_view(ctx, column_id, card_id)}
                 </For>
             </ol>
             <form class="add-card" on:submit=add_card>
@@ -267,7 +294,7 @@ fn column_view(ctx: Ctx, snapshot: Snapshot, column: Column) -> impl IntoView {
     }
 }
 
-fn card_view(ctx: Ctx, snapshot: Snapshot, column_id: ColumnId, card_id: CardId) -> impl IntoView {
+fn card_view(ctx: Ctx, column_id: ColumnId, card_id: CardId) -> impl IntoView {
     let keydown = move |ev: leptos::ev::KeyboardEvent| {
         // Keys typed inside the editor belong to the editor.
         if ctx.editing.get_untracked() == Some(card_id) {
@@ -341,17 +368,14 @@ fn card_view(ctx: Ctx, snapshot: Snapshot, column_id: ColumnId, card_id: CardId)
     let delete = move |_| ctx.write(WriteOp::DeleteCard { id: card_id, base_version: None });
     // The node lives as long as the card stays in this column; its content follows the data, so focus and an
     // open editor survive live changes.
-    let data = move || snapshot.with(|s| s.as_ref().and_then(|s| s.cards.iter().find(|c| c.id == card_id).cloned()));
-    let title = move || data().map(|c| c.title).unwrap_or_default();
-    let description = move || data().map(|c| c.description).unwrap_or_default();
-    let pending = move || {
-        ctx.version.get();
-        rt().pending_for(card_id)
-    };
-    let conflicted = move || {
-        ctx.version.get();
-        rt().conflicts().iter().any(|(_, entity, _)| *entity == card_id)
-    };
+    // Memos: only the cards whose data or marks changed update their DOM.
+    let data = Memo::new(move |_| ctx.cards.with(|m| m.get(&card_id).map(|c| (c.title.clone(), c.description.clone()))));
+    let title = move || data.with(|d| d.as_ref().map(|d| d.0.clone()).unwrap_or_default());
+    let description = move || data.with(|d| d.as_ref().map(|d| d.1.clone()).unwrap_or_default());
+    let pending = Memo::new(move |_| ctx.marks.with(|m| m.pending.get(&card_id).copied().unwrap_or(0)));
+    let pending = move || pending.get();
+    let conflicted = Memo::new(move |_| ctx.marks.with(|m| m.conflicted.contains(&card_id)));
+    let conflicted = move || conflicted.get();
     let class = move || {
         let mut class = String::from("card");
         if pending() > 0 {

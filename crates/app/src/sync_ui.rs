@@ -37,11 +37,11 @@ fn signals() -> SyncSignals {
     expect_context::<SyncSignals>()
 }
 
-/// "just now", "40 s ago", "2 min ago", "3 h ago".
+/// "a few seconds ago", "40 s ago", "2 min ago", "3 h ago".
 pub fn ago(ms: u64) -> String {
     let s = ms / 1000;
     match s {
-        0..=4 => "just now".into(),
+        0..=9 => "a few seconds ago".into(),
         5..=59 => format!("{s} s ago"),
         60..=3599 => format!("{} min ago", s / 60),
         _ => format!("{} h ago", s / 3600),
@@ -164,10 +164,11 @@ pub fn freshness_line(key: QueryKey, version: RwSignal<u64>) -> impl IntoView {
         let now = s.now.get();
         match freshness() {
             Freshness::Fresh => "Up to date".to_owned(),
+            Freshness::Stale { age_ms } if age_ms == u64::MAX => "Showing a saved copy; checking for changes".to_owned(),
             Freshness::Stale { age_ms } => format!("Updated {}", ago(age_ms)),
             Freshness::Fetching => "Refreshing…".to_owned(),
             Freshness::Paused { age_ms } if age_ms == u64::MAX => "Offline — not loaded yet".to_owned(),
-            Freshness::Paused { age_ms } => format!("Offline — showing what was current {}", ago(age_ms)),
+            Freshness::Paused { age_ms } => format!("Offline — last updated {}", ago(age_ms)),
             Freshness::Error { message, retry_at } => {
                 format!("Could not refresh ({message}); retrying in {} s", seconds_until(retry_at, now))
             }

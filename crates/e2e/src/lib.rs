@@ -20,6 +20,7 @@ use chromiumoxide::cdp::browser_protocol::browser::{
 };
 #[allow(deprecated)]
 use chromiumoxide::cdp::browser_protocol::network::{EmulateNetworkConditionsParams, EnableParams};
+use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
 use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
 use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
 use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
@@ -145,6 +146,18 @@ impl Harness {
             }
         }
         Err(last_err.unwrap_or_else(|| anyhow!("could not restart")))
+    }
+
+    /// Stops the server (the port goes dark: connections are refused) until [`Harness::start_server`].
+    pub async fn stop_server(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Starts the server again on the same port and database.
+    pub async fn start_server(&mut self) -> Result<()> {
+        self.restart_server().await
     }
 
     /// Refuses (or accepts again) WebSocket upgrades, as a proxy that breaks them would. Survives restarts.
@@ -315,6 +328,31 @@ impl Tab {
     /// Clicks the element's centre with a real mouse event.
     pub async fn click(&self, selector: &str) -> Result<()> {
         self.page.find_element(selector).await?.click().await?;
+        Ok(())
+    }
+
+    /// Moves the mouse over the element's centre (real `mouseenter`/`mouseover`).
+    pub async fn hover(&self, selector: &str) -> Result<()> {
+        self.page.find_element(selector).await?.hover().await?;
+        Ok(())
+    }
+
+    /// Gives the element keyboard focus.
+    pub async fn focus(&self, selector: &str) -> Result<()> {
+        self.page.find_element(selector).await?.focus().await?;
+        Ok(())
+    }
+
+    /// Lays the page out as on a phone `width` CSS pixels wide (Emulation.setDeviceMetricsOverride).
+    pub async fn set_viewport(&self, width: i64, height: i64) -> Result<()> {
+        let params = SetDeviceMetricsOverrideParams::builder()
+            .width(width)
+            .height(height)
+            .device_scale_factor(1.0)
+            .mobile(true)
+            .build()
+            .map_err(|e| anyhow!(e))?;
+        self.page.execute(params).await?;
         Ok(())
     }
 

@@ -1823,8 +1823,13 @@ impl Engine {
         } else if !self.active() {
             ConnectionStatus::Paused
         } else if let Mode::Fallback { next_probe } = self.mode {
+            // Long-polls failing too: the server is out of reach, not just its WebSocket.
+            let unreachable = self.streams.values().filter(|s| s.poll_failures > 0).map(|s| s.next_longpoll).min();
+            let reachable = self.streams.values().any(|s| s.polled_ok);
             if self.socket_ready() {
                 ConnectionStatus::Connecting
+            } else if let (Some(retry_at), false) = (unreachable, reachable) {
+                ConnectionStatus::Reconnecting { retry_at: retry_at.min(next_probe) }
             } else {
                 ConnectionStatus::Polling { reason: "the WebSocket is unavailable".into(), retry_socket_at: Some(next_probe) }
             }

@@ -667,3 +667,28 @@ fn retry_now_from_another_tab_reconnects_the_leader_at_once() {
     let out = d.input(Input::Tab(TabMessage::RetryNow));
     assert_eq!(opens(&out), 1, "{out:?}");
 }
+
+#[test]
+fn when_long_polls_fail_too_the_status_is_reconnecting_with_the_next_attempt_not_polling() {
+    let mut d = Driver::leader();
+    let out = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+    let (rid, _) = http(&out)[0].clone();
+    d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        out = d.input(Input::SocketClosed { code: Some(1006), reason: "refused".into() });
+        if let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() {
+            d.advance(retry_at - d.now);
+        }
+    }
+    let poll = http(&out).into_iter().find(|(_, r)| r.path.starts_with("/api/changes")).expect("long-poll");
+    d.input(Input::Http { id: poll.0, result: HttpResult::NetworkError("connection refused".into()) });
+    let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() else { panic!("{:?}", d.e.status()) };
+    assert!(retry_at > d.now);
+    // The server answers again: polling (the socket is still refused).
+    let out = d.advance(retry_at - d.now);
+    let poll = http(&out).into_iter().find(|(_, r)| r.path.starts_with("/api/changes")).expect("long-poll again");
+    let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)), changes: vec![] };
+    d.reply(poll.0, 200, serde_json::to_string(&empty).unwrap());
+    assert!(matches!(d.e.status(), ConnectionStatus::Polling { retry_socket_at: Some(_), .. }), "{:?}", d.e.status());
+}

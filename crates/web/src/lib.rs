@@ -282,6 +282,11 @@ impl Runtime {
             .collect()
     }
 
+    /// The entity of each write not yet on the server (one entry per write).
+    pub fn pending_entities(&self) -> Vec<Uuid> {
+        self.inner.engine.borrow().pending().iter().map(|w| syncline_engine::apply::entity_of(&w.op)).collect()
+    }
+
     pub fn pending_count(&self) -> usize {
         self.inner.engine.borrow().pending().len()
     }

@@ -350,17 +350,28 @@ const CHART_W: f64 = 600.0;
 const CHART_H: f64 = 120.0;
 
 /// Points of a polyline: `series` per-minute rates at times, over the last ten minutes, scaled to `max`.
-fn polyline(series: &[(u64, f64)], now: u64, max: f64) -> String {
-    let start = now.saturating_sub(HISTORY_SPAN_MS);
+fn chart_xy(series: &[(u64, f64)], now: u64, max: f64) -> Vec<(f64, f64)> {
+    let span = HISTORY_SPAN_MS as f64;
     series
         .iter()
         .map(|&(at, v)| {
-            let x = (at.saturating_sub(start)) as f64 / HISTORY_SPAN_MS as f64 * CHART_W;
-            let y = CHART_H - 4.0 - v / max * (CHART_H - 8.0);
-            format!("{x:.1},{y:.1}")
+            // Time runs left to right: ten minutes ago at 0, now at the right edge.
+            let x = 6.0 + (at as f64 - now as f64 + span) / span * (CHART_W - 12.0);
+            (x, CHART_H - 4.0 - v / max * (CHART_H - 8.0))
         })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect()
+}
+
+fn polyline(series: &[(u64, f64)], now: u64, max: f64) -> String {
+    chart_xy(series, now, max).iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect::<Vec<_>>().join(" ")
+}
+
+/// A dot per point, so a young history (one point) still shows.
+fn dots(series: &[(u64, f64)], now: u64, max: f64, class: &'static str) -> impl IntoView + use<> {
+    chart_xy(series, now, max)
+        .into_iter()
+        .map(|(x, y)| view! { <circle class=class cx=x cy=y r="4" /> })
+        .collect_view()
 }
 
 /// What this tab's sync engine did: rates, volumes, latencies, time in each state, long tasks, and a chart.
@@ -414,7 +425,8 @@ pub fn MetricsPanel(open: RwSignal<bool>) -> impl IntoView {
                         let mut points: Vec<_> = m.history.iter().copied().collect();
                         points.push(m.point(now));
                         let rate = |f: &dyn Fn(&syncline_engine::MetricsPoint) -> u64| -> Vec<(u64, f64)> {
-                            points.windows(2).filter(|w| w[1].at > w[0].at)
+                            // (A window of under 2 s — the newest, ending now, can be — says little.)
+                            points.windows(2).filter(|w| w[1].at >= w[0].at + 2_000)
                                 .map(|w| (w[1].at, (f(&w[1]) - f(&w[0])) as f64 * 60_000.0 / (w[1].at - w[0].at) as f64))
                                 .collect()
                         };
@@ -422,11 +434,13 @@ pub fn MetricsPanel(open: RwSignal<bool>) -> impl IntoView {
                         let messages = rate(&|p| p.socket_messages);
                         let max = requests.iter().chain(messages.iter()).map(|p| p.1).fold(1.0_f64, f64::max);
                         view! {
-                            <svg id="metrics-chart" viewBox=format!("0 0 {CHART_W} {CHART_H}") preserveAspectRatio="none"
+                            <svg id="metrics-chart" viewBox=format!("0 0 {CHART_W} {CHART_H}")
                                 role="img" aria-label="Requests and socket messages per minute over the last 10 minutes">
                                 <line x1="0" y1=CHART_H - 4.0 x2=CHART_W y2=CHART_H - 4.0 class="axis" />
                                 <polyline class="series-requests" fill="none" points=polyline(&requests, now, max) />
                                 <polyline class="series-messages" fill="none" points=polyline(&messages, now, max) />
+                                {dots(&requests, now, max, "dot-requests")}
+                                {dots(&messages, now, max, "dot-messages")}
                             </svg>
                             <figcaption>
                                 <span class="key key-requests">"requests/min"</span>

@@ -139,10 +139,14 @@ async fn live_badge_fresh_board_and_a_metrics_panel_that_counts_what_happened() 
     assert!(messages_in >= 2, "hello, synced, the change: {socket}");
     assert!(text(&tab, "#m-fetch-latency").await.ends_with(" ms"));
     assert_eq!(text(&tab, "#m-reconnects").await, "0");
-    assert_eq!(text(&tab, "#m-long-tasks").await, "0", "no jank from a small board");
+    // Long tasks since the page loaded (starting the wasm module can be one); the burst test below is the bound.
+    let long = state(&tab).await["long_tasks"]["count"].as_u64().unwrap();
+    assert!(text(&tab, "#m-long-tasks").await.starts_with(&long.to_string()));
     assert!(text(&tab, "#m-time-live").await.ends_with(" s"));
-    let points: String = tab.eval("document.querySelector('#metrics-chart .series-requests').getAttribute('points')").await.unwrap();
-    assert!(!points.trim().is_empty(), "the chart has data");
+    // The chart plots rates over windows of 2 s or more: it has a line once the page is that old.
+    tab.wait_for("document.querySelector('#metrics-chart .series-messages')?.getAttribute('points').trim().length > 0", WAIT).await.unwrap();
+    let peak: String = tab.text(".chart-scale").await.unwrap();
+    assert!(peak.starts_with("peak ") && peak.ends_with("/min · last 10 min"), "{peak}");
     tab.screenshot(&docs("metrics-panel.png")).await.unwrap();
     // Escape closes it (keyboard users are not trapped).
     tab.focus("#metrics-panel button").await.unwrap();
@@ -209,6 +213,8 @@ async fn with_the_server_down_the_badge_counts_down_to_the_next_attempt_and_retr
     .unwrap();
     let before = text(&tab, "#connection .badge-label").await;
     tab.wait_for_selector("#retry-now", WAIT).await.unwrap();
+    tab.wait_for(&freshness("stale"), WAIT).await.unwrap();
+    assert!(text(&tab, "#sync-status .freshness").await.starts_with("Updated "), "not \"up to date\" while disconnected");
     tab.screenshot(&docs("state-reconnecting.png")).await.unwrap();
     assert!(tab.eval::<String>("document.querySelector('#announcer').textContent").await.unwrap().contains("Reconnecting"));
     let waited = seconds_in(&before).unwrap();
@@ -483,7 +489,11 @@ async fn at_375_px_nothing_overflows_the_page_and_the_badge_and_panels_fit() {
     go(&tab, &url).await;
     tab.wait_for(&shows(board.card, "Write the release notes"), WAIT).await.unwrap();
     tab.wait_for(&badge("live"), WAIT).await.unwrap();
-    assert!(tab.eval::<bool>("document.documentElement.scrollWidth <= 375").await.unwrap(), "no sideways page scroll");
+    let wide: Vec<String> = tab
+        .eval("[document.documentElement.scrollWidth + ''].concat([...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 375.5 && !e.closest('.column')).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right)))")
+        .await
+        .unwrap();
+    assert!(tab.eval::<bool>("document.documentElement.scrollWidth <= 375").await.unwrap(), "no sideways page scroll; too wide: {wide:?}");
     let fits = |sel: &str| format!("(r => r.left >= 0 && r.right <= 375 && r.width > 0)(document.querySelector('{sel}').getBoundingClientRect())");
     for sel in ["#connection", "#open-preferences", "#open-metrics", "#sync-status", ".board-header .danger"] {
         assert!(tab.eval::<bool>(&fits(sel)).await.unwrap(), "{sel} fits in 375 px");

@@ -303,6 +303,13 @@ impl Engine {
         &self.metrics
     }
 
+    /// The metrics as of `now`, counting the time spent in the current state since the last input.
+    pub fn metrics_at(&self, now: Millis) -> Metrics {
+        let mut m = self.metrics.clone();
+        add_state_time(&mut m, &self.status, now.saturating_sub(self.now));
+        m
+    }
+
     pub fn preferences(&self) -> &Preferences {
         &self.prefs
     }
@@ -397,6 +404,10 @@ impl Engine {
         if q.fetching.is_some() || (q.invalidated && self.is_leader()) {
             return Freshness::Fetching;
         }
+        // The connection dropped: what is shown was current when it did, and ages from there.
+        if matches!(self.status, ConnectionStatus::Reconnecting { .. }) {
+            return Freshness::Stale { age_ms: age };
+        }
         if !q.invalidated && (self.kept_fresh(key) || age < self.cfg.stale_time_ms) {
             return Freshness::Fresh;
         }
@@ -407,16 +418,7 @@ impl Engine {
 
     fn advance(&mut self, now: Millis) {
         let now = now.max(self.now);
-        let spent = now - self.now;
-        let times = &mut self.metrics.states;
-        match self.status {
-            ConnectionStatus::Live => times.live_ms += spent,
-            ConnectionStatus::Polling { .. } => times.polling_ms += spent,
-            ConnectionStatus::Offline { .. } => times.offline_ms += spent,
-            ConnectionStatus::Paused => times.paused_ms += spent,
-            ConnectionStatus::Connecting | ConnectionStatus::Reconnecting { .. } => times.connecting_ms += spent,
-            ConnectionStatus::Idle => {}
-        }
+        add_state_time(&mut self.metrics, &self.status, now - self.now);
         self.now = now;
         self.metrics.sample(now);
     }
@@ -814,6 +816,7 @@ impl Engine {
 
     fn send_socket(&mut self, msg: ClientMessage) {
         self.metrics.socket_messages_out += 1;
+        self.metrics.bytes_out += serde_json::to_string(&msg).map_or(0, |t| t.len() as u64);
         self.out.push_back(Output::SendSocket(msg));
     }
 
@@ -1928,6 +1931,18 @@ const SETTLED_REMEMBERED: usize = 1024;
 const OPEN_TIMEOUT_MS: Millis = 10_000;
 /// How long a visible follower waits before taking leadership from a hidden leader.
 const LEADER_HANDOVER_DELAY_MS: Millis = 500;
+
+fn add_state_time(metrics: &mut Metrics, status: &ConnectionStatus, spent: Millis) {
+    let times = &mut metrics.states;
+    match status {
+        ConnectionStatus::Live => times.live_ms += spent,
+        ConnectionStatus::Polling { .. } => times.polling_ms += spent,
+        ConnectionStatus::Offline { .. } => times.offline_ms += spent,
+        ConnectionStatus::Paused => times.paused_ms += spent,
+        ConnectionStatus::Connecting | ConnectionStatus::Reconnecting { .. } => times.connecting_ms += spent,
+        ConnectionStatus::Idle => {}
+    }
+}
 
 fn parse_query(key: QueryKey, body: &str) -> Result<QueryData, String> {
     let bad = |e: serde_json::Error| format!("unexpected answer for {key:?}: {e}");

@@ -664,6 +664,7 @@ fn retry_now_from_another_tab_reconnects_the_leader_at_once() {
     d.input(Input::SocketClosed { code: Some(1006), reason: String::new() });
     let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() else { panic!("{:?}", d.e.status()) };
     assert!(retry_at > d.now);
+    assert_eq!(d.e.freshness(QueryKey::Board(id(BOARD))), Freshness::Stale { age_ms: 0 }, "not \"up to date\" while disconnected");
     let out = d.input(Input::Tab(TabMessage::RetryNow));
     assert_eq!(opens(&out), 1, "{out:?}");
 }

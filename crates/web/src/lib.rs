@@ -292,7 +292,7 @@ impl Runtime {
     }
 
     pub fn metrics(&self) -> Metrics {
-        self.inner.engine.borrow().metrics().clone()
+        self.inner.engine.borrow().metrics_at(now())
     }
 
     /// Calls `f` on every notification; returns an id for [`Runtime::off`].

@@ -115,6 +115,8 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
         _ => {}
     });
     runtime.subscribe(QueryKey::Board(id));
+    // The open board is what "critical data only" keeps fresh in the background; lists and summaries wait.
+    runtime.set_critical(QueryKey::Board(id), true);
     let has_board = Memo::new(move |_| board_memo.with(Option::is_some));
     let snapshot: Snapshot = board_memo.into();
     let summary_open = RwSignal::new(false);
@@ -122,6 +124,7 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
         let runtime = rt();
         runtime.off(listener);
         runtime.unsubscribe(QueryKey::Board(id));
+        runtime.set_critical(QueryKey::Board(id), false);
         if summary_open.get_untracked() {
             runtime.unsubscribe(QueryKey::BoardSummary(id));
         }

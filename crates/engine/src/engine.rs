@@ -29,6 +29,8 @@ struct Peer {
     leader: bool,
     last_seen: Millis,
     interests: BTreeSet<QueryKey>,
+    /// Those of its interests it marked critical.
+    critical: BTreeSet<QueryKey>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -228,7 +230,12 @@ impl Engine {
             Input::Restored { outbox, cache } => self.on_restored(outbox, cache),
             Input::Subscribe(key) => self.subscribe(key),
             Input::Unsubscribe(key) => self.unsubscribe(key),
-            Input::Critical { key, critical } => self.queries.entry(key).or_default().critical = critical,
+            Input::Critical { key, critical } => {
+                self.queries.entry(key).or_default().critical = critical;
+                if !self.is_leader() {
+                    self.send_interest();
+                }
+            }
             Input::Write { op, priority, policy } => {
                 self.write(op, priority, policy);
             }
@@ -1239,14 +1246,15 @@ impl Engine {
 
     fn send_interest(&mut self) {
         let keys: Vec<QueryKey> = self.queries.iter().filter(|(_, q)| q.held()).map(|(k, _)| *k).collect();
-        self.out.push_back(Output::Broadcast(TabMessage::Interest { tab: self.tab, keys }));
+        let critical = keys.iter().copied().filter(|k| self.queries[k].critical).collect();
+        self.out.push_back(Output::Broadcast(TabMessage::Interest { tab: self.tab, keys, critical }));
     }
 
     fn on_tab(&mut self, msg: TabMessage) {
         match msg {
             TabMessage::Presence { tab, visible, leader } => {
                 let known_leader = self.peers.get(&tab).is_some_and(|p| p.leader);
-                let peer = self.peers.entry(tab).or_insert(Peer { visible, leader, last_seen: self.now, interests: BTreeSet::new() });
+                let peer = self.peers.entry(tab).or_insert(Peer { visible, leader, last_seen: self.now, interests: BTreeSet::new(), critical: BTreeSet::new() });
                 peer.visible = visible;
                 peer.leader = leader;
                 peer.last_seen = self.now;
@@ -1262,9 +1270,10 @@ impl Engine {
             TabMessage::Goodbye { tab } => {
                 self.peers.remove(&tab);
             }
-            TabMessage::Interest { tab, keys } => {
-                let peer = self.peers.entry(tab).or_insert(Peer { visible: false, leader: false, last_seen: self.now, interests: BTreeSet::new() });
+            TabMessage::Interest { tab, keys, critical } => {
+                let peer = self.peers.entry(tab).or_insert(Peer { visible: false, leader: false, last_seen: self.now, interests: BTreeSet::new(), critical: BTreeSet::new() });
                 peer.interests = keys.iter().copied().collect();
+                peer.critical = critical.into_iter().collect();
                 if self.is_leader() {
                     for key in keys {
                         let q = self.queries.entry(key).or_default();
@@ -1683,7 +1692,8 @@ impl Engine {
                 }
             }
             let missing = q.data.is_none();
-            let ctx = self.poll_context(q.critical);
+            let critical = q.critical || self.peers.values().any(|p| p.critical.contains(&key));
+            let ctx = self.poll_context(critical);
             let timed = !kept && !missing && !q.invalidated && {
                 let interval = if self.prefs.realtime && matches!(self.mode, Mode::Fallback { .. }) && key.takes_deltas() {
                     None // the long-poll follows it

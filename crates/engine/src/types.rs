@@ -205,7 +205,13 @@ pub enum TabMessage {
     /// A tab is gone (closed); crashed tabs are noticed by their missing heartbeat.
     Goodbye { tab: TabId },
     /// A follower's queries: the leader keeps them fresh and shares their data.
-    Interest { tab: TabId, keys: Vec<QueryKey> },
+    /// `critical`: those of `keys` the tab marked critical (polled while hidden under "critical data only").
+    Interest {
+        tab: TabId,
+        keys: Vec<QueryKey>,
+        #[serde(default)]
+        critical: Vec<QueryKey>,
+    },
     /// A follower wants this query refetched (it became visible and the data is stale).
     Refetch { key: QueryKey },
     /// Leader → all: a query's data as fetched.

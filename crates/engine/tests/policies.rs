@@ -553,8 +553,8 @@ fn a_visible_follower_claims_leadership_from_a_hidden_leader() {
 fn metrics_count_requests_dedupe_hits_and_time_in_each_state() {
     let mut d = Driver::leader();
     d.live_on_board(3);
-    d.input(Input::Tab(TabMessage::Interest { tab: 2, keys: vec![QueryKey::BoardSummary(id(BOARD))] }));
-    d.input(Input::Tab(TabMessage::Interest { tab: 3, keys: vec![QueryKey::BoardSummary(id(BOARD))] }));
+    d.input(Input::Tab(TabMessage::Interest { tab: 2, keys: vec![QueryKey::BoardSummary(id(BOARD))], critical: vec![] }));
+    d.input(Input::Tab(TabMessage::Interest { tab: 3, keys: vec![QueryKey::BoardSummary(id(BOARD))], critical: vec![] }));
     d.advance(10_000);
     let m = d.e.metrics();
     assert_eq!(m.requests, 2, "board + summary");
@@ -692,4 +692,39 @@ fn when_long_polls_fail_too_the_status_is_reconnecting_with_the_next_attempt_not
     let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)), changes: vec![] };
     d.reply(poll.0, 200, serde_json::to_string(&empty).unwrap());
     assert!(matches!(d.e.status(), ConnectionStatus::Polling { retry_socket_at: Some(_), .. }), "{:?}", d.e.status());
+}
+
+#[test]
+fn a_query_a_follower_marked_critical_is_polled_by_the_hidden_leader_under_critical_only() {
+    let prefs = Preferences { background: BackgroundMode::CriticalOnly, background_interval_ms: 45_000, ..Preferences::default() };
+    // The follower says which of its queries are critical.
+    let mut f = Driver::new(prefs.clone());
+    f.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+    let out = f.input(Input::Critical { key: QueryKey::Board(id(BOARD)), critical: true });
+    let interest = out
+        .iter()
+        .find_map(|o| if let Output::Broadcast(m @ TabMessage::Interest { .. }) = o { Some(m.clone()) } else { None })
+        .expect("interest re-sent");
+    assert!(matches!(&interest, TabMessage::Interest { critical, .. } if critical == &vec![QueryKey::Board(id(BOARD))]));
+    // (Both test drivers are tab 1; the follower becomes tab 2 here.)
+    let TabMessage::Interest { keys, critical, .. } = interest else { unreachable!() };
+    let interest = TabMessage::Interest { tab: 2, keys, critical };
+    // A leader whose own views are gone (its tab shows nothing) keeps polling it while every tab is hidden.
+    let mut d = Driver::new(prefs);
+    d.input(Input::Role(Role::Leader));
+    d.input(Input::Tab(TabMessage::Presence { tab: 2, visible: false, leader: false }));
+    let out = d.input(Input::Tab(interest));
+    let (rid, _) = http(&out)[0].clone();
+    d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
+    d.input(Input::Visibility { visible: false });
+    let mut polls = 0;
+    for _ in 0..60 {
+        d.input(Input::Tab(TabMessage::Presence { tab: 2, visible: false, leader: false }));
+        let out = d.advance(2_000);
+        for (rid, _) in http(&out) {
+            polls += 1;
+            d.reply(rid, 304, String::new());
+        }
+    }
+    assert!((2..=3).contains(&polls), "polled at the 45 s background interval over 2 min: {polls}");
 }

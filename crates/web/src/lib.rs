@@ -192,6 +192,11 @@ impl Runtime {
         self.inner.engine.borrow_mut().new_id()
     }
 
+    /// Marks a query critical: kept fresh while no tab is visible when the user chose "critical data only".
+    pub fn set_critical(&self, key: QueryKey, critical: bool) {
+        self.input(Input::Critical { key, critical });
+    }
+
     /// The user is about to open this (hovers or focuses a link to it): fetch it now if it is missing or stale.
     pub fn prefetch(&self, key: QueryKey) {
         self.input(Input::Prefetch(key));

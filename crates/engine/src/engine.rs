@@ -140,6 +140,8 @@ pub struct Engine {
     batch: Option<RequestId>,
     outbox_failures: u32,
     outbox_retry_at: Millis,
+    /// The server was answering at the last reconcile (live feed, or long-polls getting through).
+    reachable: bool,
     requests: BTreeMap<RequestId, InFlight>,
     next_request: RequestId,
     next_nonce: u64,
@@ -184,6 +186,7 @@ impl Engine {
             batch: None,
             outbox_failures: 0,
             outbox_retry_at: 0,
+            reachable: false,
             requests: BTreeMap::new(),
             next_request: 1,
             next_nonce: 1,
@@ -1411,6 +1414,7 @@ impl Engine {
             self.subscriptions();
             self.long_polls();
             self.fetches();
+            self.retry_outbox_when_reachable();
             self.flush_outbox();
         } else {
             self.follower_requests();
@@ -1739,6 +1743,17 @@ impl Engine {
             q.retry_at = None;
             self.notified.insert(key);
         }
+    }
+
+    /// The server answers again (the feed is live, or a long-poll came back): what waits in the outbox goes now,
+    /// not at the end of a backoff that was computed while nothing got through.
+    fn retry_outbox_when_reachable(&mut self) {
+        let reachable = self.live() || (matches!(self.mode, Mode::Fallback { .. }) && self.streams.values().any(|s| s.polled_ok));
+        if reachable && !self.reachable {
+            self.outbox_retry_at = self.outbox_retry_at.min(self.now);
+            self.outbox_failures = 0;
+        }
+        self.reachable = reachable;
     }
 
     fn flush_outbox(&mut self) {

@@ -728,3 +728,34 @@ fn a_query_a_follower_marked_critical_is_polled_by_the_hidden_leader_under_criti
     }
     assert!((2..=3).contains(&polls), "polled at the 45 s background interval over 2 min: {polls}");
 }
+
+#[test]
+fn queued_writes_go_as_soon_as_the_feed_is_live_again_not_at_the_end_of_their_backoff() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    d.input(Input::SocketClosed { code: Some(1006), reason: "gone".into() });
+    let mut out = d.input(Input::Write {
+        op: WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } },
+        priority: Priority::UserVisible,
+        policy: ConflictPolicy::default(),
+    });
+    // The server is unreachable: every batch fails, and the backoff grows. (Socket attempts go unanswered.)
+    let mut failures = 0;
+    for _ in 0..30_000 {
+        if let Some((rid, _)) = posted(&out) {
+            d.input(Input::Http { id: rid, result: HttpResult::NetworkError("unreachable".into()) });
+            failures += 1;
+        }
+        // The next socket attempt after many failures works: on going live, the write goes at once.
+        if failures >= 8 && opens(&out) > 0 {
+            d.input(Input::SocketOpened);
+            d.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 });
+            let out = d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor: 3 });
+            assert_eq!(d.e.status(), &ConnectionStatus::Live);
+            assert!(posted(&out).is_some(), "sent on going live: {out:?}");
+            return;
+        }
+        out = d.advance(100);
+    }
+    panic!("no socket attempt after 8 failed batches within 50 min");
+}

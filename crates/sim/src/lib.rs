@@ -660,6 +660,20 @@ impl World {
             return;
         }
         let t = candidates[self.rng.random_range(0..candidates.len())];
+        // Now and then the user hovers the link to the boards list (a prefetch) or presses "retry now".
+        match self.rng.random_range(0..16) {
+            0 | 1 => {
+                self.log(|| format!("b{b}/t{t} user hovers the boards link"));
+                self.input(b, t, Input::Prefetch(QueryKey::Boards));
+                return;
+            }
+            2 => {
+                self.log(|| format!("b{b}/t{t} user presses retry now"));
+                self.input(b, t, Input::RetryNow);
+                return;
+            }
+            _ => {}
+        }
         let Some(view) = self.browsers[b].tabs[t].engine.board(self.board) else { return };
         if view.columns.is_empty() {
             return;

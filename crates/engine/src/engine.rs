@@ -140,6 +140,8 @@ pub struct Engine {
     batch: Option<RequestId>,
     outbox_failures: u32,
     outbox_retry_at: Millis,
+    /// Queries changed by deltas and not yet saved to the persistent cache, with when they first changed.
+    cache_dirty: BTreeMap<QueryKey, Millis>,
     /// The server was answering at the last reconcile (live feed, or long-polls getting through).
     reachable: bool,
     requests: BTreeMap<RequestId, InFlight>,
@@ -187,6 +189,7 @@ impl Engine {
             outbox_failures: 0,
             outbox_retry_at: 0,
             reachable: false,
+            cache_dirty: BTreeMap::new(),
             requests: BTreeMap::new(),
             next_request: 1,
             next_nonce: 1,
@@ -464,6 +467,9 @@ impl Engine {
         }
         if let Mode::Fallback { next_probe } = self.mode {
             at(next_probe);
+        }
+        for since in self.cache_dirty.values() {
+            at(since + CACHE_SAVE_DELAY_MS);
         }
         if self.is_leader() {
             for s in self.streams.values() {
@@ -896,12 +902,9 @@ impl Engine {
             if changed {
                 touched = true;
                 self.notified.insert(*key);
-                if is_leader {
-                    if let Some(data) = &q.data {
-                        if matches!(key, QueryKey::Board(_) | QueryKey::Boards) {
-                            self.out.push_back(Output::Persist(PersistOp::CachePut { key: *key, data: data.clone() }));
-                        }
-                    }
+                if is_leader && matches!(key, QueryKey::Board(_) | QueryKey::Boards) {
+                    // Saved for the next page load at most once a second per query, not once per change.
+                    self.cache_dirty.entry(*key).or_insert(self.now);
                 }
             }
             q.current_at = Some(self.now);
@@ -1416,6 +1419,7 @@ impl Engine {
             self.fetches();
             self.retry_outbox_when_reachable();
             self.flush_outbox();
+            self.save_cache();
         } else {
             self.follower_requests();
             self.seek_leadership();
@@ -1745,6 +1749,19 @@ impl Engine {
         }
     }
 
+    /// Persists the queries changed by deltas once they have been dirty for `CACHE_SAVE_DELAY_MS` (a burst of
+    /// changes to a big board is one IndexedDB write, not hundreds of serialisations of the whole board).
+    fn save_cache(&mut self) {
+        let due: Vec<QueryKey> =
+            self.cache_dirty.iter().filter(|(_, since)| self.now >= **since + CACHE_SAVE_DELAY_MS).map(|(k, _)| *k).collect();
+        for key in due {
+            self.cache_dirty.remove(&key);
+            if let Some(data) = self.queries.get(&key).and_then(|q| q.data.clone()) {
+                self.out.push_back(Output::Persist(PersistOp::CachePut { key, data }));
+            }
+        }
+    }
+
     /// The server answers again (the feed is live, or a long-poll came back): what waits in the outbox goes now,
     /// not at the end of a backoff that was computed while nothing got through.
     fn retry_outbox_when_reachable(&mut self) {
@@ -1954,6 +1971,8 @@ impl Engine {
 const SETTLED_REMEMBERED: usize = 1024;
 /// A socket that has not opened after this long is given up on (counts as a failure).
 const OPEN_TIMEOUT_MS: Millis = 10_000;
+/// Queries changed by deltas are saved to the persistent cache this long after their first unsaved change.
+const CACHE_SAVE_DELAY_MS: Millis = 1_000;
 /// How long a visible follower waits before taking leadership from a hidden leader.
 const LEADER_HANDOVER_DELAY_MS: Millis = 500;
 

@@ -759,3 +759,22 @@ fn queued_writes_go_as_soon_as_the_feed_is_live_again_not_at_the_end_of_their_ba
     }
     panic!("no socket attempt after 8 failed batches within 50 min");
 }
+
+#[test]
+fn a_burst_of_changes_is_saved_to_the_persistent_cache_once() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let cache_puts = |out: &[Output]| out.iter().filter(|o| matches!(o, Output::Persist(PersistOp::CachePut { .. }))).count();
+    let mut during = 0;
+    for i in 0..50u64 {
+        let out = d.server(changes(4 + i, vec![ChangeOp::CardUpserted { card: card(2, 10, &format!("t{i}"), 2 + i) }]));
+        during += cache_puts(&out);
+        d.now += 10;
+    }
+    assert_eq!(during, 0, "not once per change");
+    let out = d.advance(1_000);
+    assert_eq!(cache_puts(&out), 1, "{out:?}");
+    let saved = out.iter().find_map(|o| if let Output::Persist(PersistOp::CachePut { data: QueryData::Board(b), .. }) = o { Some(b.clone()) } else { None }).unwrap();
+    assert_eq!(saved.cursor, 53, "the latest data is what is saved");
+    assert_eq!(cache_puts(&d.advance(5_000)), 0, "nothing more until the next change");
+}

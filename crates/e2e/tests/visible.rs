@@ -399,6 +399,21 @@ async fn preferences_set_with_the_keyboard_in_one_tab_take_effect_in_the_leader_
     tokio::time::sleep(Duration::from_secs(5)).await;
     let slow = requests_from(&h, &leader, &path) - start;
     assert!(slow <= 1, "at most one poll in 5 s at a 10 s interval, saw {slow}");
+
+    // The other settings travel the same way: background behaviour and interval, data saver, retry cap.
+    b.exec("(s => { s.value = 'slower'; s.dispatchEvent(new Event('change')); })(document.querySelector('#pref-background'))").await.unwrap();
+    retype(&b, "#pref-background-interval", "90").await;
+    b.focus("#pref-data-saver").await.unwrap();
+    b.press(" ").await.unwrap();
+    retype(&b, "#pref-max-retry", "20").await;
+    b.click("#preferences-save").await.unwrap();
+    a.wait_for("(p => p.background === 'slower' && p.background_interval_ms === 90000 && p.data_saver && p.max_retry_delay_ms === 20000)(JSON.parse(window.__syncline()).preferences)", WAIT)
+        .await
+        .unwrap();
+    a.wait_for("document.querySelector('#pref-background')?.value === 'slower' && document.querySelector('#pref-data-saver').checked", WAIT).await.unwrap();
+    // Saved for the next visit too.
+    b.reload().await.unwrap();
+    b.wait_for("(p => p.background === 'slower' && p.data_saver && !p.realtime)(JSON.parse(window.__syncline()).preferences)", WAIT).await.unwrap();
     browser.close().await;
     h.stop().await;
 }
@@ -427,6 +442,17 @@ async fn hovering_or_focusing_a_board_link_prefetches_it_and_the_board_then_open
     tab.wait_for(&shows(first.card, "Write the release notes"), Duration::from_millis(500)).await.unwrap();
     tab.wait_for(&badge("live"), WAIT).await.unwrap();
     assert_eq!(fetches(first.id), 1, "opened from the prefetched copy, no second request");
+
+    // With data saver on, hovering fetches nothing.
+    let third = seed(&h, "Data saver").await;
+    go(&tab, &h.url("/")).await;
+    tab.wait_for("document.querySelectorAll('.board-link').length === 3", WAIT).await.unwrap();
+    tab.exec("localStorage.setItem('syncline.preferences', JSON.stringify({ data_saver: true }))").await.unwrap();
+    tab.reload().await.unwrap();
+    tab.wait_for("document.querySelectorAll('.board-link').length === 3 && JSON.parse(window.__syncline()).preferences.data_saver", WAIT).await.unwrap();
+    tab.hover(&link(third.id)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fetches(third.id), 0, "no prefetch with data saver");
     browser.close().await;
     h.stop().await;
 }

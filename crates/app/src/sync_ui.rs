@@ -206,6 +206,24 @@ pub fn freshness_line(key: QueryKey, version: RwSignal<u64>) -> impl IntoView {
     }
 }
 
+/// A panel under the top bar, shown while `open`; Escape or × closes it.
+#[component]
+fn Panel(id: &'static str, title: &'static str, open: RwSignal<bool>, children: ChildrenFn) -> impl IntoView {
+    let title_id = format!("{id}-title");
+    view! {
+        <Show when=move || open.get()>
+            <section id=id class="panel" role="dialog" aria-labelledby=title_id.clone()
+                on:keydown=move |ev: leptos::ev::KeyboardEvent| if ev.key() == "Escape" { open.set(false) }>
+                <header class="panel-header">
+                    <h2 id=title_id.clone()>{title}</h2>
+                    <button class="icon" aria-label=format!("Close {}", title.to_lowercase()) on:click=move |_| open.set(false)>"×"</button>
+                </header>
+                {children()}
+            </section>
+        </Show>
+    }
+}
+
 // ---- preferences -------------------------------------------------------------------------------------------
 
 fn secs(ms: u64) -> String {
@@ -281,13 +299,7 @@ pub fn PreferencesPanel(open: RwSignal<bool>) -> impl IntoView {
         }
     };
     view! {
-        <Show when=move || open.get()>
-            <section id="preferences-panel" class="panel" role="dialog" aria-labelledby="preferences-title"
-                on:keydown=move |ev: leptos::ev::KeyboardEvent| if ev.key() == "Escape" { open.set(false) }>
-                <header class="panel-header">
-                    <h2 id="preferences-title">"Sync preferences"</h2>
-                    <button class="icon" aria-label="Close preferences" on:click=move |_| open.set(false)>"×"</button>
-                </header>
+        <Panel id="preferences-panel" title="Sync preferences" open=open>
                 <form class="prefs" on:submit=save novalidate>
                     <label class="check">
                         <input id="pref-realtime" type="checkbox" prop:checked=move || realtime.get()
@@ -319,8 +331,7 @@ pub fn PreferencesPanel(open: RwSignal<bool>) -> impl IntoView {
                         </span>
                     </div>
                 </form>
-            </section>
-        </Show>
+        </Panel>
     }
 }
 
@@ -387,13 +398,7 @@ pub fn MetricsPanel(open: RwSignal<bool>) -> impl IntoView {
         view! { <div class="metric"><dt>{label}</dt><dd id=id>{move || value()}</dd></div> }
     };
     view! {
-        <Show when=move || open.get()>
-            <section id="metrics-panel" class="panel" role="dialog" aria-labelledby="metrics-title"
-                on:keydown=move |ev: leptos::ev::KeyboardEvent| if ev.key() == "Escape" { open.set(false) }>
-                <header class="panel-header">
-                    <h2 id="metrics-title">"Sync metrics"</h2>
-                    <button class="icon" aria-label="Close metrics" on:click=move |_| open.set(false)>"×"</button>
-                </header>
+        <Panel id="metrics-panel" title="Sync metrics" open=open>
                 <p class="pref-hint">{move || if snapshot().3 {
                     "This tab holds the connection for every tab of this browser."
                 } else {
@@ -450,7 +455,6 @@ pub fn MetricsPanel(open: RwSignal<bool>) -> impl IntoView {
                         }
                     }}
                 </figure>
-            </section>
-        </Show>
+        </Panel>
     }
 }

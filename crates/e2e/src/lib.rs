@@ -103,6 +103,16 @@ impl Harness {
         self.stats().recent_requests().into_iter().filter(|r| r.path.starts_with(prefix)).collect()
     }
 
+    /// Requests the server saw from one tab whose path starts with `prefix` (its runtime sends
+    /// `x-syncline-client` on HTTP requests and `?client=` on its WebSocket).
+    pub fn requests_from(&self, client: &str, prefix: &str) -> usize {
+        let socket_query = format!("client={client}");
+        self.requests(prefix)
+            .iter()
+            .filter(|r| r.client.as_deref() == Some(client) || r.query.as_deref().is_some_and(|q| q.contains(&socket_query)))
+            .count()
+    }
+
     /// WebSockets open on the server right now.
     pub fn open_websockets(&self) -> i64 {
         self.server().metrics().websockets_open.get()
@@ -431,5 +441,15 @@ impl Tab {
     pub async fn close(self) -> Result<()> {
         self.page.close().await?;
         Ok(())
+    }
+}
+
+/// Waits for a server-side condition (the server has no event to await from here), polling every 20 ms;
+/// panics with `what` after `timeout`.
+pub async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use syncline_e2e::{Harness, Tab, TestBrowser};
+use syncline_e2e::{Harness, Tab, TestBrowser, eventually};
 use syncline_protocol::{CreateBoard, CreateCard, CreateColumn, UpdateCard, WriteOp};
 use uuid::Uuid;
 
@@ -69,24 +69,6 @@ fn shows(card: Uuid, title: &str) -> String {
     format!("document.querySelector('[data-card-id=\"{card}\"] .card-title')?.textContent === {}", serde_json::to_string(title).unwrap())
 }
 
-/// Requests (HTTP, and WebSocket upgrades) the server saw from one tab.
-fn requests_from(h: &Harness, client: &str) -> usize {
-    h.stats()
-        .recent_requests()
-        .iter()
-        .filter(|r| r.client.as_deref() == Some(client) || r.query.as_deref().is_some_and(|q| q.contains(&format!("client={client}"))))
-        .count()
-}
-
-/// Waits for a server-side condition (the server has no event to await from here).
-async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn four_tabs_share_one_websocket_and_one_fetch_per_query() {
     let (h, board, browser, url) = setup().await;
@@ -134,7 +116,7 @@ async fn hidden_followers_make_no_requests_while_changes_stream_in() {
         followers.push(tab);
     }
     let ids: Vec<String> = futures::future::join_all(followers.iter().map(client_id)).await;
-    let before: Vec<usize> = ids.iter().map(|c| requests_from(&h, c)).collect();
+    let before: Vec<usize> = ids.iter().map(|c| h.requests_from(c, "/")).collect();
     // 30 s at one change per second.
     for i in 0..30 {
         rename(&h, board.card, &format!("change {i}")).await;
@@ -142,7 +124,7 @@ async fn hidden_followers_make_no_requests_while_changes_stream_in() {
     }
     leader.wait_for(&shows(board.card, "change 29"), WAIT).await.unwrap();
     for (client, before) in ids.iter().zip(before) {
-        assert_eq!(requests_from(&h, client) - before, 0, "hidden follower {client} made requests");
+        assert_eq!(h.requests_from(client, "/") - before, 0, "hidden follower {client} made requests");
     }
     assert_eq!(h.open_websockets(), 1, "the browser holds exactly one socket");
     // The hidden followers still kept up, through the leader.
@@ -394,12 +376,12 @@ async fn a_single_hidden_tab_lets_go_of_the_network_and_catches_up_when_shown() 
     tab.hide().await.unwrap();
     // After the grace period (30 s) the socket closes; then nothing, however much changes.
     eventually("the hidden tab to close its socket", Duration::from_secs(40), || h.open_websockets() == 0).await;
-    let before = requests_from(&h, &client);
+    let before = h.requests_from(&client, "/");
     for i in 0..5 {
         rename(&h, board.card, &format!("while hidden {i}")).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    assert_eq!(requests_from(&h, &client), before, "a paused tab makes no requests");
+    assert_eq!(h.requests_from(&client, "/"), before, "a paused tab makes no requests");
     tab.show().await.unwrap();
     tab.wait_for(&live(true), WAIT).await.unwrap();
     tab.wait_for(&shows(board.card, "while hidden 4"), WAIT).await.unwrap();

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use syncline_e2e::{Harness, Tab, TestBrowser, repo_root};
+use syncline_e2e::{Harness, Tab, TestBrowser, eventually, repo_root};
 use syncline_protocol::{CreateBoard, CreateCard, CreateColumn, UpdateCard, WriteOp};
 use uuid::Uuid;
 
@@ -84,24 +84,6 @@ fn docs(name: &str) -> std::path::PathBuf {
 async fn rename(h: &Harness, card: Uuid, title: &str) {
     let body = UpdateCard { title: Some(title.into()), ..Default::default() };
     h.write(WriteOp::UpdateCard { id: card, body }).await.unwrap();
-}
-
-/// Requests the server saw from one tab (its runtime sends `x-syncline-client`; its socket `?client=`).
-fn requests_from(h: &Harness, client: &str, prefix: &str) -> usize {
-    h.stats()
-        .recent_requests()
-        .iter()
-        .filter(|r| r.path.starts_with(prefix))
-        .filter(|r| r.client.as_deref() == Some(client) || r.query.as_deref().is_some_and(|q| q.contains(&format!("client={client}"))))
-        .count()
-}
-
-async fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Seconds in "… in 12 s …".
@@ -357,7 +339,7 @@ async fn preferences_set_with_the_keyboard_in_one_tab_take_effect_in_the_leader_
     b.wait_for(&shows(board.card, "Write the release notes"), WAIT).await.unwrap();
     let leader = state(&a).await["tab"].as_str().unwrap().to_owned();
     assert_eq!(h.open_websockets(), 1);
-    assert_eq!(requests_from(&h, &state(&b).await["tab"].as_str().unwrap().to_owned(), "/api/"), 0, "the follower asks nothing");
+    assert_eq!(h.requests_from(&state(&b).await["tab"].as_str().unwrap().to_owned(), "/api/"), 0, "the follower asks nothing");
 
     // In tab B, keyboard only: open the panel, realtime off, foreground interval 1 s, save.
     b.focus("#open-preferences").await.unwrap();
@@ -381,9 +363,9 @@ async fn preferences_set_with_the_keyboard_in_one_tab_take_effect_in_the_leader_
     eventually("the leader's socket closed", WAIT, || h.open_websockets() == 0).await;
     a.wait_for("document.querySelector('#connection')?.textContent.includes('realtime is off')", WAIT).await.unwrap();
     let path = format!("/api/boards/{}", board.id);
-    let start = requests_from(&h, &leader, &path);
+    let start = h.requests_from(&leader, &path);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let fast = requests_from(&h, &leader, &path) - start;
+    let fast = h.requests_from(&leader, &path) - start;
     assert!((3..=7).contains(&fast), "about one poll a second from the leader, saw {fast} in 5 s");
     // A's own panel shows what B set.
     a.click("#open-preferences").await.unwrap();
@@ -395,9 +377,9 @@ async fn preferences_set_with_the_keyboard_in_one_tab_take_effect_in_the_leader_
     a.click("#preferences-save").await.unwrap();
     b.wait_for("document.querySelector('#pref-foreground')?.value === '10'", WAIT).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let start = requests_from(&h, &leader, &path);
+    let start = h.requests_from(&leader, &path);
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let slow = requests_from(&h, &leader, &path) - start;
+    let slow = h.requests_from(&leader, &path) - start;
     assert!(slow <= 1, "at most one poll in 5 s at a 10 s interval, saw {slow}");
 
     // The other settings travel the same way: background behaviour and interval, data saver, retry cap.

@@ -339,7 +339,7 @@ async fn preferences_set_with_the_keyboard_in_one_tab_take_effect_in_the_leader_
     b.wait_for(&shows(board.card, "Write the release notes"), WAIT).await.unwrap();
     let leader = state(&a).await["tab"].as_str().unwrap().to_owned();
     assert_eq!(h.open_websockets(), 1);
-    assert_eq!(h.requests_from(&state(&b).await["tab"].as_str().unwrap().to_owned(), "/api/"), 0, "the follower asks nothing");
+    assert_eq!(h.requests_from(state(&b).await["tab"].as_str().unwrap(), "/api/"), 0, "the follower asks nothing");
 
     // In tab B, keyboard only: open the panel, realtime off, foreground interval 1 s, save.
     b.focus("#open-preferences").await.unwrap();

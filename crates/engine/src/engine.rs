@@ -574,11 +574,10 @@ impl Engine {
                 self.outbox_retry_at = self.now;
                 // Followers re-announce what they need when they see the new leader's presence.
                 for key in self.wanted_keys() {
-                    if let Some(q) = self.queries.get_mut(&key) {
-                        if !q.data.is_some() {
+                    if let Some(q) = self.queries.get_mut(&key)
+                        && q.data.is_none() {
                             q.invalidated = true;
                         }
-                    }
                 }
             }
             Role::Follower => {
@@ -650,14 +649,13 @@ impl Engine {
     /// A prefetched query got its data: it is no longer held (it stays cached for `gc_time`).
     fn prefetch_done(&mut self, key: QueryKey) {
         let leader = self.is_leader();
-        if let Some(q) = self.queries.get_mut(&key) {
-            if q.prefetch {
+        if let Some(q) = self.queries.get_mut(&key)
+            && q.prefetch {
                 q.prefetch = false;
                 if !leader && q.subscribers == 0 {
                     self.send_interest();
                 }
             }
-        }
     }
 
     fn unsubscribe(&mut self, key: QueryKey) {
@@ -923,13 +921,12 @@ impl Engine {
     }
 
     fn invalidate(&mut self, key: QueryKey) {
-        if let Some(q) = self.queries.get_mut(&key) {
-            if !q.invalidated {
+        if let Some(q) = self.queries.get_mut(&key)
+            && !q.invalidated {
                 q.invalidated = true;
                 self.metrics.invalidations += 1;
                 self.notified.insert(key);
             }
-        }
         // Transitively: whatever depends on this key.
         let dependents: Vec<QueryKey> =
             self.queries.keys().copied().filter(|k| k.depends_on() == Some(key)).collect();
@@ -954,24 +951,22 @@ impl Engine {
         }
         let log_id = self.log_id.unwrap_or_default();
         let key = QueryKey::Board(board.id);
-        if let Some(q) = self.queries.get_mut(&key) {
-            if q.data.is_none() {
+        if let Some(q) = self.queries.get_mut(&key)
+            && q.data.is_none() {
                 q.data = Some(QueryData::Board(BoardSnapshot { board, columns: Vec::new(), cards: Vec::new(), log_id, cursor: 0 }));
                 q.invalidated = false;
                 q.current_at = Some(self.now);
                 self.notified.insert(key);
             }
-        }
     }
 
     fn apply_entity_everywhere(&mut self, entity: &Value) {
         let keys: Vec<QueryKey> = self.queries.keys().copied().collect();
         for key in keys {
-            if let Some(data) = self.queries.get_mut(&key).and_then(|q| q.data.as_mut()) {
-                if apply::apply_entity(data, entity) == Applied::Changed {
+            if let Some(data) = self.queries.get_mut(&key).and_then(|q| q.data.as_mut())
+                && apply::apply_entity(data, entity) == Applied::Changed {
                     self.notified.insert(key);
                 }
-            }
         }
     }
 
@@ -1049,11 +1044,10 @@ impl Engine {
                 // than what the feed already brought, it is stale on arrival and goes again.
                 if !key.takes_deltas() {
                     let followed = self.queries.values().filter_map(|q| q.data.as_ref()).filter(|d| matches!(d, QueryData::Board(b) if QueryKey::Board(b.board.id).stream() == key.stream())).filter_map(QueryData::cursor).max();
-                    if let (Some(have), Some(got)) = (followed, snapshot_cursor) {
-                        if got < have {
+                    if let (Some(have), Some(got)) = (followed, snapshot_cursor)
+                        && got < have {
                             self.queries.get_mut(&key).expect("present").invalidated = true;
                         }
-                    }
                 }
                 let q = self.queries.get_mut(&key).expect("present");
                 if q.data.as_ref() != Some(&data) {
@@ -1067,13 +1061,11 @@ impl Engine {
                 self.out.push_back(Output::Broadcast(TabMessage::Data { key, data, fetched_at: self.now }));
                 // If the socket already delivered past this snapshot, ask it to replay from the snapshot.
                 let stream = key.stream();
-                if key.takes_deltas() {
-                    if let (Some(s), Some(c)) = (self.streams.get_mut(&stream), snapshot_cursor) {
-                        if s.delivered.is_some_and(|d| d > c) {
+                if key.takes_deltas()
+                    && let (Some(s), Some(c)) = (self.streams.get_mut(&stream), snapshot_cursor)
+                        && s.delivered.is_some_and(|d| d > c) {
                             s.sub = Sub::None;
                         }
-                    }
-                }
             }
             Err(message) => {
                 q.failures += 1;
@@ -1345,15 +1337,14 @@ impl Engine {
                 if self.settled.contains(&write.write_id) {
                     return;
                 }
-                if let Some(current) = &write.conflict {
-                    if self.outbox.get(&write.write_id).is_none_or(|w| w.conflict.is_none()) {
+                if let Some(current) = &write.conflict
+                    && self.outbox.get(&write.write_id).is_none_or(|w| w.conflict.is_none()) {
                         self.out.push_back(Output::Notify(Notification::Conflict {
                             write_id: write.write_id,
                             current: current.clone(),
                             needs_decision: true,
                         }));
                     }
-                }
                 self.notify_stream_of(&write.op);
                 self.outbox.insert(write.write_id, write);
                 self.out.push_back(Output::Notify(Notification::Outbox { pending: self.outbox.len() }));
@@ -1503,11 +1494,10 @@ impl Engine {
             };
             let entry = out.entry(key.stream()).or_insert(None);
             // Prefer the cursor of the query that takes deltas (the board itself).
-            if key.takes_deltas() || entry.is_none() {
-                if let Some(c) = cursor {
+            if (key.takes_deltas() || entry.is_none())
+                && let Some(c) = cursor {
                     *entry = Some(c);
                 }
-            }
         }
         out
     }
@@ -1694,11 +1684,10 @@ impl Engine {
                 continue;
             }
             // A board created here is fetched once the server has it (the write settles first).
-            if let QueryKey::Board(b) | QueryKey::BoardSummary(b) = key {
-                if self.pending_create(b).is_some() {
+            if let QueryKey::Board(b) | QueryKey::BoardSummary(b) = key
+                && self.pending_create(b).is_some() {
                     continue;
                 }
-            }
             let missing = q.data.is_none();
             let critical = q.critical || self.peers.values().any(|p| p.critical.contains(&key));
             let ctx = self.poll_context(critical);
@@ -1840,11 +1829,10 @@ impl Engine {
 
     fn cancel(&mut self, id: RequestId) {
         if let Some(req) = self.requests.remove(&id) {
-            if let Purpose::LongPoll(stream) = req.purpose {
-                if let Some(s) = self.streams.get_mut(&stream) {
+            if let Purpose::LongPoll(stream) = req.purpose
+                && let Some(s) = self.streams.get_mut(&stream) {
                     s.longpoll = None;
                 }
-            }
             self.out.push_back(Output::CancelHttp { id });
         }
     }

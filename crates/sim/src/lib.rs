@@ -364,7 +364,7 @@ impl World {
         self.input(b, t, Input::Restored { outbox, cache });
         self.input(b, t, Input::Subscribe(QueryKey::Board(self.board)));
         self.input(b, t, Input::Subscribe(QueryKey::BoardSummary(self.board)));
-        if b % 2 == 0 {
+        if b.is_multiple_of(2) {
             self.input(b, t, Input::Critical { key: QueryKey::Board(self.board), critical: true });
         }
         if self.browsers[b].leader.is_none() {
@@ -476,11 +476,10 @@ impl World {
             let cfg = EngineConfig::default();
             let grace = cfg.hidden_grace_ms + cfg.peer_timeout_ms;
             let visible_now = browser.tabs.iter().any(|t| t.alive && t.visible);
-            if let Some(since) = browser.hidden_since.filter(|&s| !visible_now && self.now > s + grace + 1_000) {
-                if browser.prefs.background == BackgroundMode::Pause {
+            if let Some(since) = browser.hidden_since.filter(|&s| !visible_now && self.now > s + grace + 1_000)
+                && browser.prefs.background == BackgroundMode::Pause {
                     self.fail(Invariant::HiddenTraffic, format!("b{b}/t{t}: no tab visible since {since} ms, yet {out:?}"));
                 }
-            }
         }
         match out {
             Output::OpenSocket | Output::Http { .. } if role == Role::Follower => {

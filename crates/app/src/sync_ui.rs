@@ -7,6 +7,8 @@ use std::time::Duration;
 use leptos::prelude::*;
 use syncline_engine::{BackgroundMode, ConnectionStatus, Freshness, Notification, Preferences, QueryKey, HISTORY_SPAN_MS};
 
+use wasm_bindgen::JsCast;
+
 use crate::rt;
 
 /// Signals every sync widget of the page shares.
@@ -206,10 +208,31 @@ pub fn freshness_line(key: QueryKey, version: RwSignal<u64>) -> impl IntoView {
     }
 }
 
-/// A panel under the top bar, shown while `open`; Escape or × closes it.
+/// After the next render, focuses the first element matching the first of `selectors` that matches any.
+fn focus_later(selectors: Vec<String>) {
+    request_animation_frame(move || {
+        let found = selectors.iter().find_map(|s| document().query_selector(s).ok().flatten());
+        if let Some(el) = found.and_then(|el| el.dyn_into::<web_sys::HtmlElement>().ok()) {
+            let _ = el.focus();
+        }
+    });
+}
+
+/// A panel under the top bar, shown while `open`; Escape or × closes it. Opening moves keyboard focus into it;
+/// closing gives it back to `opener` (the button that opened it).
 #[component]
-fn Panel(id: &'static str, title: &'static str, open: RwSignal<bool>, children: ChildrenFn) -> impl IntoView {
+fn Panel(id: &'static str, title: &'static str, opener: &'static str, open: RwSignal<bool>, children: ChildrenFn) -> impl IntoView {
     let title_id = format!("{id}-title");
+    Effect::new(move |was_open: Option<bool>| {
+        let is_open = open.get();
+        if is_open {
+            // Its first field, or (a panel without fields) its close button.
+            focus_later(vec![format!("#{id} input, #{id} select"), format!("#{id} .panel-header button")]);
+        } else if was_open == Some(true) {
+            focus_later(vec![format!("#{opener}")]);
+        }
+        is_open
+    });
     view! {
         <Show when=move || open.get()>
             <section id=id class="panel" role="dialog" aria-labelledby=title_id.clone()
@@ -299,7 +322,7 @@ pub fn PreferencesPanel(open: RwSignal<bool>) -> impl IntoView {
         }
     };
     view! {
-        <Panel id="preferences-panel" title="Sync preferences" open=open>
+        <Panel id="preferences-panel" title="Sync preferences" opener="open-preferences" open=open>
                 <form class="prefs" on:submit=save novalidate>
                     <label class="check">
                         <input id="pref-realtime" type="checkbox" prop:checked=move || realtime.get()
@@ -398,7 +421,7 @@ pub fn MetricsPanel(open: RwSignal<bool>) -> impl IntoView {
         view! { <div class="metric"><dt>{label}</dt><dd id=id>{move || value()}</dd></div> }
     };
     view! {
-        <Panel id="metrics-panel" title="Sync metrics" open=open>
+        <Panel id="metrics-panel" title="Sync metrics" opener="open-metrics" open=open>
                 <p class="pref-hint">{move || if snapshot().3 {
                     "This tab holds the connection for every tab of this browser."
                 } else {

@@ -131,9 +131,11 @@ async fn live_badge_fresh_board_and_a_metrics_panel_that_counts_what_happened() 
     assert!(peak.starts_with("peak ") && peak.ends_with("/min · last 10 min"), "{peak}");
     tab.screenshot(&docs("metrics-panel.png")).await.unwrap();
     // Escape closes it (keyboard users are not trapped).
-    tab.focus("#metrics-panel button").await.unwrap();
+    tab.wait_for("document.activeElement?.closest('#metrics-panel')", WAIT).await.unwrap();
     tab.press("Escape").await.unwrap();
     tab.wait_for("!document.querySelector('#metrics-panel')", WAIT).await.unwrap();
+    // Focus goes back to the button that opened it.
+    tab.wait_for("document.activeElement?.id === 'open-metrics'", WAIT).await.unwrap();
     browser.close().await;
     h.stop().await;
 }
@@ -345,7 +347,8 @@ async fn preferences_set_with_the_keyboard_in_one_tab_take_effect_in_the_leader_
     b.focus("#open-preferences").await.unwrap();
     b.press("Enter").await.unwrap();
     b.wait_for_selector("#preferences-panel", WAIT).await.unwrap();
-    b.focus("#pref-realtime").await.unwrap();
+    // Focus moves into the panel, onto its first field.
+    b.wait_for("document.activeElement?.id === 'pref-realtime'", WAIT).await.unwrap();
     b.press(" ").await.unwrap();
     retype(&b, "#pref-foreground", "0").await;
     b.focus("#preferences-save").await.unwrap();

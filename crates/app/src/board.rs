@@ -236,6 +236,9 @@ fn board_body(ctx: Ctx, snapshot: Snapshot) -> impl IntoView {
     }
 }
 
+/// Cards a column mounts per animation frame while it fills (see `column_view`).
+const CARDS_PER_FRAME: usize = 10;
+
 fn column_view(ctx: Ctx, snapshot: Snapshot, column: Column) -> impl IntoView {
     let column_id = column.id;
     let column_title = move || {
@@ -246,6 +249,15 @@ fn column_view(ctx: Ctx, snapshot: Snapshot, column: Column) -> impl IntoView {
         snapshot.with(|s| s.as_ref().map(|s| s.cards_in(column_id).map(|c| c.id).collect::<Vec<CardId>>()).unwrap_or_default())
     });
     let count = move || card_ids.with(Vec::len);
+    // A long column mounts its cards a few dozen per frame (the first ones at once): opening a big board never
+    // holds the page up for long. Hidden pages get no frames and mount the rest when shown.
+    let shown = RwSignal::new(CARDS_PER_FRAME);
+    Effect::new(move |_| {
+        if shown.get() < card_ids.with(Vec::len) {
+            request_animation_frame(move || shown.update(|n| *n += CARDS_PER_FRAME));
+        }
+    });
+    let shown_ids = move || card_ids.with(|ids| ids.iter().take(shown.get()).copied().collect::<Vec<CardId>>());
     let rename = move |ev: leptos::ev::Event| {
         let title = event_target_value(&ev);
         ctx.write(WriteOp::RenameColumn { id: column_id, body: Rename { title, base_version: None } });
@@ -282,7 +294,7 @@ fn column_view(ctx: Ctx, snapshot: Snapshot, column: Column) -> impl IntoView {
                 <button class="icon danger" aria-label="Delete column" title="Delete column" on:click=delete>"×"</button>
             </header>
             <ol class="cards" on:dragover=|ev: leptos::ev::DragEvent| ev.prevent_default() on:drop=drop_at_end>
-                <For each=move || card_ids.get() key=|id: &CardId| *id let:card_id>
+                <For each=shown_ids key=|id: &CardId| *id let:card_id>
                     {card_view(ctx, column_id, card_id)}
                 </For>
             </ol>

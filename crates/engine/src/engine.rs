@@ -1053,12 +1053,16 @@ impl Engine {
                 if q.data.as_ref() != Some(&data) {
                     q.data = Some(data.clone());
                     if matches!(key, QueryKey::Board(_) | QueryKey::Boards) {
-                        self.out.push_back(Output::Persist(PersistOp::CachePut { key, data: data.clone() }));
+                        // Saved a moment later, off the path from answer to screen.
+                        self.cache_dirty.entry(key).or_insert(self.now);
                     }
                 } else {
                     self.notified.remove(&key); // an unchanged result does not notify
                 }
-                self.out.push_back(Output::Broadcast(TabMessage::Data { key, data, fetched_at: self.now }));
+                // Tabs that appear later ask with `Interest` and get it then.
+                if !self.peers.is_empty() {
+                    self.out.push_back(Output::Broadcast(TabMessage::Data { key, data, fetched_at: self.now }));
+                }
                 // If the socket already delivered past this snapshot, ask it to replay from the snapshot.
                 let stream = key.stream();
                 if key.takes_deltas()
@@ -1959,7 +1963,8 @@ impl Engine {
 const SETTLED_REMEMBERED: usize = 1024;
 /// A socket that has not opened after this long is given up on (counts as a failure).
 const OPEN_TIMEOUT_MS: Millis = 10_000;
-/// Queries changed by deltas are saved to the persistent cache this long after their first unsaved change.
+/// Queries changed by a fetch or by deltas are saved to the persistent cache this long after their first unsaved
+/// change.
 const CACHE_SAVE_DELAY_MS: Millis = 1_000;
 /// How long a visible follower waits before taking leadership from a hidden leader.
 const LEADER_HANDOVER_DELAY_MS: Millis = 500;

@@ -373,6 +373,7 @@ async fn preferences_set_with_the_keyboard_in_one_tab_take_effect_in_the_leader_
     // A's own panel shows what B set.
     a.click("#open-preferences").await.unwrap();
     a.wait_for_selector("#preferences-panel", WAIT).await.unwrap();
+    a.wait_for("document.activeElement?.id === 'pref-realtime'", WAIT).await.unwrap();
     assert!(!a.eval::<bool>("document.querySelector('#pref-realtime').checked").await.unwrap());
     assert_eq!(a.eval::<String>("document.querySelector('#pref-foreground').value").await.unwrap(), "1");
     // And back from A: 10 s; the server sees the leader slow down.

@@ -148,7 +148,7 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
             })}
             {crate::sync_ui::freshness_line(QueryKey::Board(id), ctx.version)}
             <details id="board-summary" class="board-summary" on:toggle=toggle_summary>
-                <summary>"Summary"</summary>
+                <summary>"Summary" {crate::sync_ui::freshness_mark(QueryKey::BoardSummary(id), ctx.version)}</summary>
                 {move || {
                     ctx.version.get();
                     match rt().summary(id) {

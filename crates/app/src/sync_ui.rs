@@ -176,13 +176,7 @@ pub fn freshness_line(key: QueryKey, version: RwSignal<u64>) -> impl IntoView {
             }
         }
     };
-    let state = move || match freshness() {
-        Freshness::Fresh => "fresh",
-        Freshness::Stale { .. } => "stale",
-        Freshness::Fetching => "fetching",
-        Freshness::Paused { .. } => "paused",
-        Freshness::Error { .. } => "error",
-    };
+    let state = move || freshness_state(&freshness());
     let pending = move || {
         version.get();
         s.status.get();
@@ -244,6 +238,38 @@ fn Panel(id: &'static str, title: &'static str, opener: &'static str, open: RwSi
                 {children()}
             </section>
         </Show>
+    }
+}
+
+/// A short freshness mark for a secondary view (the board summary): nothing when fresh.
+pub fn freshness_mark(key: QueryKey, version: RwSignal<u64>) -> impl IntoView {
+    let s = signals();
+    let freshness = move || {
+        version.get();
+        s.status.get();
+        s.now.get();
+        rt().freshness(key)
+    };
+    let (state, text) = (
+        move || freshness_state(&freshness()),
+        move || match freshness() {
+            Freshness::Fresh => String::new(),
+            Freshness::Stale { age_ms } if age_ms == u64::MAX => " · saved copy".into(),
+            Freshness::Stale { age_ms } | Freshness::Paused { age_ms } => format!(" · updated {}", ago(age_ms)),
+            Freshness::Fetching => " · refreshing…".into(),
+            Freshness::Error { .. } => " · could not refresh".into(),
+        },
+    );
+    view! { <span class="freshness-mark" data-freshness=state>{text}</span> }
+}
+
+fn freshness_state(f: &Freshness) -> &'static str {
+    match f {
+        Freshness::Fresh => "fresh",
+        Freshness::Stale { .. } => "stale",
+        Freshness::Fetching => "fetching",
+        Freshness::Paused { .. } => "paused",
+        Freshness::Error { .. } => "error",
     }
 }
 

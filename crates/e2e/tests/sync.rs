@@ -339,6 +339,14 @@ async fn a_change_updates_every_view_from_its_own_data_and_refetches_only_the_se
     tab.exec("document.querySelector('#board-summary').open = true").await.unwrap();
     tab.wait_for("document.querySelector('.summary-figures')?.dataset.total === '1'", WAIT).await.unwrap();
     assert_eq!(count(&h, &summary_path), 1);
+    tab.wait_for("document.querySelector('#board-summary .freshness-mark')?.dataset.freshness === 'fresh'", WAIT).await.unwrap();
+    // Its freshness mark says when it is being refreshed.
+    tab.exec(
+        "window.__summary = []; new MutationObserver(() => window.__summary.push(document.querySelector('#board-summary .freshness-mark').dataset.freshness))
+            .observe(document.querySelector('#board-summary'), { attributes: true, subtree: true, attributeFilter: ['data-freshness'] })",
+    )
+    .await
+    .unwrap();
     // ...and a card added elsewhere updates the board in place (the column, its count) and refetches the
     // summary exactly once; the board itself is not refetched.
     let body = CreateCard { id: None, title: "Second".into(), description: "with words".into() };
@@ -347,6 +355,9 @@ async fn a_change_updates_every_view_from_its_own_data_and_refetches_only_the_se
     tab.wait_for("document.querySelector('.column .count')?.textContent === '2'", WAIT).await.unwrap();
     tab.wait_for("document.querySelector('.summary-figures')?.dataset.total === '2'", WAIT).await.unwrap();
     assert_eq!(count(&h, &summary_path), 2, "the dependent query, once");
+    tab.wait_for("document.querySelector('#board-summary .freshness-mark')?.dataset.freshness === 'fresh'", WAIT).await.unwrap();
+    let marks: Vec<String> = tab.eval("window.__summary").await.unwrap();
+    assert!(marks.contains(&"fetching".to_owned()), "the summary said it was refreshing: {marks:?}");
     assert_eq!(count(&h, &board_path), 1, "the board is never refetched");
     browser.close().await;
     h.stop().await;

@@ -31,16 +31,37 @@ struct Ctx {
     editing: RwSignal<Option<CardId>>,
     /// The card being dragged.
     dragging: RwSignal<Option<CardId>>,
-    /// The board's cards by id, rebuilt once per render: each card looks itself up in O(1).
-    cards: Memo<HashMap<CardId, Card>>,
-    /// Entities with writes not yet on the server (count), and those in a conflict awaiting the user.
-    marks: Memo<Marks>,
+    /// Each card's own signals, kept in step with the board by `sync_cells`: a change to one card sets the
+    /// signals of that card only, so rendering a change costs the same on a 1,000-card board as on a small one.
+    cells: StoredValue<HashMap<CardId, CardCell>>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
-struct Marks {
-    pending: HashMap<Uuid, usize>,
-    conflicted: HashSet<Uuid>,
+/// What one card's view reads.
+#[derive(Clone)]
+struct CardCell {
+    /// Title and description.
+    text: ArcRwSignal<(String, String)>,
+    /// Writes of this card not yet on the server.
+    pending: ArcRwSignal<usize>,
+    /// A write of this card is in a conflict that waits for the user.
+    conflicted: ArcRwSignal<bool>,
+}
+
+impl CardCell {
+    fn new(card: Option<&Card>) -> CardCell {
+        CardCell {
+            text: ArcRwSignal::new(card.map(|c| (c.title.clone(), c.description.clone())).unwrap_or_default()),
+            pending: ArcRwSignal::new(0),
+            conflicted: ArcRwSignal::new(false),
+        }
+    }
+}
+
+/// Sets a signal only when the value differs (setting notifies even when equal).
+fn set_if_changed<T: PartialEq + Send + Sync + 'static>(signal: &ArcRwSignal<T>, value: T) {
+    if signal.with_untracked(|v| *v != value) {
+        signal.set(value);
+    }
 }
 
 impl Ctx {
@@ -58,6 +79,47 @@ impl Ctx {
         if refocus {
             focus_card(card);
         }
+    }
+
+    /// Brings the card cells in line with the board and the outbox: one plain pass, signals set only for the
+    /// cards that changed.
+    fn sync_cells(self, board: Option<&BoardSnapshot>) {
+        let runtime = rt();
+        let mut pending: HashMap<Uuid, usize> = HashMap::new();
+        for entity in runtime.pending_entities() {
+            *pending.entry(entity).or_default() += 1;
+        }
+        let conflicted: HashSet<Uuid> = runtime.conflicts().into_iter().map(|(_, entity, _)| entity).collect();
+        self.cells.update_value(|cells| {
+            let Some(board) = board else {
+                cells.clear();
+                return;
+            };
+            let present: HashSet<CardId> = board.cards.iter().map(|c| c.id).collect();
+            cells.retain(|id, _| present.contains(id));
+            for card in &board.cards {
+                let cell = cells.entry(card.id).or_insert_with(|| CardCell::new(Some(card)));
+                let text_changed = cell.text.with_untracked(|(t, d)| *t != card.title || *d != card.description);
+                if text_changed {
+                    cell.text.set((card.title.clone(), card.description.clone()));
+                }
+                set_if_changed(&cell.pending, pending.get(&card.id).copied().unwrap_or(0));
+                set_if_changed(&cell.conflicted, conflicted.contains(&card.id));
+            }
+        });
+    }
+
+    /// The card's cell (made on first use, from the current board).
+    fn cell(self, card: CardId) -> CardCell {
+        if let Some(cell) = self.cells.with_value(|cells| cells.get(&card).cloned()) {
+            return cell;
+        }
+        let current = self.current();
+        let cell = CardCell::new(current.as_ref().and_then(|b| b.cards.iter().find(|c| c.id == card)));
+        self.cells.update_value(|cells| {
+            cells.insert(card, cell.clone());
+        });
+        cell
     }
 }
 
@@ -87,20 +149,12 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
         picked: RwSignal::new(None),
         editing: RwSignal::new(None),
         dragging: RwSignal::new(None),
-        cards: Memo::new(move |_| {
-            board_memo.with(|b| b.as_ref().map(|b| b.cards.iter().map(|c| (c.id, c.clone())).collect()).unwrap_or_default())
-        }),
-        marks: Memo::new(move |_| {
-            version.get();
-            let runtime = rt();
-            let mut marks = Marks::default();
-            for entity in runtime.pending_entities() {
-                *marks.pending.entry(entity).or_default() += 1;
-            }
-            marks.conflicted = runtime.conflicts().into_iter().map(|(_, entity, _)| entity).collect();
-            marks
-        }),
+        cells: StoredValue::new(HashMap::new()),
     };
+    Effect::new(move |_| {
+        version.get();
+        board_memo.with(|b| ctx.sync_cells(b.as_ref()));
+    });
     let runtime = rt();
     // A burst of changes re-renders once per frame, not once per change.
     let frame = crate::FrameBatch::new();
@@ -383,13 +437,15 @@ fn card_view(ctx: Ctx, column_id: ColumnId, card_id: CardId) -> impl IntoView {
     let delete = move |_| ctx.write(WriteOp::DeleteCard { id: card_id, base_version: None });
     // The node lives as long as the card stays in this column; its content follows the data, so focus and an
     // open editor survive live changes.
-    // Memos: only the cards whose data or marks changed update their DOM.
-    let data = Memo::new(move |_| ctx.cards.with(|m| m.get(&card_id).map(|c| (c.title.clone(), c.description.clone()))));
-    let title = move || data.with(|d| d.as_ref().map(|d| d.0.clone()).unwrap_or_default());
-    let description = move || data.with(|d| d.as_ref().map(|d| d.1.clone()).unwrap_or_default());
-    let pending = Memo::new(move |_| ctx.marks.with(|m| m.pending.get(&card_id).copied().unwrap_or(0)));
+    // The card's own signals: only the cards whose data or marks changed update their DOM.
+    // (Copy handles owned by this view; the cell itself lives in `ctx.cells` while the card exists.)
+    let cell = ctx.cell(card_id);
+    let text = RwSignal::from(cell.text);
+    let pending = RwSignal::from(cell.pending);
+    let conflicted = RwSignal::from(cell.conflicted);
+    let title = move || text.with(|(t, _)| t.clone());
+    let description = move || text.with(|(_, d)| d.clone());
     let pending = move || pending.get();
-    let conflicted = Memo::new(move |_| ctx.marks.with(|m| m.conflicted.contains(&card_id)));
     let conflicted = move || conflicted.get();
     let class = move || {
         let mut class = String::from("card");

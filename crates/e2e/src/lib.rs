@@ -405,15 +405,25 @@ impl Tab {
 
     /// Emulates losing (or regaining) the network: `navigator.onLine` flips and `offline`/`online` fire;
     /// new fetches and WebSockets fail. Already-open WebSockets are not broken by this.
+    pub async fn set_offline(&self, offline: bool) -> Result<()> {
+        self.emulate_network(offline, 0.0).await
+    }
+
+    /// Emulates a slow link: every request waits `latency_ms` more (0 to stop), so short-lived states (a
+    /// refetch under way) stay on screen long enough to be seen.
+    pub async fn set_latency(&self, latency_ms: f64) -> Result<()> {
+        self.emulate_network(false, latency_ms).await
+    }
+
     // The CDP method is marked deprecated in favour of per-rule conditions, but it is the one verified to
     // fire real offline/online events in this Chromium (see shared/TOOLCHAIN.md).
     #[allow(deprecated)]
-    pub async fn set_offline(&self, offline: bool) -> Result<()> {
+    async fn emulate_network(&self, offline: bool, latency: f64) -> Result<()> {
         self.page.execute(EnableParams::default()).await?;
         self.page
             .execute(EmulateNetworkConditionsParams {
                 offline,
-                latency: 0.0,
+                latency,
                 download_throughput: -1.0,
                 upload_throughput: -1.0,
                 connection_type: None,

@@ -340,7 +340,8 @@ async fn a_change_updates_every_view_from_its_own_data_and_refetches_only_the_se
     tab.wait_for("document.querySelector('.summary-figures')?.dataset.total === '1'", WAIT).await.unwrap();
     assert_eq!(count(&h, &summary_path), 1);
     tab.wait_for("document.querySelector('#board-summary .freshness-mark')?.dataset.freshness === 'fresh'", WAIT).await.unwrap();
-    // Its freshness mark says when it is being refreshed.
+    // Its freshness mark says when it is being refreshed (a slow link keeps that on screen long enough to see).
+    tab.set_latency(300.0).await.unwrap();
     tab.exec(
         "window.__summary = []; new MutationObserver(() => window.__summary.push(document.querySelector('#board-summary .freshness-mark').dataset.freshness))
             .observe(document.querySelector('#board-summary'), { attributes: true, subtree: true, attributeFilter: ['data-freshness'] })",
@@ -358,6 +359,7 @@ async fn a_change_updates_every_view_from_its_own_data_and_refetches_only_the_se
     tab.wait_for("document.querySelector('#board-summary .freshness-mark')?.dataset.freshness === 'fresh'", WAIT).await.unwrap();
     let marks: Vec<String> = tab.eval("window.__summary").await.unwrap();
     assert!(marks.contains(&"fetching".to_owned()), "the summary said it was refreshing: {marks:?}");
+    tab.set_latency(0.0).await.unwrap();
     assert_eq!(count(&h, &board_path), 1, "the board is never refetched");
     browser.close().await;
     h.stop().await;

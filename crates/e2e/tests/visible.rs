@@ -305,10 +305,12 @@ async fn a_failed_refresh_shows_the_error_and_retry_time_then_refreshing_then_fr
     )
     .await
     .unwrap();
+    tab.set_latency(300.0).await.unwrap();
     tab.click("#sync-status .retry-fetch").await.unwrap();
     tab.wait_for(&freshness("fresh"), Duration::from_secs(3)).await.unwrap();
     let seen: Vec<String> = tab.eval("window.__seen").await.unwrap();
     assert!(seen.contains(&"fetching".to_owned()), "refreshing was shown: {seen:?}");
+    tab.set_latency(0.0).await.unwrap();
 
     // Stale: polled every 2 min, the data is older than the 30 s stale time before the next poll.
     let prefs = serde_json::json!({ "realtime": false, "foreground_interval_ms": 120000 });

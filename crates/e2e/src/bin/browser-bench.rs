@@ -1,10 +1,13 @@
 //! `cargo xtask bench browser`: one browser with N tabs (one visible) on a board while the server makes one change
 //! per second. Measures, as the server saw it, HTTP requests per minute and WebSockets; and change → DOM latency
-//! in the visible tab and in a hidden one (wall clock on both sides). Prints a table; asserts nothing.
+//! in the visible tab and in a hidden one (wall clock on both sides). Then, on a 1,000-card board, the main-thread
+//! time each change costs (Chromium's own `Performance.getMetrics` task time, idle time subtracted) and the long
+//! tasks. Prints tables; asserts nothing.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use syncline_e2e::{Harness, TestBrowser};
+use chromiumoxide::cdp::browser_protocol::performance::EnableParams;
+use syncline_e2e::{Harness, Tab, TestBrowser};
 use syncline_protocol::{CreateBoard, CreateCard, CreateColumn, UpdateCard, WriteOp};
 use uuid::Uuid;
 
@@ -87,5 +90,72 @@ async fn main() -> anyhow::Result<()> {
         h.stop().await;
     }
     println!("(hidden tabs render when the browser lets them; their latency includes background timer throttling)");
+    big_board().await
+}
+
+/// Chromium's cumulative main-thread task and script time of the page, in ms.
+async fn busy_ms(tab: &Tab) -> anyhow::Result<(f64, f64)> {
+    let metrics = tab.page().metrics().await?;
+    let get = |name: &str| metrics.iter().find(|m| m.name == name).map_or(0.0, |m| m.value * 1000.0);
+    Ok((get("TaskDuration"), get("ScriptDuration")))
+}
+
+/// Main-thread cost of changes to a 1,000-card board in the visible (leader) tab.
+async fn big_board() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
+    let board = id(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: "Big".into() } }).await?);
+    let mut cards = Vec::new();
+    for c in 0..5 {
+        let column = id(h.write(WriteOp::CreateColumn { board_id: board, body: CreateColumn { id: None, title: format!("Col {c}") } }).await?);
+        for i in 0..200 {
+            let body = CreateCard { id: None, title: format!("card {c}-{i}"), description: "a description".into() };
+            cards.push(id(h.write(WriteOp::CreateCard { column_id: column, body }).await?));
+        }
+    }
+    let browser = TestBrowser::launch().await?;
+    let tab = browser.open(&h.url(&format!("/#/boards/{board}"))).await?;
+    tab.wait_for("document.querySelectorAll('.card').length === 1000", Duration::from_secs(20)).await?;
+    tab.page().execute(EnableParams::default()).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!();
+    println!("1,000-card board, one visible tab: main-thread time per change (Chromium task time, idle subtracted)");
+    println!("{:>28} | {:>14} | {:>16} | {:>10}", "changes", "task ms/change", "script ms/change", "long tasks");
+    println!("{}", "-".repeat(78));
+    // What the page costs doing nothing (its 1 s clock, presence heartbeats), per second.
+    let (t0, s0) = busy_ms(&tab).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (t1, s1) = busy_ms(&tab).await?;
+    let idle = ((t1 - t0) / 5.0, (s1 - s0) / 5.0);
+    for (label, gap) in [("100, one every 100 ms", Some(Duration::from_millis(100))), ("100 at once (a burst)", None)] {
+        let long_before: serde_json::Value = serde_json::from_str(&tab.eval::<String>("window.__syncline()").await?)?;
+        let (t0, s0) = busy_ms(&tab).await?;
+        let started = std::time::Instant::now();
+        let round = format!("{label}");
+        for (i, card) in cards.iter().step_by(10).enumerate() {
+            let body = UpdateCard { title: Some(format!("{round} {i}")), ..Default::default() };
+            h.write(WriteOp::UpdateCard { id: *card, body }).await?;
+            if let Some(gap) = gap {
+                tokio::time::sleep(gap).await;
+            }
+        }
+        let all = format!("[...document.querySelectorAll('.card-title')].filter(e => e.textContent.startsWith({})).length === 100", serde_json::to_string(&round)?);
+        tab.wait_for(&all, Duration::from_secs(20)).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let secs = started.elapsed().as_secs_f64();
+        let (t1, s1) = busy_ms(&tab).await?;
+        let long_after: serde_json::Value = serde_json::from_str(&tab.eval::<String>("window.__syncline()").await?)?;
+        let long = long_after["long_tasks"]["count"].as_u64().unwrap_or(0) - long_before["long_tasks"]["count"].as_u64().unwrap_or(0);
+        println!(
+            "{:>28} | {:>14.2} | {:>16.2} | {:>10}",
+            label,
+            ((t1 - t0) - idle.0 * secs).max(0.0) / 100.0,
+            ((s1 - s0) - idle.1 * secs).max(0.0) / 100.0,
+            long
+        );
+    }
+    println!("(idle page: {:.1} ms task, {:.1} ms script per second)", idle.0, idle.1);
+    browser.close().await;
+    h.stop().await;
     Ok(())
 }

@@ -152,16 +152,22 @@ pub fn Announcer() -> impl IntoView {
     view! { <div id="announcer" class="visually-hidden" role="status" aria-live="polite">{move || message.get()}</div> }
 }
 
-/// How current a view is: fresh, stale (with age), fetching, paused (offline, with age), error (with retry time),
-/// and what has not reached the server yet. `version` is the view's own change counter.
-pub fn freshness_line(key: QueryKey, version: RwSignal<u64>) -> impl IntoView {
+/// A query's freshness, re-read when the view's data, the connection or the clock (ages) move.
+fn tracked_freshness(key: QueryKey, version: RwSignal<u64>) -> impl Fn() -> Freshness + Copy + Send + Sync + 'static {
     let s = signals();
-    let freshness = move || {
+    move || {
         version.get();
         s.status.get();
         s.now.get();
         rt().freshness(key)
-    };
+    }
+}
+
+/// How current a view is: fresh, stale (with age), fetching, paused (offline, with age), error (with retry time),
+/// and what has not reached the server yet. `version` is the view's own change counter.
+pub fn freshness_line(key: QueryKey, version: RwSignal<u64>) -> impl IntoView {
+    let s = signals();
+    let freshness = tracked_freshness(key, version);
     let text = move || {
         let now = s.now.get();
         match freshness() {
@@ -243,13 +249,7 @@ fn Panel(id: &'static str, title: &'static str, opener: &'static str, open: RwSi
 
 /// A short freshness mark for a secondary view (the board summary): nothing when fresh.
 pub fn freshness_mark(key: QueryKey, version: RwSignal<u64>) -> impl IntoView {
-    let s = signals();
-    let freshness = move || {
-        version.get();
-        s.status.get();
-        s.now.get();
-        rt().freshness(key)
-    };
+    let freshness = tracked_freshness(key, version);
     let (state, text) = (
         move || freshness_state(&freshness()),
         move || match freshness() {

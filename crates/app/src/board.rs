@@ -202,7 +202,12 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
             })}
             {crate::sync_ui::freshness_line(QueryKey::Board(id), ctx.version)}
             <details id="board-summary" class="board-summary" on:toggle=toggle_summary>
-                <summary>"Summary" {crate::sync_ui::freshness_mark(QueryKey::BoardSummary(id), ctx.version)}</summary>
+                <summary>"Summary"
+                    // Only an open summary is read (and kept fresh); a closed one has no freshness to show.
+                    <Show when=move || summary_open.get()>
+                        {crate::sync_ui::freshness_mark(QueryKey::BoardSummary(id), ctx.version)}
+                    </Show>
+                </summary>
                 {move || {
                     ctx.version.get();
                     match rt().summary(id) {

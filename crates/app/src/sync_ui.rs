@@ -347,15 +347,20 @@ pub fn PreferencesPanel(open: RwSignal<bool>) -> impl IntoView {
             <p class="pref-hint">{hint}</p>
         }
     };
+    let checkbox = move |id: &'static str, label: &'static str, hint: &'static str, value: RwSignal<bool>| {
+        view! {
+            <label class="check">
+                <input id=id type="checkbox" prop:checked=move || value.get()
+                    on:change=move |ev| value.set(event_target_checked(&ev)) />
+                {label}
+            </label>
+            <p class="pref-hint">{hint}</p>
+        }
+    };
     view! {
         <Panel id="preferences-panel" title="Sync preferences" opener="open-preferences" open=open>
                 <form class="prefs" on:submit=save novalidate>
-                    <label class="check">
-                        <input id="pref-realtime" type="checkbox" prop:checked=move || realtime.get()
-                            on:change=move |ev| realtime.set(event_target_checked(&ev)) />
-                        "Realtime (WebSocket)"
-                    </label>
-                    <p class="pref-hint">"Off: refresh by polling instead."</p>
+                    {checkbox("pref-realtime", "Realtime (WebSocket)", "Off: refresh by polling instead.", realtime)}
                     {number("pref-foreground", "Foreground polling interval", "While a tab is visible and not live: 1–3600 s.", foreground, "1")}
                     <label for="pref-background">"When no tab is visible"</label>
                     <select id="pref-background" prop:value=move || background.get()
@@ -365,12 +370,7 @@ pub fn PreferencesPanel(open: RwSignal<bool>) -> impl IntoView {
                         <option value="slower">"Poll more slowly"</option>
                     </select>
                     {number("pref-background-interval", "Background interval", "How often hidden tabs poll when they do: 30–3600 s.", background_interval, "30")}
-                    <label class="check">
-                        <input id="pref-data-saver" type="checkbox" prop:checked=move || data_saver.get()
-                            on:change=move |ev| data_saver.set(event_target_checked(&ev)) />
-                        "Data saver"
-                    </label>
-                    <p class="pref-hint">"Fewer, later requests; no prefetching."</p>
+                    {checkbox("pref-data-saver", "Data saver", "Fewer, later requests; no prefetching.", data_saver)}
                     {number("pref-max-retry", "Maximum retry delay", "The longest wait between retries: 1–3600 s.", max_retry, "1")}
                     {move || error.get().map(|e| view! { <p id="preferences-error" class="error" role="alert">{e}</p> })}
                     <div class="panel-actions">

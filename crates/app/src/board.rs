@@ -31,6 +31,8 @@ struct Ctx {
     editing: RwSignal<Option<CardId>>,
     /// The card being dragged.
     dragging: RwSignal<Option<CardId>>,
+    /// The board as the runtime has it (with this browser's pending writes applied).
+    board: Memo<Option<BoardSnapshot>>,
     /// Each card's own signals, kept in step with the board by `sync_cells`: a change to one card sets the
     /// signals of that card only, so rendering a change costs the same on a 1,000-card board as on a small one.
     cells: StoredValue<HashMap<CardId, CardCell>>,
@@ -81,8 +83,9 @@ impl Ctx {
         }
     }
 
-    /// Brings the card cells in line with the board and the outbox: one plain pass, signals set only for the
-    /// cards that changed.
+    /// Brings the cells of the mounted cards in line with the board and the outbox: one plain pass, signals set
+    /// only for the cards that changed. (Cells are made when a card mounts, so a long column that is still
+    /// filling does not pay for the cards it has not shown yet.)
     fn sync_cells(self, board: Option<&BoardSnapshot>) {
         let runtime = rt();
         let mut pending: HashMap<Uuid, usize> = HashMap::new();
@@ -90,32 +93,30 @@ impl Ctx {
             *pending.entry(entity).or_default() += 1;
         }
         let conflicted: HashSet<Uuid> = runtime.conflicts().into_iter().map(|(_, entity, _)| entity).collect();
+        let by_id: HashMap<CardId, &Card> = board.map(|b| b.cards.iter().map(|c| (c.id, c)).collect()).unwrap_or_default();
         self.cells.update_value(|cells| {
-            let Some(board) = board else {
-                cells.clear();
-                return;
-            };
-            let present: HashSet<CardId> = board.cards.iter().map(|c| c.id).collect();
-            cells.retain(|id, _| present.contains(id));
-            for card in &board.cards {
-                let cell = cells.entry(card.id).or_insert_with(|| CardCell::new(Some(card)));
+            cells.retain(|id, cell| {
+                let Some(card) = by_id.get(id) else { return false };
                 let text_changed = cell.text.with_untracked(|(t, d)| *t != card.title || *d != card.description);
                 if text_changed {
                     cell.text.set((card.title.clone(), card.description.clone()));
                 }
-                set_if_changed(&cell.pending, pending.get(&card.id).copied().unwrap_or(0));
-                set_if_changed(&cell.conflicted, conflicted.contains(&card.id));
-            }
+                set_if_changed(&cell.pending, pending.get(id).copied().unwrap_or(0));
+                set_if_changed(&cell.conflicted, conflicted.contains(id));
+                true
+            });
         });
     }
 
-    /// The card's cell (made on first use, from the current board).
+    /// The card's cell, made on first use from the board as it is now.
     fn cell(self, card: CardId) -> CardCell {
         if let Some(cell) = self.cells.with_value(|cells| cells.get(&card).cloned()) {
             return cell;
         }
-        let current = self.current();
-        let cell = CardCell::new(current.as_ref().and_then(|b| b.cards.iter().find(|c| c.id == card)));
+        let cell = self.board.with_untracked(|b| CardCell::new(b.as_ref().and_then(|b| b.cards.iter().find(|c| c.id == card))));
+        let runtime = rt();
+        cell.pending.set(runtime.pending_for(card));
+        cell.conflicted.set(runtime.conflicts().iter().any(|(_, entity, _)| *entity == card));
         self.cells.update_value(|cells| {
             cells.insert(card, cell.clone());
         });
@@ -149,6 +150,7 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
         picked: RwSignal::new(None),
         editing: RwSignal::new(None),
         dragging: RwSignal::new(None),
+        board: board_memo,
         cells: StoredValue::new(HashMap::new()),
     };
     Effect::new(move |_| {

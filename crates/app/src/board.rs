@@ -174,7 +174,6 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
     // The open board is what "critical data only" keeps fresh in the background; lists and summaries wait.
     runtime.set_critical(QueryKey::Board(id), true);
     let has_board = Memo::new(move |_| board_memo.with(Option::is_some));
-    let snapshot: Snapshot = board_memo.into();
     let summary_open = RwSignal::new(false);
     on_cleanup(move || {
         let runtime = rt();
@@ -240,7 +239,7 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
                 // Only the presence of the board decides this branch; its content updates in place below, keyed
                 // by entity, so inputs being typed into and focus survive live changes.
                 if has_board.get() {
-                    board_body(ctx, snapshot).into_any()
+                    board_body(ctx).into_any()
                 } else if rt().board_gone(ctx.id) {
                     view! { <p class="notice">"This board was deleted. " <a href="#/">"Back to the boards"</a></p> }.into_any()
                 } else {
@@ -251,10 +250,8 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
     }
 }
 
-type Snapshot = Signal<Option<BoardSnapshot>>;
-
-fn board_body(ctx: Ctx, snapshot: Snapshot) -> impl IntoView {
-    let title = move || snapshot.with(|s| s.as_ref().map(|s| s.board.title.clone()).unwrap_or_default());
+fn board_body(ctx: Ctx) -> impl IntoView {
+    let title = move || ctx.board.with(|s| s.as_ref().map(|s| s.board.title.clone()).unwrap_or_default());
     let rename_board = move |ev: leptos::ev::Event| {
         let title = event_target_value(&ev);
         ctx.write(WriteOp::RenameBoard { id: ctx.id, body: Rename { title, base_version: None } });
@@ -272,7 +269,7 @@ fn board_body(ctx: Ctx, snapshot: Snapshot) -> impl IntoView {
         new_column.set(String::new());
         ctx.write(WriteOp::CreateColumn { board_id: ctx.id, body: CreateColumn { id: None, title } });
     };
-    let columns = move || snapshot.with(|s| s.as_ref().map(|s| s.columns.clone()).unwrap_or_default());
+    let columns = move || ctx.board.with(|s| s.as_ref().map(|s| s.columns.clone()).unwrap_or_default());
 
     view! {
         <div class="board-header">
@@ -284,7 +281,7 @@ fn board_body(ctx: Ctx, snapshot: Snapshot) -> impl IntoView {
         <p class="hint">"Drag cards, or focus one and press Space, then the arrow keys, then Space to put it down."</p>
         <div class="columns">
             <For each=columns key=|c: &Column| c.id let:col>
-                {column_view(ctx, snapshot, col)}
+                {column_view(ctx, col)}
             </For>
             <form class="add-column" on:submit=add_column>
                 <label for="new-column-title" class="visually-hidden">"New column title"</label>
@@ -300,14 +297,14 @@ fn board_body(ctx: Ctx, snapshot: Snapshot) -> impl IntoView {
 /// Cards a column mounts per animation frame while it fills (see `column_view`).
 const CARDS_PER_FRAME: usize = 10;
 
-fn column_view(ctx: Ctx, snapshot: Snapshot, column: Column) -> impl IntoView {
+fn column_view(ctx: Ctx, column: Column) -> impl IntoView {
     let column_id = column.id;
     let column_title = move || {
-        snapshot.with(|s| s.as_ref().and_then(|s| s.columns.iter().find(|c| c.id == column_id).map(|c| c.title.clone())))
+        ctx.board.with(|s| s.as_ref().and_then(|s| s.columns.iter().find(|c| c.id == column_id).map(|c| c.title.clone())))
             .unwrap_or_default()
     };
     let card_ids = Memo::new(move |_| {
-        snapshot.with(|s| s.as_ref().map(|s| s.cards_in(column_id).map(|c| c.id).collect::<Vec<CardId>>()).unwrap_or_default())
+        ctx.board.with(|s| s.as_ref().map(|s| s.cards_in(column_id).map(|c| c.id).collect::<Vec<CardId>>()).unwrap_or_default())
     });
     let count = move || card_ids.with(Vec::len);
     // A long column mounts its cards a few dozen per frame (the first ones at once): opening a big board never

@@ -566,7 +566,7 @@ impl Runtime {
                 "leader": engine.role() == Role::Leader,
                 "status": engine.status(),
                 "pending": engine.pending().len(),
-                "metrics": engine.metrics(),
+                "metrics": engine.metrics_at(now()),
                 "preferences": engine.preferences(),
                 "long_tasks": rt.long_tasks(),
             });

@@ -404,7 +404,7 @@ mod tests {
     }
 
     fn pending(op: WriteOp) -> PendingWrite {
-        PendingWrite { write_id: Uuid::from_u128(entity_of(&op).as_u128() ^ 0xabc), op, priority: Default::default(), policy: Default::default(), seq: 0, base: None, conflict: None }
+        PendingWrite { write_id: Uuid::from_u128(entity_of(&op).as_u128() ^ 0xabc), op, priority: Default::default(), policy: Default::default(), seq: 0, base: None, conflict: None, conflict_at: Vec::new() }
     }
 
     #[test]

@@ -31,6 +31,26 @@ pub struct EngineConfig {
     pub peer_timeout_ms: Millis,
     /// Writes per batch request.
     pub max_batch_writes: usize,
+    /// A bug to inject on purpose, so the simulation can show it catches it (feature `bug-injection`, which
+    /// only the simulation enables).
+    #[cfg(feature = "bug-injection")]
+    pub injected_bug: Option<InjectedBug>,
+}
+
+/// Bugs the simulation injects to prove its invariants catch them (see `crates/sim`). Without the
+/// `bug-injection` feature none can be switched on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InjectedBug {
+    /// A tab that becomes leader forgets the outbox it restored (writes are lost).
+    NewLeaderDropsOutbox,
+    /// Hidden tabs count as active: the socket and long-polls never pause (hidden traffic).
+    HiddenTabsCountAsActive,
+    /// Followers fetch for themselves instead of asking the leader.
+    FollowersFetch,
+    /// A write is shared with the other tabs before it is stored, and only the leader deletes stored entries,
+    /// so the leader may settle it and delete its entry before the put lands (an entry that outlives its
+    /// write) — what a real browser showed.
+    FollowerPersistsAfterBroadcasting,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +69,8 @@ impl Default for EngineConfig {
             presence_interval_ms: 2_000,
             peer_timeout_ms: 5_000,
             max_batch_writes: 20,
+            #[cfg(feature = "bug-injection")]
+            injected_bug: None,
         }
     }
 }

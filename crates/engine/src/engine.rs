@@ -12,13 +12,13 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use syncline_protocol::{
-    BoardList, BoardSnapshot, BoardSummary, Change, ClientMessage, Cursor, ServerMessage, StreamCursor, StreamId,
-    Write, WriteBatch, WriteBatchResult, WriteOp,
+    BoardList, BoardSnapshot, BoardSummary, Change, ClientMessage, Cursor, ServerMessage, StreamCursor, StreamPosition,
+    StreamId, Write, WriteBatch, WriteBatchResult, WriteOp,
 };
 use uuid::Uuid;
 
 use crate::apply::{self, Applied};
-use crate::config::{EngineConfig, Preferences};
+use crate::config::{EngineConfig, InjectedBug, Preferences};
 use crate::metrics::Metrics;
 use crate::policy::{self, PollContext};
 use crate::types::*;
@@ -52,12 +52,29 @@ struct Query {
     critical: bool,
     /// Prefetched: wanted until its data arrives, then kept (unused) for `gc_time`.
     prefetch: bool,
+    /// The data holds entities the server returned for writes, at stream positions up to this one, ahead of
+    /// the data's own cursor (their changes have not come through the feed yet).
+    ahead_to: Cursor,
 }
 
 impl Query {
     /// A view reads it, or a prefetch waits for it.
     fn held(&self) -> bool {
         self.subscribers > 0 || self.prefetch
+    }
+
+    /// Whether `data` is at least as recent as what this copy already reflects: a snapshot older than the copy
+    /// (a slow fetch that the feed overtook, or one read before a write whose answer was already applied) must
+    /// not take it back in time — a card would vanish, then come back.
+    fn not_older(&self, data: &QueryData) -> bool {
+        let Some(old) = &self.data else { return true };
+        if data.log_id() != old.log_id() {
+            return true; // another change log (the server's database was replaced): cursors do not compare
+        }
+        match (data.cursor(), old.cursor()) {
+            (Some(new), Some(have)) => new >= have.max(self.ahead_to),
+            _ => true,
+        }
     }
 }
 
@@ -130,10 +147,23 @@ pub struct Engine {
     streams: BTreeMap<StreamId, Stream>,
     conn: Conn,
     mode: Mode,
+    /// Consecutive socket failures: reaching `fallback_after_failures` switches to long-poll.
     socket_failures: u32,
+    /// Consecutive failed attempts to reach the server by any transport (socket or long-poll): the reconnect
+    /// backoff grows with it, whichever transport is tried next.
+    reconnect_attempts: u32,
     ever_opened: bool,
     log_id: Option<Uuid>,
     outbox: BTreeMap<Uuid, PendingWrite>,
+    /// Writes accepted here whose `OutboxPut` the driver has not yet confirmed (`Input::Persisted`). They are
+    /// neither shared with other tabs nor sent until stored: otherwise the leader could settle a write and
+    /// delete its stored entry before this tab's put lands, and the put would bring it back for good.
+    unstored: BTreeSet<Uuid>,
+    /// Writes this tab stored itself: it deletes their entries when it learns they settled (as the leader
+    /// does), so an entry never outlives its write, whoever settles it.
+    stored_here: BTreeSet<Uuid>,
+    /// Rebased writes (new id → old id) whose old one settles once the new one is stored.
+    replacing: BTreeMap<Uuid, Uuid>,
     /// Recently settled write ids: a `WriteQueued` for one of them is a late echo (sent before the settle
     /// crossed it), not a new write.
     settled: VecDeque<Uuid>,
@@ -144,13 +174,27 @@ pub struct Engine {
     cache_dirty: BTreeMap<QueryKey, Millis>,
     /// The server was answering at the last reconcile (live feed, or long-polls getting through).
     reachable: bool,
+    /// The last HTTP request that ended since the socket was last live (or since start) got an answer.
+    http_answered: bool,
+    /// The last socket failure came while the server answered HTTP (it is the WebSocket that fails, not the
+    /// server); otherwise it may have been the server, down at the time.
+    socket_blamed: bool,
     requests: BTreeMap<RequestId, InFlight>,
     next_request: RequestId,
     next_nonce: u64,
+    /// Lamport clock ordering writes across the browser's tabs (see `PendingWrite::seq`).
     seq: u64,
+    /// Wall-clock time (Unix ms) at engine time `clock_origin`: write ids are UUIDv7 with their creation time,
+    /// which the server checks against how long it remembers write ids.
+    epoch_at_origin: u64,
+    clock_origin: Millis,
     next_presence: Millis,
+    /// The deadline the driver was last given (`Output::Timeout`).
+    promised_deadline: Millis,
     no_visible_since: Option<Millis>,
     leader_hidden_since: Option<Millis>,
+    /// This follower was shown at this time and waits for a leader to answer its presence.
+    leader_check_since: Option<Millis>,
     status: ConnectionStatus,
     leader_status: Option<ConnectionStatus>,
     status_since: Millis,
@@ -163,8 +207,9 @@ pub struct Engine {
 
 impl Engine {
     /// A new engine for tab `tab`, starting at `now`, visible and online until told otherwise, follower until
-    /// it wins the leader lock. `seed` feeds its random choices (jitter, ids).
-    pub fn new(cfg: EngineConfig, prefs: Preferences, tab: TabId, seed: u64, now: Millis) -> Engine {
+    /// it wins the leader lock. `seed` feeds its random choices (jitter, ids); `epoch_ms` is the wall clock
+    /// (Unix ms) at `now`, for the creation time in write ids.
+    pub fn new(cfg: EngineConfig, prefs: Preferences, tab: TabId, seed: u64, now: Millis, epoch_ms: u64) -> Engine {
         let mut engine = Engine {
             cfg,
             prefs,
@@ -181,22 +226,32 @@ impl Engine {
             conn: Conn::Closed,
             mode: Mode::Socket,
             socket_failures: 0,
+            reconnect_attempts: 0,
             ever_opened: false,
             log_id: None,
             outbox: BTreeMap::new(),
+            unstored: BTreeSet::new(),
+            stored_here: BTreeSet::new(),
+            replacing: BTreeMap::new(),
             settled: VecDeque::new(),
             batch: None,
             outbox_failures: 0,
             outbox_retry_at: 0,
             reachable: false,
+            http_answered: false,
+            socket_blamed: false,
             cache_dirty: BTreeMap::new(),
             requests: BTreeMap::new(),
             next_request: 1,
             next_nonce: 1,
             seq: 0,
+            epoch_at_origin: epoch_ms,
+            clock_origin: now,
             next_presence: now,
+            promised_deadline: Millis::MAX,
             no_visible_since: None,
             leader_hidden_since: None,
+            leader_check_since: None,
             status: ConnectionStatus::Idle,
             leader_status: None,
             status_since: now,
@@ -254,6 +309,7 @@ impl Engine {
                 }
             }
             Input::Prefetch(key) => self.prefetch(key),
+            Input::Persisted { write_id } => self.on_persisted(write_id),
             Input::SocketOpened => self.on_socket_opened(),
             Input::SocketClosed { code, reason } => self.on_socket_closed(code, reason),
             Input::SocketMessage(text) => self.on_socket_message(&text),
@@ -274,7 +330,9 @@ impl Engine {
         if let Some(out) = self.out.pop_front() {
             return out;
         }
-        Output::Timeout(self.deadline())
+        let deadline = self.deadline();
+        self.promised_deadline = deadline;
+        Output::Timeout(deadline)
     }
 
     /// Accepts a write from the UI; returns its id. (Same as `Input::Write`, with the id.)
@@ -296,6 +354,18 @@ impl Engine {
     /// A fresh random id from the engine's generator (for entities the UI creates).
     pub fn new_id(&mut self) -> Uuid {
         uuid::Builder::from_random_bytes(self.rng.random()).into_uuid()
+    }
+
+    /// A write id: a UUIDv7 carrying the wall-clock time it was made, so a server that no longer remembers it
+    /// can tell it is too old to apply safely.
+    fn new_write_id(&mut self) -> Uuid {
+        let epoch = self.epoch_now();
+        uuid::Builder::from_unix_timestamp_millis(epoch, &self.rng.random()).into_uuid()
+    }
+
+    /// The wall clock now (Unix ms), as far as the driver told.
+    fn epoch_now(&self) -> u64 {
+        self.epoch_at_origin + self.now.saturating_sub(self.clock_origin)
     }
 
     // ---- what the UI reads -----------------------------------------------------------------------------------
@@ -431,6 +501,13 @@ impl Engine {
 
     fn advance(&mut self, now: Millis) {
         let now = now.max(self.now);
+        // Woken long after the deadline it asked for (the presence heartbeat keeps that at most a couple of
+        // seconds away): the browser froze this tab. What it knew of the others is stale; if it is hidden, count
+        // the frozen time as time with no tab visible, so a hidden tab resumed after the grace period does not
+        // start using the network again as if the others had just been hidden.
+        if now > self.promised_deadline.saturating_add(FROZEN_AFTER_MS) && !self.visible && self.no_visible_since.is_none() {
+            self.no_visible_since = Some(self.promised_deadline);
+        }
         add_state_time(&mut self.metrics, &self.status, now - self.now);
         self.now = now;
         self.metrics.sample(now);
@@ -455,6 +532,9 @@ impl Engine {
         }
         if let Some(since) = self.leader_hidden_since {
             at(since + LEADER_HANDOVER_DELAY_MS);
+        }
+        if let Some(since) = self.leader_check_since {
+            at(since + LEADER_ANSWER_MS);
         }
         match self.conn {
             Conn::Backoff { until } => at(until),
@@ -503,12 +583,27 @@ impl Engine {
         self.role == Role::Leader
     }
 
+    /// Whether the simulation switched this known bug on (never, without the `bug-injection` feature).
+    #[inline]
+    fn bug(&self, bug: InjectedBug) -> bool {
+        #[cfg(feature = "bug-injection")]
+        return self.cfg.injected_bug == Some(bug);
+        #[cfg(not(feature = "bug-injection"))]
+        {
+            let _ = bug;
+            false
+        }
+    }
+
     fn visible_somewhere(&self) -> bool {
         self.visible || self.peers.values().any(|p| p.visible)
     }
 
     /// Some tab is visible, or was within the grace period.
     fn active(&self) -> bool {
+        if self.bug(InjectedBug::HiddenTabsCountAsActive) {
+            return true;
+        }
         match self.no_visible_since {
             None => true,
             Some(since) => self.now < since + self.cfg.hidden_grace_ms,
@@ -522,6 +617,9 @@ impl Engine {
         self.visible = visible;
         self.announce();
         if visible {
+            if !self.is_leader() {
+                self.leader_check_since = Some(self.now);
+            }
             self.catch_up_stale();
         }
     }
@@ -537,6 +635,8 @@ impl Engine {
                 self.conn = Conn::Closed;
             }
             self.socket_failures = 0;
+            self.reconnect_attempts = 0;
+            self.http_answered = false; // what answered before going offline says nothing about now
             if let Mode::Fallback { .. } = self.mode {
                 self.mode = Mode::Socket;
             }
@@ -568,8 +668,12 @@ impl Engine {
         self.announce();
         match role {
             Role::Leader => {
+                if self.bug(InjectedBug::NewLeaderDropsOutbox) {
+                    self.outbox.clear();
+                }
                 self.leader_status = None;
                 self.socket_failures = 0;
+                self.reconnect_attempts = 0;
                 self.mode = Mode::Socket;
                 self.outbox_retry_at = self.now;
                 // Followers re-announce what they need when they see the new leader's presence.
@@ -591,7 +695,10 @@ impl Engine {
     fn on_restored(&mut self, outbox: Vec<PendingWrite>, cache: Vec<(QueryKey, QueryData)>) {
         for w in outbox {
             self.seq = self.seq.max(w.seq);
-            if !self.settled.contains(&w.write_id) {
+            if self.settled.contains(&w.write_id) {
+                // Stored, yet known to have settled (its delete was lost, e.g. with the tab that issued it).
+                self.out.push_back(Output::Persist(PersistOp::OutboxDelete { write_id: w.write_id }));
+            } else {
                 self.outbox.entry(w.write_id).or_insert(w);
             }
         }
@@ -688,20 +795,42 @@ impl Engine {
             }
         }
         self.seq += 1;
-        let write = PendingWrite { write_id: self.new_id(), op, priority, policy, seq: self.seq, base, conflict: None };
+        let write = PendingWrite { write_id: self.new_write_id(), op, priority, policy, seq: self.seq, base, conflict: None, conflict_at: Vec::new() };
         let id = write.write_id;
-        self.queue_write(write, true);
+        if self.bug(InjectedBug::FollowerPersistsAfterBroadcasting) {
+            self.out.push_back(Output::Broadcast(TabMessage::WriteQueued { write: write.clone() }));
+        }
+        self.queue_write(write);
         id
     }
 
-    fn queue_write(&mut self, write: PendingWrite, announce: bool) {
+    /// A write accepted here: stored first; shared with the other tabs and sent once the driver confirms it is
+    /// stored ([`Engine::on_persisted`]).
+    fn queue_write(&mut self, write: PendingWrite) {
         self.notify_stream_of(&write.op);
-        if announce {
-            self.out.push_back(Output::Persist(PersistOp::OutboxPut { write: write.clone() }));
-            self.out.push_back(Output::Broadcast(TabMessage::WriteQueued { write: write.clone() }));
+        self.out.push_back(Output::Persist(PersistOp::OutboxPut { write: write.clone() }));
+        self.unstored.insert(write.write_id);
+        if !self.bug(InjectedBug::FollowerPersistsAfterBroadcasting) {
+            self.stored_here.insert(write.write_id);
         }
         self.outbox.insert(write.write_id, write);
         self.out.push_back(Output::Notify(Notification::Outbox { pending: self.outbox.len() }));
+    }
+
+    /// The driver stored a write (or tried: a failed put is reported too, and the write lives on in memory).
+    fn on_persisted(&mut self, write_id: Uuid) {
+        if !self.unstored.remove(&write_id) {
+            return;
+        }
+        if let Some(old) = self.replacing.remove(&write_id) {
+            self.settle(old, Settled::Rebased { new_write_id: write_id });
+        }
+        if self.bug(InjectedBug::FollowerPersistsAfterBroadcasting) {
+            return; // it was shared when it was accepted
+        }
+        if let Some(write) = self.outbox.get(&write_id).cloned() {
+            self.out.push_back(Output::Broadcast(TabMessage::WriteQueued { write }));
+        }
     }
 
     fn resolve_conflict(&mut self, write_id: Uuid, keep_mine: bool) {
@@ -711,11 +840,12 @@ impl Engine {
         }
         let Some(w) = self.outbox.get(&write_id).cloned() else { return };
         let Some(current) = w.conflict.clone() else { return };
+        let at = w.conflict_at.clone();
         if keep_mine {
-            self.rebase(w, &current);
+            self.rebase(w, &current, &at);
         } else {
-            self.settle(write_id, Settled::Overridden { current: current.clone() });
-            self.apply_entity_everywhere(&current);
+            self.apply_entity(&current, &at);
+            self.settle(write_id, Settled::Overridden { current, at });
         }
     }
 
@@ -761,23 +891,40 @@ impl Engine {
             s.delivered = None;
         }
         let worked = matches!(was, Conn::Open { hello: true, .. });
+        if worked {
+            self.http_answered = false;
+        }
+        self.socket_blamed = self.http_answered;
         self.socket_failures = if worked { 1 } else { self.socket_failures + 1 };
+        self.reconnect_attempts = if worked { 1 } else { self.reconnect_attempts + 1 };
         self.conn = Conn::Closed;
         if !self.online || !self.is_leader() {
             return;
         }
         if self.socket_failures >= self.cfg.fallback_after_failures {
-            let wait = self.cfg.probe_interval_ms / 2 + self.rng.random_range(0..=self.cfg.probe_interval_ms / 2);
-            self.mode = Mode::Fallback { next_probe: self.now + wait };
+            // Long-poll, provisionally: if the long-polls fail too, it is the server that is out of reach, not
+            // its WebSocket, and `on_long_poll_result` goes back to the socket.
+            self.mode = Mode::Fallback { next_probe: self.now + self.probe_delay() };
+            for s in self.streams.values_mut() {
+                s.polled_ok = false;
+                s.poll_failures = 0;
+                s.next_longpoll = self.now;
+            }
         } else {
-            let delay = policy::full_jitter(
-                &mut self.rng,
-                self.socket_failures,
-                self.cfg.backoff_min_ms,
-                self.cfg.backoff_max_ms.min(self.prefs.max_retry_delay_ms),
-            );
-            self.conn = Conn::Backoff { until: self.now + delay };
+            self.socket_backoff();
         }
+    }
+
+    /// Waits before the next socket attempt, longer after each failed attempt to reach the server.
+    fn socket_backoff(&mut self) {
+        let cap = self.cfg.backoff_max_ms.min(self.prefs.max_retry_delay_ms);
+        let delay = policy::full_jitter(&mut self.rng, self.reconnect_attempts, self.cfg.backoff_min_ms, cap);
+        self.conn = Conn::Backoff { until: self.now + delay };
+    }
+
+    /// While on long-poll, the next try of the socket: half to one probe interval away.
+    fn probe_delay(&mut self) -> Millis {
+        self.cfg.probe_interval_ms / 2 + self.rng.random_range(0..=self.cfg.probe_interval_ms / 2)
     }
 
     fn on_socket_message(&mut self, text: &str) {
@@ -799,6 +946,7 @@ impl Engine {
                     *hello = true;
                 }
                 self.socket_failures = 0;
+                self.reconnect_attempts = 0;
                 if let Mode::Fallback { .. } = self.mode {
                     // The probe worked: upgrade back to live.
                     self.mode = Mode::Socket;
@@ -810,6 +958,7 @@ impl Engine {
                     self.streams.entry(stream).or_default().delivered = Some(last.cursor);
                 }
                 self.apply_changes(stream, &changes);
+                self.confirm_from_feed(&changes);
                 self.out.push_back(Output::Broadcast(TabMessage::Changes { stream, changes }));
             }
             ServerMessage::Synced { stream, cursor } => {
@@ -920,6 +1069,22 @@ impl Engine {
         }
     }
 
+    /// A change on the feed that carries the id of a write still in the outbox: that write is applied (its
+    /// answer was lost, or is still on its way). Settle it now, so its optimistic overlay does not outlive it —
+    /// a card this browser created and another user deleted since must not come back as "not yet saved".
+    fn confirm_from_feed(&mut self, changes: &[Change]) {
+        let confirmed: Vec<(Uuid, Vec<StreamPosition>)> = changes
+            .iter()
+            .filter_map(|c| c.write_id.filter(|w| self.outbox.get(w).is_some_and(|w| w.conflict.is_none())))
+            .collect::<BTreeSet<Uuid>>()
+            .into_iter()
+            .map(|w| (w, StreamPosition::of(&changes.iter().filter(|c| c.write_id == Some(w)).cloned().collect::<Vec<_>>())))
+            .collect();
+        for (write_id, at) in confirmed {
+            self.settle(write_id, Settled::Confirmed { at });
+        }
+    }
+
     fn invalidate(&mut self, key: QueryKey) {
         if let Some(q) = self.queries.get_mut(&key)
             && !q.invalidated {
@@ -960,13 +1125,24 @@ impl Engine {
             }
     }
 
-    fn apply_entity_everywhere(&mut self, entity: &Value) {
+    /// An entity the server returned for a write (as written, or the current one of a conflict), laid over
+    /// every copy that is behind it: a copy at or past the position the entity was at (`at`) has that state
+    /// already, and maybe a newer one (a later delete) that a replayed or stale answer must not undo. Within a
+    /// copy, versions decide.
+    fn apply_entity(&mut self, entity: &Value, at: &[StreamPosition]) {
         let keys: Vec<QueryKey> = self.queries.keys().copied().collect();
         for key in keys {
-            if let Some(data) = self.queries.get_mut(&key).and_then(|q| q.data.as_mut())
-                && apply::apply_entity(data, entity) == Applied::Changed {
-                    self.notified.insert(key);
-                }
+            let Some(q) = self.queries.get_mut(&key) else { continue };
+            let Some(data) = q.data.as_mut() else { continue };
+            let stream = key.stream();
+            let position = at.iter().find(|p| p.stream == stream).map(|p| p.cursor);
+            if position.is_some_and(|p| data.cursor().is_some_and(|c| c >= p)) {
+                continue; // this copy has it already
+            }
+            if apply::apply_entity(data, entity) == Applied::Changed {
+                q.ahead_to = q.ahead_to.max(position.unwrap_or(0));
+                self.notified.insert(key);
+            }
         }
     }
 
@@ -1000,8 +1176,12 @@ impl Engine {
 
     fn on_http(&mut self, id: RequestId, result: HttpResult) {
         let Some(req) = self.requests.remove(&id) else { return };
-        if let HttpResult::Response { body, .. } = &result {
-            self.metrics.bytes_in += body.len() as u64;
+        match &result {
+            HttpResult::Response { body, .. } => {
+                self.metrics.bytes_in += body.len() as u64;
+                self.http_answered = true;
+            }
+            HttpResult::NetworkError(_) => self.http_answered = false,
         }
         match req.purpose {
             Purpose::Query(key) => {
@@ -1050,6 +1230,12 @@ impl Engine {
                         }
                 }
                 let q = self.queries.get_mut(&key).expect("present");
+                if !q.not_older(&data) {
+                    // Our copy is newer; the feed (or the next fetch) brings what comes after it.
+                    self.notified.remove(&key);
+                    return;
+                }
+                q.ahead_to = 0; // the snapshot has all of it
                 if q.data.as_ref() != Some(&data) {
                     q.data = Some(data.clone());
                     if matches!(key, QueryKey::Board(_) | QueryKey::Boards) {
@@ -1085,6 +1271,8 @@ impl Engine {
         if s.longpoll == Some(id) {
             s.longpoll = None;
         }
+        // No answer at all (as opposed to an answer we cannot use).
+        let unreachable = matches!(result, HttpResult::NetworkError(_));
         let msg = match result {
             HttpResult::Response { status: 200, body, .. } => serde_json::from_str::<ServerMessage>(&body).ok(),
             _ => None,
@@ -1092,11 +1280,20 @@ impl Engine {
         match msg {
             Some(ServerMessage::Changes { changes, .. }) => {
                 let gap = self.longpoll_gap(changes.is_empty());
+                // The first answer of a fallback whose last socket failure came while nothing on the server
+                // answered: that failure may have been the server's (it was down, now it is back). Try the
+                // socket now rather than at the next probe.
+                let first_answer = !self.streams.values().any(|s| s.polled_ok);
+                if first_answer && !self.socket_blamed && let Mode::Fallback { .. } = self.mode {
+                    self.mode = Mode::Fallback { next_probe: self.now };
+                }
+                self.reconnect_attempts = 0;
                 let s = self.streams.entry(stream).or_default();
                 s.poll_failures = 0;
                 s.polled_ok = true;
                 s.next_longpoll = self.now.saturating_add(gap);
                 self.apply_changes(stream, &changes);
+                self.confirm_from_feed(&changes);
                 self.mark_stream_current(stream);
                 if !changes.is_empty() {
                     self.out.push_back(Output::Broadcast(TabMessage::Changes { stream, changes }));
@@ -1107,6 +1304,18 @@ impl Engine {
                 s.poll_failures = 0;
                 s.next_longpoll = self.now;
                 self.invalidate_stream(stream);
+            }
+            _ if unreachable && matches!(self.mode, Mode::Fallback { .. }) && !self.streams.values().any(|s| s.polled_ok) => {
+                // Nothing on the server answers, long-polls included: the failures that brought us here say
+                // nothing about its WebSocket. Back to the socket, which is tried first when the server returns.
+                // One more socket failure and the long-poll checks again whether the server answers.
+                self.reconnect_attempts += 1;
+                self.socket_failures = self.cfg.fallback_after_failures.saturating_sub(1);
+                self.mode = Mode::Socket;
+                self.cancel_long_polls();
+                if matches!(self.conn, Conn::Closed) {
+                    self.socket_backoff();
+                }
             }
             _ => {
                 let s = self.streams.entry(stream).or_default();
@@ -1146,14 +1355,14 @@ impl Engine {
                         if matches!(w.op, WriteOp::CreateBoard { .. }) {
                             self.seed_created_board(&outcome.body);
                         }
-                        self.apply_entity_everywhere(&outcome.body);
+                        self.apply_entity(&outcome.body, &outcome.at);
                     }
-                    self.settle(w.write_id, Settled::Applied { status: outcome.status, body: outcome.body });
+                    self.settle(w.write_id, Settled::Applied { status: outcome.status, body: outcome.body, at: outcome.at });
                 }
                 409 => {
                     self.metrics.conflicts += 1;
                     let current = outcome.body.get("current").cloned().unwrap_or(Value::Null);
-                    self.on_conflict(w, current);
+                    self.on_conflict(w, current, outcome.at);
                 }
                 500..=599 => {
                     self.outbox_retry_at = self.now + policy::retry_delay(&mut self.rng, &self.cfg, &self.prefs, 1);
@@ -1167,7 +1376,7 @@ impl Engine {
         }
     }
 
-    fn on_conflict(&mut self, w: PendingWrite, current: Value) {
+    fn on_conflict(&mut self, w: PendingWrite, current: Value, at: Vec<StreamPosition>) {
         let theirs = w.base.as_ref().map(|b| apply::fields_changed(b, &current)).unwrap_or_else(|| ["*".to_owned()].into());
         let mine = apply::fields_written(&w.op);
         let overlap = mine.contains("*") || theirs.contains("*") || mine.iter().any(|f| theirs.contains(*f));
@@ -1182,20 +1391,21 @@ impl Engine {
             (ConflictPolicy::RebaseOrServerWins | ConflictPolicy::ServerWins, _) => Decision::ServerWins,
         };
         match decision {
-            Decision::Rebase => self.rebase(w, &current),
+            Decision::Rebase => self.rebase(w, &current, &at),
             Decision::ServerWins => {
                 self.out.push_back(Output::Notify(Notification::Conflict {
                     write_id: w.write_id,
                     current: current.clone(),
                     needs_decision: false,
                 }));
-                self.apply_entity_everywhere(&current);
-                self.settle(w.write_id, Settled::Overridden { current });
+                self.apply_entity(&current, &at);
+                self.settle(w.write_id, Settled::Overridden { current, at });
             }
             Decision::Ask => {
                 let mut held = w.clone();
                 held.conflict = Some(current.clone());
-                self.apply_entity_everywhere(&current);
+                held.conflict_at = at.clone();
+                self.apply_entity(&current, &at);
                 self.out.push_back(Output::Notify(Notification::Conflict { write_id: w.write_id, current, needs_decision: true }));
                 self.out.push_back(Output::Persist(PersistOp::OutboxPut { write: held.clone() }));
                 self.out.push_back(Output::Broadcast(TabMessage::WriteQueued { write: held.clone() }));
@@ -1206,15 +1416,27 @@ impl Engine {
     }
 
     /// Re-sends a conflicting write on the current version, as a new write (the old id's outcome is the 409).
-    fn rebase(&mut self, old: PendingWrite, current: &Value) {
+    fn rebase(&mut self, old: PendingWrite, current: &Value, at: &[StreamPosition]) {
         let mut op = old.op.clone();
         if let Some(v) = current.get("version").and_then(Value::as_u64) {
             apply::set_base_version(&mut op, v);
         }
-        let new = PendingWrite { write_id: self.new_id(), op, base: Some(current.clone()), conflict: None, ..old.clone() };
-        self.apply_entity_everywhere(current);
-        self.settle(old.write_id, Settled::Rebased { new_write_id: new.write_id });
-        self.queue_write(new, true);
+        let new = PendingWrite {
+            write_id: self.new_write_id(),
+            op,
+            base: Some(current.clone()),
+            conflict: None,
+            conflict_at: Vec::new(),
+            ..old.clone()
+        };
+        self.apply_entity(current, at);
+        // The old write settles once the new one is stored: a tab that dies in between leaves the old one
+        // stored, to be sent (and rebased) again, rather than neither.
+        if let Some(w) = self.outbox.remove(&old.write_id) {
+            self.notify_stream_of(&w.op);
+        }
+        self.replacing.insert(new.write_id, old.write_id);
+        self.queue_write(new);
     }
 
     /// A write ended: forget it here, in storage and in every tab.
@@ -1227,6 +1449,8 @@ impl Engine {
 
     fn settle(&mut self, write_id: Uuid, settled: Settled) {
         self.remember_settled(write_id);
+        self.stored_here.remove(&write_id);
+        self.unstored.remove(&write_id);
         if let Some(w) = self.outbox.remove(&write_id) {
             self.notify_stream_of(&w.op);
         }
@@ -1243,6 +1467,7 @@ impl Engine {
             tab: self.tab,
             visible: self.visible,
             leader: self.is_leader(),
+            sent_at: self.epoch_now(),
         }));
     }
 
@@ -1254,16 +1479,32 @@ impl Engine {
 
     fn on_tab(&mut self, msg: TabMessage) {
         match msg {
-            TabMessage::Presence { tab, visible, leader } => {
+            TabMessage::Presence { tab, visible, leader, sent_at } => {
+                // When it was said, on this tab's clock (the tabs share the wall clock): a message held while this
+                // tab was frozen is old news.
+                let said_at = if sent_at > 0 { self.now.saturating_sub(self.epoch_now().saturating_sub(sent_at)) } else { self.now };
+                if said_at + self.cfg.peer_timeout_ms < self.now {
+                    return;
+                }
                 let known_leader = self.peers.get(&tab).is_some_and(|p| p.leader);
-                let peer = self.peers.entry(tab).or_insert(Peer { visible, leader, last_seen: self.now, interests: BTreeSet::new(), critical: BTreeSet::new() });
+                let was = self.peers.get(&tab).map(|p| (p.visible, p.leader));
+                if self.is_leader() && was != Some((visible, leader)) {
+                    // A tab that just appeared, was just shown or hidden, or gave up leading, hears at once where
+                    // the connection stands (it would show nothing, or another leader's state, until the status
+                    // next changes) and that this leader is awake (a shown tab whose leader does not answer
+                    // takes over at once: `seek_leadership`).
+                    self.announce();
+                    self.out.push_back(Output::Broadcast(TabMessage::Status { status: self.status.clone(), sent_at: self.now, tab: self.tab }));
+                }
+                let peer = self.peers.entry(tab).or_insert(Peer { visible, leader, last_seen: said_at, interests: BTreeSet::new(), critical: BTreeSet::new() });
                 peer.visible = visible;
                 peer.leader = leader;
-                peer.last_seen = self.now;
+                peer.last_seen = peer.last_seen.max(said_at);
                 if leader && !known_leader && !self.is_leader() {
                     // A (new) leader: tell it what this tab needs, and what this tab has queued.
                     self.send_interest();
-                    let queued: Vec<PendingWrite> = self.outbox.values().cloned().collect();
+                    let queued: Vec<PendingWrite> =
+                        self.outbox.values().filter(|w| !self.unstored.contains(&w.write_id)).cloned().collect();
                     for write in queued {
                         self.out.push_back(Output::Broadcast(TabMessage::WriteQueued { write }));
                     }
@@ -1295,8 +1536,13 @@ impl Engine {
                     if let Some(q) = self.queries.get_mut(&key) {
                         if q.fetching.is_some() {
                             self.metrics.dedupe_hits += 1;
-                        } else if !kept {
+                        } else if !kept || q.invalidated {
                             q.invalidated = true;
+                        } else if let Some(data) = q.data.clone() {
+                            // Our copy is current (the feed keeps it so): the follower missed something (it was
+                            // frozen, or joined late). Share it rather than fetch it again.
+                            let fetched_at = q.current_at.unwrap_or(self.now);
+                            self.out.push_back(Output::Broadcast(TabMessage::Data { key, data, fetched_at }));
                         }
                     }
                 }
@@ -1306,10 +1552,10 @@ impl Engine {
                     return; // another leader during a handover; our own data is authoritative here
                 }
                 let q = self.queries.entry(key).or_default();
-                let newer = match (&q.data, data.cursor()) {
-                    (Some(old), Some(c)) => old.cursor().is_none_or(|o| c >= o) || matches!(old, QueryData::Gone),
-                    _ => true,
-                };
+                let newer = q.not_older(&data) || matches!(q.data, Some(QueryData::Gone));
+                if newer {
+                    q.ahead_to = 0;
+                }
                 if newer && q.data.as_ref() != Some(&data) {
                     q.data = Some(data);
                     self.notified.insert(key);
@@ -1339,6 +1585,12 @@ impl Engine {
             TabMessage::WriteQueued { write } => {
                 self.seq = self.seq.max(write.seq);
                 if self.settled.contains(&write.write_id) {
+                    // A late echo, or a tab that read the stored outbox before the settle's delete landed and
+                    // opened after the settle was announced: tell it again, or it keeps the write forever.
+                    if self.is_leader() {
+                        let settled = Settled::Earlier;
+                        self.out.push_back(Output::Broadcast(TabMessage::WriteSettled { write_id: write.write_id, settled }));
+                    }
                     return;
                 }
                 if let Some(current) = &write.conflict
@@ -1355,18 +1607,23 @@ impl Engine {
             }
             TabMessage::WriteSettled { write_id, settled } => {
                 self.remember_settled(write_id);
+                self.unstored.remove(&write_id);
+                if self.stored_here.remove(&write_id) {
+                    // This tab stored it, so this tab deletes it too: the leader's delete may have landed first.
+                    self.out.push_back(Output::Persist(PersistOp::OutboxDelete { write_id }));
+                }
                 if let Some(w) = self.outbox.remove(&write_id) {
                     self.notify_stream_of(&w.op);
                     // Every tab tells its user what became of a write, whichever tab made it.
                     match &settled {
-                        Settled::Applied { body, .. } if !body.is_null() => {
+                        Settled::Applied { body, at, .. } if !body.is_null() => {
                             if matches!(w.op, WriteOp::CreateBoard { .. }) {
                                 self.seed_created_board(body);
                             }
-                            self.apply_entity_everywhere(body)
+                            self.apply_entity(body, at)
                         }
-                        Settled::Overridden { current } => {
-                            self.apply_entity_everywhere(current);
+                        Settled::Overridden { current, at } => {
+                            self.apply_entity(current, at);
                             self.out.push_back(Output::Notify(Notification::Conflict {
                                 write_id,
                                 current: current.clone(),
@@ -1392,7 +1649,10 @@ impl Engine {
                     self.retry_now();
                 }
             }
-            TabMessage::Status { status, sent_at } => {
+            TabMessage::Status { status, sent_at, tab } => {
+                if self.peers.get(&tab).is_some_and(|p| !p.leader) {
+                    return; // from a tab that is no longer the leader (its message was on the way)
+                }
                 let status = status.rebased(sent_at, self.now);
                 if !self.is_leader() && self.leader_status.as_ref() != Some(&status) {
                     self.leader_status = Some(status);
@@ -1446,11 +1706,28 @@ impl Engine {
     }
 
     /// A visible follower takes over from a hidden leader (after a short delay, so quick tab switches do not
-    /// bounce the connection): the connection should live in a tab the user looks at.
+    /// bounce the connection): the connection should live in a tab the user looks at. A tab that was just shown
+    /// announced itself; if no leader answers within `LEADER_ANSWER_MS` (the browser froze the leader: it keeps
+    /// the lock but does nothing), it takes over at once.
     fn seek_leadership(&mut self) {
+        if !self.visible {
+            self.leader_check_since = None;
+            self.leader_hidden_since = None;
+            return;
+        }
+        if let Some(since) = self.leader_check_since {
+            let answered = self.peers.values().any(|p| p.leader && p.last_seen >= since);
+            if answered {
+                self.leader_check_since = None;
+            } else if self.now >= since + LEADER_ANSWER_MS {
+                self.leader_check_since = None;
+                self.leader_hidden_since = None;
+                self.out.push_back(Output::ClaimLeadership);
+                return;
+            }
+        }
         let leader_hidden = self.peers.values().any(|p| p.leader && !p.visible);
-        let no_leader = !self.peers.values().any(|p| p.leader);
-        if self.visible && leader_hidden && !no_leader {
+        if leader_hidden {
             let since = *self.leader_hidden_since.get_or_insert(self.now);
             if self.now >= since + LEADER_HANDOVER_DELAY_MS {
                 self.leader_hidden_since = None;
@@ -1528,7 +1805,7 @@ impl Engine {
             Conn::Closed => match self.mode {
                 Mode::Socket => self.open_socket(),
                 Mode::Fallback { next_probe } if self.now >= next_probe => {
-                    let wait = self.cfg.probe_interval_ms / 2 + self.rng.random_range(0..=self.cfg.probe_interval_ms / 2);
+                    let wait = self.probe_delay();
                     self.mode = Mode::Fallback { next_probe: self.now + wait };
                     self.open_socket();
                 }
@@ -1692,10 +1969,14 @@ impl Engine {
                 && self.pending_create(b).is_some() {
                     continue;
                 }
-            let missing = q.data.is_none();
+            let no_data = q.data.is_none();
             let critical = q.critical || self.peers.values().any(|p| p.critical.contains(&key));
             let ctx = self.poll_context(critical);
-            let timed = !kept && !missing && !q.invalidated && {
+            let polls_hidden = policy::poll_interval(&self.prefs, &ctx).is_some();
+            // Missing data is fetched while a tab is active (or the background preference polls it): after the
+            // grace period with "pause", nothing at all until a tab is shown.
+            let missing = no_data && (visible || self.active() || polls_hidden);
+            let timed = !kept && !no_data && !q.invalidated && {
                 let interval = if self.prefs.realtime && matches!(self.mode, Mode::Fallback { .. }) && key.takes_deltas() {
                     None // the long-poll follows it
                 } else if self.prefs.realtime && matches!(self.mode, Mode::Socket) && self.active() && key.takes_deltas() {
@@ -1709,9 +1990,10 @@ impl Engine {
                     (None, _) => false,
                 }
             };
-            // While no tab is visible, invalidations wait (batched) until one is, unless the query is missing.
-            let invalid = q.invalidated && (visible || missing || ctx.critical);
-            if catching_up && !missing && !(q.invalidated && !key.takes_deltas()) {
+            // While no tab is visible, invalidations wait (batched) until one is, unless the query is missing, or
+            // critical and the background preference polls it.
+            let invalid = q.invalidated && (visible || missing || (ctx.critical && polls_hidden));
+            if catching_up && !no_data && !(q.invalidated && !key.takes_deltas()) {
                 let s = self.streams.get(&key.stream());
                 if s.is_some_and(|s| s.sub != Sub::None) {
                     continue;
@@ -1720,7 +2002,7 @@ impl Engine {
             if missing || invalid || timed {
                 let rank = if missing { 0 } else if invalid { 1 } else { 2 };
                 due.push((rank, key));
-            } else if let Some(i) = (!kept && !missing).then(|| policy::poll_interval(&self.prefs, &ctx)).flatten() {
+            } else if let Some(i) = (!kept && !no_data).then(|| policy::poll_interval(&self.prefs, &ctx)).flatten() {
                 let next = q.current_at.map_or(self.now, |t| t + i);
                 self.queries.get_mut(&key).expect("present").next_poll = Some(next);
                 continue;
@@ -1779,6 +2061,10 @@ impl Engine {
         let has_user_visible = self.outbox.values().any(|w| w.priority == Priority::UserVisible && w.conflict.is_none());
         for w in self.pending_sorted() {
             let entity = apply::entity_of(&w.op);
+            if self.unstored.contains(&w.write_id) {
+                blocked.insert(entity); // sent once stored; later writes on it wait behind it
+                continue;
+            }
             if w.conflict.is_some() {
                 blocked.insert(entity); // later writes on it wait for the user's decision
                 continue;
@@ -1812,6 +2098,11 @@ impl Engine {
             .map(|(k, _)| *k)
             .collect();
         for key in wants {
+            if self.bug(InjectedBug::FollowersFetch) {
+                let etag = self.queries[&key].etag.clone();
+                let id = self.request(Purpose::Query(key), HttpRequest { method: "GET", path: key.path(), body: None, if_none_match: etag });
+                self.queries.get_mut(&key).expect("wanted").fetching = Some(id);
+            }
             if let Some(q) = self.queries.get_mut(&key) {
                 q.invalidated = false; // asked once; the leader's data clears it for good
             }
@@ -1867,6 +2158,8 @@ impl Engine {
                 ConnectionStatus::Connecting
             } else if let (Some(retry_at), false) = (unreachable, reachable) {
                 ConnectionStatus::Reconnecting { retry_at: retry_at.min(next_probe) }
+            } else if !reachable {
+                ConnectionStatus::Connecting // no long-poll has answered yet: polling is not established
             } else {
                 ConnectionStatus::Polling { reason: "the WebSocket is unavailable".into(), retry_socket_at: Some(next_probe) }
             }
@@ -1881,7 +2174,7 @@ impl Engine {
             self.status = status.clone();
             self.status_since = self.now;
             if self.is_leader() {
-                self.out.push_back(Output::Broadcast(TabMessage::Status { status: status.clone(), sent_at: self.now }));
+                self.out.push_back(Output::Broadcast(TabMessage::Status { status: status.clone(), sent_at: self.now, tab: self.tab }));
             }
             self.out.push_back(Output::Notify(Notification::Connection { status }));
             self.notify_all_queries();
@@ -1959,6 +2252,8 @@ impl Engine {
     }
 }
 
+/// Woken this long after its deadline, a tab was frozen by the browser.
+const FROZEN_AFTER_MS: Millis = 3_000;
 /// Settled write ids remembered to recognise late echoes of them.
 const SETTLED_REMEMBERED: usize = 1024;
 /// A socket that has not opened after this long is given up on (counts as a failure).
@@ -1968,6 +2263,9 @@ const OPEN_TIMEOUT_MS: Millis = 10_000;
 const CACHE_SAVE_DELAY_MS: Millis = 1_000;
 /// How long a visible follower waits before taking leadership from a hidden leader.
 const LEADER_HANDOVER_DELAY_MS: Millis = 500;
+/// A hidden leader answers a tab that was just shown within this (with its presence); one that does not is
+/// frozen, and the shown tab takes over at once.
+const LEADER_ANSWER_MS: Millis = 50;
 
 fn add_state_time(metrics: &mut Metrics, status: &ConnectionStatus, spent: Millis) {
     let times = &mut metrics.states;

@@ -26,7 +26,7 @@ pub mod metrics;
 pub mod policy;
 pub mod types;
 
-pub use config::{BackgroundMode, EngineConfig, Preferences};
+pub use config::{BackgroundMode, EngineConfig, InjectedBug, Preferences};
 pub use engine::Engine;
 pub use metrics::{HISTORY_SPAN_MS, HISTORY_STEP_MS, Metrics, MetricsPoint};
 pub use types::*;

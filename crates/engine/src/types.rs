@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 use syncline_protocol::{
-    BoardList, BoardSnapshot, BoardSummary, Change, ClientMessage, Cursor, ServerMessage, StreamId, WriteOp,
+    BoardList, BoardSnapshot, BoardSummary, Change, ClientMessage, Cursor, ServerMessage, StreamId, StreamPosition,
+    WriteOp,
 };
 use uuid::Uuid;
 
@@ -93,6 +94,15 @@ impl QueryData {
             QueryData::Gone => None,
         }
     }
+
+    /// The change log the cursor belongs to, when the data says.
+    pub fn log_id(&self) -> Option<uuid::Uuid> {
+        match self {
+            QueryData::Boards(l) => Some(l.log_id),
+            QueryData::Board(b) => Some(b.log_id),
+            QueryData::Summary(_) | QueryData::Gone => None,
+        }
+    }
 }
 
 /// How fresh a query is, for the UI.
@@ -180,28 +190,56 @@ pub struct PendingWrite {
     pub base: Option<serde_json::Value>,
     /// Set when the server refused for a conflict and the policy asks the user.
     pub conflict: Option<serde_json::Value>,
+    /// Where `conflict` (the server's current entity) stood in its streams.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflict_at: Vec<StreamPosition>,
 }
 
 /// How a write ended, told to every tab.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Settled {
-    /// Applied; the entity as committed (`null` for a delete).
-    Applied { status: u16, body: serde_json::Value },
+    /// Applied; the entity as committed (`null` for a delete), and where its changes committed.
+    Applied {
+        status: u16,
+        body: serde_json::Value,
+        #[serde(default)]
+        at: Vec<StreamPosition>,
+    },
     /// Not applied, for good (unknown entity, invalid); the server's error body.
     Rejected { status: u16, body: serde_json::Value },
-    /// Not applied: the server's version stood (by policy or by the user's choice).
-    Overridden { current: serde_json::Value },
+    /// Not applied: the server's version stood (by policy or by the user's choice); `at`: where it stood.
+    Overridden {
+        current: serde_json::Value,
+        #[serde(default)]
+        at: Vec<StreamPosition>,
+    },
     /// Replaced by a new write (new id) re-based on the current version.
     Rebased { new_write_id: Uuid },
+    /// Applied: its change came through the feed (at `at`) before its answer did. Nothing to lay over; every
+    /// copy gets the change from the feed.
+    Confirmed {
+        #[serde(default)]
+        at: Vec<StreamPosition>,
+    },
+    /// It settled earlier (said again to a tab that missed it, e.g. one opened meanwhile); its effect, if any,
+    /// reaches that tab through the feed.
+    Earlier,
 }
 
 /// Messages between the tabs of one browser (BroadcastChannel).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum TabMessage {
-    /// Sent on start, on every change of visibility or role, and as a heartbeat.
-    Presence { tab: TabId, visible: bool, leader: bool },
+    /// Sent on start, on every change of visibility or role, and as a heartbeat. `sent_at`: the sender's wall
+    /// clock (Unix ms; 0 if unknown), so a message held while the receiver was frozen is recognised as stale.
+    Presence {
+        tab: TabId,
+        visible: bool,
+        leader: bool,
+        #[serde(default)]
+        sent_at: u64,
+    },
     /// A tab is gone (closed); crashed tabs are noticed by their missing heartbeat.
     Goodbye { tab: TabId },
     /// A follower's queries: the leader keeps them fresh and shares their data.
@@ -226,7 +264,13 @@ pub enum TabMessage {
     ConflictResolved { write_id: Uuid, keep_mine: bool },
     /// Leader → all: the connection state, for badges and freshness. Times in `status` are on the leader's
     /// clock, which read `sent_at` when it was sent; receivers shift them onto their own clock.
-    Status { status: ConnectionStatus, sent_at: Millis },
+    Status {
+        status: ConnectionStatus,
+        sent_at: Millis,
+        /// The leader that sent it (followers ignore a tab that has since stopped leading).
+        #[serde(default)]
+        tab: TabId,
+    },
     /// Follower → leader: the user pressed "retry now".
     RetryNow,
 }
@@ -328,6 +372,9 @@ pub enum Input {
     /// The user is about to need this query (hovering or focusing a link to it in a visible tab): fetch it
     /// once if it is missing or stale, so the view opens from cache.
     Prefetch(QueryKey),
+    /// The driver carried out `PersistOp::OutboxPut` for this write (or failed to: report it either way). The
+    /// write is shared with other tabs and sent only after this.
+    Persisted { write_id: Uuid },
     /// The socket the engine asked for is open.
     SocketOpened,
     /// The socket closed (or failed to open).

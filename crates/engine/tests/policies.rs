@@ -12,6 +12,8 @@ fn id(n: u128) -> Uuid {
     Uuid::from_u128(n)
 }
 const BOARD: u128 = 100;
+/// The wall clock (Unix ms) when the tests' engines start.
+const EPOCH: u64 = 1_764_000_000_000;
 const LOG: u128 = 999;
 
 fn card(n: u128, column: u128, title: &str, version: u64) -> Card {
@@ -40,11 +42,13 @@ struct Driver {
     now: Millis,
     /// Answer the engine's pings, as a live server would.
     pong: bool,
+    /// Store outbox entries at once (as IndexedDB would, a moment later) and say so.
+    store_at_once: bool,
 }
 
 impl Driver {
     fn new(prefs: Preferences) -> Driver {
-        let mut d = Driver { e: Engine::new(EngineConfig::default(), prefs, 1, 7, 0), now: 0, pong: true };
+        let mut d = Driver { e: Engine::new(EngineConfig::default(), prefs, 1, 7, 0, EPOCH), now: 0, pong: true, store_at_once: true };
         d.input(Input::Visibility { visible: true });
         d
     }
@@ -55,12 +59,22 @@ impl Driver {
         d
     }
 
+    /// Collects outputs until the engine waits; stores outbox entries at once, as IndexedDB would a moment
+    /// later, and says so.
     fn drain(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
         loop {
             match self.e.poll_output() {
                 Output::Timeout(_) => return out,
-                o => out.push(o),
+                o => {
+                    if let (Output::Persist(PersistOp::OutboxPut { write }), true) = (&o, self.store_at_once) {
+                        let write_id = write.write_id;
+                        out.push(o);
+                        self.e.handle_input(self.now, Input::Persisted { write_id });
+                    } else {
+                        out.push(o);
+                    }
+                }
             }
         }
     }
@@ -81,6 +95,12 @@ impl Driver {
                     all.push(Output::SendSocket(ClientMessage::Ping { nonce }));
                     let pong = socket_message(&ServerMessage::Pong { nonce });
                     self.e.handle_input(self.now, pong);
+                    continue;
+                }
+                Output::Persist(PersistOp::OutboxPut { write }) if self.store_at_once => {
+                    let write_id = write.write_id;
+                    all.push(Output::Persist(PersistOp::OutboxPut { write }));
+                    self.e.handle_input(self.now, Input::Persisted { write_id });
                     continue;
                 }
                 o => {
@@ -292,7 +312,10 @@ fn socket_failures_back_off_with_full_jitter_then_fall_back_to_long_poll_and_pro
     let polls: Vec<_> = http(&out).into_iter().filter(|(_, r)| r.path.starts_with("/api/changes")).collect();
     assert_eq!(polls.len(), 1, "{out:?}");
     assert!(polls[0].1.path.contains("since=3") && polls[0].1.path.contains("wait=25"));
-    assert!(matches!(d.e.status(), ConnectionStatus::Polling { .. }));
+    // Polling once the server answers the long-poll (the socket failed while HTTP works).
+    let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)), changes: vec![] };
+    d.reply(polls[0].0, 200, serde_json::to_string(&empty).unwrap());
+    assert!(matches!(d.e.status(), ConnectionStatus::Polling { .. }), "{:?}", d.e.status());
     // It keeps probing the socket, and upgrades back when it works.
     let out = d.advance(30_000);
     assert_eq!(opens(&out), 1, "probed within the probe interval");
@@ -386,6 +409,23 @@ fn a_change_is_applied_without_a_request_and_its_dependents_refetch_once_per_bat
 }
 
 #[test]
+fn a_snapshot_older_than_the_copy_does_not_take_it_back() {
+    // Found by the simulation: a refetch answered after the feed had delivered a newer change (a card deleted),
+    // and the older snapshot replaced the copy — the card came back until the feed caught up again.
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    // A gap refetches the board; while that fetch is under way the feed brings a delete.
+    let out = d.server(changes(9, vec![ChangeOp::CardDeleted { id: id(2), board_id: id(BOARD) }]));
+    let get = http(&out).into_iter().find(|(_, r)| r.path == format!("/api/boards/{}", id(BOARD))).expect("a gap refetches the board");
+    d.server(changes(4, vec![ChangeOp::CardDeleted { id: id(2), board_id: id(BOARD) }]));
+    assert!(d.e.board(id(BOARD)).unwrap().cards.iter().all(|c| c.id != id(2)));
+    // The answer was read before the delete: cursor 3.
+    d.reply(get.0, 200, serde_json::to_string(&snapshot(3)).unwrap());
+    assert!(d.e.board(id(BOARD)).unwrap().cards.iter().all(|c| c.id != id(2)), "the deleted card stays deleted");
+    assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cursor, 4);
+}
+
+#[test]
 fn a_change_that_cannot_be_applied_refetches_that_query_once() {
     let mut d = Driver::leader();
     d.live_on_board(3);
@@ -446,14 +486,14 @@ fn one_write(policy: ConflictPolicy, body: UpdateCard) -> (Driver, RequestId, Uu
 
 fn conflict_reply(d: &mut Driver, rid: RequestId, write_id: Uuid, current: &Card) -> Vec<Output> {
     let body = json!({"error": "conflict", "message": "stale", "current": current});
-    let result = WriteBatchResult { results: vec![WriteOutcome { write_id, status: 409, body }] };
+    let result = WriteBatchResult { results: vec![WriteOutcome { write_id, status: 409, body, at: vec![] }] };
     d.reply(rid, 200, serde_json::to_string(&result).unwrap())
 }
 
 #[test]
 fn a_confirmed_write_leaves_the_outbox() {
     let (mut d, rid, write_id) = one_write(ConflictPolicy::default(), UpdateCard { title: Some("mine".into()), ..Default::default() });
-    let result = WriteBatchResult { results: vec![WriteOutcome { write_id, status: 200, body: serde_json::to_value(card(1, 10, "mine", 2)).unwrap() }] };
+    let result = WriteBatchResult { results: vec![WriteOutcome { write_id, status: 200, body: serde_json::to_value(card(1, 10, "mine", 2)).unwrap(), at: vec![] }] };
     let out = d.reply(rid, 200, serde_json::to_string(&result).unwrap());
     assert!(out.iter().any(|o| matches!(o, Output::Persist(PersistOp::OutboxDelete { write_id: w }) if *w == write_id)));
     assert_eq!(d.e.pending().len(), 0);
@@ -496,7 +536,182 @@ fn server_wins_drops_mine_and_tells_the_user() {
     assert_eq!(d.e.board(id(BOARD)).unwrap().cards[0].title, "theirs");
 }
 
+#[test]
+fn a_write_is_shared_with_other_tabs_and_sent_only_once_it_is_stored() {
+    // Found in a real browser: a follower shared a write at once but stored it a moment later; the leader sent
+    // it, got the answer and deleted the stored entry before the follower's put landed, which then brought the
+    // entry back for good (counted as pending forever, replayed by every later leader).
+    let mut d = Driver::new(Preferences::default());
+    d.store_at_once = false;
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));
+    let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
+    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    let write_id = out
+        .iter()
+        .find_map(|o| if let Output::Persist(PersistOp::OutboxPut { write }) = o { Some(write.write_id) } else { None })
+        .expect("stored first");
+    assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::WriteQueued { .. }))), "not shared before it is stored: {out:?}");
+    assert_eq!(d.e.pending().len(), 1, "shown as pending at once");
+    let out = d.input(Input::Persisted { write_id });
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::WriteQueued { write }) if write.write_id == write_id)), "{out:?}");
+    // The leader settles it: this tab stored it, so it deletes its entry too (after its own put, in order).
+    let settled = Settled::Applied { status: 200, body: serde_json::Value::Null, at: vec![] };
+    let out = d.input(Input::Tab(TabMessage::WriteSettled { write_id, settled }));
+    assert!(out.contains(&Output::Persist(PersistOp::OutboxDelete { write_id })), "{out:?}");
+    assert!(d.e.pending().is_empty());
+}
+
+#[test]
+fn the_leader_sends_its_own_write_once_stored() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    d.store_at_once = false;
+    let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
+    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    assert!(posted(&out).is_none(), "{out:?}");
+    let write_id = d.e.pending()[0].write_id;
+    let out = d.input(Input::Persisted { write_id });
+    assert_eq!(posted(&out).expect("sent once stored").1.writes[0].write_id, write_id);
+}
+
+#[test]
+fn write_ids_carry_the_time_they_were_made() {
+    let mut d = Driver::leader();
+    d.advance(5_000);
+    let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
+    let write_id = d.e.write_at(d.now, op, Priority::UserVisible, ConflictPolicy::default());
+    assert_eq!(write_id.get_version(), Some(uuid::Version::SortRand));
+    let (secs, nanos) = write_id.get_timestamp().unwrap().to_unix();
+    assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, EPOCH + 5_000);
+}
+
+#[test]
+fn a_replayed_outcome_does_not_bring_back_a_card_deleted_since() {
+    // A write the server applied long ago is sent again (its stored entry outlived it): the server answers with
+    // the recorded outcome — the card as created — but this copy is already past the write and the card's
+    // later deletion.
+    let mut d = Driver::leader();
+    let mut snap = snapshot(10);
+    snap.cards.retain(|c| c.id != id(2)); // card 2 was created at cursor 5 and deleted at cursor 9
+    let out = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+    let (rid, _) = http(&out)[0].clone();
+    d.reply(rid, 200, serde_json::to_string(&snap).unwrap());
+    d.input(Input::SocketOpened);
+    d.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 });
+    d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor: 10 });
+    let zombie = PendingWrite {
+        write_id: id(7777),
+        op: WriteOp::CreateCard { column_id: id(10), body: syncline_protocol::CreateCard { id: Some(id(2)), title: "two".into(), description: String::new() } },
+        priority: Priority::UserVisible,
+        policy: ConflictPolicy::default(),
+        seq: 1,
+        base: None,
+        conflict: None,
+        conflict_at: vec![],
+    };
+    let out = d.input(Input::Restored { outbox: vec![zombie], cache: vec![] });
+    let (rid, _) = posted(&out).expect("replayed");
+    let at = vec![syncline_protocol::StreamPosition { stream: StreamId::Board(id(BOARD)), cursor: 5 }];
+    let result = WriteBatchResult {
+        results: vec![WriteOutcome { write_id: id(7777), status: 201, body: serde_json::to_value(card(2, 10, "two", 1)).unwrap(), at }],
+    };
+    d.reply(rid, 200, serde_json::to_string(&result).unwrap());
+    assert!(d.e.pending().is_empty());
+    let view = d.e.board(id(BOARD)).unwrap();
+    assert!(view.cards.iter().all(|c| c.id != id(2)), "the deleted card stays deleted: {view:?}");
+    // A write this copy has not seen yet still shows at once (before its change arrives on the feed).
+    let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("new".into()), ..Default::default() } };
+    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    let (rid, batch) = posted(&out).unwrap();
+    let at = vec![syncline_protocol::StreamPosition { stream: StreamId::Board(id(BOARD)), cursor: 11 }];
+    let result = WriteBatchResult {
+        results: vec![WriteOutcome { write_id: batch.writes[0].write_id, status: 200, body: serde_json::to_value(card(1, 10, "new", 2)).unwrap(), at }],
+    };
+    d.reply(rid, 200, serde_json::to_string(&result).unwrap());
+    assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[0].title, "new");
+}
+
+#[test]
+fn a_writes_own_change_on_the_feed_settles_it_before_its_answer_comes() {
+    // Found by the simulation: a card created offline was applied but its answer was lost; another user deleted
+    // it; the delete came through the feed, yet the still-pending create laid the card over the view again.
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let op = WriteOp::CreateCard { column_id: id(10), body: syncline_protocol::CreateCard { id: Some(id(4)), title: "mine".into(), description: String::new() } };
+    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    let (rid, batch) = posted(&out).expect("sent");
+    let write_id = batch.writes[0].write_id;
+    let stream = StreamId::Board(id(BOARD));
+    let created = Change { stream, cursor: 4, at_ms: 0, write_id: Some(write_id), op: ChangeOp::CardUpserted { card: card(4, 10, "mine", 1) } };
+    let out = d.server(ServerMessage::Changes { stream, changes: vec![created] });
+    assert!(d.e.pending().is_empty(), "its change confirms it");
+    assert!(out.contains(&Output::Persist(PersistOp::OutboxDelete { write_id })));
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::WriteSettled { write_id: w, .. }) if *w == write_id)));
+    d.server(changes(5, vec![ChangeOp::CardDeleted { id: id(4), board_id: id(BOARD) }]));
+    assert!(d.e.board(id(BOARD)).unwrap().cards.iter().all(|c| c.id != id(4)), "deleted, and not laid over again");
+    // The answer arrives at last: nothing more happens.
+    let at = vec![syncline_protocol::StreamPosition { stream, cursor: 4 }];
+    let result = WriteBatchResult { results: vec![WriteOutcome { write_id, status: 201, body: serde_json::to_value(card(4, 10, "mine", 1)).unwrap(), at }] };
+    d.reply(rid, 200, serde_json::to_string(&result).unwrap());
+    assert!(d.e.board(id(BOARD)).unwrap().cards.iter().all(|c| c.id != id(4)));
+}
+
 // ---- tabs --------------------------------------------------------------------------------------------------
+
+#[test]
+fn a_tab_that_appears_hears_the_leaders_status_at_once() {
+    // Found in a real browser: a new follower said "Idle" until the leader's status next changed (seconds, while
+    // changes streamed live).
+    let mut leader = Driver::leader();
+    leader.live_on_board(3);
+    assert_eq!(leader.e.status(), &ConnectionStatus::Live);
+    let out = leader.input(Input::Tab(TabMessage::Presence { tab: 5, visible: true, leader: false, sent_at: 0 }));
+    let status = out.iter().find_map(|o| if let Output::Broadcast(m @ TabMessage::Status { .. }) = o { Some(m.clone()) } else { None });
+    let status = status.expect("the leader tells the new tab where the connection stands");
+    let mut follower = Driver::new(Preferences::default());
+    follower.input(Input::Tab(TabMessage::Presence { tab: 1, visible: true, leader: true, sent_at: 0 }));
+    follower.input(Input::Tab(status));
+    assert_eq!(follower.e.status(), &ConnectionStatus::Live);
+}
+
+#[test]
+fn a_shown_tab_takes_over_at_once_from_a_leader_that_does_not_answer() {
+    // Found in a real browser: Chromium froze the hidden leader (it kept the lock, answered nothing), and the
+    // tab the user showed waited the whole hand-over delay before taking over.
+    let mut d = Driver::new(Preferences::default());
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: false, leader: true, sent_at: 0 }));
+    d.input(Input::Visibility { visible: false });
+    d.advance(10_000); // the leader falls silent (frozen)
+    let out = d.input(Input::Visibility { visible: true });
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Presence { visible: true, .. }))), "it says it is shown");
+    let out = d.advance(60);
+    assert!(out.contains(&Output::ClaimLeadership), "no answer within 50 ms: take over now");
+}
+
+#[test]
+fn a_shown_tab_leaves_an_answering_hidden_leader_in_place_for_the_handover_delay() {
+    let mut d = Driver::new(Preferences::default());
+    d.input(Input::Visibility { visible: false });
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: false, leader: true, sent_at: 0 }));
+    d.input(Input::Visibility { visible: true });
+    d.advance(5);
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: false, leader: true, sent_at: 0 })); // the leader answers
+    let out = d.advance(300);
+    assert!(!out.contains(&Output::ClaimLeadership), "an awake leader keeps the connection while the user may switch back");
+    let out = d.advance(300);
+    assert!(out.contains(&Output::ClaimLeadership), "then the visible tab takes it");
+}
+
+#[test]
+fn the_leader_answers_a_tab_that_is_shown() {
+    let mut d = Driver::leader();
+    d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: false, leader: false, sent_at: 0 }));
+    let out = d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: true, leader: false, sent_at: 0 }));
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Presence { tab: 1, leader: true, .. }))), "{out:?}");
+    let out = d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: true, leader: false, sent_at: 0 }));
+    assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Presence { .. }))), "a heartbeat needs no answer");
+}
+
 
 #[test]
 fn a_follower_makes_no_requests_and_routes_its_writes_through_the_leader() {
@@ -530,6 +745,7 @@ fn a_new_leader_sends_the_persisted_outbox_with_the_same_write_ids() {
         seq: 1,
         base: None,
         conflict: None,
+        conflict_at: vec![],
     };
     let out = d.input(Input::Restored { outbox: vec![w], cache: vec![] });
     let (_, batch) = posted(&out).expect("sent");
@@ -539,10 +755,10 @@ fn a_new_leader_sends_the_persisted_outbox_with_the_same_write_ids() {
 #[test]
 fn a_visible_follower_claims_leadership_from_a_hidden_leader() {
     let mut d = Driver::new(Preferences::default());
-    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true }));
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));
     let out = d.advance(1_000);
     assert!(!out.contains(&Output::ClaimLeadership), "the leader is visible");
-    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: false, leader: true }));
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: false, leader: true, sent_at: 0 }));
     let out = d.advance(600);
     assert!(out.contains(&Output::ClaimLeadership));
 }
@@ -650,7 +866,7 @@ fn a_follower_shows_the_leaders_retry_time_on_its_own_clock_and_relays_retry_now
     d.now = 1_000;
     d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
     // The leader's clock reads 50,000 as it sends; it retries at 53,000 on its clock: 3 s from now.
-    d.input(Input::Tab(TabMessage::Status { status: ConnectionStatus::Reconnecting { retry_at: 53_000 }, sent_at: 50_000 }));
+    d.input(Input::Tab(TabMessage::Status { status: ConnectionStatus::Reconnecting { retry_at: 53_000 }, sent_at: 50_000, tab: 9 }));
     assert_eq!(d.e.status(), &ConnectionStatus::Reconnecting { retry_at: 4_000 });
     let out = d.input(Input::RetryNow);
     assert!(out.contains(&Output::Broadcast(TabMessage::RetryNow)), "{out:?}");
@@ -670,6 +886,62 @@ fn retry_now_from_another_tab_reconnects_the_leader_at_once() {
 }
 
 #[test]
+fn after_a_long_server_outage_the_socket_is_live_again_as_soon_as_the_server_answers() {
+    // Found in a real browser: the failures while the server was down counted as WebSocket failures, so when it
+    // came back the app long-polled ("Polling — the WebSocket is unavailable") until the next probe, 15–30 s.
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    d.input(Input::SocketClosed { code: Some(1006), reason: "server gone".into() });
+    let mut polling_seen = false;
+    // Two minutes of outage: every attempt, socket or long-poll, fails.
+    let outage_end = d.now + 120_000;
+    while d.now < outage_end {
+        let out = d.advance(100);
+        for o in &out {
+            match o {
+                Output::OpenSocket => {
+                    d.input(Input::SocketClosed { code: Some(1006), reason: "refused".into() });
+                }
+                Output::Http { id: rid, .. } => {
+                    d.input(Input::Http { id: *rid, result: HttpResult::NetworkError("refused".into()) });
+                }
+                _ => {}
+            }
+        }
+        polling_seen |= matches!(d.e.status(), ConnectionStatus::Polling { .. });
+    }
+    assert!(!polling_seen, "with nothing answering, the badge says reconnecting, not polling");
+    // The server is back: answer whatever comes next.
+    let back = d.now;
+    loop {
+        let mut out = d.advance(100);
+        while let Some(o) = out.pop() {
+            match o {
+                Output::OpenSocket => {
+                    out.extend(d.input(Input::SocketOpened));
+                    out.extend(d.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 }));
+                }
+                Output::SendSocket(ClientMessage::Subscribe { streams, .. }) => {
+                    out.extend(d.server(ServerMessage::Synced { stream: streams[0].stream, cursor: 3 }));
+                }
+                Output::Http { id: rid, request } if request.path.starts_with("/api/changes") => {
+                    let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)), changes: vec![] };
+                    out.extend(d.reply(rid, 200, serde_json::to_string(&empty).unwrap()));
+                }
+                _ => {}
+            }
+        }
+        if d.e.status() == &ConnectionStatus::Live {
+            break;
+        }
+        assert!(d.now - back < 60_000, "not live a minute after the server came back: {:?}", d.e.status());
+    }
+    // Backoff grows with the outage (at most 30 s); what matters is that no probe interval is added on top
+    // and that no long-poll phase came first.
+    assert!(d.now - back <= 30_100, "live {} ms after the server came back", d.now - back);
+}
+
+#[test]
 fn when_long_polls_fail_too_the_status_is_reconnecting_with_the_next_attempt_not_polling() {
     let mut d = Driver::leader();
     let out = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
@@ -686,8 +958,12 @@ fn when_long_polls_fail_too_the_status_is_reconnecting_with_the_next_attempt_not
     d.input(Input::Http { id: poll.0, result: HttpResult::NetworkError("connection refused".into()) });
     let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() else { panic!("{:?}", d.e.status()) };
     assert!(retry_at > d.now);
-    // The server answers again: polling (the socket is still refused).
+    // Nothing answered, so the socket is not to blame: it is tried first when the time comes.
     let out = d.advance(retry_at - d.now);
+    assert_eq!(opens(&out), 1, "{out:?}");
+    assert!(http(&out).is_empty(), "{out:?}");
+    // The server answers again but still refuses the socket: polling.
+    let out = d.input(Input::SocketClosed { code: Some(1006), reason: "refused".into() });
     let poll = http(&out).into_iter().find(|(_, r)| r.path.starts_with("/api/changes")).expect("long-poll again");
     let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)), changes: vec![] };
     d.reply(poll.0, 200, serde_json::to_string(&empty).unwrap());
@@ -712,14 +988,14 @@ fn a_query_a_follower_marked_critical_is_polled_by_the_hidden_leader_under_criti
     // A leader whose own views are gone (its tab shows nothing) keeps polling it while every tab is hidden.
     let mut d = Driver::new(prefs);
     d.input(Input::Role(Role::Leader));
-    d.input(Input::Tab(TabMessage::Presence { tab: 2, visible: false, leader: false }));
+    d.input(Input::Tab(TabMessage::Presence { tab: 2, visible: false, leader: false, sent_at: 0 }));
     let out = d.input(Input::Tab(interest));
     let (rid, _) = http(&out)[0].clone();
     d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
     d.input(Input::Visibility { visible: false });
     let mut polls = 0;
     for _ in 0..60 {
-        d.input(Input::Tab(TabMessage::Presence { tab: 2, visible: false, leader: false }));
+        d.input(Input::Tab(TabMessage::Presence { tab: 2, visible: false, leader: false, sent_at: 0 }));
         let out = d.advance(2_000);
         for (rid, _) in http(&out) {
             polls += 1;

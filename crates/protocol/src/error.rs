@@ -27,6 +27,10 @@ pub enum ErrorCode {
     Conflict,
     /// A write id (idempotency key) was sent again with a different write.
     IdempotencyKeyReused,
+    /// The write id (a UUIDv7) was made longer ago than the server remembers write ids (or too far in the
+    /// future): the server can no longer tell whether it was applied, so it refuses it rather than risk
+    /// applying it twice.
+    WriteExpired,
     /// The request's `Origin` is not allowed to use this server.
     ForbiddenOrigin,
     /// The WebSocket feed is turned off; long-poll instead.
@@ -48,6 +52,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::WriteExpired => "write_expired",
             ErrorCode::ForbiddenOrigin => "forbidden_origin",
             ErrorCode::WebsocketUnavailable => "websocket_unavailable",
             ErrorCode::Internal => "internal",

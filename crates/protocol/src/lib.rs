@@ -13,4 +13,4 @@ pub mod writes;
 pub use api::*;
 pub use error::{ApiError, ErrorCode};
 pub use feed::{Change, ChangeOp, ClientMessage, Cursor, ServerMessage, StreamCursor, StreamId};
-pub use writes::{Write, WriteBatch, WriteBatchResult, WriteOp, WriteOutcome};
+pub use writes::{StreamPosition, Write, WriteBatch, WriteBatchResult, WriteOp, WriteOutcome};

@@ -52,6 +52,34 @@ pub struct WriteOutcome {
     pub write_id: Uuid,
     pub status: u16,
     pub body: serde_json::Value,
+    /// Where in each stream the entity in `body` stands: for an applied write, the cursor its last change in
+    /// each stream it touched committed at; for a conflict, the stream's head when `current` was read. A client
+    /// whose copy of a stream is already at or past that cursor has that state — and maybe something newer,
+    /// such as a later delete — so it must not lay `body` over its copy. Empty for other refusals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub at: Vec<StreamPosition>,
+}
+
+/// A cursor in a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamPosition {
+    pub stream: crate::StreamId,
+    pub cursor: crate::Cursor,
+}
+
+impl StreamPosition {
+    /// The last cursor per stream of a write's changes, in the order the streams first appear.
+    pub fn of(changes: &[crate::Change]) -> Vec<StreamPosition> {
+        let mut out: Vec<StreamPosition> = Vec::new();
+        for c in changes {
+            match out.iter_mut().find(|x| x.stream == c.stream) {
+                Some(x) => x.cursor = x.cursor.max(c.cursor),
+                None => out.push(StreamPosition { stream: c.stream, cursor: c.cursor }),
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -297,7 +297,12 @@ async fn write_batch(State(s): State<AppState>, Json(batch): Json<WriteBatch>) -
     let mut results = Vec::with_capacity(batch.writes.len());
     for w in batch.writes {
         let outcome = writes::execute(&s.store, &s.metrics, Some(w.write_id), w.op).await?;
-        results.push(WriteOutcome { write_id: w.write_id, status: outcome.status.as_u16(), body: outcome.body });
+        results.push(WriteOutcome {
+            write_id: w.write_id,
+            status: outcome.status.as_u16(),
+            body: outcome.body,
+            at: outcome.at,
+        });
     }
     Ok(axum::Json(WriteBatchResult { results }))
 }

@@ -29,8 +29,8 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(write_id: Option<Uuid>) -> Recorder {
-        Recorder { write_id, at_ms: now_ms(), changes: Vec::new() }
+    pub fn new(write_id: Option<Uuid>, at_ms: u64) -> Recorder {
+        Recorder { write_id, at_ms, changes: Vec::new() }
     }
 
     pub fn changes(&self) -> &[Change] {
@@ -135,7 +135,8 @@ pub struct Retention {
     pub max_changes_per_stream: u64,
     /// Changes older than this are dropped.
     pub max_change_age: Duration,
-    /// Write outcomes (idempotency keys) are kept at least this long.
+    /// Write outcomes (idempotency keys) are kept at least this long (from their first use, or from the time
+    /// a UUIDv7 id carries if that is later).
     pub write_ttl: Duration,
 }
 
@@ -156,7 +157,7 @@ pub fn prune(tx: &Connection, retention: &Retention, now_ms: u64) -> StoreResult
 #[derive(Debug)]
 pub struct Published {
     pub changes: Vec<Change>,
-    /// When the write committed: fan-out latency is measured from here.
+    /// When the write at: fan-out latency is measured from here.
     pub committed_at: Instant,
 }
 

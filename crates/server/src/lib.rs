@@ -175,6 +175,7 @@ impl Server {
     /// Serves on an already-bound listener (e.g. to restart on the same port).
     pub fn start_on(listener: TcpListener, store: Store, config: &Config) -> anyhow::Result<Server> {
         let addr = listener.local_addr()?;
+        let store = store.with_write_id_ttl(config.retention().write_ttl);
         if !config.static_dir.join("index.html").exists() {
             tracing::warn!(dir = %config.static_dir.display(), "no index.html in the static directory; only /api is served");
         }

@@ -89,6 +89,10 @@ fn migrations() -> Migrations<'static> {
         );
         CREATE INDEX writes_by_age ON writes(at_ms);",
         ),
+        // Where each outcome's entity stands in its streams (JSON `[{stream, cursor}]`), so a replayed outcome
+        // tells the client whether its copy already has it. `at_ms` is from then on the time the record is kept
+        // from (see `writes::WriteContext`).
+        M::up("ALTER TABLE writes ADD COLUMN positions TEXT NOT NULL DEFAULT '[]';"),
     ])
 }
 
@@ -116,13 +120,27 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
     log_id: Uuid,
     hub: Arc<Hub>,
+    write_id_ttl_ms: u64,
 }
+
+/// Write ids are remembered this long unless configured otherwise (`--write-id-ttl-secs`).
+pub const DEFAULT_WRITE_ID_TTL_MS: u64 = 24 * 3600 * 1000;
 
 impl Store {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
         let (conn, log_id) = open_connection(path)?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)), log_id, hub: Arc::new(Hub::default()) })
+        Ok(Store { conn: Arc::new(Mutex::new(conn)), log_id, hub: Arc::new(Hub::default()), write_id_ttl_ms: DEFAULT_WRITE_ID_TTL_MS })
+    }
+
+    /// The same store, remembering write ids for `ttl` (writes with older UUIDv7 ids are refused).
+    pub fn with_write_id_ttl(mut self, ttl: std::time::Duration) -> Store {
+        self.write_id_ttl_ms = ttl.as_millis() as u64;
+        self
+    }
+
+    pub fn write_id_ttl_ms(&self) -> u64 {
+        self.write_id_ttl_ms
     }
 
     /// Identifies this database's change log.

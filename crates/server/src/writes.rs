@@ -7,11 +7,11 @@
 
 use axum::http::StatusCode;
 use rusqlite::{Connection, OptionalExtension, params};
-use syncline_protocol::{ErrorCode, WriteOp};
+use syncline_protocol::{ErrorCode, StreamId, StreamPosition, WriteOp};
 use uuid::Uuid;
 
 use crate::error::AppError;
-use crate::feed::{Recorder, now_ms};
+use crate::feed::{Recorder, now_ms, stream_head};
 use crate::metrics::Metrics;
 use crate::store::{self, Store, StoreError, StoreResult};
 
@@ -23,14 +23,67 @@ pub struct Outcome {
     pub body: serde_json::Value,
     /// True when this answer is the recorded outcome of an earlier request with the same write id.
     pub replayed: bool,
+    /// Where the body's entity stands in its streams (see `WriteOutcome::at`); recorded with the outcome, so
+    /// a replay answers the same.
+    pub at: Vec<StreamPosition>,
+}
+
+/// The clock and write-id retention a write is judged by.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteContext {
+    pub now_ms: u64,
+    /// How long write ids are remembered (`--write-id-ttl-secs`).
+    pub write_id_ttl_ms: u64,
+}
+
+impl WriteContext {
+    pub fn now(write_id_ttl_ms: u64) -> WriteContext {
+        WriteContext { now_ms: now_ms(), write_id_ttl_ms }
+    }
+
+    /// Refuses a UUIDv7 write id whose timestamp lies outside the window in which this server remembers write
+    /// ids: for an older one it can no longer tell whether it was applied (the record may have been pruned),
+    /// and applying it again could, for instance, re-create a card deleted since. Ids of other versions (a
+    /// script's random `Idempotency-Key`) carry no time and are remembered for the TTL from their first use.
+    fn check_age(&self, id: Uuid) -> Result<u64, AppError> {
+        let Some(made_ms) = made_at_ms(id) else { return Ok(self.now_ms) };
+        let ttl = self.write_id_ttl_ms;
+        if made_ms.saturating_add(ttl) < self.now_ms {
+            let hours = ttl as f64 / 3_600_000.0;
+            return Err(AppError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::WriteExpired,
+                format!("write {id} was made more than {hours:.1} h ago, longer than this server remembers writes; it was not applied"),
+            ));
+        }
+        if made_ms > self.now_ms.saturating_add(ttl) {
+            return Err(AppError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::WriteExpired,
+                format!("write {id} carries a time far in the future (is the client's clock wrong?); it was not applied"),
+            ));
+        }
+        // Remembered for the TTL from whichever is later: now, or the time the id claims.
+        Ok(made_ms.max(self.now_ms))
+    }
+}
+
+/// The creation time (Unix ms) a UUIDv7 carries.
+pub fn made_at_ms(id: Uuid) -> Option<u64> {
+    if id.get_version() != Some(uuid::Version::SortRand) {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
 }
 
 /// Runs `op` once per `write_id` and publishes its changes after commit.
 pub async fn execute(store: &Store, metrics: &Metrics, write_id: Option<Uuid>, op: WriteOp) -> Result<Outcome, AppError> {
     let hub = store.hub().clone();
+    let ttl = store.write_id_ttl_ms();
     let outcome = store
         .with_conn(move |conn| {
-            let (outcome, rec) = execute_locked(conn, write_id, op)?;
+            let (outcome, rec) = execute_locked(conn, write_id, op, WriteContext::now(ttl))?;
             // Still under the connection lock: notifications leave in commit order.
             hub.publish(rec.changes());
             Ok(outcome)
@@ -41,54 +94,85 @@ pub async fn execute(store: &Store, metrics: &Metrics, write_id: Option<Uuid>, o
 }
 
 /// [`execute`] on a connection the caller holds; returns the outcome and the changes to publish.
-pub fn execute_locked(conn: &mut Connection, write_id: Option<Uuid>, op: WriteOp) -> StoreResult<(Outcome, Recorder)> {
+pub fn execute_locked(
+    conn: &mut Connection,
+    write_id: Option<Uuid>,
+    op: WriteOp,
+    ctx: WriteContext,
+) -> StoreResult<(Outcome, Recorder)> {
     let request = serde_json::to_string(&op).map_err(|e| StoreError::Internal(e.into()))?;
     let mut tx = conn.transaction()?;
-    let mut rec = Recorder::new(write_id);
+    let mut rec = Recorder::new(write_id, ctx.now_ms);
+    let refused = |err: AppError, rec| Ok((Outcome { status: err.status, body: err.json(), replayed: false, at: Vec::new() }, rec));
+    let mut remember_from = ctx.now_ms;
     if let Some(id) = write_id {
-        let earlier: Option<(String, u16, String)> = tx
-            .query_row("SELECT request, status, body FROM writes WHERE write_id = ?1", [id.to_string()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        let earlier: Option<(String, u16, String, String)> = tx
+            .query_row("SELECT request, status, body, positions FROM writes WHERE write_id = ?1", [id.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()?;
-        if let Some((earlier_request, status, body)) = earlier {
+        if let Some((earlier_request, status, body, positions)) = earlier {
             if earlier_request != request {
                 let err = AppError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     ErrorCode::IdempotencyKeyReused,
                     format!("write id {id} was already used for a different write"),
                 );
-                return Ok((Outcome { status: err.status, body: err.json(), replayed: false }, rec));
+                return refused(err, rec);
             }
-            let body = serde_json::from_str(&body).map_err(|e| StoreError::Internal(e.into()))?;
+            let internal = |e: serde_json::Error| StoreError::Internal(e.into());
+            let body = serde_json::from_str(&body).map_err(internal)?;
+            let at = serde_json::from_str(&positions).map_err(internal)?;
             let status = StatusCode::from_u16(status).map_err(|e| StoreError::Internal(e.into()))?;
-            return Ok((Outcome { status, body, replayed: true }, rec));
+            return Ok((Outcome { status, body, replayed: true, at }, rec));
+        }
+        // Not remembered: only a write id young enough that it would be remembered if it had been applied.
+        match ctx.check_age(id) {
+            Ok(from) => remember_from = from,
+            Err(err) => return refused(err, rec),
         }
     }
-    let (status, body) = {
+    let (status, body, at) = {
         let sp = tx.savepoint()?;
         match apply(&sp, &mut rec, op) {
-            Ok(done) => {
+            Ok((status, body)) => {
                 sp.commit()?;
-                done
+                (status, body, StreamPosition::of(rec.changes()))
             }
             Err(StoreError::Internal(e)) => return Err(StoreError::Internal(e)),
             Err(refusal) => {
                 drop(sp); // rolls the write back
                 rec.clear();
+                let at = match &refusal {
+                    StoreError::Conflict { current, .. } => positions_of(&tx, current)?,
+                    _ => Vec::new(),
+                };
                 let err = AppError::from(refusal);
-                (err.status, err.json())
+                (err.status, err.json(), at)
             }
         }
     };
     if let Some(id) = write_id {
+        let positions = serde_json::to_string(&at).map_err(|e| StoreError::Internal(e.into()))?;
         tx.execute(
-            "INSERT INTO writes (write_id, at_ms, request, status, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id.to_string(), now_ms() as i64, request, status.as_u16(), body.to_string()],
+            "INSERT INTO writes (write_id, at_ms, request, status, body, positions) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id.to_string(), remember_from as i64, request, status.as_u16(), body.to_string(), positions],
         )?;
     }
     tx.commit()?;
-    Ok((Outcome { status, body, replayed: false }, rec))
+    Ok((Outcome { status, body, replayed: false, at }, rec))
+}
+
+/// Where an entity's current state stands: the head of each stream it lives in (a board in `boards` and its
+/// own stream; a column or card in its board's), read in the transaction that read the entity.
+fn positions_of(tx: &Connection, entity: &serde_json::Value) -> StoreResult<Vec<StreamPosition>> {
+    let uuid = |key: &str| entity.get(key).and_then(|v| v.as_str()).and_then(|s| Uuid::parse_str(s).ok());
+    let streams = match (uuid("board_id"), uuid("id")) {
+        (Some(board), _) => vec![StreamId::Board(board)],
+        (None, Some(board)) => vec![StreamId::Boards, StreamId::Board(board)],
+        (None, None) => Vec::new(),
+    };
+    streams.into_iter().map(|stream| Ok(StreamPosition { stream, cursor: stream_head(tx, stream)? })).collect()
 }
 
 fn json<T: serde::Serialize>(value: T) -> StoreResult<serde_json::Value> {

@@ -477,6 +477,45 @@ async fn a_batch_applies_queued_writes_in_order_each_with_its_own_outcome() {
     assert_eq!(resp.status(), 422);
 }
 
+/// A UUIDv7 made `ago_ms` before now (as a client's outbox makes write ids).
+fn write_id_made(ago_ms: i64) -> Uuid {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    uuid::Builder::from_unix_timestamp_millis((now - ago_ms) as u64, &rand_bytes()).into_uuid()
+}
+
+fn rand_bytes() -> [u8; 10] {
+    *Uuid::new_v4().as_bytes().first_chunk::<10>().unwrap()
+}
+
+#[tokio::test]
+async fn a_write_older_than_the_servers_memory_of_write_ids_is_refused_not_applied() {
+    // A write that sat in a closed browser longer than the server remembers write ids may have been applied
+    // long ago (and its card deleted since): applying it now could bring that card back.
+    let f = Fixture::with(|c| c.write_id_ttl_secs = 3600).await;
+    let (board, column, _) = f.board().await;
+    let cursor = f.cursor(&board).await;
+    let create = |write_id: Uuid| json!({"writes": [{"write_id": write_id, "op": {"type": "create_card", "column_id": column.id, "title": "from yesterday"}}]});
+    let old: WriteBatchResult = f.post("/api/writes", create(write_id_made(2 * 3600 * 1000))).await;
+    assert_eq!(old.results[0].status, 422);
+    assert_eq!(old.results[0].body["error"], "write_expired", "{}", old.results[0].body);
+    assert!(old.results[0].at.is_empty());
+    assert_eq!(f.cursor(&board).await, cursor, "nothing applied");
+    let future: WriteBatchResult = f.post("/api/writes", create(write_id_made(-2 * 3600 * 1000))).await;
+    assert_eq!(future.results[0].body["error"], "write_expired", "a clock far ahead is refused too");
+    // A recent one is applied, and says where it committed; a replay says the same.
+    let id = write_id_made(30 * 60 * 1000);
+    let fresh: WriteBatchResult = f.post("/api/writes", create(id)).await;
+    assert_eq!(fresh.results[0].status, 201);
+    let stream = StreamId::Board(board.id);
+    assert_eq!(fresh.results[0].at, vec![syncline_protocol::StreamPosition { stream, cursor: cursor + 1 }]);
+    f.rename_card(&serde_json::from_value(fresh.results[0].body.clone()).unwrap(), "renamed since").await;
+    let replay: WriteBatchResult = f.post("/api/writes", create(id)).await;
+    assert_eq!(replay, fresh, "the recorded outcome, with the cursor it committed at");
+    // Random (v4) keys carry no time: remembered from their first use, as before.
+    let v4: WriteBatchResult = f.post("/api/writes", create(Uuid::new_v4())).await;
+    assert_eq!(v4.results[0].status, 201);
+}
+
 #[tokio::test]
 async fn metrics_are_served_in_prometheus_text() {
     let f = Fixture::new().await;

@@ -6,7 +6,19 @@
 //! Checked invariants (see [`Invariant`]): every write the UI accepted is applied on the server or surfaced to
 //! the user; after the faults stop every tab converges to the server's state within [`SETTLE_MS`] of
 //! simulated time; at most one live socket per browser except during a bounded handover; followers (hidden
-//! or not) make no network requests; the long-poll rate stays within its budget.
+//! or not) make no network requests; the long-poll rate stays within its budget; no stored outbox entry
+//! outlives its write; a card deleted in a tab's view never comes back there; every tab shows its leader's
+//! connection state; the app long-polls only when the WebSocket itself was refused; a tab that is shown
+//! while its leader is frozen takes over.
+//!
+//! The model is as hostile as a browser: IndexedDB requests complete after a random delay, in order per tab
+//! but not across tabs, so a put may land after BroadcastChannel messages sent later (and after another
+//! tab's delete); the requests of a crashed tab are lost; hidden tabs are frozen (timers and messages held,
+//! the Web Lock kept, the socket closed) and later resumed or discarded; the server may be down for long
+//! stretches and forgets write ids after [`WRITE_ID_TTL_MS`].
+//!
+//! [`InjectedBug`]s prove the invariants bite: `run_with` switches one on in every engine, and the test suite
+//! checks that each is caught within a few seeds.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -16,15 +28,16 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rusqlite::Connection;
 use syncline_engine::{
-    BackgroundMode, ConflictPolicy, EffectiveType, Engine, EngineConfig, HttpRequest, HttpResult, Input, LinkQuality,
-    Millis, Notification, Output, PendingWrite, PersistOp, Preferences, Priority, QueryData, QueryKey, Role, Settled,
-    TabMessage,
+    BackgroundMode, ConflictPolicy, ConnectionStatus, EffectiveType, Engine, EngineConfig, HttpRequest, HttpResult,
+    InjectedBug, Input, LinkQuality, Millis, Notification, Output, PendingWrite, PersistOp, Preferences, Priority,
+    QueryData, QueryKey, Role, Settled, TabMessage,
 };
 use syncline_protocol::{
     BoardSnapshot, Change, ClientMessage, CreateBoard, CreateCard, CreateColumn, Cursor, MoveCard, ServerMessage,
     StreamCursor, StreamId, UpdateCard, WriteBatch, WriteBatchResult, WriteOp, WriteOutcome,
 };
-use syncline_server::feed::{LogRead, read_log};
+use syncline_server::feed::{LogRead, Retention, prune, read_log};
+use syncline_server::writes::WriteContext;
 use syncline_server::{store, writes};
 use uuid::Uuid;
 
@@ -36,12 +49,25 @@ pub const SETTLE_MS: Millis = 30_000;
 pub const HANDOVER_MS: Millis = 3_000;
 /// Long-polls one browser may make in any 60 s window.
 pub const LONG_POLL_BUDGET_PER_MIN: usize = 150;
+/// The wall clock (Unix ms) at simulated time 0: write ids carry it, the server judges them by it.
+pub const SIM_EPOCH_MS: u64 = 1_780_000_000_000;
+/// The simulated server remembers write ids this long (the real default is 24 h; shorter here, so that writes
+/// held longer than it — and stored entries that outlived their write — meet a server that forgot them).
+pub const WRITE_ID_TTL_MS: u64 = 25_000;
+/// A follower shows its leader's connection state within this bound.
+pub const STATUS_BOUND_MS: Millis = 1_000;
+/// Long-polling without the WebSocket having been refused is tolerated this long (a probe's round trip).
+pub const POLLING_GRACE_MS: Millis = 2_000;
+/// A tab shown while its leader is frozen has taken over within this bound.
+pub const SHOWN_TAKEOVER_MS: Millis = 150;
 
 /// The invariants the simulation checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Invariant {
     /// A write the UI accepted was neither applied on the server nor surfaced to the user.
     WriteLost,
+    /// The server applied one write id more than once (it had forgotten it, and it was sent again).
+    WriteAppliedTwice,
     /// A tab's data differs from the server's after the faults stopped and the settle bound passed.
     NotConverged,
     /// More than one socket per browser for longer than a handover.
@@ -53,6 +79,20 @@ pub enum Invariant {
     /// A browser whose tabs have all been hidden past the grace period, with the "pause" preference, used the
     /// network for something other than sending the user's writes.
     HiddenTraffic,
+    /// A stored outbox entry was (re)written after its write had settled: it would outlive it.
+    OutboxOutlivesWrite,
+    /// At the end, a browser's stored outbox still holds entries no tab has pending.
+    OutboxLeftover,
+    /// A card that was deleted in a tab's copy came back in that tab.
+    DeletedReappeared,
+    /// A follower showed another connection state than its leader for longer than [`STATUS_BOUND_MS`].
+    StatusMismatch,
+    /// The leader long-polled ("the WebSocket is unavailable") though no WebSocket was refused by a server that
+    /// answered since it was last live.
+    PollingWithoutCause,
+    /// A tab was shown while its leader was frozen, and the frozen tab still held the lock after
+    /// [`SHOWN_TAKEOVER_MS`].
+    FrozenLeaderKept,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +126,18 @@ pub struct RunStats {
 enum Event {
     Timer { b: usize, t: usize },
     ToTab { b: usize, t: usize, input: Input },
+    /// The socket of this attempt could not be opened (a driver ignores the close of a socket it replaced).
+    SocketRefused { b: usize, t: usize, attempt: u64 },
+    /// An IndexedDB request of a tab completes.
+    IdbDone { b: usize, t: usize, op: PersistOp },
+    /// The driver has read the stored outbox after winning the lock.
+    LeaderReady { b: usize, t: usize },
+    /// A frozen tab is resumed (or discarded by the browser).
+    Unfreeze { b: usize, t: usize, discard: bool },
+    /// Has the tab shown at `shown_at` taken over from its frozen leader?
+    CheckShownTakeover { b: usize, t: usize, shown_at: Millis },
+    /// The server forgets write ids older than its TTL.
+    Prune,
     HttpAtServer { b: usize, t: usize, id: u64, request: HttpRequest, epoch: u64 },
     SocketOpenAtServer { b: usize, t: usize, attempt: u64 },
     SocketMsgAtServer { sock: u64, msg: ClientMessage },
@@ -138,6 +190,18 @@ struct Tab {
     socket_attempt: u64,
     /// Socket messages to this tab are delivered in order (TCP).
     socket_fifo: Millis,
+    /// A tab's IndexedDB requests complete in the order it made them.
+    idb_fifo: Millis,
+    /// Frozen by the browser: inputs (and the timer) wait in `held` until it is resumed.
+    frozen: bool,
+    held: Vec<Input>,
+    /// Cards seen in this tab's copy of the board, and those that left it (deleted).
+    cards_seen: BTreeSet<Uuid>,
+    cards_gone: BTreeSet<Uuid>,
+    /// Since when this follower's status differs from its leader's.
+    status_differs_since: Option<Millis>,
+    /// Since when this leader has been long-polling.
+    polling_since: Option<Millis>,
 }
 
 struct Browser {
@@ -147,14 +211,23 @@ struct Browser {
     latency: (Millis, Millis),
     loss: f64,
     prefs: Preferences,
+    /// The engine settings of its tabs (a short hidden grace in some browsers, so that what happens after it is
+    /// exercised often).
+    cfg: EngineConfig,
     link: LinkQuality,
     idb_outbox: BTreeMap<Uuid, PendingWrite>,
     idb_cache: BTreeMap<QueryKey, QueryData>,
+    /// Outbox deletes requested and not yet landed (or aborted), per write.
+    idb_deletes_in_flight: BTreeMap<Uuid, u32>,
     leader: Option<usize>,
     long_polls: Vec<Millis>,
     two_sockets_since: Option<Millis>,
     /// Since when no tab of this browser is visible.
     hidden_since: Option<Millis>,
+    /// Last time a server that was up (and reachable) refused this browser's WebSocket.
+    ws_refused_at: Option<Millis>,
+    /// Last time this browser's leader was live.
+    live_at: Millis,
 }
 
 struct ServerSocket {
@@ -182,6 +255,8 @@ struct Server {
     up: bool,
     epoch: u64,
     refuse_upgrades: bool,
+    /// When the last refusal of upgrades ended.
+    refused_until: Option<Millis>,
 }
 
 struct World {
@@ -194,18 +269,40 @@ struct World {
     trace: Option<Vec<String>>,
     board: Uuid,
     faults: bool,
-    /// Every write id that entered an outbox, with the browser and whether the UI accepted it directly.
+    /// Every write id stored in a browser's outbox, with the browser.
     written: BTreeMap<Uuid, usize>,
     superseded: BTreeMap<Uuid, Uuid>,
     surfaced: BTreeSet<Uuid>,
+    /// Writes some tab settled (told every tab they ended).
+    settled: BTreeSet<Uuid>,
+    /// How many times the server applied each write id.
+    applied: BTreeMap<Uuid, u32>,
     stats: RunStats,
     violation: Option<(Invariant, String)>,
     next_tab_seed: u64,
+    bug: Option<InjectedBug>,
 }
 
 /// Runs one seed. With `trace`, the violation (if any) carries a readable log of the whole run.
 pub fn run(seed: u64, trace: bool) -> Result<RunStats, Violation> {
-    let mut world = World::new(seed, trace);
+    run_with(seed, trace, None)
+}
+
+/// The injected bugs by their command-line names.
+pub const INJECTED_BUGS: [(&str, InjectedBug); 4] = [
+    ("new-leader-drops-outbox", InjectedBug::NewLeaderDropsOutbox),
+    ("hidden-tabs-count-as-active", InjectedBug::HiddenTabsCountAsActive),
+    ("followers-fetch", InjectedBug::FollowersFetch),
+    ("follower-persists-after-broadcasting", InjectedBug::FollowerPersistsAfterBroadcasting),
+];
+
+pub fn bug_named(name: &str) -> Option<InjectedBug> {
+    INJECTED_BUGS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
+
+/// Runs one seed with a known bug switched on in every engine (to show the invariants catch it).
+pub fn run_with(seed: u64, trace: bool, bug: Option<InjectedBug>) -> Result<RunStats, Violation> {
+    let mut world = World::new(seed, trace, bug);
     world.run();
     match world.violation.take() {
         None => Ok(world.stats),
@@ -220,13 +317,14 @@ pub fn run(seed: u64, trace: bool) -> Result<RunStats, Violation> {
 }
 
 impl World {
-    fn new(seed: u64, trace: bool) -> World {
+    fn new(seed: u64, trace: bool, bug: Option<InjectedBug>) -> World {
         let mut rng = SmallRng::seed_from_u64(seed);
         let (mut conn, log_id) = store::open_connection(Path::new(":memory:")).expect("in-memory database");
         // The board everyone looks at: three columns, a few cards.
         let board = Uuid::from_u128(rng.random());
         let run = |conn: &mut Connection, op: WriteOp| {
-            let (outcome, _) = writes::execute_locked(conn, None, op).expect("seeding");
+            let ctx = WriteContext { now_ms: SIM_EPOCH_MS, write_id_ttl_ms: WRITE_ID_TTL_MS };
+            let (outcome, _) = writes::execute_locked(conn, None, op, ctx).expect("seeding");
             assert!(outcome.status.is_success(), "seeding: {}", outcome.body);
         };
         run(&mut conn, WriteOp::CreateBoard { body: CreateBoard { id: Some(board), title: "Sim".into() } });
@@ -246,7 +344,7 @@ impl World {
             seq: 0,
             rng,
             events: BinaryHeap::new(),
-            server: Server { conn, log_id, sockets: BTreeMap::new(), parked: BTreeMap::new(), next_id: 1, up: true, epoch: 0, refuse_upgrades: false },
+            server: Server { conn, log_id, sockets: BTreeMap::new(), parked: BTreeMap::new(), next_id: 1, up: true, epoch: 0, refuse_upgrades: false, refused_until: None },
             browsers: Vec::new(),
             trace: trace.then(Vec::new),
             board,
@@ -254,9 +352,12 @@ impl World {
             written: BTreeMap::new(),
             superseded: BTreeMap::new(),
             surfaced: BTreeSet::new(),
+            settled: BTreeSet::new(),
+            applied: BTreeMap::new(),
             stats: RunStats { browsers, ..RunStats::default() },
             violation: None,
             next_tab_seed: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            bug,
         };
         for b in 0..browsers {
             let prefs = Preferences {
@@ -271,6 +372,7 @@ impl World {
                 save_data: false,
             };
             let latency = (1, world.rng.random_range(2..40));
+            let cfg = if world.rng.random_bool(0.5) { EngineConfig { hidden_grace_ms: 5_000, ..EngineConfig::default() } } else { EngineConfig::default() };
             world.browsers.push(Browser {
                 tabs: Vec::new(),
                 online: true,
@@ -278,13 +380,17 @@ impl World {
                 latency,
                 loss: [0.0, 0.02, 0.1][world.rng.random_range(0..3)],
                 prefs,
+                cfg,
                 link,
                 idb_outbox: BTreeMap::new(),
                 idb_cache: BTreeMap::new(),
+                idb_deletes_in_flight: BTreeMap::new(),
                 leader: None,
                 long_polls: Vec::new(),
                 two_sockets_since: None,
                 hidden_since: None,
+                ws_refused_at: None,
+                live_at: 0,
             });
             let tabs = world.rng.random_range(1..=3);
             for _ in 0..tabs {
@@ -297,6 +403,7 @@ impl World {
         let first_fault = world.rng.random_range(500..3_000);
         world.schedule(first_fault, Event::Fault);
         world.schedule(FAULT_MS, Event::EndFaults);
+        world.schedule(5_000, Event::Prune);
         world
     }
 
@@ -331,6 +438,7 @@ impl World {
             self.handle(q.event);
             self.check_sockets();
             self.track_visibility();
+            self.check_status();
         }
         if self.violation.is_none() {
             self.now = end;
@@ -345,9 +453,25 @@ impl World {
         let t = self.browsers[b].tabs.len();
         let tab_id = (b * 100 + t) as u64;
         let prefs = self.browsers[b].prefs.clone();
-        let engine = Engine::new(EngineConfig::default(), prefs, tab_id, self.next_tab_seed, self.now);
+        let cfg = EngineConfig { injected_bug: self.bug, ..self.browsers[b].cfg.clone() };
+        let engine = Engine::new(cfg, prefs, tab_id, self.next_tab_seed, self.now, SIM_EPOCH_MS + self.now);
         let visible = self.browsers[b].tabs.iter().all(|t| !t.alive || !t.visible) || self.rng.random_bool(0.5);
-        self.browsers[b].tabs.push(Tab { engine, alive: true, visible: true, deadline: Millis::MAX, socket: None, socket_attempt: 0, socket_fifo: 0 });
+        self.browsers[b].tabs.push(Tab {
+            engine,
+            alive: true,
+            visible: true,
+            deadline: Millis::MAX,
+            socket: None,
+            socket_attempt: 0,
+            socket_fifo: 0,
+            idb_fifo: 0,
+            frozen: false,
+            held: Vec::new(),
+            cards_seen: BTreeSet::new(),
+            cards_gone: BTreeSet::new(),
+            status_differs_since: None,
+            polling_since: None,
+        });
         self.log(|| format!("b{b}/t{t} opened"));
         if !visible {
             self.browsers[b].tabs[t].visible = false;
@@ -395,11 +519,26 @@ impl World {
             self.input(b, old, Input::Role(Role::Follower));
         }
         self.browsers[b].leader = Some(t);
+        self.log(|| format!("b{b}/t{t} holds the lock"));
+        // The driver reads the shared outbox when it gets the lock (an IndexedDB request: messages may arrive
+        // meanwhile), then takes the role.
+        let delay = self.idb_delay();
+        self.schedule(delay, Event::LeaderReady { b, t });
+    }
+
+    fn leader_ready(&mut self, b: usize, t: usize) {
+        if self.browsers[b].leader != Some(t) || !self.browsers[b].tabs[t].alive {
+            return;
+        }
         self.log(|| format!("b{b}/t{t} is leader"));
-        // The driver reads the shared outbox when it gets the lock.
         let outbox: Vec<PendingWrite> = self.browsers[b].idb_outbox.values().cloned().collect();
         self.input(b, t, Input::Restored { outbox, cache: Vec::new() });
         self.input(b, t, Input::Role(Role::Leader));
+    }
+
+    /// How long an IndexedDB request takes: usually a few ms, now and then much longer (a busy or hidden tab).
+    fn idb_delay(&mut self) -> Millis {
+        if self.rng.random_bool(0.05) { self.rng.random_range(20..150) } else { self.rng.random_range(0..12) }
     }
 
     fn kill_tab(&mut self, b: usize, t: usize, graceful: bool) {
@@ -427,6 +566,10 @@ impl World {
         if !self.browsers[b].tabs[t].alive {
             return;
         }
+        if self.browsers[b].tabs[t].frozen {
+            self.browsers[b].tabs[t].held.push(input);
+            return;
+        }
         if self.trace.is_some() {
             let shown = describe_input(&input);
             self.log(|| format!("b{b}/t{t} <- {shown}"));
@@ -434,6 +577,28 @@ impl World {
         let now = self.now;
         self.browsers[b].tabs[t].engine.handle_input(now, input);
         self.drain(b, t);
+        self.check_cards(b, t);
+    }
+
+    /// A card that left this tab's copy of the board (it was deleted) never comes back in it, neither in the
+    /// server's data nor in the view with pending writes laid over.
+    fn check_cards(&mut self, b: usize, t: usize) {
+        let tab = &self.browsers[b].tabs[t];
+        if !tab.alive {
+            return;
+        }
+        let Some(server) = tab.engine.board_server_state(self.board) else { return };
+        let now_seen: BTreeSet<Uuid> = server.cards.iter().map(|c| c.id).collect();
+        let shown: BTreeSet<Uuid> = tab.engine.board(self.board).map(|v| v.cards.iter().map(|c| c.id).collect()).unwrap_or_default();
+        let back: Option<Uuid> = tab.cards_gone.iter().find(|id| now_seen.contains(id) || shown.contains(id)).copied();
+        if let Some(id) = back {
+            self.fail(Invariant::DeletedReappeared, format!("b{b}/t{t}: card {id} was deleted in this tab and is back"));
+            return;
+        }
+        let tab = &mut self.browsers[b].tabs[t];
+        let gone: Vec<Uuid> = tab.cards_seen.difference(&now_seen).copied().collect();
+        tab.cards_gone.extend(gone);
+        tab.cards_seen = now_seen;
     }
 
     fn drain(&mut self, b: usize, t: usize) {
@@ -473,7 +638,7 @@ impl World {
         if matches!(out, Output::OpenSocket | Output::Http { .. }) && !is_write {
             let browser = &self.browsers[b];
             // A crashed tab that was visible counts as visible until its heartbeat times out.
-            let cfg = EngineConfig::default();
+            let cfg = &browser.cfg;
             let grace = cfg.hidden_grace_ms + cfg.peer_timeout_ms;
             let visible_now = browser.tabs.iter().any(|t| t.alive && t.visible);
             if let Some(since) = browser.hidden_since.filter(|&s| !visible_now && self.now > s + grace + 1_000)
@@ -492,8 +657,12 @@ impl World {
                 tab.socket_attempt += 1;
                 let attempt = tab.socket_attempt;
                 let lat = self.latency(b);
+                let reachable = self.browsers[b].online && !self.browsers[b].partitioned && self.server.up;
+                if reachable && self.server.refuse_upgrades {
+                    self.browsers[b].ws_refused_at = Some(self.now);
+                }
                 if !self.browsers[b].online || self.browsers[b].partitioned || !self.server.up || self.server.refuse_upgrades {
-                    self.schedule(lat, Event::ToTab { b, t, input: Input::SocketClosed { code: Some(1006), reason: "refused".into() } });
+                    self.schedule(lat, Event::SocketRefused { b, t, attempt });
                 } else {
                     self.schedule(lat, Event::SocketOpenAtServer { b, t, attempt });
                 }
@@ -537,6 +706,7 @@ impl World {
             Output::CancelHttp { .. } => {}
             Output::Broadcast(msg) => {
                 if let TabMessage::WriteSettled { write_id, settled } = &msg {
+                    self.settled.insert(*write_id);
                     match settled {
                         Settled::Rebased { new_write_id } => {
                             self.superseded.insert(*write_id, *new_write_id);
@@ -544,28 +714,22 @@ impl World {
                         Settled::Rejected { .. } | Settled::Overridden { .. } => {
                             self.surfaced.insert(*write_id);
                         }
-                        Settled::Applied { .. } => {}
+                        Settled::Applied { .. } | Settled::Confirmed { .. } | Settled::Earlier => {}
                     }
                 }
                 self.broadcast(b, t, msg);
             }
             Output::Persist(op) => {
-                let browser = &mut self.browsers[b];
-                match op {
-                    PersistOp::OutboxPut { write } => {
-                        self.written.entry(write.write_id).or_insert(b);
-                        browser.idb_outbox.insert(write.write_id, write);
-                    }
-                    PersistOp::OutboxDelete { write_id } => {
-                        browser.idb_outbox.remove(&write_id);
-                    }
-                    PersistOp::CachePut { key, data } => {
-                        browser.idb_cache.insert(key, data);
-                    }
-                    PersistOp::CacheDelete { key } => {
-                        browser.idb_cache.remove(&key);
-                    }
+                if let PersistOp::OutboxDelete { write_id } = &op {
+                    *self.browsers[b].idb_deletes_in_flight.entry(*write_id).or_default() += 1;
                 }
+                // IndexedDB completes later: in order for this tab, in any order across tabs.
+                let delay = self.idb_delay();
+                let tab = &mut self.browsers[b].tabs[t];
+                let at = (self.now + delay).max(tab.idb_fifo);
+                tab.idb_fifo = at;
+                let delay = at - self.now;
+                self.schedule(delay, Event::IdbDone { b, t, op });
             }
             Output::Notify(n) => match n {
                 Notification::Conflict { write_id, .. } | Notification::WriteRejected { write_id, .. } => {
@@ -578,6 +742,47 @@ impl World {
                 self.become_leader(b, t);
             }
             Output::Timeout(_) => unreachable!("handled by drain"),
+        }
+    }
+
+    /// An IndexedDB request lands (unless its tab crashed first: its transaction is aborted), and the tab hears
+    /// it completed.
+    fn idb_done(&mut self, b: usize, t: usize, op: PersistOp) {
+        let browser = &mut self.browsers[b];
+        if let PersistOp::OutboxDelete { write_id } = &op
+            && let Some(n) = browser.idb_deletes_in_flight.get_mut(write_id)
+        {
+            *n -= 1;
+            if *n == 0 {
+                browser.idb_deletes_in_flight.remove(write_id);
+            }
+        }
+        if !browser.tabs[t].alive {
+            return;
+        }
+        match op {
+            PersistOp::OutboxPut { write } => {
+                let write_id = write.write_id;
+                browser.idb_outbox.insert(write_id, write);
+                // Stored: from here on the write must not be lost (a tab that crashes before this loses it, as
+                // a browser would: nothing was durable yet).
+                self.written.entry(write_id).or_insert(b);
+                // Stored after its write settled, with no delete on its way: it would stay for good.
+                if self.settled.contains(&write_id) && !browser.idb_deletes_in_flight.contains_key(&write_id) {
+                    self.fail(Invariant::OutboxOutlivesWrite, format!("b{b}/t{t} stored write {write_id} after it settled"));
+                    return;
+                }
+                self.input(b, t, Input::Persisted { write_id });
+            }
+            PersistOp::OutboxDelete { write_id } => {
+                browser.idb_outbox.remove(&write_id);
+            }
+            PersistOp::CachePut { key, data } => {
+                browser.idb_cache.insert(key, data);
+            }
+            PersistOp::CacheDelete { key } => {
+                browser.idb_cache.remove(&key);
+            }
         }
     }
 
@@ -594,8 +799,8 @@ impl World {
         match event {
             Event::Timer { b, t } => {
                 let tab = &mut self.browsers[b].tabs[t];
-                if !tab.alive || tab.deadline > self.now {
-                    return; // superseded by a later deadline
+                if !tab.alive || tab.deadline > self.now || tab.frozen {
+                    return; // superseded by a later deadline, or held until the tab is resumed
                 }
                 tab.deadline = Millis::MAX;
                 let now = self.now;
@@ -603,6 +808,32 @@ impl World {
                 self.drain(b, t);
             }
             Event::ToTab { b, t, input } => self.input(b, t, input),
+            Event::IdbDone { b, t, op } => self.idb_done(b, t, op),
+            Event::SocketRefused { b, t, attempt } => {
+                if self.browsers[b].tabs[t].socket_attempt == attempt {
+                    self.input(b, t, Input::SocketClosed { code: Some(1006), reason: "refused".into() });
+                }
+            }
+            Event::LeaderReady { b, t } => self.leader_ready(b, t),
+            Event::Unfreeze { b, t, discard } => self.unfreeze(b, t, discard),
+            Event::CheckShownTakeover { b, t, shown_at } => {
+                let browser = &self.browsers[b];
+                let still_shown = browser.tabs[t].alive && browser.tabs[t].visible && !browser.tabs[t].frozen;
+                if let Some(l) = browser.leader.filter(|&l| still_shown && browser.tabs[l].alive && browser.tabs[l].frozen) {
+                    self.fail(Invariant::FrozenLeaderKept, format!("b{b}/t{t} was shown at {shown_at} ms; frozen t{l} still holds the lock"));
+                }
+            }
+            Event::Prune => {
+                let retention = Retention {
+                    max_changes_per_stream: u64::MAX / 4,
+                    max_change_age: std::time::Duration::from_secs(1 << 30),
+                    write_ttl: std::time::Duration::from_millis(WRITE_ID_TTL_MS),
+                };
+                let tx = self.server.conn.transaction().expect("sqlite");
+                prune(&tx, &retention, SIM_EPOCH_MS + self.now).expect("prune");
+                tx.commit().expect("sqlite");
+                self.schedule(5_000, Event::Prune);
+            }
             Event::HttpAtServer { b, t, id, request, epoch } => self.server_http(b, t, id, request, epoch),
             Event::SocketOpenAtServer { b, t, attempt } => {
                 let tab = &self.browsers[b].tabs[t];
@@ -611,7 +842,7 @@ impl World {
                 }
                 if !self.server.up || self.server.refuse_upgrades || self.browsers[b].partitioned {
                     let lat = self.latency(b);
-                    self.schedule(lat, Event::ToTab { b, t, input: Input::SocketClosed { code: Some(1006), reason: "refused".into() } });
+                    self.schedule(lat, Event::SocketRefused { b, t, attempt });
                     return;
                 }
                 let sock = self.server.next_id;
@@ -687,6 +918,10 @@ impl World {
                 };
                 WriteOp::UpdateCard { id: card.id, body }
             }
+            9 if !view.cards.is_empty() => {
+                let card = &view.cards[self.rng.random_range(0..view.cards.len())];
+                WriteOp::DeleteCard { id: card.id, base_version: None }
+            }
             4..=6 if !view.cards.is_empty() => {
                 let card = view.cards[self.rng.random_range(0..view.cards.len())].clone();
                 let column = view.columns[self.rng.random_range(0..view.columns.len())].id;
@@ -725,11 +960,33 @@ impl World {
         let b = self.rng.random_range(0..self.browsers.len());
         let alive = self.alive_tabs(b);
         let t = alive[self.rng.random_range(0..alive.len())];
-        match self.rng.random_range(0..100) {
+        match self.rng.random_range(0..108) {
             0..=29 => {
                 let visible = !self.browsers[b].tabs[t].visible;
+                if visible && self.browsers[b].tabs[t].frozen {
+                    self.unfreeze(b, t, false); // showing a frozen tab resumes it
+                }
                 self.browsers[b].tabs[t].visible = visible;
                 self.input(b, t, Input::Visibility { visible });
+                let leader = self.browsers[b].leader;
+                if let Some(l) = leader.filter(|&l| visible && l != t && self.browsers[b].tabs[l].frozen) {
+                    let shown_at = self.now;
+                    self.log(|| format!("b{b}/t{t} shown while its leader t{l} is frozen"));
+                    self.schedule(SHOWN_TAKEOVER_MS, Event::CheckShownTakeover { b, t, shown_at });
+                }
+            }
+            100..=107 => {
+                // The browser freezes a hidden tab (often the leader): timers and messages held, the Web Lock
+                // kept, its socket closed. Later it is resumed, or discarded.
+                let hidden: Vec<usize> = self.alive_tabs(b).into_iter().filter(|&t| !self.browsers[b].tabs[t].visible && !self.browsers[b].tabs[t].frozen).collect();
+                let leader = self.browsers[b].leader.filter(|l| hidden.contains(l));
+                let pick = leader.filter(|_| self.rng.random_bool(0.7)).or_else(|| (!hidden.is_empty()).then(|| hidden[self.rng.random_range(0..hidden.len())]));
+                if let Some(t) = pick {
+                    self.freeze(b, t);
+                    let d = self.rng.random_range(1_000..15_000);
+                    let discard = self.rng.random_bool(0.25);
+                    self.schedule(d, Event::Unfreeze { b, t, discard });
+                }
             }
             30..=44 => {
                 if self.browsers[b].online {
@@ -749,7 +1006,7 @@ impl World {
             }
             53..=60 => {
                 if self.server.up {
-                    self.log(|| "server restarts".into());
+                    self.log(|| "server goes down".into());
                     self.server.up = false;
                     self.server.epoch += 1;
                     self.drop_sockets(|_| true);
@@ -758,7 +1015,8 @@ impl World {
                         let lat = self.latency(p.b);
                         self.schedule(lat, Event::ToTab { b: p.b, t: p.t, input: Input::Http { id: p.id, result: HttpResult::NetworkError("reset".into()) } });
                     }
-                    let d = self.rng.random_range(200..3_000);
+                    // Usually a restart; now and then a long outage.
+                    let d = if self.rng.random_bool(0.3) { self.rng.random_range(5_000..25_000) } else { self.rng.random_range(200..3_000) };
                     self.schedule(d, Event::Recover { what: Recover::ServerUp });
                 }
             }
@@ -799,6 +1057,45 @@ impl World {
         }
     }
 
+    fn freeze(&mut self, b: usize, t: usize) {
+        self.log(|| format!("b{b}/t{t} frozen"));
+        self.browsers[b].tabs[t].frozen = true;
+        // Freezing closes the page's sockets; it hears of it when resumed.
+        if let Some(sock) = self.browsers[b].tabs[t].socket.take() {
+            self.server.sockets.remove(&sock);
+            self.browsers[b].tabs[t].held.push(Input::SocketClosed { code: Some(1006), reason: "frozen".into() });
+        }
+    }
+
+    fn unfreeze(&mut self, b: usize, t: usize, discard: bool) {
+        if !self.browsers[b].tabs[t].alive || !self.browsers[b].tabs[t].frozen {
+            return;
+        }
+        if discard {
+            self.log(|| format!("b{b}/t{t} discarded while frozen"));
+            let tab = &mut self.browsers[b].tabs[t];
+            tab.frozen = false;
+            tab.held.clear();
+            self.kill_tab(b, t, false);
+            if self.alive_tabs(b).is_empty() {
+                self.open_tab(b);
+            }
+            return;
+        }
+        self.log(|| format!("b{b}/t{t} resumed"));
+        let tab = &mut self.browsers[b].tabs[t];
+        tab.frozen = false;
+        let held = std::mem::take(&mut tab.held);
+        for input in held {
+            self.input(b, t, input);
+        }
+        let now = self.now;
+        if self.browsers[b].tabs[t].alive {
+            self.browsers[b].tabs[t].engine.handle_timeout(now);
+            self.drain(b, t);
+        }
+    }
+
     fn set_online(&mut self, b: usize, online: bool) {
         self.log(|| format!("browser {b} goes {}", if online { "online" } else { "offline" }));
         self.browsers[b].online = online;
@@ -825,6 +1122,7 @@ impl World {
             Recover::AllowUpgrades => {
                 self.log(|| "server accepts WebSocket upgrades again".into());
                 self.server.refuse_upgrades = false;
+                self.server.refused_until = Some(self.now);
             }
         }
     }
@@ -833,9 +1131,17 @@ impl World {
         self.log(|| "faults stop; every browser is online with a visible tab".into());
         self.faults = false;
         self.server.up = true;
+        if self.server.refuse_upgrades {
+            self.server.refused_until = Some(self.now);
+        }
         self.server.refuse_upgrades = false;
         for b in 0..self.browsers.len() {
             self.browsers[b].partitioned = false;
+            for t in self.alive_tabs(b) {
+                if self.browsers[b].tabs[t].frozen {
+                    self.unfreeze(b, t, false);
+                }
+            }
             if !self.browsers[b].online {
                 self.set_online(b, true);
             }
@@ -875,9 +1181,78 @@ impl World {
         }
     }
 
+    /// Every follower shows its leader's connection state (within a bound), and a leader long-polls only when
+    /// a server that answered refused its WebSocket since it was last live.
+    fn check_status(&mut self) {
+        let now = self.now;
+        for b in 0..self.browsers.len() {
+            let awake = |tab: &Tab| tab.alive && !tab.frozen;
+            let leaders: Vec<usize> =
+                (0..self.browsers[b].tabs.len()).filter(|&t| awake(&self.browsers[b].tabs[t]) && self.browsers[b].tabs[t].engine.role() == Role::Leader).collect();
+            let [leader] = leaders[..] else {
+                for tab in &mut self.browsers[b].tabs {
+                    tab.status_differs_since = None;
+                }
+                continue;
+            };
+            let leader_status = self.browsers[b].tabs[leader].engine.status().clone();
+            if leader_status == ConnectionStatus::Live {
+                self.browsers[b].live_at = now;
+            }
+            // Polling needs a cause.
+            let polling = matches!(leader_status, ConnectionStatus::Polling { .. });
+            let since = {
+                let tab = &mut self.browsers[b].tabs[leader];
+                if polling { *tab.polling_since.get_or_insert(now) } else {
+                    tab.polling_since = None;
+                    now
+                }
+            };
+            let browser = &self.browsers[b];
+            // The WebSocket was refused by a server that answered, or the server refused upgrades at some time
+            // since this browser was live (the engine may have learnt it from an attempt that failed then).
+            let refused = browser.ws_refused_at.is_some_and(|r| r >= browser.live_at)
+                || self.server.refuse_upgrades
+                || self.server.refused_until.is_some_and(|r| r >= browser.live_at);
+            if polling && !refused && now > since + POLLING_GRACE_MS {
+                let live_at = browser.live_at;
+                self.fail(Invariant::PollingWithoutCause, format!("b{b}/t{leader} long-polls since {since} ms; no WebSocket was refused by a reachable server since it was live at {live_at} ms"));
+                return;
+            }
+            // Followers follow the leader's state.
+            let kind = std::mem::discriminant(&leader_status);
+            for t in 0..self.browsers[b].tabs.len() {
+                if t == leader || !awake(&self.browsers[b].tabs[t]) {
+                    continue;
+                }
+                let tab = &mut self.browsers[b].tabs[t];
+                let status = tab.engine.status().clone();
+                if std::mem::discriminant(&status) == kind {
+                    tab.status_differs_since = None;
+                    continue;
+                }
+                let since = *tab.status_differs_since.get_or_insert(now);
+                if now > since + STATUS_BOUND_MS {
+                    self.fail(Invariant::StatusMismatch, format!("b{b}/t{t} shows {status:?} since {since} ms; its leader t{leader} shows {leader_status:?}"));
+                    return;
+                }
+            }
+        }
+    }
+
     fn check_sockets(&mut self) {
         for b in 0..self.browsers.len() {
             let n = self.server.sockets.values().filter(|s| s.b == b).count();
+            // With the "pause" preference, a browser with no visible tab lets go of its socket after the grace
+            // period (a crashed visible tab counts as visible until its heartbeat times out).
+            let browser = &self.browsers[b];
+            let grace = browser.cfg.hidden_grace_ms + browser.cfg.peer_timeout_ms + 1_000;
+            if let Some(since) = browser.hidden_since.filter(|&s| n > 0 && self.now > s + grace)
+                && browser.prefs.background == BackgroundMode::Pause
+            {
+                self.fail(Invariant::HiddenTraffic, format!("browser {b}: no tab visible since {since} ms, yet its socket is open"));
+                return;
+            }
             if n > 1 {
                 let since = *self.browsers[b].two_sockets_since.get_or_insert(self.now);
                 if self.now > since + HANDOVER_MS {
@@ -931,10 +1306,19 @@ impl World {
             let batch: WriteBatch = serde_json::from_str(request.body.as_deref().unwrap_or("")).expect("the engine sends valid batches");
             let mut results = Vec::new();
             let mut changes: Vec<Change> = Vec::new();
+            let ctx = WriteContext { now_ms: SIM_EPOCH_MS + self.now, write_id_ttl_ms: WRITE_ID_TTL_MS };
             for w in batch.writes {
-                let (outcome, rec) = writes::execute_locked(conn, Some(w.write_id), w.op).expect("sqlite");
+                let (outcome, rec) = writes::execute_locked(conn, Some(w.write_id), w.op, ctx).expect("sqlite");
                 changes.extend(rec.changes().iter().cloned());
-                results.push(WriteOutcome { write_id: w.write_id, status: outcome.status.as_u16(), body: outcome.body });
+                if outcome.status.is_success() && !outcome.replayed {
+                    *self.applied.entry(w.write_id).or_default() += 1;
+                }
+                results.push(WriteOutcome {
+                    write_id: w.write_id,
+                    status: outcome.status.as_u16(),
+                    body: outcome.body,
+                    at: outcome.at,
+                });
             }
             self.publish(&changes);
             Ok((200, serde_json::to_string(&WriteBatchResult { results }).expect("json")))
@@ -1071,11 +1455,14 @@ impl World {
     fn check_end(&mut self) {
         let tx = self.server.conn.transaction().expect("sqlite");
         let truth = store::board_snapshot(&tx, self.board, self.server.log_id).expect("board exists");
-        let applied: BTreeSet<Uuid> = {
-            let mut stmt = tx.prepare("SELECT write_id FROM writes WHERE status BETWEEN 200 AND 299").expect("sqlite");
-            stmt.query_map([], |r| r.get::<_, String>(0)).expect("sqlite").map(|s| Uuid::parse_str(&s.expect("row")).expect("uuid")).collect()
-        };
         drop(tx);
+        // The server forgets write ids after its TTL: what it applied is counted as it applies it.
+        let applied: BTreeSet<Uuid> = self.applied.keys().copied().collect();
+        if let Some((id, n)) = self.applied.iter().find(|(_, n)| **n > 1) {
+            let detail = format!("write {id} was applied {n} times");
+            self.fail(Invariant::WriteAppliedTwice, detail);
+            return;
+        }
         self.stats.writes_applied = applied.len();
         self.stats.surfaced = self.surfaced.len();
         // Every write that entered an outbox ended well: applied, surfaced, or replaced by one that did.
@@ -1100,6 +1487,13 @@ impl World {
             }
         }
         for b in 0..self.browsers.len() {
+            let pending_anywhere: BTreeSet<Uuid> =
+                self.alive_tabs(b).iter().flat_map(|&t| self.browsers[b].tabs[t].engine.pending().iter().map(|w| w.write_id).collect::<Vec<_>>()).collect();
+            let leftover: Vec<Uuid> = self.browsers[b].idb_outbox.keys().filter(|id| !pending_anywhere.contains(id)).copied().collect();
+            if !leftover.is_empty() {
+                self.fail(Invariant::OutboxLeftover, format!("browser {b} still stores {} outbox entries no tab has pending: {leftover:?}", leftover.len()));
+                return;
+            }
             for t in self.alive_tabs(b) {
                 let engine = &self.browsers[b].tabs[t].engine;
                 let pending = engine.pending().len();
@@ -1142,7 +1536,7 @@ fn describe_input(input: &Input) -> String {
         Input::SocketMessage(text) => format!("socket {}", truncate(text, 160)),
         Input::Http { id, result: HttpResult::Response { status, body, .. } } => format!("http #{id} {status} {}", truncate(body, 120)),
         Input::Http { id, result: HttpResult::NetworkError(e) } => format!("http #{id} failed: {e}"),
-        Input::Tab(TabMessage::Presence { .. }) => "presence".into(),
+        Input::Tab(TabMessage::Presence { visible, leader, .. }) => format!("presence visible={visible} leader={leader}"),
         other => truncate(&format!("{other:?}"), 200),
     }
 }

@@ -1,13 +1,16 @@
 //! `cargo run -p syncline-sim --release -- --seed N [--trace]` replays one seed (with a readable trace);
-//! `--seeds A..B` runs a range and reports.
+//! `--seeds A..B` runs a range and reports; `--bug <name>` switches on an injected bug (see
+//! `syncline_engine::InjectedBug`: new-leader-drops-outbox, hidden-tabs-count-as-active, followers-fetch,
+//! follower-persists-after-broadcasting).
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let trace = args.iter().any(|a| a == "--trace");
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let bug = value("--bug").map(|name| syncline_sim::bug_named(&name).unwrap_or_else(|| panic!("no injected bug named {name}")));
     if let Some(seed) = value("--seed") {
         let seed: u64 = seed.parse().expect("--seed takes a number");
-        match syncline_sim::run(seed, trace) {
+        match syncline_sim::run_with(seed, trace, bug) {
             Ok(stats) => println!("seed {seed}: ok {stats:?}"),
             Err(v) => {
                 for line in &v.trace {
@@ -26,7 +29,7 @@ fn main() {
     let mut failed = 0;
     let mut total = syncline_sim::RunStats::default();
     for seed in a..b {
-        match syncline_sim::run(seed, false) {
+        match syncline_sim::run_with(seed, false, bug) {
             Ok(s) => {
                 total.browsers += s.browsers;
                 total.events += s.events;

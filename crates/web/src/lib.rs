@@ -17,7 +17,7 @@
 mod js;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use syncline_engine::{
@@ -51,7 +51,20 @@ type Listener = Rc<dyn Fn(&Notification)>;
 
 struct Socket {
     ws: WebSocket,
-    _handlers: Vec<Closure<dyn FnMut(JsValue)>>,
+    handlers: Vec<Closure<dyn FnMut(JsValue)>>,
+}
+
+impl Socket {
+    /// Detaches the handlers from the WebSocket and lets go of them only after the current task: the browser
+    /// may still deliver an event queued for this socket (a close after we closed it), and a handler dropped
+    /// under it throws "closure invoked recursively or after being dropped" — into every error monitor.
+    fn retire(self) {
+        self.ws.set_onopen(None);
+        self.ws.set_onmessage(None);
+        self.ws.set_onclose(None);
+        let handlers = self.handlers;
+        spawn_local(async move { drop(handlers) });
+    }
 }
 
 struct Inner {
@@ -69,6 +82,10 @@ struct Inner {
     next_listener: Cell<u64>,
     /// Closures registered with the browser for the page's lifetime.
     keep: RefCell<Vec<Closure<dyn FnMut(JsValue)>>>,
+    /// IndexedDB requests, carried out one at a time in the order the engine asked for them (a delete never
+    /// overtakes the put it follows).
+    persist_queue: RefCell<VecDeque<PersistOp>>,
+    persisting: Cell<bool>,
 }
 
 /// The sync runtime of this tab. Cheap to clone.
@@ -132,7 +149,7 @@ impl Runtime {
     /// leader lock.
     pub async fn start() -> Runtime {
         let tab = (js_sys::Math::random() * 9_007_199_254_740_991.0) as u64;
-        let engine = Engine::new(EngineConfig::default(), stored_preferences(), tab, tab, now());
+        let engine = Engine::new(EngineConfig::default(), stored_preferences(), tab, tab, now(), js_sys::Date::now() as u64);
         let channel = BroadcastChannel::new("syncline").expect("BroadcastChannel");
         let rt = Runtime {
             inner: Rc::new(Inner {
@@ -149,6 +166,8 @@ impl Runtime {
                 long_tasks_observed: js::observe_long_tasks(),
                 next_listener: Cell::new(1),
                 keep: RefCell::new(Vec::new()),
+                persist_queue: RefCell::new(VecDeque::new()),
+                persisting: Cell::new(false),
             }),
         };
         let document = window().document().expect("document");
@@ -360,9 +379,11 @@ impl Runtime {
         match out {
             Output::OpenSocket => self.open_socket(),
             Output::CloseSocket { code, reason } => {
-                if let Some(socket) = self.inner.socket.borrow_mut().take() {
+                let socket = self.inner.socket.borrow_mut().take();
+                if let Some(socket) = socket {
                     self.inner.socket_generation.set(self.inner.socket_generation.get() + 1);
                     let _ = socket.ws.close_with_code_and_reason(if code == 1000 || (3000..5000).contains(&code) { code } else { 1000 }, &reason);
+                    socket.retire();
                 }
             }
             Output::SendSocket(msg) => {
@@ -379,7 +400,7 @@ impl Runtime {
             Output::Broadcast(msg) => {
                 let _ = self.inner.channel.post_message(&JsValue::from_str(&serde_json::to_string(&msg).expect("tab messages serialize")));
             }
-            Output::Persist(op) => spawn_local(persist(op)),
+            Output::Persist(op) => self.persist(op),
             Output::Notify(n) => {
                 let listeners: Vec<Listener> = self.inner.listeners.borrow().iter().map(|(_, f)| f.clone()).collect();
                 for f in listeners {
@@ -430,14 +451,45 @@ impl Runtime {
             if !current() {
                 return;
             }
-            rt.inner.socket.borrow_mut().take();
+            let socket = rt.inner.socket.borrow_mut().take();
+            if let Some(socket) = socket {
+                socket.retire(); // this very handler is among them: dropped after it returns
+            }
             let (code, reason) = e.dyn_ref::<CloseEvent>().map(|c| (Some(c.code()), c.reason())).unwrap_or((None, String::new()));
             rt.input(Input::SocketClosed { code, reason });
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        *self.inner.socket.borrow_mut() = Some(Socket { ws, _handlers: vec![on_open, on_message, on_close] });
+        let replaced = self.inner.socket.borrow_mut().replace(Socket { ws, handlers: vec![on_open, on_message, on_close] });
+        if let Some(old) = replaced {
+            old.retire();
+        }
+    }
+
+    /// Queues an IndexedDB request; one task carries them out in order and tells the engine when an outbox
+    /// entry is stored (or could not be: the write then lives on in memory only, and is still sent).
+    fn persist(&self, op: PersistOp) {
+        self.inner.persist_queue.borrow_mut().push_back(op);
+        if self.inner.persisting.replace(true) {
+            return;
+        }
+        let rt = self.clone();
+        spawn_local(async move {
+            loop {
+                let next = rt.inner.persist_queue.borrow_mut().pop_front();
+                let Some(op) = next else { break };
+                let stored = match &op {
+                    PersistOp::OutboxPut { write } => Some(write.write_id),
+                    _ => None,
+                };
+                persist(op).await;
+                if let Some(write_id) = stored {
+                    rt.input(Input::Persisted { write_id });
+                }
+            }
+            rt.inner.persisting.set(false);
+        });
     }
 
     fn fetch(&self, id: RequestId, request: HttpRequest) {

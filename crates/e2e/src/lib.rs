@@ -23,7 +23,7 @@ use chromiumoxide::cdp::browser_protocol::network::{EmulateNetworkConditionsPara
 use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
 use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
 use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
-use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
+use chromiumoxide::cdp::js_protocol::runtime::{EvaluateParams, EventExceptionThrown};
 use chromiumoxide::page::{Page, ScreenshotParams};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -244,7 +244,17 @@ impl TestBrowser {
             .build()
             .map_err(|e| anyhow!("target params: {e}"))?;
         let page = self.browser.new_page(params).await?;
-        let tab = Tab { page };
+        let exceptions = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut thrown = page.event_listener::<EventExceptionThrown>().await?;
+        let seen = exceptions.clone();
+        let listener = tokio::spawn(async move {
+            while let Some(event) = thrown.next().await {
+                let details = &event.exception_details;
+                let what = details.exception.as_ref().and_then(|e| e.description.clone()).unwrap_or_else(|| details.text.clone());
+                seen.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+            }
+        });
+        let tab = Tab { page, exceptions, _listener: AbortOnDrop(listener) };
         tab.goto(url).await?;
         Ok(tab)
     }
@@ -268,11 +278,26 @@ impl TestBrowser {
 /// One page of a [`TestBrowser`].
 pub struct Tab {
     page: Page,
+    exceptions: Arc<std::sync::Mutex<Vec<String>>>,
+    _listener: AbortOnDrop,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Tab {
     pub fn page(&self) -> &Page {
         &self.page
+    }
+
+    /// Uncaught exceptions (and unhandled rejections) the page threw so far (CDP `Runtime.exceptionThrown`).
+    pub fn exceptions(&self) -> Vec<String> {
+        self.exceptions.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub async fn goto(&self, url: &str) -> Result<()> {

@@ -401,3 +401,44 @@ async fn a_single_hidden_tab_lets_go_of_the_network_and_catches_up_when_shown() 
     browser.close().await;
     h.stop().await;
 }
+
+#[tokio::test]
+async fn closing_its_own_socket_throws_nothing_in_the_page() {
+    // Found in a real browser: every time a tab closed its own socket (going offline, losing leadership) the
+    // page threw "closure invoked recursively or after being dropped": the socket's handlers were dropped while
+    // the WebSocket could still call them.
+    let (h, board, browser, url) = setup().await;
+    let (first, second) = leader_and_follower(&browser, &url, &board).await;
+    first.set_offline(true).await.unwrap();
+    first.wait_for("document.querySelector('#sync-status')?.dataset.connection === 'offline'", WAIT).await.unwrap();
+    first.set_offline(false).await.unwrap();
+    first.wait_for(&live(true), WAIT).await.unwrap();
+    // Leadership moves to the visible tab: the first one closes its socket as it steps down.
+    first.hide().await.unwrap();
+    second.wait_for(&live(true), WAIT).await.unwrap();
+    first.wait_for("JSON.parse(window.__syncline()).leader === false", WAIT).await.unwrap();
+    eventually("one socket after the move", WAIT, || h.open_websockets() == 1).await;
+    // Give a late close event time to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(first.exceptions(), Vec::<String>::new(), "uncaught exceptions in the first tab");
+    assert_eq!(second.exceptions(), Vec::<String>::new(), "uncaught exceptions in the second tab");
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_tab_opened_next_to_a_live_leader_says_live_at_once() {
+    // Found in a real browser: a new follower said "Idle" until the leader's state next changed.
+    let (h, board, browser, url) = setup().await;
+    let leader = browser.open(&url).await.unwrap();
+    leader.wait_for(&live(true), WAIT).await.unwrap();
+    let follower = browser.open(&url).await.unwrap();
+    follower.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+    follower
+        .wait_for("document.querySelector('#connection')?.dataset.state === 'live'", Duration::from_secs(1))
+        .await
+        .expect("the new tab's badge says live within a second, with nothing changing meanwhile");
+    assert_eq!(state(&follower).await["leader"], false);
+    browser.close().await;
+    h.stop().await;
+}

@@ -4,6 +4,8 @@
 //! - `test`: installs what is missing, builds the web app, runs every test in one cargo selection.
 //! - `bench feed [args]`: the feed fan-out benchmark (release builds; prints a table).
 //! - `bench browser`: requests/min and change → DOM latency with 1, 4 and 8 tabs in a real Chromium.
+//! - `chaos [--seed N] [--duration S]`: the chaos test (real Chromium, a server process killed with SIGKILL,
+//!   offline periods, closed leaders, tab switches) with another seed or a longer run than the test command's.
 //! - `build-web`: only builds the web app into `target/dist`.
 //!
 //! "What is missing" on a fresh Debian machine: the wasm32 target, the wasm-bindgen CLI at the version in
@@ -30,12 +32,13 @@ fn main() -> Result<()> {
         "run" => run(&root, &rest),
         "test" => test(&root, &rest),
         "bench" => bench(&rest),
+        "chaos" => chaos(&root, &rest),
         "build-web" => {
             ensure_wasm_tools(&root)?;
             build_web(&root).map(|_| ())
         }
         _ => {
-            eprintln!("usage: cargo xtask <run [server flags] | test [cargo test args] | bench feed [args] | build-web>");
+            eprintln!("usage: cargo xtask <run [server flags] | test [cargo test args] | bench feed|browser [args] | chaos [--seed N] [--duration S] | build-web>");
             std::process::exit(2);
         }
     }
@@ -99,6 +102,27 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     )?;
     println!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// The chaos test alone, with a chosen seed and length (the test command runs seed 1 for 75 s).
+fn chaos(root: &Path, args: &[String]) -> Result<()> {
+    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let seed = value("--seed").unwrap_or_else(|| "1".into());
+    let secs = value("--duration").unwrap_or_else(|| "75".into());
+    seed.parse::<u64>().context("--seed takes a number")?;
+    secs.parse::<u64>().context("--duration takes seconds")?;
+    ensure_wasm_tools(root)?;
+    ensure_chromium()?;
+    let dist = build_web(root)?;
+    // The test command's selection, narrowed to one test target: no feature re-resolution, no rebuild.
+    status(
+        cargo()
+            .args(["test", "--workspace", "--exclude", "syncline-app", "--exclude", "syncline-web", "--test", "chaos"])
+            .args(["--", "--nocapture"])
+            .env("SYNCLINE_DIST_DIR", &dist)
+            .env("SYNCLINE_CHAOS_SEED", &seed)
+            .env("SYNCLINE_CHAOS_SECS", &secs),
+    )
 }
 
 fn bench(args: &[String]) -> Result<()> {

@@ -183,6 +183,91 @@ impl Harness {
     }
 }
 
+/// The server in a process of its own (the `syncline-server-process` binary of this crate): for tests that
+/// kill it with SIGKILL, as an operating system or an operator would, and start it again on the same port and
+/// database.
+pub struct ServerProcess {
+    child: Option<std::process::Child>,
+    program: PathBuf,
+    port: u16,
+    db: PathBuf,
+    dir: TempDir,
+}
+
+impl ServerProcess {
+    /// Starts `program` on a free loopback port with a new SQLite file, serving the built app; returns once it
+    /// answers.
+    pub async fn start(program: &Path) -> Result<ServerProcess> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let db = dir.path().join("syncline.sqlite3");
+        let mut server = ServerProcess { child: None, program: program.to_path_buf(), port, db, dir };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let child = std::process::Command::new(&self.program)
+            .arg("--bind")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--db")
+            .arg(&self.db)
+            .arg("--static-dir")
+            .arg(dist_dir())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", self.program.display()))?;
+        self.child = Some(child);
+        // Ready when it accepts connections (the port may still be held a moment by the killed process).
+        let start = std::time::Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("the server did not come up on port {}", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:<port><path>`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.db
+    }
+
+    pub fn temp_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGKILL: no graceful shutdown, sockets reset, whatever was in flight lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and database.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// One Chromium process with its own profile.
 pub struct TestBrowser {
     browser: Browser,

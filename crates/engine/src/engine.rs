@@ -666,6 +666,8 @@ impl Engine {
         }
         self.role = role;
         self.announce();
+        self.leader_check_since = None;
+        self.leader_hidden_since = None;
         match role {
             Role::Leader => {
                 if self.bug(InjectedBug::NewLeaderDropsOutbox) {
@@ -1936,7 +1938,9 @@ impl Engine {
             if s.longpoll.is_some() || self.now < s.next_longpoll {
                 continue;
             }
-            let wait = if ctx.visible { self.cfg.longpoll_wait_s } else { 0 };
+            // The first long-poll of a stream (or the first after a failure) asks without waiting: it is also
+            // how the engine learns that the server answers at all (a held request says nothing for 25 s).
+            let wait = if ctx.visible && s.polled_ok { self.cfg.longpoll_wait_s } else { 0 };
             let mut path = format!("/api/changes?stream={stream}&since={since}&wait={wait}");
             if let Some(log) = self.log_id {
                 path.push_str(&format!("&log_id={log}"));

@@ -311,11 +311,14 @@ fn socket_failures_back_off_with_full_jitter_then_fall_back_to_long_poll_and_pro
     let out = d.input(Input::SocketClosed { code: Some(1006), reason: "refused".into() });
     let polls: Vec<_> = http(&out).into_iter().filter(|(_, r)| r.path.starts_with("/api/changes")).collect();
     assert_eq!(polls.len(), 1, "{out:?}");
-    assert!(polls[0].1.path.contains("since=3") && polls[0].1.path.contains("wait=25"));
+    // The first asks without waiting (does the server answer at all?), the next ones wait for changes.
+    assert!(polls[0].1.path.contains("since=3") && polls[0].1.path.contains("wait=0"), "{}", polls[0].1.path);
     // Polling once the server answers the long-poll (the socket failed while HTTP works).
     let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)), changes: vec![] };
-    d.reply(polls[0].0, 200, serde_json::to_string(&empty).unwrap());
+    let out = d.reply(polls[0].0, 200, serde_json::to_string(&empty).unwrap());
     assert!(matches!(d.e.status(), ConnectionStatus::Polling { .. }), "{:?}", d.e.status());
+    let next: Vec<_> = http(&out).into_iter().filter(|(_, r)| r.path.starts_with("/api/changes")).collect();
+    assert!(next.len() == 1 && next[0].1.path.contains("since=3") && next[0].1.path.contains("wait=25"), "{next:?}");
     // It keeps probing the socket, and upgrades back when it works.
     let out = d.advance(30_000);
     assert_eq!(opens(&out), 1, "probed within the probe interval");

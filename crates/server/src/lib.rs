@@ -4,6 +4,7 @@
 //! the `syncline-server` binary wraps it with command-line configuration and signal handling.
 
 pub mod api;
+pub mod cli;
 pub mod error;
 pub mod feed;
 pub mod metrics;

@@ -176,10 +176,12 @@ impl Runtime {
         if let Some(link) = link_quality() {
             rt.input(Input::Link(link));
         }
+        // Listen before the first await: the leader answers this tab's presence (with its status) at once, and
+        // an answer that arrives while nobody listens is lost.
+        rt.listen();
         let cache: Vec<(QueryKey, QueryData)> =
             idb_strings("cache").await.iter().filter_map(|s| serde_json::from_str(s).ok()).collect();
         rt.input(Input::Restored { outbox: stored_outbox().await, cache });
-        rt.listen();
         rt.request_lock(false);
         rt.expose_for_tests();
         rt

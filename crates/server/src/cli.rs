@@ -1,0 +1,44 @@
+//! The server as a program: logging, configuration from flags and environment, graceful shutdown on SIGINT
+//! or SIGTERM. The `syncline-server` binary is this; tests that need a real process to kill (the chaos test)
+//! run it too.
+
+use std::time::Duration;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::{Config, Server};
+
+/// Parses the command line, serves until SIGINT/SIGTERM, then stops gracefully (open feeds get 1001).
+pub async fn serve() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let config = Config::parse();
+    let server = Server::start(&config).await?;
+    tracing::info!(db = %config.db.display(), "database ready");
+    println!("syncline is serving on {}", server.url());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.stop(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

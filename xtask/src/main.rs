@@ -38,7 +38,9 @@ fn main() -> Result<()> {
             build_web(&root).map(|_| ())
         }
         _ => {
-            eprintln!("usage: cargo xtask <run [server flags] | test [cargo test args] | bench feed|browser [args] | chaos [--seed N] [--duration S] | build-web>");
+            eprintln!(
+                "usage: cargo xtask <run [server flags] | test [cargo test args] | bench feed|browser [args] | chaos [--seed N] [--duration S] | build-web>"
+            );
             std::process::exit(2);
         }
     }
@@ -74,13 +76,7 @@ fn run(root: &Path, server_args: &[String]) -> Result<()> {
     ensure_wasm_tools(root)?;
     let dist = build_web(root)?;
     println!("xtask: starting the server (Ctrl-C stops it)");
-    status(
-        cargo()
-            .args(["run", "--package", "syncline-server", "--"])
-            .arg("--static-dir")
-            .arg(&dist)
-            .args(server_args),
-    )
+    status(cargo().args(["run", "--package", "syncline-server", "--"]).arg("--static-dir").arg(&dist).args(server_args))
 }
 
 fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
@@ -128,9 +124,21 @@ fn chaos(root: &Path, args: &[String]) -> Result<()> {
 fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("feed") => {
-            status(cargo().args(["build", "--release", "--package", "syncline-server", "--package", "syncline-bench"]))?;
+            status(cargo().args([
+                "build",
+                "--release",
+                "--package",
+                "syncline-server",
+                "--package",
+                "syncline-bench",
+            ]))?;
             let release = workspace_root().join("target").join("release");
-            status(Command::new(release.join("feed-bench")).arg("--server").arg(release.join("syncline-server")).args(&args[1..]))
+            status(
+                Command::new(release.join("feed-bench"))
+                    .arg("--server")
+                    .arg(release.join("syncline-server"))
+                    .args(&args[1..]),
+            )
         }
         Some("browser") => {
             ensure_wasm_tools(&workspace_root())?;
@@ -142,7 +150,9 @@ fn bench(args: &[String]) -> Result<()> {
                     .env("SYNCLINE_DIST_DIR", &dist),
             )
         }
-        _ => bail!("usage: cargo xtask bench feed [--subscribers 1000,10000] [--rounds 20] | cargo xtask bench browser"),
+        _ => {
+            bail!("usage: cargo xtask bench feed [--subscribers 1000,10000] [--rounds 20] | cargo xtask bench browser")
+        }
     }
 }
 
@@ -196,7 +206,11 @@ fn ensure_chromium() -> Result<()> {
     }
     println!("xtask: installing chromium and chromium-driver with apt");
     status(Command::new("apt-get").arg("update"))?;
-    status(Command::new("apt-get").args(["install", "-y", "chromium", "chromium-driver"]).env("DEBIAN_FRONTEND", "noninteractive"))
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "chromium", "chromium-driver"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// Builds the app for wasm32, runs wasm-bindgen, copies the static files. Returns the dist directory.

@@ -93,7 +93,8 @@ impl Ctx {
             *pending.entry(entity).or_default() += 1;
         }
         let conflicted: HashSet<Uuid> = runtime.conflicts().into_iter().map(|(_, entity, _)| entity).collect();
-        let by_id: HashMap<CardId, &Card> = board.map(|b| b.cards.iter().map(|c| (c.id, c)).collect()).unwrap_or_default();
+        let by_id: HashMap<CardId, &Card> =
+            board.map(|b| b.cards.iter().map(|c| (c.id, c)).collect()).unwrap_or_default();
         self.cells.update_value(|cells| {
             cells.retain(|id, cell| {
                 let Some(card) = by_id.get(id) else { return false };
@@ -113,7 +114,9 @@ impl Ctx {
         if let Some(cell) = self.cells.with_value(|cells| cells.get(&card).cloned()) {
             return cell;
         }
-        let cell = self.board.with_untracked(|b| CardCell::new(b.as_ref().and_then(|b| b.cards.iter().find(|c| c.id == card))));
+        let cell = self
+            .board
+            .with_untracked(|b| CardCell::new(b.as_ref().and_then(|b| b.cards.iter().find(|c| c.id == card))));
         let runtime = rt();
         cell.pending.set(runtime.pending_for(card));
         cell.conflicted.set(runtime.conflicts().iter().any(|(_, entity, _)| *entity == card));
@@ -300,11 +303,14 @@ const CARDS_PER_FRAME: usize = 10;
 fn column_view(ctx: Ctx, column: Column) -> impl IntoView {
     let column_id = column.id;
     let column_title = move || {
-        ctx.board.with(|s| s.as_ref().and_then(|s| s.columns.iter().find(|c| c.id == column_id).map(|c| c.title.clone())))
+        ctx.board
+            .with(|s| s.as_ref().and_then(|s| s.columns.iter().find(|c| c.id == column_id).map(|c| c.title.clone())))
             .unwrap_or_default()
     };
     let card_ids = Memo::new(move |_| {
-        ctx.board.with(|s| s.as_ref().map(|s| s.cards_in(column_id).map(|c| c.id).collect::<Vec<CardId>>()).unwrap_or_default())
+        ctx.board.with(|s| {
+            s.as_ref().map(|s| s.cards_in(column_id).map(|c| c.id).collect::<Vec<CardId>>()).unwrap_or_default()
+        })
     });
     let count = move || card_ids.with(Vec::len);
     // A long column mounts its cards a few dozen per frame (the first ones at once): opening a big board never

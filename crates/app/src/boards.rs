@@ -12,9 +12,9 @@ pub fn BoardList() -> impl IntoView {
     let version = RwSignal::new(0u64);
     let runtime = rt();
     let listener = runtime.on_notify(move |n| match n {
-        Notification::Query { key: QueryKey::Boards } | Notification::Outbox { .. } | Notification::Connection { .. } => {
-            version.update(|v| *v += 1)
-        }
+        Notification::Query { key: QueryKey::Boards }
+        | Notification::Outbox { .. }
+        | Notification::Connection { .. } => version.update(|v| *v += 1),
         _ => {}
     });
     runtime.subscribe(QueryKey::Boards);

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use leptos::prelude::*;
-use syncline_engine::{BackgroundMode, ConnectionStatus, Freshness, Notification, Preferences, QueryKey, HISTORY_SPAN_MS};
+use syncline_engine::{
+    BackgroundMode, ConnectionStatus, Freshness, HISTORY_SPAN_MS, Notification, Preferences, QueryKey,
+};
 
 use wasm_bindgen::JsCast;
 
@@ -118,7 +120,12 @@ pub fn ConnectionBadge() -> impl IntoView {
         rt().status()
     });
     let text = move || describe(&status.get(), s.now.get());
-    let can_retry = move || matches!(status.get(), ConnectionStatus::Reconnecting { .. } | ConnectionStatus::Polling { retry_socket_at: Some(_), .. });
+    let can_retry = move || {
+        matches!(
+            status.get(),
+            ConnectionStatus::Reconnecting { .. } | ConnectionStatus::Polling { retry_socket_at: Some(_), .. }
+        )
+    };
     view! {
         <div id="connection" class="badge" data-state=move || state_name(&status.get())>
             <span class="dot" aria-hidden="true"></span>
@@ -172,7 +179,9 @@ pub fn freshness_line(key: QueryKey, version: RwSignal<u64>) -> impl IntoView {
         let now = s.now.get();
         match freshness() {
             Freshness::Fresh => "Up to date".to_owned(),
-            Freshness::Stale { age_ms } if age_ms == u64::MAX => "Showing a saved copy; checking for changes".to_owned(),
+            Freshness::Stale { age_ms } if age_ms == u64::MAX => {
+                "Showing a saved copy; checking for changes".to_owned()
+            }
             Freshness::Stale { age_ms } => format!("Updated {}", ago(age_ms)),
             Freshness::Fetching => "Refreshing…".to_owned(),
             Freshness::Paused { age_ms } if age_ms == u64::MAX => "Offline — not loaded yet".to_owned(),
@@ -221,7 +230,13 @@ fn focus_later(selectors: Vec<String>) {
 /// A panel under the top bar, shown while `open`; Escape or × closes it. Opening moves keyboard focus into it;
 /// closing gives it back to `opener` (the button that opened it).
 #[component]
-fn Panel(id: &'static str, title: &'static str, opener: &'static str, open: RwSignal<bool>, children: ChildrenFn) -> impl IntoView {
+fn Panel(
+    id: &'static str,
+    title: &'static str,
+    opener: &'static str,
+    open: RwSignal<bool>,
+    children: ChildrenFn,
+) -> impl IntoView {
     let title_id = format!("{id}-title");
     Effect::new(move |was_open: Option<bool>| {
         let is_open = open.get();
@@ -302,11 +317,14 @@ pub fn PreferencesPanel(open: RwSignal<bool>) -> impl IntoView {
         let p = rt().preferences();
         realtime.set(p.realtime);
         foreground.set(secs(p.foreground_interval_ms));
-        background.set(match p.background {
-            BackgroundMode::Pause => "pause",
-            BackgroundMode::CriticalOnly => "critical_only",
-            BackgroundMode::Slower => "slower",
-        }.to_owned());
+        background.set(
+            match p.background {
+                BackgroundMode::Pause => "pause",
+                BackgroundMode::CriticalOnly => "critical_only",
+                BackgroundMode::Slower => "slower",
+            }
+            .to_owned(),
+        );
         background_interval.set(secs(p.background_interval_ms));
         data_saver.set(p.data_saver);
         max_retry.set(secs(p.max_retry_delay_ms));
@@ -336,17 +354,18 @@ pub fn PreferencesPanel(open: RwSignal<bool>) -> impl IntoView {
             Err(e) => error.set(Some(e)),
         }
     };
-    let number = move |id: &'static str, label: &'static str, hint: &'static str, value: RwSignal<String>, min: &'static str| {
-        view! {
-            <label for=id>{label}</label>
-            <div class="pref-field">
-                <input id=id type="number" inputmode="numeric" min=min max="3600" step="1" required
-                    prop:value=move || value.get() on:input=move |ev| value.set(event_target_value(&ev)) />
-                <span class="unit">"s"</span>
-            </div>
-            <p class="pref-hint">{hint}</p>
-        }
-    };
+    let number =
+        move |id: &'static str, label: &'static str, hint: &'static str, value: RwSignal<String>, min: &'static str| {
+            view! {
+                <label for=id>{label}</label>
+                <div class="pref-field">
+                    <input id=id type="number" inputmode="numeric" min=min max="3600" step="1" required
+                        prop:value=move || value.get() on:input=move |ev| value.set(event_target_value(&ev)) />
+                    <span class="unit">"s"</span>
+                </div>
+                <p class="pref-hint">{hint}</p>
+            }
+        };
     let checkbox = move |id: &'static str, label: &'static str, hint: &'static str, value: RwSignal<bool>| {
         view! {
             <label class="check">
@@ -396,7 +415,13 @@ fn bytes(n: u64) -> String {
 
 fn duration(ms: u64) -> String {
     let s = ms / 1000;
-    if s < 60 { format!("{s} s") } else if s < 3600 { format!("{} min {} s", s / 60, s % 60) } else { format!("{} h {} min", s / 3600, s % 3600 / 60) }
+    if s < 60 {
+        format!("{s} s")
+    } else if s < 3600 {
+        format!("{} min {} s", s / 60, s % 60)
+    } else {
+        format!("{} h {} min", s / 3600, s % 3600 / 60)
+    }
 }
 
 fn ms_pair(p50: Option<u64>, p99: Option<u64>) -> String {
@@ -428,10 +453,7 @@ fn polyline(series: &[(u64, f64)], now: u64, max: f64) -> String {
 
 /// A dot per point, so a young history (one point) still shows.
 fn dots(series: &[(u64, f64)], now: u64, max: f64, class: &'static str) -> impl IntoView + use<> {
-    chart_xy(series, now, max)
-        .into_iter()
-        .map(|(x, y)| view! { <circle class=class cx=x cy=y r="4" /> })
-        .collect_view()
+    chart_xy(series, now, max).into_iter().map(|(x, y)| view! { <circle class=class cx=x cy=y r="4" /> }).collect_view()
 }
 
 /// What this tab's sync engine did: rates, volumes, latencies, time in each state, long tasks, and a chart.

@@ -71,7 +71,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// One subscriber: subscribes, reports when synced, then reports the arrival time of every change message.
-async fn subscriber(addr: String, stream: StreamId, since: u64, ready: mpsc::Sender<()>, arrivals: mpsc::UnboundedSender<Instant>) -> Result<()> {
+async fn subscriber(
+    addr: String,
+    stream: StreamId,
+    since: u64,
+    ready: mpsc::Sender<()>,
+    arrivals: mpsc::UnboundedSender<Instant>,
+) -> Result<()> {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/feed")).await?;
     let subscribe = ClientMessage::Subscribe { streams: vec![StreamCursor { stream, since }], log_id: None };
     ws.send(Message::text(serde_json::to_string(&subscribe)?)).await?;
@@ -95,12 +101,16 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let http = reqwest::Client::new();
     println!("feed fan-out on loopback: one write, N subscribers of its board; {} writes per row", args.rounds);
-    println!("{:>11} | {:>9} | {:>9} | {:>9} | {:>9} | {:>14}", "subscribers", "p50", "p99", "max", "connect", "server KiB/sub");
+    println!(
+        "{:>11} | {:>9} | {:>9} | {:>9} | {:>9} | {:>14}",
+        "subscribers", "p50", "p99", "max", "connect", "server KiB/sub"
+    );
     println!("{}", "-".repeat(76));
     for &n in &args.subscribers {
         let mut server = start_server(&args.server).await?;
         let base = format!("http://{}", server.addr);
-        let board: Value = http.post(format!("{base}/api/boards")).json(&json!({"title": "bench"})).send().await?.json().await?;
+        let board: Value =
+            http.post(format!("{base}/api/boards")).json(&json!({"title": "bench"})).send().await?.json().await?;
         let board_id = board["id"].as_str().context("board id")?.to_owned();
         let column: Value = http
             .post(format!("{base}/api/boards/{board_id}/columns"))
@@ -128,14 +138,22 @@ async fn main() -> Result<()> {
         let started = Instant::now();
         let mut tasks = Vec::with_capacity(n);
         for i in 0..n {
-            tasks.push(tokio::spawn(subscriber(server.addr.clone(), stream, since, ready_tx.clone(), arrive_tx.clone())));
+            tasks.push(tokio::spawn(subscriber(
+                server.addr.clone(),
+                stream,
+                since,
+                ready_tx.clone(),
+                arrive_tx.clone(),
+            )));
             // Pace the handshakes a little so the accept backlog never overflows.
             if i % 256 == 255 {
                 tokio::task::yield_now().await;
             }
         }
         for _ in 0..n {
-            tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await.context("subscribers never synced")?;
+            tokio::time::timeout(Duration::from_secs(120), ready_rx.recv())
+                .await
+                .context("subscribers never synced")?;
         }
         let connect = started.elapsed();
         // Let allocations settle before reading the server's memory.
@@ -154,7 +172,9 @@ async fn main() -> Result<()> {
                 bail!("write failed: {}", resp.status());
             }
             for _ in 0..n {
-                let at = tokio::time::timeout(Duration::from_secs(60), arrive_rx.recv()).await.context("a subscriber never got the change")?;
+                let at = tokio::time::timeout(Duration::from_secs(60), arrive_rx.recv())
+                    .await
+                    .context("a subscriber never got the change")?;
                 latencies.push(at.context("arrivals closed")?.saturating_duration_since(sent));
             }
         }

@@ -18,9 +18,9 @@ use chromiumoxide::browser::{Browser, BrowserConfig};
 use chromiumoxide::cdp::browser_protocol::browser::{
     Bounds, GetWindowForTargetParams, SetWindowBoundsParams, WindowState,
 };
+use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
 #[allow(deprecated)]
 use chromiumoxide::cdp::browser_protocol::network::{EmulateNetworkConditionsParams, EnableParams};
-use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
 use chromiumoxide::cdp::browser_protocol::page::CaptureScreenshotFormat;
 use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
 use chromiumoxide::cdp::js_protocol::runtime::{EvaluateParams, EventExceptionThrown};
@@ -109,7 +109,9 @@ impl Harness {
         let socket_query = format!("client={client}");
         self.requests(prefix)
             .iter()
-            .filter(|r| r.client.as_deref() == Some(client) || r.query.as_deref().is_some_and(|q| q.contains(&socket_query)))
+            .filter(|r| {
+                r.client.as_deref() == Some(client) || r.query.as_deref().is_some_and(|q| q.contains(&socket_query))
+            })
             .count()
     }
 
@@ -307,9 +309,8 @@ impl TestBrowser {
             ])
             .build()
             .map_err(|e| anyhow!("browser config: {e}"))?;
-        let (browser, mut handler) = Browser::launch(config)
-            .await
-            .with_context(|| format!("launching {}", chromium_path().display()))?;
+        let (browser, mut handler) =
+            Browser::launch(config).await.with_context(|| format!("launching {}", chromium_path().display()))?;
         let handler = tokio::spawn(async move {
             while let Some(event) = handler.next().await {
                 if event.is_err() {
@@ -335,7 +336,11 @@ impl TestBrowser {
         let listener = tokio::spawn(async move {
             while let Some(event) = thrown.next().await {
                 let details = &event.exception_details;
-                let what = details.exception.as_ref().and_then(|e| e.description.clone()).unwrap_or_else(|| details.text.clone());
+                let what = details
+                    .exception
+                    .as_ref()
+                    .and_then(|e| e.description.clone())
+                    .unwrap_or_else(|| details.text.clone());
                 seen.lock().unwrap_or_else(|p| p.into_inner()).push(what);
             }
         });
@@ -550,10 +555,8 @@ impl Tab {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let png = self
-            .page
-            .screenshot(ScreenshotParams::builder().format(CaptureScreenshotFormat::Png).build())
-            .await?;
+        let png =
+            self.page.screenshot(ScreenshotParams::builder().format(CaptureScreenshotFormat::Png).build()).await?;
         std::fs::write(path, png)?;
         Ok(())
     }

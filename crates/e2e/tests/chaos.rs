@@ -53,7 +53,8 @@ struct ChaosTab {
 
 impl Chaos {
     async fn state(tab: &Tab) -> Value {
-        let text: String = tab.eval("window.__syncline ? window.__syncline() : 'null'").await.unwrap_or_else(|_| "null".into());
+        let text: String =
+            tab.eval("window.__syncline ? window.__syncline() : 'null'").await.unwrap_or_else(|_| "null".into());
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
@@ -144,7 +145,9 @@ impl Chaos {
                 // than IndexedDB), and open another.
                 let mut leader = None;
                 for (i, t) in self.tabs.iter().enumerate() {
-                    if Self::state(&t.tab).await["leader"] == true && t.last_write.elapsed() > Duration::from_millis(300) {
+                    if Self::state(&t.tab).await["leader"] == true
+                        && t.last_write.elapsed() > Duration::from_millis(300)
+                    {
                         leader = Some(i);
                     }
                 }
@@ -231,7 +234,8 @@ async fn stored_outbox_entries(tab: &Tab) -> u64 {
 async fn chaos_loses_and_doubles_nothing_and_every_tab_comes_back_live() {
     let seed = env_u64("SYNCLINE_CHAOS_SEED", 1);
     let secs = env_u64("SYNCLINE_CHAOS_SECS", 75);
-    let server = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_syncline-server-process"))).await.expect("server process");
+    let server =
+        ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_syncline-server-process"))).await.expect("server process");
     let board = post(&server.url("/api/boards"), json!({"title": "Chaos"})).await;
     let board_id = board["id"].as_str().unwrap().to_owned();
     let mut columns = Vec::new();
@@ -312,7 +316,12 @@ async fn chaos_loses_and_doubles_nothing_and_every_tab_comes_back_live() {
         if shown != want {
             let shown_ids: BTreeSet<&String> = shown.iter().map(|c| &c.0).collect();
             let want_ids: BTreeSet<&String> = want.iter().map(|c| &c.0).collect();
-            differing.push(format!("tab {i}: {} shown, {} in the database, {} missing", shown.len(), want.len(), want_ids.difference(&shown_ids).count()));
+            differing.push(format!(
+                "tab {i}: {} shown, {} in the database, {} missing",
+                shown.len(),
+                want.len(),
+                want_ids.difference(&shown_ids).count()
+            ));
         }
     }
     let stored = stored_outbox_entries(&chaos.tabs[0].tab).await;
@@ -321,12 +330,21 @@ async fn chaos_loses_and_doubles_nothing_and_every_tab_comes_back_live() {
         exceptions.extend(t.tab.exceptions());
     }
 
-    eprintln!("chaos seed {seed}, {secs} s of faults: {} writes accepted, {} cards in the database", chaos.accepted.len(), truth.len());
+    eprintln!(
+        "chaos seed {seed}, {secs} s of faults: {} writes accepted, {} cards in the database",
+        chaos.accepted.len(),
+        truth.len()
+    );
     eprintln!("faults: {:?}", chaos.faults);
     for (kind, times) in &chaos.recoveries {
         let mut ms: Vec<u128> = times.iter().map(|d| d.as_millis()).collect();
         ms.sort();
-        eprintln!("  every tab live again after {kind}: {} times, median {} ms, max {} ms", ms.len(), ms[ms.len() / 2], ms[ms.len() - 1]);
+        eprintln!(
+            "  every tab live again after {kind}: {} times, median {} ms, max {} ms",
+            ms.len(),
+            ms[ms.len() / 2],
+            ms[ms.len() - 1]
+        );
     }
     eprintln!("after the last fault, every tab live in {live_after:?}");
 

@@ -19,7 +19,8 @@ struct Seeded {
 /// A board with the given columns, each with the given card titles, written without HTTP.
 async fn seed(h: &Harness, title: &str, columns: &[(&str, &[&str])]) -> Seeded {
     let id = |v: serde_json::Value| uuid::Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
-    let board = id(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: title.into() } }).await.unwrap());
+    let board =
+        id(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: title.into() } }).await.unwrap());
     let mut ids = Vec::new();
     for (col_title, cards) in columns {
         let body = CreateColumn { id: None, title: col_title.to_string() };
@@ -35,7 +36,11 @@ async fn seed(h: &Harness, title: &str, columns: &[(&str, &[&str])]) -> Seeded {
 
 async fn snapshot(h: &Harness, board: uuid::Uuid) -> BoardSnapshot {
     let log_id = h.store().log_id();
-    h.store().transaction(move |tx| store::board_snapshot(tx, board, log_id)).await.map_err(|e| anyhow::anyhow!("{e:?}")).unwrap()
+    h.store()
+        .transaction(move |tx| store::board_snapshot(tx, board, log_id))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+        .unwrap()
 }
 
 fn card_in_column(column: uuid::Uuid, title: &str) -> String {
@@ -70,9 +75,8 @@ async fn a_card_created_in_the_ui_survives_a_reload_and_is_in_the_sqlite_file() 
 
     // Read the SQLite file on its own connection: the card is on disk, in the right column.
     let conn = rusqlite::Connection::open(h.db_path()).unwrap();
-    let column: String = conn
-        .query_row("SELECT column_id FROM cards WHERE title = 'Book the venue'", [], |r| r.get(0))
-        .unwrap();
+    let column: String =
+        conn.query_row("SELECT column_id FROM cards WHERE title = 'Book the venue'", [], |r| r.get(0)).unwrap();
     assert_eq!(column, todo.to_string());
     browser.close().await;
     h.stop().await;
@@ -90,9 +94,12 @@ async fn a_card_moved_with_the_keyboard_lands_in_the_new_column() {
     // Focus the card, pick it up with Space, move it right, then up, then put it down.
     tab.exec(&format!("document.querySelector('[data-card-id=\"{second}\"]').focus()")).await.unwrap();
     tab.press(" ").await.unwrap();
-    tab.wait_for(&format!("document.querySelector('[data-card-id=\"{second}\"]').getAttribute('aria-grabbed') === 'true'"), WAIT)
-        .await
-        .unwrap();
+    tab.wait_for(
+        &format!("document.querySelector('[data-card-id=\"{second}\"]').getAttribute('aria-grabbed') === 'true'"),
+        WAIT,
+    )
+    .await
+    .unwrap();
     tab.press("ArrowRight").await.unwrap();
     tab.wait_for(&card_in_column(doing, "Second"), WAIT).await.unwrap();
     // Same index (1) in the new column: after "Other". Focus stays on the moved card, so keep moving.
@@ -202,8 +209,7 @@ async fn harness_takes_a_tab_offline_with_real_offline_and_online_events() {
     tab.set_offline(true).await.unwrap();
     tab.wait_for("__net.includes('offline')", WAIT).await.unwrap();
     assert!(!tab.eval::<bool>("navigator.onLine").await.unwrap());
-    let fetch_failed: bool =
-        tab.eval("fetch('/api/boards').then(() => false, () => true)").await.unwrap();
+    let fetch_failed: bool = tab.eval("fetch('/api/boards').then(() => false, () => true)").await.unwrap();
     assert!(fetch_failed, "fetch fails while offline");
 
     tab.set_offline(false).await.unwrap();
@@ -221,7 +227,9 @@ async fn harness_counts_requests_as_the_server_saw_them_and_restarts_the_server(
     tab.wait_for_selector(".boards", WAIT).await.unwrap();
 
     // Requests are attributed by the client header, so the page's own loading does not blur the count.
-    let from_tab = |h: &Harness| h.requests("/api/boards").into_iter().filter(|r| r.client.as_deref() == Some("tab-1")).collect::<Vec<_>>();
+    let from_tab = |h: &Harness| {
+        h.requests("/api/boards").into_iter().filter(|r| r.client.as_deref() == Some("tab-1")).collect::<Vec<_>>()
+    };
     assert!(from_tab(&h).is_empty());
     let status: u16 = tab
         .eval("fetch('/api/boards?from=test', { headers: { 'x-syncline-client': 'tab-1' } }).then(r => r.status)")
@@ -283,7 +291,9 @@ async fn a_board_created_in_the_ui_opens_at_once_and_everything_on_it_is_saved()
     tab.wait_for_selector(".column .new-card-title", WAIT).await.unwrap();
     tab.type_into(".column .new-card-title", "First idea").await.unwrap();
     tab.press("Enter").await.unwrap();
-    tab.wait_for("[...document.querySelectorAll('.card-title')].some(e => e.textContent === 'First idea')", WAIT).await.unwrap();
+    tab.wait_for("[...document.querySelectorAll('.card-title')].some(e => e.textContent === 'First idea')", WAIT)
+        .await
+        .unwrap();
     tab.wait_for(SAVED, WAIT).await.unwrap();
     tab.wait_for("document.querySelector('#board-title')?.value === 'Fresh board' && !document.body.textContent.includes('was deleted')", WAIT)
         .await
@@ -299,7 +309,9 @@ async fn a_board_created_in_the_ui_opens_at_once_and_everything_on_it_is_saved()
     assert_eq!(found, ("Fresh board".into(), "Ideas".into(), "First idea".into()));
     // Back on the list, the board is there.
     tab.exec("location.hash = '#/'").await.unwrap();
-    tab.wait_for("[...document.querySelectorAll('.board-link')].some(e => e.textContent === 'Fresh board')", WAIT).await.unwrap();
+    tab.wait_for("[...document.querySelectorAll('.board-link')].some(e => e.textContent === 'Fresh board')", WAIT)
+        .await
+        .unwrap();
     browser.close().await;
     h.stop().await;
 }

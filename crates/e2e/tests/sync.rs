@@ -18,8 +18,13 @@ struct Board {
 
 async fn seed(h: &Harness) -> Board {
     let id_of = |v: Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
-    let id = id_of(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: "Sync".into() } }).await.unwrap());
-    let column = id_of(h.write(WriteOp::CreateColumn { board_id: id, body: CreateColumn { id: None, title: "Todo".into() } }).await.unwrap());
+    let id =
+        id_of(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: "Sync".into() } }).await.unwrap());
+    let column = id_of(
+        h.write(WriteOp::CreateColumn { board_id: id, body: CreateColumn { id: None, title: "Todo".into() } })
+            .await
+            .unwrap(),
+    );
     let body = CreateCard { id: None, title: "Watch me".into(), description: String::new() };
     let card = id_of(h.write(WriteOp::CreateCard { column_id: column, body }).await.unwrap());
     Board { id, column, card }
@@ -66,7 +71,10 @@ fn live(tab_is_leader: bool) -> String {
 }
 
 fn shows(card: Uuid, title: &str) -> String {
-    format!("document.querySelector('[data-card-id=\"{card}\"] .card-title')?.textContent === {}", serde_json::to_string(title).unwrap())
+    format!(
+        "document.querySelector('[data-card-id=\"{card}\"] .card-title')?.textContent === {}",
+        serde_json::to_string(title).unwrap()
+    )
 }
 
 #[tokio::test]
@@ -183,7 +191,8 @@ async fn offline_then_online_is_live_again_within_a_second_with_nothing_missed()
     tab.wait_for("document.querySelector('#sync-status')?.dataset.freshness === 'fresh'", WAIT).await.unwrap();
     eprintln!("back online: live again {relive:?} after `online`");
     let conn = rusqlite::Connection::open(h.db_path()).unwrap();
-    let n: i64 = conn.query_row("SELECT COUNT(*) FROM cards WHERE title = 'Written offline'", [], |r| r.get(0)).unwrap();
+    let n: i64 =
+        conn.query_row("SELECT COUNT(*) FROM cards WHERE title = 'Written offline'", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 1, "the offline write is applied exactly once");
     browser.close().await;
     h.stop().await;
@@ -213,7 +222,9 @@ async fn without_websockets_it_stays_fresh_by_long_poll_and_upgrades_back_when_t
     h.set_websockets(false);
     let browser = TestBrowser::launch().await.unwrap();
     let tab = browser.open(&h.url(&format!("/#/boards/{}", board.id))).await.unwrap();
-    tab.wait_for("document.querySelector('#sync-status')?.dataset.connection === 'polling'", Duration::from_secs(20)).await.unwrap();
+    tab.wait_for("document.querySelector('#sync-status')?.dataset.connection === 'polling'", Duration::from_secs(20))
+        .await
+        .unwrap();
     rename(&h, board.card, "by long-poll").await;
     let sent = Instant::now();
     tab.wait_for(&shows(board.card, "by long-poll"), WAIT).await.unwrap();
@@ -234,9 +245,15 @@ async fn without_websockets_it_stays_fresh_by_long_poll_and_upgrades_back_when_t
 async fn add_card(tab: &Tab, column: Uuid, title: &str) {
     tab.type_into(&format!("#new-card-{column}"), title).await.unwrap();
     tab.press("Enter").await.unwrap();
-    tab.wait_for(&format!("[...document.querySelectorAll('.card-title')].some(e => e.textContent === {})", serde_json::to_string(title).unwrap()), WAIT)
-        .await
-        .unwrap();
+    tab.wait_for(
+        &format!(
+            "[...document.querySelectorAll('.card-title')].some(e => e.textContent === {})",
+            serde_json::to_string(title).unwrap()
+        ),
+        WAIT,
+    )
+    .await
+    .unwrap();
 }
 
 fn titles_in_db(h: &Harness, title: &str) -> i64 {
@@ -263,9 +280,14 @@ async fn offline_writes_in_two_tabs_survive_closing_one_and_are_applied_once() {
     assert_eq!(titles_in_db(&h, "from A"), 1, "the closed tab's write was sent by the next leader, once");
     assert_eq!(titles_in_db(&h, "from B"), 1);
     for title in ["from A", "from B"] {
-        b.wait_for(&format!("[...document.querySelectorAll('.card-title')].filter(e => e.textContent === '{title}').length === 1"), WAIT)
-            .await
-            .unwrap();
+        b.wait_for(
+            &format!(
+                "[...document.querySelectorAll('.card-title')].filter(e => e.textContent === '{title}').length === 1"
+            ),
+            WAIT,
+        )
+        .await
+        .unwrap();
     }
     browser.close().await;
     h.stop().await;
@@ -273,7 +295,9 @@ async fn offline_writes_in_two_tabs_survive_closing_one_and_are_applied_once() {
 
 /// Opens the editor of a card, sets its title and saves.
 async fn edit_title(tab: &Tab, card: Uuid, title: &str) {
-    tab.exec(&format!("document.querySelector('[data-card-id=\"{card}\"] .card-actions button').click()")).await.unwrap();
+    tab.exec(&format!("document.querySelector('[data-card-id=\"{card}\"] .card-actions button').click()"))
+        .await
+        .unwrap();
     tab.wait_for_selector(".edit-title", WAIT).await.unwrap();
     tab.exec(&format!(
         "(() => {{ const i = document.querySelector('.edit-title'); i.value = {}; i.dispatchEvent(new Event('input', {{bubbles: true}})); document.querySelector('.card-editor button[type=submit]').click(); }})()",
@@ -339,7 +363,9 @@ async fn a_change_updates_every_view_from_its_own_data_and_refetches_only_the_se
     tab.exec("document.querySelector('#board-summary').open = true").await.unwrap();
     tab.wait_for("document.querySelector('.summary-figures')?.dataset.total === '1'", WAIT).await.unwrap();
     assert_eq!(count(&h, &summary_path), 1);
-    tab.wait_for("document.querySelector('#board-summary .freshness-mark')?.dataset.freshness === 'fresh'", WAIT).await.unwrap();
+    tab.wait_for("document.querySelector('#board-summary .freshness-mark')?.dataset.freshness === 'fresh'", WAIT)
+        .await
+        .unwrap();
     // Its freshness mark says when it is being refreshed (a slow link keeps that on screen long enough to see).
     tab.set_latency(300.0).await.unwrap();
     tab.exec(
@@ -352,11 +378,15 @@ async fn a_change_updates_every_view_from_its_own_data_and_refetches_only_the_se
     // summary exactly once; the board itself is not refetched.
     let body = CreateCard { id: None, title: "Second".into(), description: "with words".into() };
     h.write(WriteOp::CreateCard { column_id: board.column, body }).await.unwrap();
-    tab.wait_for("[...document.querySelectorAll('.card-title')].some(e => e.textContent === 'Second')", WAIT).await.unwrap();
+    tab.wait_for("[...document.querySelectorAll('.card-title')].some(e => e.textContent === 'Second')", WAIT)
+        .await
+        .unwrap();
     tab.wait_for("document.querySelector('.column .count')?.textContent === '2'", WAIT).await.unwrap();
     tab.wait_for("document.querySelector('.summary-figures')?.dataset.total === '2'", WAIT).await.unwrap();
     assert_eq!(count(&h, &summary_path), 2, "the dependent query, once");
-    tab.wait_for("document.querySelector('#board-summary .freshness-mark')?.dataset.freshness === 'fresh'", WAIT).await.unwrap();
+    tab.wait_for("document.querySelector('#board-summary .freshness-mark')?.dataset.freshness === 'fresh'", WAIT)
+        .await
+        .unwrap();
     let marks: Vec<String> = tab.eval("window.__summary").await.unwrap();
     assert!(marks.contains(&"fetching".to_owned()), "the summary said it was refreshing: {marks:?}");
     tab.set_latency(0.0).await.unwrap();

@@ -24,7 +24,8 @@ fn id_of(v: Value) -> Uuid {
 
 /// A board that reads like a real one (the screenshots show it).
 async fn seed(h: &Harness, title: &str) -> Board {
-    let id = id_of(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: title.into() } }).await.unwrap());
+    let id =
+        id_of(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: title.into() } }).await.unwrap());
     let layout: [(&str, &[&str]); 3] = [
         ("To do", &["Write the release notes", "Check the offline outbox on Safari"]),
         ("Doing", &["Measure change → screen latency"]),
@@ -33,7 +34,11 @@ async fn seed(h: &Harness, title: &str) -> Board {
     let mut columns = Vec::new();
     let mut first_card = None;
     for (column, cards) in layout {
-        let col = id_of(h.write(WriteOp::CreateColumn { board_id: id, body: CreateColumn { id: None, title: column.into() } }).await.unwrap());
+        let col = id_of(
+            h.write(WriteOp::CreateColumn { board_id: id, body: CreateColumn { id: None, title: column.into() } })
+                .await
+                .unwrap(),
+        );
         for title in cards {
             let body = CreateCard { id: None, title: title.to_string(), description: String::new() };
             let card = id_of(h.write(WriteOp::CreateCard { column_id: col, body }).await.unwrap());
@@ -70,7 +75,10 @@ fn live_leader() -> &'static str {
 }
 
 fn shows(card: Uuid, title: &str) -> String {
-    format!("document.querySelector('[data-card-id=\"{card}\"] .card-title')?.textContent === {}", serde_json::to_string(title).unwrap())
+    format!(
+        "document.querySelector('[data-card-id=\"{card}\"] .card-title')?.textContent === {}",
+        serde_json::to_string(title).unwrap()
+    )
 }
 
 async fn text(tab: &Tab, selector: &str) -> String {
@@ -111,7 +119,9 @@ async fn live_badge_fresh_board_and_a_metrics_panel_that_counts_what_happened() 
     tab.click("#open-metrics").await.unwrap();
     tab.wait_for_selector("#metrics-panel", WAIT).await.unwrap();
     // The change above was measured from its commit on the server to the frame that showed it.
-    tab.wait_for("/^\\d+ \\/ \\d+ ms$/.test(document.querySelector('#m-change-to-screen')?.textContent)", WAIT).await.unwrap();
+    tab.wait_for("/^\\d+ \\/ \\d+ ms$/.test(document.querySelector('#m-change-to-screen')?.textContent)", WAIT)
+        .await
+        .unwrap();
     let s = state(&tab).await;
     let requests = s["metrics"]["requests"].as_u64().unwrap();
     assert!(requests >= 1);
@@ -126,7 +136,12 @@ async fn live_badge_fresh_board_and_a_metrics_panel_that_counts_what_happened() 
     assert!(text(&tab, "#m-long-tasks").await.starts_with(&long.to_string()));
     assert!(text(&tab, "#m-time-live").await.ends_with(" s"));
     // The chart plots rates over windows of 2 s or more: it has a line once the page is that old.
-    tab.wait_for("document.querySelector('#metrics-chart .series-messages')?.getAttribute('points').trim().length > 0", WAIT).await.unwrap();
+    tab.wait_for(
+        "document.querySelector('#metrics-chart .series-messages')?.getAttribute('points').trim().length > 0",
+        WAIT,
+    )
+    .await
+    .unwrap();
     let peak: String = tab.text(".chart-scale").await.unwrap();
     assert!(peak.starts_with("peak ") && peak.ends_with("/min · last 10 min"), "{peak}");
     tab.screenshot(&docs("metrics-panel.png")).await.unwrap();
@@ -158,9 +173,12 @@ async fn offline_the_badge_counts_the_changes_saved_and_each_card_is_marked_and_
     tab.exec("document.querySelector('.card-editor .edit-title').select()").await.unwrap();
     tab.type_into(".card-editor .edit-title", "Write the release notes - offline edit").await.unwrap();
     tab.press("Enter").await.unwrap();
-    tab.wait_for("document.querySelector('#connection .badge-detail')?.textContent.includes('2 changes saved on this device')", WAIT)
-        .await
-        .unwrap();
+    tab.wait_for(
+        "document.querySelector('#connection .badge-detail')?.textContent.includes('2 changes saved on this device')",
+        WAIT,
+    )
+    .await
+    .unwrap();
     assert_eq!(text(&tab, "#connection .badge-label").await, "Offline");
     tab.wait_for("document.querySelectorAll('.card.pending .pending-mark').length === 2", WAIT).await.unwrap();
     assert!(text(&tab, "#sync-status").await.contains("2 changes not yet on the server"));
@@ -171,7 +189,9 @@ async fn offline_the_badge_counts_the_changes_saved_and_each_card_is_marked_and_
     tab.set_offline(false).await.unwrap();
     tab.wait_for(&badge("live"), WAIT).await.unwrap();
     tab.wait_for("document.querySelectorAll('.pending-mark').length === 0", WAIT).await.unwrap();
-    tab.wait_for("document.querySelector('#announcer')?.textContent.startsWith('Connection live')", WAIT).await.unwrap();
+    tab.wait_for("document.querySelector('#announcer')?.textContent.startsWith('Connection live')", WAIT)
+        .await
+        .unwrap();
     let conn = rusqlite::Connection::open(h.db_path()).unwrap();
     let n: i64 = conn
         .query_row("SELECT COUNT(*) FROM cards WHERE title IN ('Draft the blog post', 'Write the release notes - offline edit')", [], |r| r.get(0))
@@ -198,9 +218,14 @@ async fn with_the_server_down_the_badge_counts_down_to_the_next_attempt_and_retr
     let before = text(&tab, "#connection .badge-label").await;
     tab.wait_for_selector("#retry-now", WAIT).await.unwrap();
     tab.wait_for(&freshness("stale"), WAIT).await.unwrap();
-    assert!(text(&tab, "#sync-status .freshness").await.starts_with("Updated "), "not \"up to date\" while disconnected");
+    assert!(
+        text(&tab, "#sync-status .freshness").await.starts_with("Updated "),
+        "not \"up to date\" while disconnected"
+    );
     tab.screenshot(&docs("state-reconnecting.png")).await.unwrap();
-    assert!(tab.eval::<String>("document.querySelector('#announcer').textContent").await.unwrap().contains("Reconnecting"));
+    assert!(
+        tab.eval::<String>("document.querySelector('#announcer').textContent").await.unwrap().contains("Reconnecting")
+    );
     let waited = seconds_in(&before).unwrap();
     h.start_server().await.unwrap();
     let clicked = Instant::now();
@@ -208,7 +233,10 @@ async fn with_the_server_down_the_badge_counts_down_to_the_next_attempt_and_retr
     tab.wait_for(&badge("live"), Duration::from_secs(3)).await.unwrap();
     let back = clicked.elapsed();
     eprintln!("retry now: live {back:?} after the click; the badge had said \"{before}\"");
-    assert!(back < Duration::from_secs(waited.saturating_sub(1).max(1)), "sooner than the scheduled attempt ({before}): {back:?}");
+    assert!(
+        back < Duration::from_secs(waited.saturating_sub(1).max(1)),
+        "sooner than the scheduled attempt ({before}): {back:?}"
+    );
     browser.close().await;
     h.stop().await;
 }
@@ -228,7 +256,10 @@ async fn without_websockets_the_badge_says_polling_and_why_and_retry_now_probes_
     tab.screenshot(&docs("state-polling.png")).await.unwrap();
     let probes = h.requests("/api/feed").len();
     tab.click("#retry-now").await.unwrap();
-    eventually("a socket attempt right after retry now", Duration::from_secs(2), || h.requests("/api/feed").len() > probes).await;
+    eventually("a socket attempt right after retry now", Duration::from_secs(2), || {
+        h.requests("/api/feed").len() > probes
+    })
+    .await;
     browser.close().await;
     h.stop().await;
 }
@@ -259,9 +290,12 @@ async fn a_conflict_is_marked_on_the_card_and_take_theirs_drops_mine() {
     tb.screenshot(&docs("state-conflict.png")).await.unwrap();
     tb.click(".conflict .take-theirs").await.unwrap();
     tb.wait_for(&shows(board.card, "Alice's release notes"), WAIT).await.unwrap();
-    tb.wait_for("!document.querySelector('.conflicted') && JSON.parse(window.__syncline()).pending === 0", WAIT).await.unwrap();
+    tb.wait_for("!document.querySelector('.conflicted') && JSON.parse(window.__syncline()).pending === 0", WAIT)
+        .await
+        .unwrap();
     let conn = rusqlite::Connection::open(h.db_path()).unwrap();
-    let bobs: i64 = conn.query_row("SELECT COUNT(*) FROM cards WHERE title = ?1", ["Bob's release notes"], |r| r.get(0)).unwrap();
+    let bobs: i64 =
+        conn.query_row("SELECT COUNT(*) FROM cards WHERE title = ?1", ["Bob's release notes"], |r| r.get(0)).unwrap();
     assert_eq!(bobs, 0, "taking theirs sends nothing");
     alice.close().await;
     bob.close().await;
@@ -277,7 +311,12 @@ async fn go(tab: &Tab, url: &str) {
 
 /// Sets preferences before the app starts (as a returning user's saved ones).
 async fn with_preferences(tab: &Tab, url: &str, prefs: Value) {
-    tab.exec(&format!("localStorage.setItem('syncline.preferences', {})", serde_json::to_string(&prefs.to_string()).unwrap())).await.unwrap();
+    tab.exec(&format!(
+        "localStorage.setItem('syncline.preferences', {})",
+        serde_json::to_string(&prefs.to_string()).unwrap()
+    ))
+    .await
+    .unwrap();
     go(tab, url).await;
     tab.reload().await.unwrap();
 }
@@ -401,7 +440,12 @@ async fn preferences_set_with_the_keyboard_in_one_tab_take_effect_in_the_leader_
     a.wait_for("document.querySelector('#pref-background')?.value === 'slower' && document.querySelector('#pref-data-saver').checked", WAIT).await.unwrap();
     // Saved for the next visit too.
     b.reload().await.unwrap();
-    b.wait_for("(p => p.background === 'slower' && p.data_saver && !p.realtime)(JSON.parse(window.__syncline()).preferences)", WAIT).await.unwrap();
+    b.wait_for(
+        "(p => p.background === 'slower' && p.data_saver && !p.realtime)(JSON.parse(window.__syncline()).preferences)",
+        WAIT,
+    )
+    .await
+    .unwrap();
     browser.close().await;
     h.stop().await;
 }
@@ -450,12 +494,22 @@ async fn hovering_or_focusing_a_board_link_prefetches_it_and_the_board_then_open
 #[tokio::test]
 async fn a_burst_of_100_changes_on_a_1000_card_board_causes_no_long_task_and_opening_it_no_long_one() {
     let h = Harness::start().await.unwrap();
-    let board = id_of(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: "Big board".into() } }).await.unwrap());
+    let board = id_of(
+        h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: "Big board".into() } }).await.unwrap(),
+    );
     let mut cards = Vec::new();
     for c in 0..5 {
-        let column = id_of(h.write(WriteOp::CreateColumn { board_id: board, body: CreateColumn { id: None, title: format!("Column {c}") } }).await.unwrap());
+        let column = id_of(
+            h.write(WriteOp::CreateColumn {
+                board_id: board,
+                body: CreateColumn { id: None, title: format!("Column {c}") },
+            })
+            .await
+            .unwrap(),
+        );
         for i in 0..200 {
-            let body = CreateCard { id: None, title: format!("Card {c}-{i}"), description: "Some description text".into() };
+            let body =
+                CreateCard { id: None, title: format!("Card {c}-{i}"), description: "Some description text".into() };
             cards.push(id_of(h.write(WriteOp::CreateCard { column_id: column, body }).await.unwrap()));
         }
     }
@@ -473,7 +527,9 @@ async fn a_burst_of_100_changes_on_a_1000_card_board_causes_no_long_task_and_ope
     tab.wait_for(live_leader(), WAIT).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = state(&tab).await["long_tasks"].clone();
-    eprintln!("opening 1,000 cards: all on screen after {open_time:?}; long tasks at load {loaded}, after opening {before}");
+    eprintln!(
+        "opening 1,000 cards: all on screen after {open_time:?}; long tasks at load {loaded}, after opening {before}"
+    );
     // Mounting the whole board at once was one 210–270 ms task; mounted progressively it is none in most runs,
     // but an IndexedDB callback sometimes shows up as one 50–95 ms task here (see the issue 6 note), so opening
     // is held to no task over 150 ms. The burst below is held to none at all.
@@ -485,9 +541,12 @@ async fn a_burst_of_100_changes_on_a_1000_card_board_causes_no_long_task_and_ope
         rename(&h, *card, &format!("Burst {i}")).await;
     }
     let committed = started.elapsed();
-    tab.wait_for("[...document.querySelectorAll('.card-title')].filter(e => e.textContent.startsWith('Burst ')).length === 100", WAIT)
-        .await
-        .unwrap();
+    tab.wait_for(
+        "[...document.querySelectorAll('.card-title')].filter(e => e.textContent.startsWith('Burst ')).length === 100",
+        WAIT,
+    )
+    .await
+    .unwrap();
     let shown = started.elapsed();
     // Long enough for the deferred IndexedDB save of the changed board to happen inside the window too.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -500,7 +559,9 @@ async fn a_burst_of_100_changes_on_a_1000_card_board_causes_no_long_task_and_ope
     assert_eq!(long["count"], before["count"], "no long task during the burst: {long}");
 
     // The observer does see long tasks (so the assertion above could fail): a 120 ms busy loop is one.
-    tab.exec("setTimeout(() => { const t = performance.now(); while (performance.now() - t < 120) {} }, 0)").await.unwrap();
+    tab.exec("setTimeout(() => { const t = performance.now(); while (performance.now() - t < 120) {} }, 0)")
+        .await
+        .unwrap();
     tab.wait_for(&format!("JSON.parse(window.__syncline()).long_tasks.count > {}", long["count"]), WAIT).await.unwrap();
     browser.close().await;
     h.stop().await;
@@ -520,8 +581,15 @@ async fn at_375_px_nothing_overflows_the_page_and_the_badge_and_panels_fit() {
         .eval("[document.documentElement.scrollWidth + ''].concat([...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > 375.5 && !e.closest('.column')).map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right)))")
         .await
         .unwrap();
-    assert!(tab.eval::<bool>("document.documentElement.scrollWidth <= 375").await.unwrap(), "no sideways page scroll; too wide: {wide:?}");
-    let fits = |sel: &str| format!("(r => r.left >= 0 && r.right <= 375 && r.width > 0)(document.querySelector('{sel}').getBoundingClientRect())");
+    assert!(
+        tab.eval::<bool>("document.documentElement.scrollWidth <= 375").await.unwrap(),
+        "no sideways page scroll; too wide: {wide:?}"
+    );
+    let fits = |sel: &str| {
+        format!(
+            "(r => r.left >= 0 && r.right <= 375 && r.width > 0)(document.querySelector('{sel}').getBoundingClientRect())"
+        )
+    };
     for sel in ["#connection", "#open-preferences", "#open-metrics", "#sync-status", ".board-header .danger"] {
         assert!(tab.eval::<bool>(&fits(sel)).await.unwrap(), "{sel} fits in 375 px");
     }

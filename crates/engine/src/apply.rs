@@ -180,11 +180,7 @@ pub fn fields_written(op: &WriteOp) -> BTreeSet<&'static str> {
 /// The fields that differ between two versions of an entity (its version aside).
 pub fn fields_changed(base: &Value, current: &Value) -> BTreeSet<String> {
     let (Some(a), Some(b)) = (base.as_object(), current.as_object()) else { return ["*".to_owned()].into() };
-    a.keys()
-        .chain(b.keys())
-        .filter(|k| k.as_str() != "version" && a.get(*k) != b.get(*k))
-        .cloned()
-        .collect()
+    a.keys().chain(b.keys()).filter(|k| k.as_str() != "version" && a.get(*k) != b.get(*k)).cloned().collect()
 }
 
 /// The `base_version` field of a write, for the kinds of write that have one (not creates).
@@ -241,7 +237,9 @@ pub fn overlay_board(snap: &BoardSnapshot, pending: &[&PendingWrite]) -> Option<
                     let col = view.columns.remove(i);
                     let at = match body.after_column_id {
                         None => 0,
-                        Some(after) => view.columns.iter().position(|c| c.id == after).map_or(view.columns.len(), |i| i + 1),
+                        Some(after) => {
+                            view.columns.iter().position(|c| c.id == after).map_or(view.columns.len(), |i| i + 1)
+                        }
                     };
                     view.columns.insert(at, col);
                 }
@@ -262,7 +260,8 @@ pub fn overlay_board(snap: &BoardSnapshot, pending: &[&PendingWrite]) -> Option<
                         position: pending_position(n),
                         version: 0,
                     };
-                    let at = view.cards.iter().rposition(|c| c.column_id == *column_id).map_or(view.cards.len(), |i| i + 1);
+                    let at =
+                        view.cards.iter().rposition(|c| c.column_id == *column_id).map_or(view.cards.len(), |i| i + 1);
                     view.cards.insert(at, card);
                 }
             }
@@ -340,7 +339,13 @@ mod tests {
     }
 
     fn board() -> BoardSnapshot {
-        let col = |n: u128, pos: &str| Column { id: id(n), board_id: id(100), title: format!("c{n}"), position: pos.into(), version: 1 };
+        let col = |n: u128, pos: &str| Column {
+            id: id(n),
+            board_id: id(100),
+            title: format!("c{n}"),
+            position: pos.into(),
+            version: 1,
+        };
         let card = |n: u128, c: u128, pos: &str| Card {
             id: id(n),
             board_id: id(100),
@@ -374,12 +379,18 @@ mod tests {
         moved.column_id = id(20);
         moved.position = "7f".into();
         moved.version = 2;
-        assert_eq!(apply_change(&mut data, &change(6, ChangeOp::CardUpserted { card: moved.clone() })), Applied::Changed);
+        assert_eq!(
+            apply_change(&mut data, &change(6, ChangeOp::CardUpserted { card: moved.clone() })),
+            Applied::Changed
+        );
         let QueryData::Board(snap) = &data else { panic!() };
         assert_eq!(titles(snap), vec!["card 2", "card 1", "card 3"]);
         assert_eq!(snap.cursor, 6);
         // The same change again, or an older version, changes nothing.
-        assert_eq!(apply_change(&mut data, &change(6, ChangeOp::CardUpserted { card: moved.clone() })), Applied::Unchanged);
+        assert_eq!(
+            apply_change(&mut data, &change(6, ChangeOp::CardUpserted { card: moved.clone() })),
+            Applied::Unchanged
+        );
         moved.version = 1;
         assert_eq!(apply_change(&mut data, &change(7, ChangeOp::CardUpserted { card: moved })), Applied::Unchanged);
     }
@@ -404,16 +415,34 @@ mod tests {
     }
 
     fn pending(op: WriteOp) -> PendingWrite {
-        PendingWrite { write_id: Uuid::from_u128(entity_of(&op).as_u128() ^ 0xabc), op, priority: Default::default(), policy: Default::default(), seq: 0, base: None, conflict: None, conflict_at: Vec::new() }
+        PendingWrite {
+            write_id: Uuid::from_u128(entity_of(&op).as_u128() ^ 0xabc),
+            op,
+            priority: Default::default(),
+            policy: Default::default(),
+            seq: 0,
+            base: None,
+            conflict: None,
+            conflict_at: Vec::new(),
+        }
     }
 
     #[test]
     fn pending_writes_are_laid_over_in_order() {
         let snap = board();
         let writes = [
-            pending(WriteOp::CreateCard { column_id: id(20), body: CreateCard { id: Some(id(4)), title: "new".into(), description: String::new() } }),
-            pending(WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("renamed".into()), ..Default::default() } }),
-            pending(WriteOp::MoveCard { id: id(1), body: MoveCard { column_id: id(20), after_card_id: Some(id(3)), base_version: None } }),
+            pending(WriteOp::CreateCard {
+                column_id: id(20),
+                body: CreateCard { id: Some(id(4)), title: "new".into(), description: String::new() },
+            }),
+            pending(WriteOp::UpdateCard {
+                id: id(1),
+                body: UpdateCard { title: Some("renamed".into()), ..Default::default() },
+            }),
+            pending(WriteOp::MoveCard {
+                id: id(1),
+                body: MoveCard { column_id: id(20), after_card_id: Some(id(3)), base_version: None },
+            }),
         ];
         let refs: Vec<&PendingWrite> = writes.iter().collect();
         let view = overlay_board(&snap, &refs).unwrap();
@@ -431,7 +460,8 @@ mod tests {
         let current = serde_json::to_value(&theirs).unwrap();
         let changed = fields_changed(&base, &current);
         assert_eq!(changed, ["description".to_owned()].into());
-        let mine = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
+        let mine =
+            WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
         assert!(fields_written(&mine).iter().all(|f| !changed.contains(*f)), "title vs description: no overlap");
     }
 }

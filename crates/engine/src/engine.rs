@@ -12,8 +12,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use syncline_protocol::{
-    BoardList, BoardSnapshot, BoardSummary, Change, ClientMessage, Cursor, ServerMessage, StreamCursor, StreamPosition,
-    StreamId, Write, WriteBatch, WriteBatchResult, WriteOp,
+    BoardList, BoardSnapshot, BoardSummary, Change, ClientMessage, Cursor, ServerMessage, StreamCursor, StreamId,
+    StreamPosition, Write, WriteBatch, WriteBatchResult, WriteOp,
 };
 use uuid::Uuid;
 
@@ -115,7 +115,9 @@ enum Conn {
 enum Mode {
     Socket,
     /// Long-poll; try the socket again at `next_probe`.
-    Fallback { next_probe: Millis },
+    Fallback {
+        next_probe: Millis,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -473,7 +475,9 @@ impl Engine {
         let age = q.current_at.map(|t| self.now.saturating_sub(t)).unwrap_or(u64::MAX);
         if q.data.is_none() {
             return match (&q.error, q.retry_at) {
-                (Some(message), Some(retry_at)) if self.online => Freshness::Error { message: message.clone(), retry_at },
+                (Some(message), Some(retry_at)) if self.online => {
+                    Freshness::Error { message: message.clone(), retry_at }
+                }
                 _ if !self.online => Freshness::Paused { age_ms: age },
                 _ => Freshness::Fetching,
             };
@@ -505,7 +509,10 @@ impl Engine {
         // seconds away): the browser froze this tab. What it knew of the others is stale; if it is hidden, count
         // the frozen time as time with no tab visible, so a hidden tab resumed after the grace period does not
         // start using the network again as if the others had just been hidden.
-        if now > self.promised_deadline.saturating_add(FROZEN_AFTER_MS) && !self.visible && self.no_visible_since.is_none() {
+        if now > self.promised_deadline.saturating_add(FROZEN_AFTER_MS)
+            && !self.visible
+            && self.no_visible_since.is_none()
+        {
             self.no_visible_since = Some(self.promised_deadline);
         }
         add_state_time(&mut self.metrics, &self.status, now - self.now);
@@ -681,9 +688,10 @@ impl Engine {
                 // Followers re-announce what they need when they see the new leader's presence.
                 for key in self.wanted_keys() {
                     if let Some(q) = self.queries.get_mut(&key)
-                        && q.data.is_none() {
-                            q.invalidated = true;
-                        }
+                        && q.data.is_none()
+                    {
+                        q.invalidated = true;
+                    }
                 }
             }
             Role::Follower => {
@@ -759,12 +767,13 @@ impl Engine {
     fn prefetch_done(&mut self, key: QueryKey) {
         let leader = self.is_leader();
         if let Some(q) = self.queries.get_mut(&key)
-            && q.prefetch {
-                q.prefetch = false;
-                if !leader && q.subscribers == 0 {
-                    self.send_interest();
-                }
+            && q.prefetch
+        {
+            q.prefetch = false;
+            if !leader && q.subscribers == 0 {
+                self.send_interest();
             }
+        }
     }
 
     fn unsubscribe(&mut self, key: QueryKey) {
@@ -791,13 +800,23 @@ impl Engine {
         let base = self.server_entity(entity);
         // Based on what the user saw: the server's version plus this browser's writes on it still ahead.
         if let Some(version) = base.as_ref().and_then(|b| b.get("version")).and_then(Value::as_u64) {
-            let ahead = self.outbox.values().filter(|w| apply::entity_of(&w.op) == entity && w.conflict.is_none()).count();
+            let ahead =
+                self.outbox.values().filter(|w| apply::entity_of(&w.op) == entity && w.conflict.is_none()).count();
             if let Some(slot @ None) = apply::base_version_slot(&mut op) {
                 *slot = Some(version + ahead as u64);
             }
         }
         self.seq += 1;
-        let write = PendingWrite { write_id: self.new_write_id(), op, priority, policy, seq: self.seq, base, conflict: None, conflict_at: Vec::new() };
+        let write = PendingWrite {
+            write_id: self.new_write_id(),
+            op,
+            priority,
+            policy,
+            seq: self.seq,
+            base,
+            conflict: None,
+            conflict_at: Vec::new(),
+        };
         let id = write.write_id;
         if self.bug(InjectedBug::FollowerPersistsAfterBroadcasting) {
             self.out.push_back(Output::Broadcast(TabMessage::WriteQueued { write: write.clone() }));
@@ -873,7 +892,8 @@ impl Engine {
 
     fn on_socket_opened(&mut self) {
         if let Conn::Opening { .. } = self.conn {
-            self.conn = Conn::Open { hello: false, last_heard: self.now, next_ping: self.now + self.cfg.ping_interval_ms };
+            self.conn =
+                Conn::Open { hello: false, last_heard: self.now, next_ping: self.now + self.cfg.ping_interval_ms };
             self.metrics.socket_opens += 1;
             if self.ever_opened {
                 self.metrics.reconnects += 1;
@@ -1036,7 +1056,8 @@ impl Engine {
                     Applied::Changed => {
                         changed = true;
                         self.metrics.deltas_applied += 1;
-                        self.unrendered_since = Some(self.unrendered_since.map_or(change.at_ms, |t| t.min(change.at_ms)));
+                        self.unrendered_since =
+                            Some(self.unrendered_since.map_or(change.at_ms, |t| t.min(change.at_ms)));
                     }
                     Applied::Unchanged => {}
                     Applied::CannotApply => {
@@ -1080,7 +1101,9 @@ impl Engine {
             .filter_map(|c| c.write_id.filter(|w| self.outbox.get(w).is_some_and(|w| w.conflict.is_none())))
             .collect::<BTreeSet<Uuid>>()
             .into_iter()
-            .map(|w| (w, StreamPosition::of(&changes.iter().filter(|c| c.write_id == Some(w)).cloned().collect::<Vec<_>>())))
+            .map(|w| {
+                (w, StreamPosition::of(&changes.iter().filter(|c| c.write_id == Some(w)).cloned().collect::<Vec<_>>()))
+            })
             .collect();
         for (write_id, at) in confirmed {
             self.settle(write_id, Settled::Confirmed { at });
@@ -1089,14 +1112,14 @@ impl Engine {
 
     fn invalidate(&mut self, key: QueryKey) {
         if let Some(q) = self.queries.get_mut(&key)
-            && !q.invalidated {
-                q.invalidated = true;
-                self.metrics.invalidations += 1;
-                self.notified.insert(key);
-            }
+            && !q.invalidated
+        {
+            q.invalidated = true;
+            self.metrics.invalidations += 1;
+            self.notified.insert(key);
+        }
         // Transitively: whatever depends on this key.
-        let dependents: Vec<QueryKey> =
-            self.queries.keys().copied().filter(|k| k.depends_on() == Some(key)).collect();
+        let dependents: Vec<QueryKey> = self.queries.keys().copied().filter(|k| k.depends_on() == Some(key)).collect();
         for d in dependents {
             self.invalidate(d);
         }
@@ -1119,12 +1142,19 @@ impl Engine {
         let log_id = self.log_id.unwrap_or_default();
         let key = QueryKey::Board(board.id);
         if let Some(q) = self.queries.get_mut(&key)
-            && q.data.is_none() {
-                q.data = Some(QueryData::Board(BoardSnapshot { board, columns: Vec::new(), cards: Vec::new(), log_id, cursor: 0 }));
-                q.invalidated = false;
-                q.current_at = Some(self.now);
-                self.notified.insert(key);
-            }
+            && q.data.is_none()
+        {
+            q.data = Some(QueryData::Board(BoardSnapshot {
+                board,
+                columns: Vec::new(),
+                cards: Vec::new(),
+                log_id,
+                cursor: 0,
+            }));
+            q.invalidated = false;
+            q.current_at = Some(self.now);
+            self.notified.insert(key);
+        }
     }
 
     /// An entity the server returned for a write (as written, or the current one of a conflict), laid over
@@ -1205,7 +1235,9 @@ impl Engine {
             HttpResult::Response { status: 304, .. } => Ok(None),
             HttpResult::Response { status: 200, body, etag } => parse_query(key, &body).map(|d| Some((d, etag))),
             HttpResult::Response { status: 404, .. } => Ok(Some((QueryData::Gone, None))),
-            HttpResult::Response { status, body, .. } => Err(format!("the server answered {status}: {}", error_message(&body))),
+            HttpResult::Response { status, body, .. } => {
+                Err(format!("the server answered {status}: {}", error_message(&body)))
+            }
             HttpResult::NetworkError(e) => Err(format!("network error: {e}")),
         };
         let q = self.queries.get_mut(&key).expect("present");
@@ -1227,9 +1259,10 @@ impl Engine {
                 if !key.takes_deltas() {
                     let followed = self.queries.values().filter_map(|q| q.data.as_ref()).filter(|d| matches!(d, QueryData::Board(b) if QueryKey::Board(b.board.id).stream() == key.stream())).filter_map(QueryData::cursor).max();
                     if let (Some(have), Some(got)) = (followed, snapshot_cursor)
-                        && got < have {
-                            self.queries.get_mut(&key).expect("present").invalidated = true;
-                        }
+                        && got < have
+                    {
+                        self.queries.get_mut(&key).expect("present").invalidated = true;
+                    }
                 }
                 let q = self.queries.get_mut(&key).expect("present");
                 if !q.not_older(&data) {
@@ -1255,9 +1288,10 @@ impl Engine {
                 let stream = key.stream();
                 if key.takes_deltas()
                     && let (Some(s), Some(c)) = (self.streams.get_mut(&stream), snapshot_cursor)
-                        && s.delivered.is_some_and(|d| d > c) {
-                            s.sub = Sub::None;
-                        }
+                    && s.delivered.is_some_and(|d| d > c)
+                {
+                    s.sub = Sub::None;
+                }
             }
             Err(message) => {
                 q.failures += 1;
@@ -1286,7 +1320,10 @@ impl Engine {
                 // answered: that failure may have been the server's (it was down, now it is back). Try the
                 // socket now rather than at the next probe.
                 let first_answer = !self.streams.values().any(|s| s.polled_ok);
-                if first_answer && !self.socket_blamed && let Mode::Fallback { .. } = self.mode {
+                if first_answer
+                    && !self.socket_blamed
+                    && let Mode::Fallback { .. } = self.mode
+                {
                     self.mode = Mode::Fallback { next_probe: self.now };
                 }
                 self.reconnect_attempts = 0;
@@ -1307,7 +1344,10 @@ impl Engine {
                 s.next_longpoll = self.now;
                 self.invalidate_stream(stream);
             }
-            _ if unreachable && matches!(self.mode, Mode::Fallback { .. }) && !self.streams.values().any(|s| s.polled_ok) => {
+            _ if unreachable
+                && matches!(self.mode, Mode::Fallback { .. })
+                && !self.streams.values().any(|s| s.polled_ok) =>
+            {
                 // Nothing on the server answers, long-polls included: the failures that brought us here say
                 // nothing about its WebSocket. Back to the socket, which is tried first when the server returns.
                 // One more socket failure and the long-poll checks again whether the server answers.
@@ -1359,7 +1399,10 @@ impl Engine {
                         }
                         self.apply_entity(&outcome.body, &outcome.at);
                     }
-                    self.settle(w.write_id, Settled::Applied { status: outcome.status, body: outcome.body, at: outcome.at });
+                    self.settle(
+                        w.write_id,
+                        Settled::Applied { status: outcome.status, body: outcome.body, at: outcome.at },
+                    );
                 }
                 409 => {
                     self.metrics.conflicts += 1;
@@ -1379,7 +1422,8 @@ impl Engine {
     }
 
     fn on_conflict(&mut self, w: PendingWrite, current: Value, at: Vec<StreamPosition>) {
-        let theirs = w.base.as_ref().map(|b| apply::fields_changed(b, &current)).unwrap_or_else(|| ["*".to_owned()].into());
+        let theirs =
+            w.base.as_ref().map(|b| apply::fields_changed(b, &current)).unwrap_or_else(|| ["*".to_owned()].into());
         let mine = apply::fields_written(&w.op);
         let overlap = mine.contains("*") || theirs.contains("*") || mine.iter().any(|f| theirs.contains(*f));
         enum Decision {
@@ -1408,7 +1452,11 @@ impl Engine {
                 held.conflict = Some(current.clone());
                 held.conflict_at = at.clone();
                 self.apply_entity(&current, &at);
-                self.out.push_back(Output::Notify(Notification::Conflict { write_id: w.write_id, current, needs_decision: true }));
+                self.out.push_back(Output::Notify(Notification::Conflict {
+                    write_id: w.write_id,
+                    current,
+                    needs_decision: true,
+                }));
                 self.out.push_back(Output::Persist(PersistOp::OutboxPut { write: held.clone() }));
                 self.out.push_back(Output::Broadcast(TabMessage::WriteQueued { write: held.clone() }));
                 self.outbox.insert(held.write_id, held);
@@ -1484,7 +1532,11 @@ impl Engine {
             TabMessage::Presence { tab, visible, leader, sent_at } => {
                 // When it was said, on this tab's clock (the tabs share the wall clock): a message held while this
                 // tab was frozen is old news.
-                let said_at = if sent_at > 0 { self.now.saturating_sub(self.epoch_now().saturating_sub(sent_at)) } else { self.now };
+                let said_at = if sent_at > 0 {
+                    self.now.saturating_sub(self.epoch_now().saturating_sub(sent_at))
+                } else {
+                    self.now
+                };
                 if said_at + self.cfg.peer_timeout_ms < self.now {
                     return;
                 }
@@ -1496,9 +1548,19 @@ impl Engine {
                     // next changes) and that this leader is awake (a shown tab whose leader does not answer
                     // takes over at once: `seek_leadership`).
                     self.announce();
-                    self.out.push_back(Output::Broadcast(TabMessage::Status { status: self.status.clone(), sent_at: self.now, tab: self.tab }));
+                    self.out.push_back(Output::Broadcast(TabMessage::Status {
+                        status: self.status.clone(),
+                        sent_at: self.now,
+                        tab: self.tab,
+                    }));
                 }
-                let peer = self.peers.entry(tab).or_insert(Peer { visible, leader, last_seen: said_at, interests: BTreeSet::new(), critical: BTreeSet::new() });
+                let peer = self.peers.entry(tab).or_insert(Peer {
+                    visible,
+                    leader,
+                    last_seen: said_at,
+                    interests: BTreeSet::new(),
+                    critical: BTreeSet::new(),
+                });
                 peer.visible = visible;
                 peer.leader = leader;
                 peer.last_seen = peer.last_seen.max(said_at);
@@ -1516,7 +1578,13 @@ impl Engine {
                 self.peers.remove(&tab);
             }
             TabMessage::Interest { tab, keys, critical } => {
-                let peer = self.peers.entry(tab).or_insert(Peer { visible: false, leader: false, last_seen: self.now, interests: BTreeSet::new(), critical: BTreeSet::new() });
+                let peer = self.peers.entry(tab).or_insert(Peer {
+                    visible: false,
+                    leader: false,
+                    last_seen: self.now,
+                    interests: BTreeSet::new(),
+                    critical: BTreeSet::new(),
+                });
                 peer.interests = keys.iter().copied().collect();
                 peer.critical = critical.into_iter().collect();
                 if self.is_leader() {
@@ -1591,18 +1659,22 @@ impl Engine {
                     // opened after the settle was announced: tell it again, or it keeps the write forever.
                     if self.is_leader() {
                         let settled = Settled::Earlier;
-                        self.out.push_back(Output::Broadcast(TabMessage::WriteSettled { write_id: write.write_id, settled }));
+                        self.out.push_back(Output::Broadcast(TabMessage::WriteSettled {
+                            write_id: write.write_id,
+                            settled,
+                        }));
                     }
                     return;
                 }
                 if let Some(current) = &write.conflict
-                    && self.outbox.get(&write.write_id).is_none_or(|w| w.conflict.is_none()) {
-                        self.out.push_back(Output::Notify(Notification::Conflict {
-                            write_id: write.write_id,
-                            current: current.clone(),
-                            needs_decision: true,
-                        }));
-                    }
+                    && self.outbox.get(&write.write_id).is_none_or(|w| w.conflict.is_none())
+                {
+                    self.out.push_back(Output::Notify(Notification::Conflict {
+                        write_id: write.write_id,
+                        current: current.clone(),
+                        needs_decision: true,
+                    }));
+                }
                 self.notify_stream_of(&write.op);
                 self.outbox.insert(write.write_id, write);
                 self.out.push_back(Output::Notify(Notification::Outbox { pending: self.outbox.len() }));
@@ -1778,9 +1850,10 @@ impl Engine {
             let entry = out.entry(key.stream()).or_insert(None);
             // Prefer the cursor of the query that takes deltas (the board itself).
             if (key.takes_deltas() || entry.is_none())
-                && let Some(c) = cursor {
-                    *entry = Some(c);
-                }
+                && let Some(c) = cursor
+            {
+                *entry = Some(c);
+            }
         }
         out
     }
@@ -1856,8 +1929,12 @@ impl Engine {
                 subscribe.push(StreamCursor { stream: *stream, since: *since });
             }
         }
-        let unwanted: Vec<StreamId> =
-            self.streams.iter().filter(|(s, st)| st.sub != Sub::None && !wanted.contains_key(s)).map(|(s, _)| *s).collect();
+        let unwanted: Vec<StreamId> = self
+            .streams
+            .iter()
+            .filter(|(s, st)| st.sub != Sub::None && !wanted.contains_key(s))
+            .map(|(s, _)| *s)
+            .collect();
         if !subscribe.is_empty() {
             self.send_socket(ClientMessage::Subscribe { streams: subscribe, log_id: self.log_id });
         }
@@ -1945,7 +2022,10 @@ impl Engine {
             if let Some(log) = self.log_id {
                 path.push_str(&format!("&log_id={log}"));
             }
-            let id = self.request(Purpose::LongPoll(stream), HttpRequest { method: "GET", path, body: None, if_none_match: None });
+            let id = self.request(
+                Purpose::LongPoll(stream),
+                HttpRequest { method: "GET", path, body: None, if_none_match: None },
+            );
             self.metrics.long_polls += 1;
             self.streams.get_mut(&stream).expect("present").longpoll = Some(id);
         }
@@ -1970,9 +2050,10 @@ impl Engine {
             }
             // A board created here is fetched once the server has it (the write settles first).
             if let QueryKey::Board(b) | QueryKey::BoardSummary(b) = key
-                && self.pending_create(b).is_some() {
-                    continue;
-                }
+                && self.pending_create(b).is_some()
+            {
+                continue;
+            }
             let no_data = q.data.is_none();
             let critical = q.critical || self.peers.values().any(|p| p.critical.contains(&key));
             let ctx = self.poll_context(critical);
@@ -1981,13 +2062,18 @@ impl Engine {
             // grace period with "pause", nothing at all until a tab is shown.
             let missing = no_data && (visible || self.active() || polls_hidden);
             let timed = !kept && !no_data && !q.invalidated && {
-                let interval = if self.prefs.realtime && matches!(self.mode, Mode::Fallback { .. }) && key.takes_deltas() {
-                    None // the long-poll follows it
-                } else if self.prefs.realtime && matches!(self.mode, Mode::Socket) && self.active() && key.takes_deltas() {
-                    None // the socket will follow it once up
-                } else {
-                    policy::poll_interval(&self.prefs, &ctx)
-                };
+                let interval =
+                    if self.prefs.realtime && matches!(self.mode, Mode::Fallback { .. }) && key.takes_deltas() {
+                        None // the long-poll follows it
+                    } else if self.prefs.realtime
+                        && matches!(self.mode, Mode::Socket)
+                        && self.active()
+                        && key.takes_deltas()
+                    {
+                        None // the socket will follow it once up
+                    } else {
+                        policy::poll_interval(&self.prefs, &ctx)
+                    };
                 match (interval, q.current_at) {
                     (Some(i), Some(t)) => self.now >= t + i,
                     (Some(_), None) => true,
@@ -2004,7 +2090,13 @@ impl Engine {
                 }
             }
             if missing || invalid || timed {
-                let rank = if missing { 0 } else if invalid { 1 } else { 2 };
+                let rank = if missing {
+                    0
+                } else if invalid {
+                    1
+                } else {
+                    2
+                };
                 due.push((rank, key));
             } else if let Some(i) = (!kept && !no_data).then(|| policy::poll_interval(&self.prefs, &ctx)).flatten() {
                 let next = q.current_at.map_or(self.now, |t| t + i);
@@ -2020,7 +2112,10 @@ impl Engine {
             }
             slots -= 1;
             let etag = self.queries[&key].etag.clone();
-            let id = self.request(Purpose::Query(key), HttpRequest { method: "GET", path: key.path(), body: None, if_none_match: etag });
+            let id = self.request(
+                Purpose::Query(key),
+                HttpRequest { method: "GET", path: key.path(), body: None, if_none_match: etag },
+            );
             let q = self.queries.get_mut(&key).expect("present");
             q.fetching = Some(id);
             q.retry_at = None;
@@ -2031,8 +2126,12 @@ impl Engine {
     /// Persists the queries changed by deltas once they have been dirty for `CACHE_SAVE_DELAY_MS` (a burst of
     /// changes to a big board is one IndexedDB write, not hundreds of serialisations of the whole board).
     fn save_cache(&mut self) {
-        let due: Vec<QueryKey> =
-            self.cache_dirty.iter().filter(|(_, since)| self.now >= **since + CACHE_SAVE_DELAY_MS).map(|(k, _)| *k).collect();
+        let due: Vec<QueryKey> = self
+            .cache_dirty
+            .iter()
+            .filter(|(_, since)| self.now >= **since + CACHE_SAVE_DELAY_MS)
+            .map(|(k, _)| *k)
+            .collect();
         for key in due {
             self.cache_dirty.remove(&key);
             if let Some(data) = self.queries.get(&key).and_then(|q| q.data.clone()) {
@@ -2044,7 +2143,8 @@ impl Engine {
     /// The server answers again (the feed is live, or a long-poll came back): what waits in the outbox goes now,
     /// not at the end of a backoff that was computed while nothing got through.
     fn retry_outbox_when_reachable(&mut self) {
-        let reachable = self.live() || (matches!(self.mode, Mode::Fallback { .. }) && self.streams.values().any(|s| s.polled_ok));
+        let reachable =
+            self.live() || (matches!(self.mode, Mode::Fallback { .. }) && self.streams.values().any(|s| s.polled_ok));
         if reachable && !self.reachable {
             self.outbox_retry_at = self.outbox_retry_at.min(self.now);
             self.outbox_failures = 0;
@@ -2057,12 +2157,15 @@ impl Engine {
             return;
         }
         // Ramp-up: catch up first, then send the outbox, then go live.
-        if matches!(self.conn, Conn::Opening { .. } | Conn::Open { hello: false, .. }) || (self.socket_ready() && !self.live()) {
+        if matches!(self.conn, Conn::Opening { .. } | Conn::Open { hello: false, .. })
+            || (self.socket_ready() && !self.live())
+        {
             return;
         }
         let mut batch: Vec<&PendingWrite> = Vec::new();
         let mut blocked: BTreeSet<Uuid> = BTreeSet::new();
-        let has_user_visible = self.outbox.values().any(|w| w.priority == Priority::UserVisible && w.conflict.is_none());
+        let has_user_visible =
+            self.outbox.values().any(|w| w.priority == Priority::UserVisible && w.conflict.is_none());
         for w in self.pending_sorted() {
             let entity = apply::entity_of(&w.op);
             if self.unstored.contains(&w.write_id) {
@@ -2073,7 +2176,12 @@ impl Engine {
                 blocked.insert(entity); // later writes on it wait for the user's decision
                 continue;
             }
-            if blocked.contains(&entity) || (w.priority == Priority::Background && has_user_visible && batch.iter().all(|b| b.priority == Priority::UserVisible) && !batch.is_empty()) {
+            if blocked.contains(&entity)
+                || (w.priority == Priority::Background
+                    && has_user_visible
+                    && batch.iter().all(|b| b.priority == Priority::UserVisible)
+                    && !batch.is_empty())
+            {
                 continue;
             }
             batch.push(w);
@@ -2085,26 +2193,29 @@ impl Engine {
             return;
         }
         let ids: Vec<Uuid> = batch.iter().map(|w| w.write_id).collect();
-        let body = WriteBatch { writes: batch.iter().map(|w| Write { write_id: w.write_id, op: w.op.clone() }).collect() };
+        let body =
+            WriteBatch { writes: batch.iter().map(|w| Write { write_id: w.write_id, op: w.op.clone() }).collect() };
         let body = serde_json::to_string(&body).expect("writes serialize");
         self.metrics.writes_sent += ids.len() as u64;
-        let id = self.request(Purpose::Writes(ids), HttpRequest { method: "POST", path: "/api/writes".into(), body: Some(body), if_none_match: None });
+        let id = self.request(
+            Purpose::Writes(ids),
+            HttpRequest { method: "POST", path: "/api/writes".into(), body: Some(body), if_none_match: None },
+        );
         self.batch = Some(id);
     }
 
     /// Followers make no requests: they ask the leader for what they miss.
     fn follower_requests(&mut self) {
         let visible = self.visible;
-        let wants: Vec<QueryKey> = self
-            .queries
-            .iter()
-            .filter(|(_, q)| q.held() && q.invalidated && visible)
-            .map(|(k, _)| *k)
-            .collect();
+        let wants: Vec<QueryKey> =
+            self.queries.iter().filter(|(_, q)| q.held() && q.invalidated && visible).map(|(k, _)| *k).collect();
         for key in wants {
             if self.bug(InjectedBug::FollowersFetch) {
                 let etag = self.queries[&key].etag.clone();
-                let id = self.request(Purpose::Query(key), HttpRequest { method: "GET", path: key.path(), body: None, if_none_match: etag });
+                let id = self.request(
+                    Purpose::Query(key),
+                    HttpRequest { method: "GET", path: key.path(), body: None, if_none_match: etag },
+                );
                 self.queries.get_mut(&key).expect("wanted").fetching = Some(id);
             }
             if let Some(q) = self.queries.get_mut(&key) {
@@ -2129,9 +2240,10 @@ impl Engine {
     fn cancel(&mut self, id: RequestId) {
         if let Some(req) = self.requests.remove(&id) {
             if let Purpose::LongPoll(stream) = req.purpose
-                && let Some(s) = self.streams.get_mut(&stream) {
-                    s.longpoll = None;
-                }
+                && let Some(s) = self.streams.get_mut(&stream)
+            {
+                s.longpoll = None;
+            }
             self.out.push_back(Output::CancelHttp { id });
         }
     }
@@ -2165,7 +2277,10 @@ impl Engine {
             } else if !reachable {
                 ConnectionStatus::Connecting // no long-poll has answered yet: polling is not established
             } else {
-                ConnectionStatus::Polling { reason: "the WebSocket is unavailable".into(), retry_socket_at: Some(next_probe) }
+                ConnectionStatus::Polling {
+                    reason: "the WebSocket is unavailable".into(),
+                    retry_socket_at: Some(next_probe),
+                }
             }
         } else {
             match self.conn {
@@ -2178,7 +2293,11 @@ impl Engine {
             self.status = status.clone();
             self.status_since = self.now;
             if self.is_leader() {
-                self.out.push_back(Output::Broadcast(TabMessage::Status { status: status.clone(), sent_at: self.now, tab: self.tab }));
+                self.out.push_back(Output::Broadcast(TabMessage::Status {
+                    status: status.clone(),
+                    sent_at: self.now,
+                    tab: self.tab,
+                }));
             }
             self.out.push_back(Output::Notify(Notification::Connection { status }));
             self.notify_all_queries();
@@ -2221,7 +2340,8 @@ impl Engine {
 
     fn mark_current_now(&mut self) {
         let now = self.now;
-        let synced: Vec<StreamId> = self.streams.iter().filter(|(_, s)| s.sub == Sub::Synced || s.polled_ok).map(|(k, _)| *k).collect();
+        let synced: Vec<StreamId> =
+            self.streams.iter().filter(|(_, s)| s.sub == Sub::Synced || s.polled_ok).map(|(k, _)| *k).collect();
         for (key, q) in self.queries.iter_mut() {
             if synced.contains(&key.stream()) && !q.invalidated {
                 q.current_at = Some(now);

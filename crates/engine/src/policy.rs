@@ -57,11 +57,7 @@ pub fn longpoll_gap(prefs: &Preferences, ctx: &PollContext) -> Option<Millis> {
     if !ctx.online {
         return None;
     }
-    if ctx.visible {
-        Some(1_000 * link_factor(&ctx.link, prefs))
-    } else {
-        poll_interval(prefs, ctx)
-    }
+    if ctx.visible { Some(1_000 * link_factor(&ctx.link, prefs)) } else { poll_interval(prefs, ctx) }
 }
 
 /// Delay before retrying after `failures` consecutive failures (of a fetch, a poll or a write batch).
@@ -102,7 +98,11 @@ mod tests {
         let critical = Preferences { background: BackgroundMode::CriticalOnly, ..Preferences::default() };
         assert_eq!(poll_interval(&critical, &ctx(false, true)), Some(60_000));
         assert_eq!(poll_interval(&critical, &ctx(false, false)), None);
-        let slower = Preferences { background: BackgroundMode::Slower, background_interval_ms: 45_000, ..Preferences::default() };
+        let slower = Preferences {
+            background: BackgroundMode::Slower,
+            background_interval_ms: 45_000,
+            ..Preferences::default()
+        };
         assert_eq!(poll_interval(&slower, &ctx(false, false)), Some(45_000));
         assert_eq!(poll_interval(&slower, &ctx(true, false)), Some(5_000), "visible uses the foreground interval");
     }

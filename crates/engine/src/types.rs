@@ -286,13 +286,20 @@ pub enum ConnectionStatus {
     Live,
     /// Fresh by long-poll (or timed refetches); `reason` says why not live; the WebSocket is tried again at
     /// `retry_socket_at` (none when realtime is off).
-    Polling { reason: String, retry_socket_at: Option<Millis> },
+    Polling {
+        reason: String,
+        retry_socket_at: Option<Millis>,
+    },
     /// Waiting to reconnect at `retry_at`.
-    Reconnecting { retry_at: Millis },
+    Reconnecting {
+        retry_at: Millis,
+    },
     /// No visible tab: the connection is paused to save the battery and the server.
     Paused,
     /// No network; `pending_writes` are saved on this device.
-    Offline { pending_writes: usize },
+    Offline {
+        pending_writes: usize,
+    },
 }
 
 impl ConnectionStatus {
@@ -335,11 +342,20 @@ pub enum HttpResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum PersistOp {
-    OutboxPut { write: PendingWrite },
-    OutboxDelete { write_id: Uuid },
+    OutboxPut {
+        write: PendingWrite,
+    },
+    OutboxDelete {
+        write_id: Uuid,
+    },
     /// A query's data, to render at once on the next load.
-    CachePut { key: QueryKey, data: QueryData },
-    CacheDelete { key: QueryKey },
+    CachePut {
+        key: QueryKey,
+        data: QueryData,
+    },
+    CacheDelete {
+        key: QueryKey,
+    },
 }
 
 /// Everything a driver tells the engine.
@@ -410,11 +426,19 @@ pub enum Notification {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     OpenSocket,
-    CloseSocket { code: u16, reason: String },
+    CloseSocket {
+        code: u16,
+        reason: String,
+    },
     SendSocket(ClientMessage),
-    Http { id: RequestId, request: HttpRequest },
+    Http {
+        id: RequestId,
+        request: HttpRequest,
+    },
     /// Abandon a request (e.g. a long-poll no longer wanted); its result, if any, is ignored.
-    CancelHttp { id: RequestId },
+    CancelHttp {
+        id: RequestId,
+    },
     Broadcast(TabMessage),
     Persist(PersistOp),
     Notify(Notification),

@@ -17,12 +17,26 @@ const EPOCH: u64 = 1_764_000_000_000;
 const LOG: u128 = 999;
 
 fn card(n: u128, column: u128, title: &str, version: u64) -> Card {
-    Card { id: id(n), board_id: id(BOARD), column_id: id(column), title: title.into(), description: String::new(), position: format!("8{n}"), version }
+    Card {
+        id: id(n),
+        board_id: id(BOARD),
+        column_id: id(column),
+        title: title.into(),
+        description: String::new(),
+        position: format!("8{n}"),
+        version,
+    }
 }
 
 /// Board 100: columns 10 and 20; cards 1 and 2 in column 10.
 fn snapshot(cursor: u64) -> BoardSnapshot {
-    let col = |n: u128| Column { id: id(n), board_id: id(BOARD), title: format!("c{n}"), position: format!("8{n}"), version: 1 };
+    let col = |n: u128| Column {
+        id: id(n),
+        board_id: id(BOARD),
+        title: format!("c{n}"),
+        position: format!("8{n}"),
+        version: 1,
+    };
     BoardSnapshot {
         board: Board { id: id(BOARD), title: "b".into(), version: 1 },
         columns: vec![col(10), col(20)],
@@ -33,7 +47,13 @@ fn snapshot(cursor: u64) -> BoardSnapshot {
 }
 
 fn summary(cursor: u64) -> BoardSummary {
-    BoardSummary { board_id: id(BOARD), columns: vec![ColumnSummary { column_id: id(10), title: "c10".into(), cards: 2 }], total_cards: 2, described_cards: 0, cursor }
+    BoardSummary {
+        board_id: id(BOARD),
+        columns: vec![ColumnSummary { column_id: id(10), title: "c10".into(), cards: 2 }],
+        total_cards: 2,
+        described_cards: 0,
+        cursor,
+    }
 }
 
 /// A driver for tests: feeds inputs, collects outputs, keeps the clock.
@@ -48,7 +68,12 @@ struct Driver {
 
 impl Driver {
     fn new(prefs: Preferences) -> Driver {
-        let mut d = Driver { e: Engine::new(EngineConfig::default(), prefs, 1, 7, 0, EPOCH), now: 0, pong: true, store_at_once: true };
+        let mut d = Driver {
+            e: Engine::new(EngineConfig::default(), prefs, 1, 7, 0, EPOCH),
+            now: 0,
+            pong: true,
+            store_at_once: true,
+        };
         d.input(Input::Visibility { visible: true });
         d
     }
@@ -135,13 +160,20 @@ impl Driver {
         self.reply(get.0, 200, serde_json::to_string(&snapshot(cursor)).unwrap());
         self.input(Input::SocketOpened);
         let out = self.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 });
-        assert!(sends(&out).iter().any(|m| matches!(m, ClientMessage::Subscribe { streams, .. } if streams[0].since == cursor)), "{out:?}");
+        assert!(
+            sends(&out)
+                .iter()
+                .any(|m| matches!(m, ClientMessage::Subscribe { streams, .. } if streams[0].since == cursor)),
+            "{out:?}"
+        );
         self.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor })
     }
 }
 
 fn http(out: &[Output]) -> Vec<(RequestId, HttpRequest)> {
-    out.iter().filter_map(|o| if let Output::Http { id, request } = o { Some((*id, request.clone())) } else { None }).collect()
+    out.iter()
+        .filter_map(|o| if let Output::Http { id, request } = o { Some((*id, request.clone())) } else { None })
+        .collect()
 }
 
 fn sends(out: &[Output]) -> Vec<ClientMessage> {
@@ -158,7 +190,11 @@ fn notified(out: &[Output], key: QueryKey) -> bool {
 
 fn changes(cursor: u64, ops: Vec<ChangeOp>) -> ServerMessage {
     let stream = StreamId::Board(id(BOARD));
-    let changes = ops.into_iter().enumerate().map(|(i, op)| Change { stream, cursor: cursor + i as u64, at_ms: 0, write_id: None, op }).collect();
+    let changes = ops
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| Change { stream, cursor: cursor + i as u64, at_ms: 0, write_id: None, op })
+        .collect();
     ServerMessage::Changes { stream, changes }
 }
 
@@ -249,7 +285,11 @@ fn a_hidden_tab_closes_the_socket_after_the_grace_period_and_then_makes_no_reque
 
 #[test]
 fn hidden_with_critical_only_polls_critical_queries_at_the_background_interval() {
-    let prefs = Preferences { background: BackgroundMode::CriticalOnly, background_interval_ms: 45_000, ..Preferences::default() };
+    let prefs = Preferences {
+        background: BackgroundMode::CriticalOnly,
+        background_interval_ms: 45_000,
+        ..Preferences::default()
+    };
     let mut d = Driver::new(prefs);
     d.input(Input::Role(Role::Leader));
     d.input(Input::Critical { key: QueryKey::Board(id(BOARD)), critical: true });
@@ -265,7 +305,11 @@ fn hidden_with_critical_only_polls_critical_queries_at_the_background_interval()
         let out = d.advance(5_000);
         for (rid, req) in http(&out) {
             fetched_at.push((d.now - start, req.path.clone()));
-            let body = if req.path.ends_with("summary") { serde_json::to_string(&summary(3)).unwrap() } else { serde_json::to_string(&snapshot(3)).unwrap() };
+            let body = if req.path.ends_with("summary") {
+                serde_json::to_string(&summary(3)).unwrap()
+            } else {
+                serde_json::to_string(&snapshot(3)).unwrap()
+            };
             d.reply(rid, 200, body);
         }
     }
@@ -350,7 +394,8 @@ fn a_silent_socket_is_detected_by_the_heartbeat() {
     let out = d.advance(20_000);
     assert!(sends(&out).iter().any(|m| matches!(m, ClientMessage::Ping { .. })));
     let out = d.advance(21_000);
-    let closed = out.iter().position(|o| matches!(o, Output::CloseSocket { code: 4000, .. })).expect("closed for silence");
+    let closed =
+        out.iter().position(|o| matches!(o, Output::CloseSocket { code: 4000, .. })).expect("closed for silence");
     assert!(out[closed..].contains(&Output::OpenSocket), "and reconnects after a backoff");
 }
 
@@ -361,7 +406,10 @@ fn after_recovery_it_catches_up_then_sends_the_outbox_then_goes_live() {
     let mut d = Driver::leader();
     d.live_on_board(3);
     d.input(Input::Network { online: false });
-    let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("offline edit".into()), ..Default::default() } };
+    let op = WriteOp::UpdateCard {
+        id: id(1),
+        body: UpdateCard { title: Some("offline edit".into()), ..Default::default() },
+    };
     let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
     assert!(out.iter().any(|o| matches!(o, Output::Persist(PersistOp::OutboxPut { .. }))), "persisted at once");
     assert_eq!(d.e.board(id(BOARD)).unwrap().cards[0].title, "offline edit", "optimistic view");
@@ -398,11 +446,14 @@ fn a_change_is_applied_without_a_request_and_its_dependents_refetch_once_per_bat
     let out = d.input(Input::Subscribe(QueryKey::BoardSummary(id(BOARD))));
     let (rid, _) = http(&out)[0].clone();
     d.reply(rid, 200, serde_json::to_string(&summary(3)).unwrap());
-    let out = d.server(changes(4, vec![
-        ChangeOp::CardUpserted { card: card(1, 20, "moved", 2) },
-        ChangeOp::CardUpserted { card: card(2, 10, "renamed", 2) },
-        ChangeOp::CardUpserted { card: card(3, 20, "new", 1) },
-    ]));
+    let out = d.server(changes(
+        4,
+        vec![
+            ChangeOp::CardUpserted { card: card(1, 20, "moved", 2) },
+            ChangeOp::CardUpserted { card: card(2, 10, "renamed", 2) },
+            ChangeOp::CardUpserted { card: card(3, 20, "new", 1) },
+        ],
+    ));
     let gets: Vec<String> = http(&out).into_iter().map(|(_, r)| r.path).collect();
     assert_eq!(gets, vec![format!("/api/boards/{}/summary", id(BOARD))], "the summary once; the board not at all");
     let view = d.e.board(id(BOARD)).unwrap();
@@ -419,7 +470,10 @@ fn a_snapshot_older_than_the_copy_does_not_take_it_back() {
     d.live_on_board(3);
     // A gap refetches the board; while that fetch is under way the feed brings a delete.
     let out = d.server(changes(9, vec![ChangeOp::CardDeleted { id: id(2), board_id: id(BOARD) }]));
-    let get = http(&out).into_iter().find(|(_, r)| r.path == format!("/api/boards/{}", id(BOARD))).expect("a gap refetches the board");
+    let get = http(&out)
+        .into_iter()
+        .find(|(_, r)| r.path == format!("/api/boards/{}", id(BOARD)))
+        .expect("a gap refetches the board");
     d.server(changes(4, vec![ChangeOp::CardDeleted { id: id(2), board_id: id(BOARD) }]));
     assert!(d.e.board(id(BOARD)).unwrap().cards.iter().all(|c| c.id != id(2)));
     // The answer was read before the delete: cursor 3.
@@ -455,7 +509,10 @@ fn while_hidden_invalidations_wait_for_a_visible_tab() {
 // ---- outbox ------------------------------------------------------------------------------------------------
 
 fn posted(out: &[Output]) -> Option<(RequestId, WriteBatch)> {
-    http(out).into_iter().find(|(_, r)| r.method == "POST").map(|(id, r)| (id, serde_json::from_str(r.body.as_deref().unwrap()).unwrap()))
+    http(out)
+        .into_iter()
+        .find(|(_, r)| r.method == "POST")
+        .map(|(id, r)| (id, serde_json::from_str(r.body.as_deref().unwrap()).unwrap()))
 }
 
 #[test]
@@ -464,17 +521,43 @@ fn user_visible_writes_go_before_background_work_and_each_entity_keeps_its_order
     d.live_on_board(3);
     d.input(Input::Network { online: false });
     let title = |t: &str| UpdateCard { title: Some(t.into()), ..Default::default() };
-    d.input(Input::Write { op: WriteOp::UpdateCard { id: id(1), body: title("bg") }, priority: Priority::Background, policy: ConflictPolicy::default() });
-    d.input(Input::Write { op: WriteOp::UpdateCard { id: id(2), body: title("a") }, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
-    d.input(Input::Write { op: WriteOp::UpdateCard { id: id(2), body: title("b") }, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    d.input(Input::Write {
+        op: WriteOp::UpdateCard { id: id(1), body: title("bg") },
+        priority: Priority::Background,
+        policy: ConflictPolicy::default(),
+    });
+    d.input(Input::Write {
+        op: WriteOp::UpdateCard { id: id(2), body: title("a") },
+        priority: Priority::UserVisible,
+        policy: ConflictPolicy::default(),
+    });
+    d.input(Input::Write {
+        op: WriteOp::UpdateCard { id: id(2), body: title("b") },
+        priority: Priority::UserVisible,
+        policy: ConflictPolicy::default(),
+    });
     d.input(Input::Network { online: true });
     d.input(Input::SocketOpened);
     d.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 });
     let out = d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor: 3 });
     let (_, batch) = posted(&out).expect("a batch");
-    let titles: Vec<String> = batch.writes.iter().map(|w| match &w.op { WriteOp::UpdateCard { body, .. } => body.title.clone().unwrap(), _ => unreachable!() }).collect();
+    let titles: Vec<String> = batch
+        .writes
+        .iter()
+        .map(|w| match &w.op {
+            WriteOp::UpdateCard { body, .. } => body.title.clone().unwrap(),
+            _ => unreachable!(),
+        })
+        .collect();
     assert_eq!(titles, vec!["a", "b"], "user-visible first, in order; background after");
-    let bases: Vec<Option<u64>> = batch.writes.iter().map(|w| match &w.op { WriteOp::UpdateCard { body, .. } => body.base_version, _ => None }).collect();
+    let bases: Vec<Option<u64>> = batch
+        .writes
+        .iter()
+        .map(|w| match &w.op {
+            WriteOp::UpdateCard { body, .. } => body.base_version,
+            _ => None,
+        })
+        .collect();
     assert_eq!(bases, vec![Some(1), Some(2)], "each based on the version the user saw");
 }
 
@@ -495,34 +578,52 @@ fn conflict_reply(d: &mut Driver, rid: RequestId, write_id: Uuid, current: &Card
 
 #[test]
 fn a_confirmed_write_leaves_the_outbox() {
-    let (mut d, rid, write_id) = one_write(ConflictPolicy::default(), UpdateCard { title: Some("mine".into()), ..Default::default() });
-    let result = WriteBatchResult { results: vec![WriteOutcome { write_id, status: 200, body: serde_json::to_value(card(1, 10, "mine", 2)).unwrap(), at: vec![] }] };
+    let (mut d, rid, write_id) =
+        one_write(ConflictPolicy::default(), UpdateCard { title: Some("mine".into()), ..Default::default() });
+    let result = WriteBatchResult {
+        results: vec![WriteOutcome {
+            write_id,
+            status: 200,
+            body: serde_json::to_value(card(1, 10, "mine", 2)).unwrap(),
+            at: vec![],
+        }],
+    };
     let out = d.reply(rid, 200, serde_json::to_string(&result).unwrap());
-    assert!(out.iter().any(|o| matches!(o, Output::Persist(PersistOp::OutboxDelete { write_id: w }) if *w == write_id)));
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Persist(PersistOp::OutboxDelete { write_id: w }) if *w == write_id))
+    );
     assert_eq!(d.e.pending().len(), 0);
     assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[0].version, 2);
 }
 
 #[test]
 fn a_conflict_on_other_fields_is_rebased_and_resent_on_the_current_version() {
-    let (mut d, rid, write_id) = one_write(ConflictPolicy::RebaseOrAsk, UpdateCard { title: Some("mine".into()), ..Default::default() });
+    let (mut d, rid, write_id) =
+        one_write(ConflictPolicy::RebaseOrAsk, UpdateCard { title: Some("mine".into()), ..Default::default() });
     let mut theirs = card(1, 10, "one", 2);
     theirs.description = "their description".into();
     let out = conflict_reply(&mut d, rid, write_id, &theirs);
     let (_, batch) = posted(&out).expect("re-sent");
     assert_ne!(batch.writes[0].write_id, write_id, "a new write id: the old one's outcome is the 409");
-    assert!(matches!(&batch.writes[0].op, WriteOp::UpdateCard { body, .. } if body.base_version == Some(2) && body.title.as_deref() == Some("mine")));
-    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::WriteSettled { settled: Settled::Rebased { .. }, .. }))));
+    assert!(
+        matches!(&batch.writes[0].op, WriteOp::UpdateCard { body, .. } if body.base_version == Some(2) && body.title.as_deref() == Some("mine"))
+    );
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Broadcast(TabMessage::WriteSettled { settled: Settled::Rebased { .. }, .. })))
+    );
 }
 
 #[test]
 fn a_conflict_on_the_same_field_asks_the_user_and_keep_mine_resends() {
-    let (mut d, rid, write_id) = one_write(ConflictPolicy::RebaseOrAsk, UpdateCard { title: Some("mine".into()), ..Default::default() });
+    let (mut d, rid, write_id) =
+        one_write(ConflictPolicy::RebaseOrAsk, UpdateCard { title: Some("mine".into()), ..Default::default() });
     let out = conflict_reply(&mut d, rid, write_id, &card(1, 10, "theirs", 2));
     assert!(out.iter().any(|o| matches!(o, Output::Notify(Notification::Conflict { needs_decision: true, .. }))));
     assert_eq!(d.e.conflicts().len(), 1);
     // Later writes on the same card wait for the decision.
-    let op = WriteOp::MoveCard { id: id(1), body: MoveCard { column_id: id(20), after_card_id: None, base_version: None } };
+    let op =
+        WriteOp::MoveCard { id: id(1), body: MoveCard { column_id: id(20), after_card_id: None, base_version: None } };
     let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
     assert!(posted(&out).is_none());
     let out = d.input(Input::ResolveConflict { write_id, keep_mine: true });
@@ -532,7 +633,8 @@ fn a_conflict_on_the_same_field_asks_the_user_and_keep_mine_resends() {
 
 #[test]
 fn server_wins_drops_mine_and_tells_the_user() {
-    let (mut d, rid, write_id) = one_write(ConflictPolicy::ServerWins, UpdateCard { title: Some("mine".into()), ..Default::default() });
+    let (mut d, rid, write_id) =
+        one_write(ConflictPolicy::ServerWins, UpdateCard { title: Some("mine".into()), ..Default::default() });
     let out = conflict_reply(&mut d, rid, write_id, &card(1, 10, "theirs", 2));
     assert!(out.iter().any(|o| matches!(o, Output::Notify(Notification::Conflict { needs_decision: false, .. }))));
     assert!(d.e.pending().is_empty());
@@ -553,10 +655,17 @@ fn a_write_is_shared_with_other_tabs_and_sent_only_once_it_is_stored() {
         .iter()
         .find_map(|o| if let Output::Persist(PersistOp::OutboxPut { write }) = o { Some(write.write_id) } else { None })
         .expect("stored first");
-    assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::WriteQueued { .. }))), "not shared before it is stored: {out:?}");
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::WriteQueued { .. }))),
+        "not shared before it is stored: {out:?}"
+    );
     assert_eq!(d.e.pending().len(), 1, "shown as pending at once");
     let out = d.input(Input::Persisted { write_id });
-    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::WriteQueued { write }) if write.write_id == write_id)), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Broadcast(TabMessage::WriteQueued { write }) if write.write_id == write_id)),
+        "{out:?}"
+    );
     // The leader settles it: this tab stored it, so it deletes its entry too (after its own put, in order).
     let settled = Settled::Applied { status: 200, body: serde_json::Value::Null, at: vec![] };
     let out = d.input(Input::Tab(TabMessage::WriteSettled { write_id, settled }));
@@ -604,7 +713,10 @@ fn a_replayed_outcome_does_not_bring_back_a_card_deleted_since() {
     d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor: 10 });
     let zombie = PendingWrite {
         write_id: id(7777),
-        op: WriteOp::CreateCard { column_id: id(10), body: syncline_protocol::CreateCard { id: Some(id(2)), title: "two".into(), description: String::new() } },
+        op: WriteOp::CreateCard {
+            column_id: id(10),
+            body: syncline_protocol::CreateCard { id: Some(id(2)), title: "two".into(), description: String::new() },
+        },
         priority: Priority::UserVisible,
         policy: ConflictPolicy::default(),
         seq: 1,
@@ -616,7 +728,12 @@ fn a_replayed_outcome_does_not_bring_back_a_card_deleted_since() {
     let (rid, _) = posted(&out).expect("replayed");
     let at = vec![syncline_protocol::StreamPosition { stream: StreamId::Board(id(BOARD)), cursor: 5 }];
     let result = WriteBatchResult {
-        results: vec![WriteOutcome { write_id: id(7777), status: 201, body: serde_json::to_value(card(2, 10, "two", 1)).unwrap(), at }],
+        results: vec![WriteOutcome {
+            write_id: id(7777),
+            status: 201,
+            body: serde_json::to_value(card(2, 10, "two", 1)).unwrap(),
+            at,
+        }],
     };
     d.reply(rid, 200, serde_json::to_string(&result).unwrap());
     assert!(d.e.pending().is_empty());
@@ -628,7 +745,12 @@ fn a_replayed_outcome_does_not_bring_back_a_card_deleted_since() {
     let (rid, batch) = posted(&out).unwrap();
     let at = vec![syncline_protocol::StreamPosition { stream: StreamId::Board(id(BOARD)), cursor: 11 }];
     let result = WriteBatchResult {
-        results: vec![WriteOutcome { write_id: batch.writes[0].write_id, status: 200, body: serde_json::to_value(card(1, 10, "new", 2)).unwrap(), at }],
+        results: vec![WriteOutcome {
+            write_id: batch.writes[0].write_id,
+            status: 200,
+            body: serde_json::to_value(card(1, 10, "new", 2)).unwrap(),
+            at,
+        }],
     };
     d.reply(rid, 200, serde_json::to_string(&result).unwrap());
     assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[0].title, "new");
@@ -640,21 +762,40 @@ fn a_writes_own_change_on_the_feed_settles_it_before_its_answer_comes() {
     // it; the delete came through the feed, yet the still-pending create laid the card over the view again.
     let mut d = Driver::leader();
     d.live_on_board(3);
-    let op = WriteOp::CreateCard { column_id: id(10), body: syncline_protocol::CreateCard { id: Some(id(4)), title: "mine".into(), description: String::new() } };
+    let op = WriteOp::CreateCard {
+        column_id: id(10),
+        body: syncline_protocol::CreateCard { id: Some(id(4)), title: "mine".into(), description: String::new() },
+    };
     let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
     let (rid, batch) = posted(&out).expect("sent");
     let write_id = batch.writes[0].write_id;
     let stream = StreamId::Board(id(BOARD));
-    let created = Change { stream, cursor: 4, at_ms: 0, write_id: Some(write_id), op: ChangeOp::CardUpserted { card: card(4, 10, "mine", 1) } };
+    let created = Change {
+        stream,
+        cursor: 4,
+        at_ms: 0,
+        write_id: Some(write_id),
+        op: ChangeOp::CardUpserted { card: card(4, 10, "mine", 1) },
+    };
     let out = d.server(ServerMessage::Changes { stream, changes: vec![created] });
     assert!(d.e.pending().is_empty(), "its change confirms it");
     assert!(out.contains(&Output::Persist(PersistOp::OutboxDelete { write_id })));
-    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::WriteSettled { write_id: w, .. }) if *w == write_id)));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Broadcast(TabMessage::WriteSettled { write_id: w, .. }) if *w == write_id))
+    );
     d.server(changes(5, vec![ChangeOp::CardDeleted { id: id(4), board_id: id(BOARD) }]));
     assert!(d.e.board(id(BOARD)).unwrap().cards.iter().all(|c| c.id != id(4)), "deleted, and not laid over again");
     // The answer arrives at last: nothing more happens.
     let at = vec![syncline_protocol::StreamPosition { stream, cursor: 4 }];
-    let result = WriteBatchResult { results: vec![WriteOutcome { write_id, status: 201, body: serde_json::to_value(card(4, 10, "mine", 1)).unwrap(), at }] };
+    let result = WriteBatchResult {
+        results: vec![WriteOutcome {
+            write_id,
+            status: 201,
+            body: serde_json::to_value(card(4, 10, "mine", 1)).unwrap(),
+            at,
+        }],
+    };
     d.reply(rid, 200, serde_json::to_string(&result).unwrap());
     assert!(d.e.board(id(BOARD)).unwrap().cards.iter().all(|c| c.id != id(4)));
 }
@@ -669,7 +810,9 @@ fn a_tab_that_appears_hears_the_leaders_status_at_once() {
     leader.live_on_board(3);
     assert_eq!(leader.e.status(), &ConnectionStatus::Live);
     let out = leader.input(Input::Tab(TabMessage::Presence { tab: 5, visible: true, leader: false, sent_at: 0 }));
-    let status = out.iter().find_map(|o| if let Output::Broadcast(m @ TabMessage::Status { .. }) = o { Some(m.clone()) } else { None });
+    let status = out
+        .iter()
+        .find_map(|o| if let Output::Broadcast(m @ TabMessage::Status { .. }) = o { Some(m.clone()) } else { None });
     let status = status.expect("the leader tells the new tab where the connection stands");
     let mut follower = Driver::new(Preferences::default());
     follower.input(Input::Tab(TabMessage::Presence { tab: 1, visible: true, leader: true, sent_at: 0 }));
@@ -686,7 +829,10 @@ fn a_shown_tab_takes_over_at_once_from_a_leader_that_does_not_answer() {
     d.input(Input::Visibility { visible: false });
     d.advance(10_000); // the leader falls silent (frozen)
     let out = d.input(Input::Visibility { visible: true });
-    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Presence { visible: true, .. }))), "it says it is shown");
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Presence { visible: true, .. }))),
+        "it says it is shown"
+    );
     let out = d.advance(60);
     assert!(out.contains(&Output::ClaimLeadership), "no answer within 50 ms: take over now");
 }
@@ -700,7 +846,10 @@ fn a_shown_tab_leaves_an_answering_hidden_leader_in_place_for_the_handover_delay
     d.advance(5);
     d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: false, leader: true, sent_at: 0 })); // the leader answers
     let out = d.advance(300);
-    assert!(!out.contains(&Output::ClaimLeadership), "an awake leader keeps the connection while the user may switch back");
+    assert!(
+        !out.contains(&Output::ClaimLeadership),
+        "an awake leader keeps the connection while the user may switch back"
+    );
     let out = d.advance(300);
     assert!(out.contains(&Output::ClaimLeadership), "then the visible tab takes it");
 }
@@ -710,11 +859,16 @@ fn the_leader_answers_a_tab_that_is_shown() {
     let mut d = Driver::leader();
     d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: false, leader: false, sent_at: 0 }));
     let out = d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: true, leader: false, sent_at: 0 }));
-    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Presence { tab: 1, leader: true, .. }))), "{out:?}");
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Presence { tab: 1, leader: true, .. }))),
+        "{out:?}"
+    );
     let out = d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: true, leader: false, sent_at: 0 }));
-    assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Presence { .. }))), "a heartbeat needs no answer");
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Presence { .. }))),
+        "a heartbeat needs no answer"
+    );
 }
-
 
 #[test]
 fn a_follower_makes_no_requests_and_routes_its_writes_through_the_leader() {
@@ -730,9 +884,22 @@ fn a_follower_makes_no_requests_and_routes_its_writes_through_the_leader() {
     assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Interest { .. }))));
     assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::WriteQueued { .. }))));
     // The leader's data and changes reach it.
-    d.input(Input::Tab(TabMessage::Data { key: QueryKey::Board(id(BOARD)), data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
+    d.input(Input::Tab(TabMessage::Data {
+        key: QueryKey::Board(id(BOARD)),
+        data: QueryData::Board(snapshot(3)),
+        fetched_at: 0,
+    }));
     let stream = StreamId::Board(id(BOARD));
-    d.input(Input::Tab(TabMessage::Changes { stream, changes: vec![Change { stream, cursor: 4, at_ms: 0, write_id: None, op: ChangeOp::CardUpserted { card: card(2, 20, "via leader", 2) } }] }));
+    d.input(Input::Tab(TabMessage::Changes {
+        stream,
+        changes: vec![Change {
+            stream,
+            cursor: 4,
+            at_ms: 0,
+            write_id: None,
+            op: ChangeOp::CardUpserted { card: card(2, 20, "via leader", 2) },
+        }],
+    }));
     assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[1].title, "via leader");
 }
 
@@ -742,7 +909,10 @@ fn a_new_leader_sends_the_persisted_outbox_with_the_same_write_ids() {
     d.live_on_board(3);
     let w = PendingWrite {
         write_id: id(5555),
-        op: WriteOp::UpdateCard { id: id(2), body: UpdateCard { title: Some("from a closed tab".into()), base_version: Some(1), ..Default::default() } },
+        op: WriteOp::UpdateCard {
+            id: id(2),
+            body: UpdateCard { title: Some("from a closed tab".into()), base_version: Some(1), ..Default::default() },
+        },
         priority: Priority::UserVisible,
         policy: ConflictPolicy::default(),
         seq: 1,
@@ -772,8 +942,16 @@ fn a_visible_follower_claims_leadership_from_a_hidden_leader() {
 fn metrics_count_requests_dedupe_hits_and_time_in_each_state() {
     let mut d = Driver::leader();
     d.live_on_board(3);
-    d.input(Input::Tab(TabMessage::Interest { tab: 2, keys: vec![QueryKey::BoardSummary(id(BOARD))], critical: vec![] }));
-    d.input(Input::Tab(TabMessage::Interest { tab: 3, keys: vec![QueryKey::BoardSummary(id(BOARD))], critical: vec![] }));
+    d.input(Input::Tab(TabMessage::Interest {
+        tab: 2,
+        keys: vec![QueryKey::BoardSummary(id(BOARD))],
+        critical: vec![],
+    }));
+    d.input(Input::Tab(TabMessage::Interest {
+        tab: 3,
+        keys: vec![QueryKey::BoardSummary(id(BOARD))],
+        critical: vec![],
+    }));
     d.advance(10_000);
     let m = d.e.metrics();
     assert_eq!(m.requests, 2, "board + summary");
@@ -782,7 +960,6 @@ fn metrics_count_requests_dedupe_hits_and_time_in_each_state() {
     assert_eq!(m.socket_opens, 1);
     assert!(m.fetch_latency.count() >= 1);
 }
-
 
 #[test]
 fn metrics_keep_ten_minutes_of_history_and_a_requests_per_minute_rate() {
@@ -810,7 +987,13 @@ fn change_to_screen_latency_is_recorded_when_the_ui_says_it_rendered() {
     let mut d = Driver::leader();
     d.live_on_board(3);
     let stream = StreamId::Board(id(BOARD));
-    let change = |cursor, at_ms| Change { stream, cursor, at_ms, write_id: None, op: ChangeOp::CardUpserted { card: card(2, 20, &format!("t{cursor}"), cursor) } };
+    let change = |cursor, at_ms| Change {
+        stream,
+        cursor,
+        at_ms,
+        write_id: None,
+        op: ChangeOp::CardUpserted { card: card(2, 20, &format!("t{cursor}"), cursor) },
+    };
     d.server(ServerMessage::Changes { stream, changes: vec![change(4, 1_000_000), change(5, 1_000_010)] });
     d.e.rendered(1_000_040);
     d.e.rendered(1_000_090); // nothing new since: no sample
@@ -855,9 +1038,15 @@ fn a_follower_prefetches_through_the_leader_and_releases_the_interest_once_it_ha
     let mut d = Driver::new(Preferences::default());
     let out = d.input(Input::Prefetch(key));
     assert!(http(&out).is_empty());
-    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Interest { keys, .. }) if keys == &vec![key])), "{out:?}");
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Interest { keys, .. }) if keys == &vec![key])),
+        "{out:?}"
+    );
     let out = d.input(Input::Tab(TabMessage::Data { key, data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
-    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Interest { keys, .. }) if keys.is_empty())), "{out:?}");
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Interest { keys, .. }) if keys.is_empty())),
+        "{out:?}"
+    );
     assert!(d.e.board(id(BOARD)).is_some());
 }
 
@@ -869,7 +1058,11 @@ fn a_follower_shows_the_leaders_retry_time_on_its_own_clock_and_relays_retry_now
     d.now = 1_000;
     d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
     // The leader's clock reads 50,000 as it sends; it retries at 53,000 on its clock: 3 s from now.
-    d.input(Input::Tab(TabMessage::Status { status: ConnectionStatus::Reconnecting { retry_at: 53_000 }, sent_at: 50_000, tab: 9 }));
+    d.input(Input::Tab(TabMessage::Status {
+        status: ConnectionStatus::Reconnecting { retry_at: 53_000 },
+        sent_at: 50_000,
+        tab: 9,
+    }));
     assert_eq!(d.e.status(), &ConnectionStatus::Reconnecting { retry_at: 4_000 });
     let out = d.input(Input::RetryNow);
     assert!(out.contains(&Output::Broadcast(TabMessage::RetryNow)), "{out:?}");
@@ -883,7 +1076,11 @@ fn retry_now_from_another_tab_reconnects_the_leader_at_once() {
     d.input(Input::SocketClosed { code: Some(1006), reason: String::new() });
     let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() else { panic!("{:?}", d.e.status()) };
     assert!(retry_at > d.now);
-    assert_eq!(d.e.freshness(QueryKey::Board(id(BOARD))), Freshness::Stale { age_ms: 0 }, "not \"up to date\" while disconnected");
+    assert_eq!(
+        d.e.freshness(QueryKey::Board(id(BOARD))),
+        Freshness::Stale { age_ms: 0 },
+        "not \"up to date\" while disconnected"
+    );
     let out = d.input(Input::Tab(TabMessage::RetryNow));
     assert_eq!(opens(&out), 1, "{out:?}");
 }
@@ -975,7 +1172,11 @@ fn when_long_polls_fail_too_the_status_is_reconnecting_with_the_next_attempt_not
 
 #[test]
 fn a_query_a_follower_marked_critical_is_polled_by_the_hidden_leader_under_critical_only() {
-    let prefs = Preferences { background: BackgroundMode::CriticalOnly, background_interval_ms: 45_000, ..Preferences::default() };
+    let prefs = Preferences {
+        background: BackgroundMode::CriticalOnly,
+        background_interval_ms: 45_000,
+        ..Preferences::default()
+    };
     // The follower says which of its queries are critical.
     let mut f = Driver::new(prefs.clone());
     f.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
@@ -984,7 +1185,9 @@ fn a_query_a_follower_marked_critical_is_polled_by_the_hidden_leader_under_criti
         .iter()
         .find_map(|o| if let Output::Broadcast(m @ TabMessage::Interest { .. }) = o { Some(m.clone()) } else { None })
         .expect("interest re-sent");
-    assert!(matches!(&interest, TabMessage::Interest { critical, .. } if critical == &vec![QueryKey::Board(id(BOARD))]));
+    assert!(
+        matches!(&interest, TabMessage::Interest { critical, .. } if critical == &vec![QueryKey::Board(id(BOARD))])
+    );
     // (Both test drivers are tab 1; the follower becomes tab 2 here.)
     let TabMessage::Interest { keys, critical, .. } = interest else { unreachable!() };
     let interest = TabMessage::Interest { tab: 2, keys, critical };
@@ -1043,7 +1246,8 @@ fn queued_writes_go_as_soon_as_the_feed_is_live_again_not_at_the_end_of_their_ba
 fn a_burst_of_changes_is_saved_to_the_persistent_cache_once() {
     let mut d = Driver::leader();
     d.live_on_board(3);
-    let cache_puts = |out: &[Output]| out.iter().filter(|o| matches!(o, Output::Persist(PersistOp::CachePut { .. }))).count();
+    let cache_puts =
+        |out: &[Output]| out.iter().filter(|o| matches!(o, Output::Persist(PersistOp::CachePut { .. }))).count();
     let mut during = 0;
     for i in 0..50u64 {
         let out = d.server(changes(4 + i, vec![ChangeOp::CardUpserted { card: card(2, 10, &format!("t{i}"), 2 + i) }]));
@@ -1053,7 +1257,16 @@ fn a_burst_of_changes_is_saved_to_the_persistent_cache_once() {
     assert_eq!(during, 0, "not once per change");
     let out = d.advance(1_000);
     assert_eq!(cache_puts(&out), 1, "{out:?}");
-    let saved = out.iter().find_map(|o| if let Output::Persist(PersistOp::CachePut { data: QueryData::Board(b), .. }) = o { Some(b.clone()) } else { None }).unwrap();
+    let saved = out
+        .iter()
+        .find_map(|o| {
+            if let Output::Persist(PersistOp::CachePut { data: QueryData::Board(b), .. }) = o {
+                Some(b.clone())
+            } else {
+                None
+            }
+        })
+        .unwrap();
     assert_eq!(saved.cursor, 53, "the latest data is what is saved");
     assert_eq!(cache_puts(&d.advance(5_000)), 0, "nothing more until the next change");
 }

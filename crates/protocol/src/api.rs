@@ -187,8 +187,7 @@ mod tests {
 
     #[test]
     fn optional_fields_default() {
-        let m: MoveCard =
-            serde_json::from_str(r#"{"column_id":"6f1c0c39-3a53-4b8e-9d1e-3b8a2b1c0d11"}"#).unwrap();
+        let m: MoveCard = serde_json::from_str(r#"{"column_id":"6f1c0c39-3a53-4b8e-9d1e-3b8a2b1c0d11"}"#).unwrap();
         assert_eq!(m.after_card_id, None);
         assert_eq!(m.base_version, None);
     }

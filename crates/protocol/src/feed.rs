@@ -72,13 +72,27 @@ impl<'de> Deserialize<'de> for StreamId {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ChangeOp {
-    BoardUpserted { board: Board },
-    BoardDeleted { id: Uuid },
-    ColumnUpserted { column: Column },
+    BoardUpserted {
+        board: Board,
+    },
+    BoardDeleted {
+        id: Uuid,
+    },
+    ColumnUpserted {
+        column: Column,
+    },
     /// The column's cards were deleted with it; each has its own `CardDeleted` change just before this one.
-    ColumnDeleted { id: Uuid, board_id: Uuid },
-    CardUpserted { card: Card },
-    CardDeleted { id: Uuid, board_id: Uuid },
+    ColumnDeleted {
+        id: Uuid,
+        board_id: Uuid,
+    },
+    CardUpserted {
+        card: Card,
+    },
+    CardDeleted {
+        id: Uuid,
+        board_id: Uuid,
+    },
 }
 
 /// One committed change, at `cursor` in `stream`.
@@ -118,9 +132,13 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         log_id: Option<Uuid>,
     },
-    Unsubscribe { streams: Vec<StreamId> },
+    Unsubscribe {
+        streams: Vec<StreamId>,
+    },
     /// Answered by `pong` with the same nonce (browsers cannot send WebSocket ping frames).
-    Ping { nonce: u64 },
+    Ping {
+        nonce: u64,
+    },
 }
 
 /// Server → client messages on the WebSocket feed, and the body of a long-poll answer.
@@ -136,13 +154,24 @@ pub enum ServerMessage {
         heartbeat_ms: u64,
     },
     /// Changes of one stream, in cursor order, with no gap after the client's cursor.
-    Changes { stream: StreamId, changes: Vec<Change> },
+    Changes {
+        stream: StreamId,
+        changes: Vec<Change>,
+    },
     /// The stream is caught up: everything up to `cursor` has been sent; what follows is live.
-    Synced { stream: StreamId, cursor: Cursor },
+    Synced {
+        stream: StreamId,
+        cursor: Cursor,
+    },
     /// The client's cursor cannot be served (older than retention, from another log, or ahead of the log):
     /// refetch the stream's snapshot and resume from the cursor it carries.
-    Reset { stream: StreamId, reason: String },
-    Pong { nonce: u64 },
+    Reset {
+        stream: StreamId,
+        reason: String,
+    },
+    Pong {
+        nonce: u64,
+    },
 }
 
 /// Close codes the server uses on the feed (besides 1000 normal and 1001 going away).
@@ -192,7 +221,10 @@ mod tests {
 
     #[test]
     fn client_messages_refuse_unknown_shapes() {
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"subscribe","streams":[{"stream":"boards","since":0}]}"#).is_ok());
+        assert!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"subscribe","streams":[{"stream":"boards","since":0}]}"#)
+                .is_ok()
+        );
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"shout"}"#).is_err());
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"ping"}"#).is_err());
     }

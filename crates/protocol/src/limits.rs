@@ -24,9 +24,7 @@ pub fn validate_title(title: &str) -> Result<String, String> {
 pub fn validate_description(description: &str) -> Result<String, String> {
     let chars = description.chars().count();
     if chars > MAX_DESCRIPTION_CHARS {
-        return Err(format!(
-            "description is {chars} characters long; the limit is {MAX_DESCRIPTION_CHARS}"
-        ));
+        return Err(format!("description is {chars} characters long; the limit is {MAX_DESCRIPTION_CHARS}"));
     }
     Ok(description.to_owned())
 }

@@ -35,11 +35,7 @@ impl BoardSnapshot {
             }
             Direction::Left | Direction::Right => {
                 let col_index = self.columns.iter().position(|c| c.id == current.column_id)?;
-                let target_index = if direction == Direction::Left {
-                    col_index.checked_sub(1)?
-                } else {
-                    col_index + 1
-                };
+                let target_index = if direction == Direction::Left { col_index.checked_sub(1)? } else { col_index + 1 };
                 let target = self.columns.get(target_index)?.id;
                 let target_cards: Vec<CardId> = self.cards_in(target).map(|c| c.id).collect();
                 // Same index: after the card just above that index, or first.

@@ -11,17 +11,60 @@ use crate::{CreateBoard, CreateCard, CreateColumn, MoveCard, MoveColumn, Rename,
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum WriteOp {
-    CreateBoard { #[serde(flatten)] body: CreateBoard },
-    RenameBoard { id: Uuid, #[serde(flatten)] body: Rename },
-    DeleteBoard { id: Uuid, #[serde(default, skip_serializing_if = "Option::is_none")] base_version: Option<Version> },
-    CreateColumn { board_id: Uuid, #[serde(flatten)] body: CreateColumn },
-    RenameColumn { id: Uuid, #[serde(flatten)] body: Rename },
-    MoveColumn { id: Uuid, #[serde(flatten)] body: MoveColumn },
-    DeleteColumn { id: Uuid, #[serde(default, skip_serializing_if = "Option::is_none")] base_version: Option<Version> },
-    CreateCard { column_id: Uuid, #[serde(flatten)] body: CreateCard },
-    UpdateCard { id: Uuid, #[serde(flatten)] body: UpdateCard },
-    MoveCard { id: Uuid, #[serde(flatten)] body: MoveCard },
-    DeleteCard { id: Uuid, #[serde(default, skip_serializing_if = "Option::is_none")] base_version: Option<Version> },
+    CreateBoard {
+        #[serde(flatten)]
+        body: CreateBoard,
+    },
+    RenameBoard {
+        id: Uuid,
+        #[serde(flatten)]
+        body: Rename,
+    },
+    DeleteBoard {
+        id: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_version: Option<Version>,
+    },
+    CreateColumn {
+        board_id: Uuid,
+        #[serde(flatten)]
+        body: CreateColumn,
+    },
+    RenameColumn {
+        id: Uuid,
+        #[serde(flatten)]
+        body: Rename,
+    },
+    MoveColumn {
+        id: Uuid,
+        #[serde(flatten)]
+        body: MoveColumn,
+    },
+    DeleteColumn {
+        id: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_version: Option<Version>,
+    },
+    CreateCard {
+        column_id: Uuid,
+        #[serde(flatten)]
+        body: CreateCard,
+    },
+    UpdateCard {
+        id: Uuid,
+        #[serde(flatten)]
+        body: UpdateCard,
+    },
+    MoveCard {
+        id: Uuid,
+        #[serde(flatten)]
+        body: MoveCard,
+    },
+    DeleteCard {
+        id: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_version: Option<Version>,
+    },
 }
 
 /// A write with its idempotency key.

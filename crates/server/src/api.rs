@@ -14,9 +14,10 @@ use serde::Deserialize;
 use syncline_protocol::writes::MAX_BATCH_WRITES;
 #[allow(unused_imports)] // some are named only by the OpenAPI attributes
 use syncline_protocol::{
-    ApiError, Board, BoardId, BoardList, BoardSnapshot, BoardSummary, Card, CardId, Change, ChangeOp, ClientMessage, Column,
-    ColumnId, CreateBoard, CreateCard, CreateColumn, Cursor, ErrorCode, MoveCard, MoveColumn, Rename, ServerMessage,
-    StreamCursor, StreamId, UpdateCard, Version, Write, WriteBatch, WriteBatchResult, WriteOp, WriteOutcome,
+    ApiError, Board, BoardId, BoardList, BoardSnapshot, BoardSummary, Card, CardId, Change, ChangeOp, ClientMessage,
+    Column, ColumnId, CreateBoard, CreateCard, CreateColumn, Cursor, ErrorCode, MoveCard, MoveColumn, Rename,
+    ServerMessage, StreamCursor, StreamId, UpdateCard, Version, Write, WriteBatch, WriteBatchResult, WriteOp,
+    WriteOutcome,
 };
 use uuid::Uuid;
 
@@ -180,7 +181,11 @@ struct BaseVersion {
 }
 
 #[utoipa::path(post, path = "/api/boards", tag = "boards", params(("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = CreateBoard, responses((status = 201, body = Board), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
-async fn create_board(State(s): State<AppState>, headers: HeaderMap, Json(body): Json<CreateBoard>) -> ApiResult<Outcome> {
+async fn create_board(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<CreateBoard>,
+) -> ApiResult<Outcome> {
     write(&s, &headers, WriteOp::CreateBoard { body }).await
 }
 
@@ -286,7 +291,10 @@ async fn delete_card(
 
 /// `POST /api/writes`: queued writes in order; each has its own outcome.
 #[utoipa::path(post, path = "/api/writes", tag = "writes", request_body = WriteBatch, responses((status = 200, description = "Each write's outcome, in order", body = WriteBatchResult), (status = 422, description = "Too many writes or a malformed batch", body = ApiError)))]
-async fn write_batch(State(s): State<AppState>, Json(batch): Json<WriteBatch>) -> ApiResult<axum::Json<WriteBatchResult>> {
+async fn write_batch(
+    State(s): State<AppState>,
+    Json(batch): Json<WriteBatch>,
+) -> ApiResult<axum::Json<WriteBatchResult>> {
     if batch.writes.len() > MAX_BATCH_WRITES {
         return Err(AppError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -365,10 +373,29 @@ async fn long_poll(
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    info(title = "syncline", description = "Kanban API with a gap-free change feed. The WebSocket feed (`GET /api/feed`) is described in docs/protocol.md."),
+    info(
+        title = "syncline",
+        description = "Kanban API with a gap-free change feed. The WebSocket feed (`GET /api/feed`) is described in docs/protocol.md."
+    ),
     paths(
-        list_boards, create_board, get_board, get_summary, rename_board, delete_board, create_column, rename_column, move_column,
-        delete_column, create_card, get_card, update_card, move_card, delete_card, write_batch, long_poll, metrics,
+        list_boards,
+        create_board,
+        get_board,
+        get_summary,
+        rename_board,
+        delete_board,
+        create_column,
+        rename_column,
+        move_column,
+        delete_column,
+        create_card,
+        get_card,
+        update_card,
+        move_card,
+        delete_card,
+        write_batch,
+        long_poll,
+        metrics,
         feed_doc
     ),
     components(schemas(ClientMessage, ServerMessage, Change, ChangeOp, StreamCursor, WriteOp, Write))

@@ -193,10 +193,11 @@ impl Hub {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         for (stream, changes) in by_stream {
             if let Some(tx) = channels.get(&stream)
-                && tx.send(Arc::new(Published { changes, committed_at })).is_err() {
-                    // Nobody listens any more.
-                    channels.remove(&stream);
-                }
+                && tx.send(Arc::new(Published { changes, committed_at })).is_err()
+            {
+                // Nobody listens any more.
+                channels.remove(&stream);
+            }
         }
     }
 

@@ -53,7 +53,11 @@ impl Default for Metrics {
         registry.register("writes_applied", "Writes applied", m.writes_applied.clone());
         registry.register("writes_refused", "Writes refused (validation, not found)", m.writes_refused.clone());
         registry.register("write_conflicts", "Writes refused for a stale base version", m.write_conflicts.clone());
-        registry.register("duplicate_writes", "Replayed write ids answered from the record", m.duplicate_writes.clone());
+        registry.register(
+            "duplicate_writes",
+            "Replayed write ids answered from the record",
+            m.duplicate_writes.clone(),
+        );
         registry.register("longpolls_waiting", "Long-polls waiting for a change", m.longpolls_waiting.clone());
         registry.register(
             "fanout_latency_seconds",

@@ -12,8 +12,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use syncline_protocol::limits::{validate_description, validate_title};
 use syncline_protocol::{
-    Board, BoardId, BoardList, BoardSnapshot, BoardSummary, Card, ColumnSummary, CardId, ChangeOp, Column, ColumnId, CreateBoard, CreateCard,
-    CreateColumn, MoveCard, MoveColumn, Rename, StreamId, UpdateCard, Version,
+    Board, BoardId, BoardList, BoardSnapshot, BoardSummary, Card, CardId, ChangeOp, Column, ColumnId, ColumnSummary,
+    CreateBoard, CreateCard, CreateColumn, MoveCard, MoveColumn, Rename, StreamId, UpdateCard, Version,
 };
 use uuid::Uuid;
 
@@ -23,9 +23,15 @@ use crate::feed::{Hub, Recorder, record, stream_head};
 #[derive(Debug)]
 pub enum StoreError {
     NotFound(String),
-    InvalidField { field: &'static str, message: String },
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
     /// The write's base version is not the current one; holds the current entity as JSON.
-    Conflict { message: String, current: serde_json::Value },
+    Conflict {
+        message: String,
+        current: serde_json::Value,
+    },
     Internal(anyhow::Error),
 }
 
@@ -130,7 +136,12 @@ impl Store {
     /// Opens (creating if needed) the database file and brings its schema up to date.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
         let (conn, log_id) = open_connection(path)?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)), log_id, hub: Arc::new(Hub::default()), write_id_ttl_ms: DEFAULT_WRITE_ID_TTL_MS })
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            log_id,
+            hub: Arc::new(Hub::default()),
+            write_id_ttl_ms: DEFAULT_WRITE_ID_TTL_MS,
+        })
     }
 
     /// The same store, remembering write ids for `ttl` (writes with older UUIDv7 ids are refused).
@@ -191,7 +202,8 @@ impl Store {
 
 fn uuid_col(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
     let s: String = row.get(idx)?;
-    Uuid::parse_str(&s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into()))
+    Uuid::parse_str(&s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into()))
 }
 
 fn version_col(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Version> {
@@ -282,11 +294,10 @@ pub fn board_summary(tx: &Connection, id: BoardId) -> StoreResult<BoardSummary> 
             Ok(ColumnSummary { column_id: uuid_col(r, 0)?, title: r.get(1)?, cards: r.get::<_, i64>(2)? as u64 })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let described: i64 = tx.query_row(
-        "SELECT COUNT(*) FROM cards WHERE board_id = ?1 AND description != ''",
-        [id.to_string()],
-        |r| r.get(0),
-    )?;
+    let described: i64 =
+        tx.query_row("SELECT COUNT(*) FROM cards WHERE board_id = ?1 AND description != ''", [id.to_string()], |r| {
+            r.get(0)
+        })?;
     Ok(BoardSummary {
         board_id: id,
         total_cards: columns.iter().map(|c| c.cards).sum(),
@@ -330,9 +341,8 @@ fn key_between(before: Option<&str>, after: Option<&str>) -> StoreResult<String>
         (None, None) => FractionalIndex::default(),
         (Some(b), None) => FractionalIndex::new_after(b),
         (None, Some(a)) => FractionalIndex::new_before(a),
-        (Some(b), Some(a)) => FractionalIndex::new_between(b, a).ok_or_else(|| {
-            StoreError::Internal(anyhow::anyhow!("no key between equal positions {b:?} and {a:?}"))
-        })?,
+        (Some(b), Some(a)) => FractionalIndex::new_between(b, a)
+            .ok_or_else(|| StoreError::Internal(anyhow::anyhow!("no key between equal positions {b:?} and {a:?}")))?,
     };
     Ok(key.to_string())
 }
@@ -363,7 +373,12 @@ impl Siblings {
         }
     }
 
-    fn query(self, tx: &Connection, filter: &str, params: &[&dyn rusqlite::ToSql]) -> StoreResult<Option<(Uuid, String)>> {
+    fn query(
+        self,
+        tx: &Connection,
+        filter: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> StoreResult<Option<(Uuid, String)>> {
         let (table, parent, _) = self.table_and_parent();
         let sql = format!("SELECT id, position FROM {table} WHERE {parent} = ?1 {filter} LIMIT 1");
         Ok(tx.prepare_cached(&sql)?.query_row(params, |r| Ok((uuid_col(r, 0)?, r.get(1)?))).optional()?)
@@ -411,11 +426,10 @@ fn new_id(requested: Option<Uuid>, tx: &Connection, table: &str) -> StoreResult<
     match requested {
         None => Ok(Uuid::now_v7()),
         Some(id) => {
-            let taken: bool = tx.query_row(
-                &format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE id = ?1)"),
-                [id.to_string()],
-                |r| r.get(0),
-            )?;
+            let taken: bool =
+                tx.query_row(&format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE id = ?1)"), [id.to_string()], |r| {
+                    r.get(0)
+                })?;
             if taken {
                 Err(StoreError::InvalidField { field: "id", message: format!("id {id} is already in use") })
             } else {
@@ -462,7 +476,12 @@ pub fn rename_board(tx: &Connection, rec: &mut Recorder, id: BoardId, req: Renam
     Ok(board)
 }
 
-pub fn delete_board(tx: &Connection, rec: &mut Recorder, id: BoardId, base_version: Option<Version>) -> StoreResult<()> {
+pub fn delete_board(
+    tx: &Connection,
+    rec: &mut Recorder,
+    id: BoardId,
+    base_version: Option<Version>,
+) -> StoreResult<()> {
     let current = get_board(tx, id)?;
     check_base_version("board", current.version, base_version, || serde_json::json!(current))?;
     tx.execute("DELETE FROM boards WHERE id = ?1", [id.to_string()])?;
@@ -518,7 +537,12 @@ pub fn move_column(tx: &Connection, rec: &mut Recorder, id: ColumnId, req: MoveC
     Ok(column)
 }
 
-pub fn delete_column(tx: &Connection, rec: &mut Recorder, id: ColumnId, base_version: Option<Version>) -> StoreResult<()> {
+pub fn delete_column(
+    tx: &Connection,
+    rec: &mut Recorder,
+    id: ColumnId,
+    base_version: Option<Version>,
+) -> StoreResult<()> {
     let current = get_column(tx, id)?;
     check_base_version("column", current.version, base_version, || serde_json::json!(current))?;
     let board_id = current.board_id;
@@ -595,12 +619,11 @@ pub fn move_card(tx: &Connection, rec: &mut Recorder, id: CardId, req: MoveCard)
             message: "a card cannot be placed after itself".into(),
         });
     }
-    let position = Siblings::CardsOf(target.id).key_after(tx, id, req.after_card_id)?.ok_or_else(|| {
-        StoreError::InvalidField {
+    let position =
+        Siblings::CardsOf(target.id).key_after(tx, id, req.after_card_id)?.ok_or_else(|| StoreError::InvalidField {
             field: "after_card_id",
             message: format!("card {} is not in column {}", req.after_card_id.unwrap_or_default(), target.id),
-        }
-    })?;
+        })?;
     tx.execute(
         "UPDATE cards SET column_id = ?2, position = ?3, version = version + 1 WHERE id = ?1",
         params![id.to_string(), target.id.to_string(), position],

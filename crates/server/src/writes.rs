@@ -53,14 +53,18 @@ impl WriteContext {
             return Err(AppError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::WriteExpired,
-                format!("write {id} was made more than {hours:.1} h ago, longer than this server remembers writes; it was not applied"),
+                format!(
+                    "write {id} was made more than {hours:.1} h ago, longer than this server remembers writes; it was not applied"
+                ),
             ));
         }
         if made_ms > self.now_ms.saturating_add(ttl) {
             return Err(AppError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 ErrorCode::WriteExpired,
-                format!("write {id} carries a time far in the future (is the client's clock wrong?); it was not applied"),
+                format!(
+                    "write {id} carries a time far in the future (is the client's clock wrong?); it was not applied"
+                ),
             ));
         }
         // Remembered for the TTL from whichever is later: now, or the time the id claims.
@@ -78,7 +82,12 @@ pub fn made_at_ms(id: Uuid) -> Option<u64> {
 }
 
 /// Runs `op` once per `write_id` and publishes its changes after commit.
-pub async fn execute(store: &Store, metrics: &Metrics, write_id: Option<Uuid>, op: WriteOp) -> Result<Outcome, AppError> {
+pub async fn execute(
+    store: &Store,
+    metrics: &Metrics,
+    write_id: Option<Uuid>,
+    op: WriteOp,
+) -> Result<Outcome, AppError> {
     let hub = store.hub().clone();
     let ttl = store.write_id_ttl_ms();
     let outcome = store
@@ -103,13 +112,17 @@ pub fn execute_locked(
     let request = serde_json::to_string(&op).map_err(|e| StoreError::Internal(e.into()))?;
     let mut tx = conn.transaction()?;
     let mut rec = Recorder::new(write_id, ctx.now_ms);
-    let refused = |err: AppError, rec| Ok((Outcome { status: err.status, body: err.json(), replayed: false, at: Vec::new() }, rec));
+    let refused = |err: AppError, rec| {
+        Ok((Outcome { status: err.status, body: err.json(), replayed: false, at: Vec::new() }, rec))
+    };
     let mut remember_from = ctx.now_ms;
     if let Some(id) = write_id {
         let earlier: Option<(String, u16, String, String)> = tx
-            .query_row("SELECT request, status, body, positions FROM writes WHERE write_id = ?1", [id.to_string()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
+            .query_row(
+                "SELECT request, status, body, positions FROM writes WHERE write_id = ?1",
+                [id.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
             .optional()?;
         if let Some((earlier_request, status, body, positions)) = earlier {
             if earlier_request != request {
@@ -187,7 +200,9 @@ pub fn apply(tx: &Connection, rec: &mut Recorder, op: WriteOp) -> StoreResult<(S
     match op {
         WriteOp::CreateBoard { body } => created(json(store::create_board(tx, rec, body)?)?),
         WriteOp::RenameBoard { id, body } => ok(json(store::rename_board(tx, rec, id, body)?)?),
-        WriteOp::DeleteBoard { id, base_version } => store::delete_board(tx, rec, id, base_version).and_then(|_| deleted()),
+        WriteOp::DeleteBoard { id, base_version } => {
+            store::delete_board(tx, rec, id, base_version).and_then(|_| deleted())
+        }
         WriteOp::CreateColumn { board_id, body } => created(json(store::create_column(tx, rec, board_id, body)?)?),
         WriteOp::RenameColumn { id, body } => ok(json(store::rename_column(tx, rec, id, body)?)?),
         WriteOp::MoveColumn { id, body } => ok(json(store::move_column(tx, rec, id, body)?)?),
@@ -197,6 +212,8 @@ pub fn apply(tx: &Connection, rec: &mut Recorder, op: WriteOp) -> StoreResult<(S
         WriteOp::CreateCard { column_id, body } => created(json(store::create_card(tx, rec, column_id, body)?)?),
         WriteOp::UpdateCard { id, body } => ok(json(store::update_card(tx, rec, id, body)?)?),
         WriteOp::MoveCard { id, body } => ok(json(store::move_card(tx, rec, id, body)?)?),
-        WriteOp::DeleteCard { id, base_version } => store::delete_card(tx, rec, id, base_version).and_then(|_| deleted()),
+        WriteOp::DeleteCard { id, base_version } => {
+            store::delete_card(tx, rec, id, base_version).and_then(|_| deleted())
+        }
     }
 }

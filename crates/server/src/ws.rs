@@ -13,8 +13,8 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, StreamExt};
 use futures_util::SinkExt;
+use futures_util::stream::{SplitSink, StreamExt};
 use syncline_protocol::feed::close_code;
 use syncline_protocol::{Change, ClientMessage, Cursor, ErrorCode, ServerMessage, StreamCursor, StreamId};
 use tokio_stream::StreamMap;
@@ -191,7 +191,13 @@ impl Connection {
         }
     }
 
-    async fn subscribe(&mut self, sink: &mut Sink, stream: StreamId, since: Cursor, log_id: Option<Uuid>) -> Result<(), End> {
+    async fn subscribe(
+        &mut self,
+        sink: &mut Sink,
+        stream: StreamId,
+        since: Cursor,
+        log_id: Option<Uuid>,
+    ) -> Result<(), End> {
         // Listen before reading the log, so nothing committed in between is missed.
         self.live.insert(stream, BroadcastStream::new(self.state.store.hub().subscribe(stream)));
         self.cursors.insert(stream, since);

@@ -59,7 +59,13 @@ impl Fixture {
     }
 
     async fn rename_card(&self, card: &Card, title: &str) -> Card {
-        let resp = self.http.patch(self.url(&format!("/api/cards/{}", card.id))).json(&json!({"title": title})).send().await.unwrap();
+        let resp = self
+            .http
+            .patch(self.url(&format!("/api/cards/{}", card.id)))
+            .json(&json!({"title": title}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         resp.json().await.unwrap()
     }
@@ -74,7 +80,8 @@ impl Fixture {
     }
 
     async fn cursor(&self, board: &Board) -> Cursor {
-        let snap: Value = self.http.get(self.url(&format!("/api/boards/{}", board.id))).send().await.unwrap().json().await.unwrap();
+        let snap: Value =
+            self.http.get(self.url(&format!("/api/boards/{}", board.id))).send().await.unwrap().json().await.unwrap();
         snap["cursor"].as_u64().unwrap()
     }
 }
@@ -90,7 +97,8 @@ async fn subscribe(ws: &mut Ws, stream: StreamId, since: Cursor) {
 /// The next feed message, skipping control frames.
 async fn next(ws: &mut Ws) -> ServerMessage {
     loop {
-        let frame = tokio::time::timeout(WAIT, ws.next()).await.expect("a message in time").expect("socket open").unwrap();
+        let frame =
+            tokio::time::timeout(WAIT, ws.next()).await.expect("a message in time").expect("socket open").unwrap();
         match frame {
             Message::Text(t) => return serde_json::from_str(&t).unwrap(),
             Message::Ping(_) | Message::Pong(_) => continue,
@@ -261,9 +269,25 @@ async fn a_long_poll_returns_within_100_ms_of_a_write_landing() {
     }
 
     // With changes already there, it answers at once; with none and wait=0, at once and empty.
-    let now: ServerMessage = f.http.get(f.url(&format!("/api/changes?stream=board:{}&since={since}&wait=20", board.id))).send().await.unwrap().json().await.unwrap();
+    let now: ServerMessage = f
+        .http
+        .get(f.url(&format!("/api/changes?stream=board:{}&since={since}&wait=20", board.id)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(matches!(now, ServerMessage::Changes { ref changes, .. } if changes.len() == 1));
-    let empty: ServerMessage = f.http.get(f.url(&format!("/api/changes?stream=board:{}&since={}", board.id, since + 1))).send().await.unwrap().json().await.unwrap();
+    let empty: ServerMessage = f
+        .http
+        .get(f.url(&format!("/api/changes?stream=board:{}&since={}", board.id, since + 1)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(matches!(empty, ServerMessage::Changes { ref changes, .. } if changes.is_empty()));
     let bad = f.http.get(f.url("/api/changes?stream=cards&since=0")).send().await.unwrap();
     assert_eq!(bad.status(), 400);
@@ -272,7 +296,8 @@ async fn a_long_poll_returns_within_100_ms_of_a_write_landing() {
 
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let kb: u64 =
+        status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
     kb * 1024
 }
 
@@ -332,7 +357,9 @@ async fn a_cursor_older_than_retention_or_from_another_log_gets_reset() {
 
     let mut ws = f.connect().await;
     subscribe(&mut ws, stream, 1).await;
-    assert!(matches!(next(&mut ws).await, ServerMessage::Reset { stream: s, ref reason } if s == stream && reason.contains("retention")));
+    assert!(
+        matches!(next(&mut ws).await, ServerMessage::Reset { stream: s, ref reason } if s == stream && reason.contains("retention"))
+    );
     // A recent cursor is still served.
     subscribe(&mut ws, stream, head - 5).await;
     assert_eq!(changes_until(&mut ws, stream, head - 5, head).await.len(), 5);
@@ -340,10 +367,22 @@ async fn a_cursor_older_than_retention_or_from_another_log_gets_reset() {
     // A cursor from the future, or from another log, is reset too.
     subscribe(&mut ws, stream, head + 1).await;
     assert!(matches!(next(&mut ws).await, ServerMessage::Reset { .. }));
-    send(&mut ws, &ClientMessage::Subscribe { streams: vec![StreamCursor { stream, since: head }], log_id: Some(Uuid::new_v4()) }).await;
+    send(
+        &mut ws,
+        &ClientMessage::Subscribe { streams: vec![StreamCursor { stream, since: head }], log_id: Some(Uuid::new_v4()) },
+    )
+    .await;
     assert!(matches!(next(&mut ws).await, ServerMessage::Reset { ref reason, .. } if reason.contains("change log")));
 
-    let polled: ServerMessage = f.http.get(f.url(&format!("/api/changes?stream=board:{}&since=1", board.id))).send().await.unwrap().json().await.unwrap();
+    let polled: ServerMessage = f
+        .http
+        .get(f.url(&format!("/api/changes?stream=board:{}&since=1", board.id)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(matches!(polled, ServerMessage::Reset { .. }));
 }
 
@@ -383,7 +422,9 @@ async fn a_forged_origin_is_refused_and_bad_frames_close_only_their_own_socket()
         (
             Message::text(
                 serde_json::to_string(&ClientMessage::Subscribe {
-                    streams: (0..3).map(|_| StreamCursor { stream: StreamId::Board(Uuid::new_v4()), since: 0 }).collect(),
+                    streams: (0..3)
+                        .map(|_| StreamCursor { stream: StreamId::Board(Uuid::new_v4()), since: 0 })
+                        .collect(),
                     log_id: None,
                 })
                 .unwrap(),
@@ -472,7 +513,8 @@ async fn a_batch_applies_queued_writes_in_order_each_with_its_own_outcome() {
     assert_eq!(replay, result);
     assert_eq!(f.cursor(&board).await, cursor);
 
-    let too_many: Vec<Value> = (0..101).map(|_| json!({"write_id": Uuid::new_v4(), "op": {"type": "delete_card", "id": card.id}})).collect();
+    let too_many: Vec<Value> =
+        (0..101).map(|_| json!({"write_id": Uuid::new_v4(), "op": {"type": "delete_card", "id": card.id}})).collect();
     let resp = f.http.post(f.url("/api/writes")).json(&json!({"writes": too_many})).send().await.unwrap();
     assert_eq!(resp.status(), 422);
 }

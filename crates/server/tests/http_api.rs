@@ -39,12 +39,24 @@ impl Fixture {
     /// A board with two columns "Todo" and "Done" and one card in "Todo".
     async fn board(&self) -> (Board, Column, Column, Card) {
         let board: Board = self.post("/api/boards", json!({"title": "Project"})).await.json().await.unwrap();
-        let todo: Column =
-            self.post(&format!("/api/boards/{}/columns", board.id), json!({"title": "Todo"})).await.json().await.unwrap();
-        let done: Column =
-            self.post(&format!("/api/boards/{}/columns", board.id), json!({"title": "Done"})).await.json().await.unwrap();
-        let card: Card =
-            self.post(&format!("/api/columns/{}/cards", todo.id), json!({"title": "Write tests"})).await.json().await.unwrap();
+        let todo: Column = self
+            .post(&format!("/api/boards/{}/columns", board.id), json!({"title": "Todo"}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let done: Column = self
+            .post(&format!("/api/boards/{}/columns", board.id), json!({"title": "Done"}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let card: Card = self
+            .post(&format!("/api/columns/{}/cards", todo.id), json!({"title": "Write tests"}))
+            .await
+            .json()
+            .await
+            .unwrap();
         (board, todo, done, card)
     }
 
@@ -56,10 +68,7 @@ impl Fixture {
 /// Asserts status and error code, and that the body says something.
 async fn assert_error(resp: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(resp.status(), status);
-    assert!(
-        resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"),
-        "error bodies are JSON"
-    );
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"), "error bodies are JSON");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], code, "{body}");
     assert!(!body["message"].as_str().unwrap().is_empty(), "{body}");
@@ -73,7 +82,8 @@ async fn boards_columns_and_cards_round_trip_with_versions() {
     assert_eq!((board.version, todo.version, card.version), (1, 1, 1));
     assert!(todo.position < done.position, "columns are appended in order");
 
-    let second: Card = f.post(&format!("/api/columns/{}/cards", todo.id), json!({"title": "Ship"})).await.json().await.unwrap();
+    let second: Card =
+        f.post(&format!("/api/columns/{}/cards", todo.id), json!({"title": "Ship"})).await.json().await.unwrap();
     assert!(card.position < second.position);
 
     // Move the first card after the second: one row changes, its version goes up.
@@ -99,9 +109,13 @@ async fn boards_columns_and_cards_round_trip_with_versions() {
         .json()
         .await
         .unwrap();
-    assert_eq!((edited.title.as_str(), edited.description.as_str(), edited.version), ("Write more tests", "e2e too", 4));
+    assert_eq!(
+        (edited.title.as_str(), edited.description.as_str(), edited.version),
+        ("Write more tests", "e2e too", 4)
+    );
 
-    let renamed: Board = f.patch(&format!("/api/boards/{}", board.id), json!({"title": "Renamed"})).await.json().await.unwrap();
+    let renamed: Board =
+        f.patch(&format!("/api/boards/{}", board.id), json!({"title": "Renamed"})).await.json().await.unwrap();
     assert_eq!(renamed.version, 2);
 
     // Columns reorder too.
@@ -110,8 +124,7 @@ async fn boards_columns_and_cards_round_trip_with_versions() {
     assert_eq!(summary["described_cards"], 1);
     assert_eq!(summary["columns"][1]["cards"], 1);
 
-    let moved_col: Column =
-        f.post(&format!("/api/columns/{}/move", done.id), json!({})).await.json().await.unwrap();
+    let moved_col: Column = f.post(&format!("/api/columns/{}/move", done.id), json!({})).await.json().await.unwrap();
     assert!(moved_col.position < todo.position);
 
     assert_eq!(f.client.delete(f.url(&format!("/api/cards/{}", second.id))).send().await.unwrap().status(), 204);
@@ -141,8 +154,10 @@ async fn malformed_json_is_400() {
 #[tokio::test]
 async fn wrong_shape_is_422_invalid_body() {
     let f = Fixture::new().await;
-    assert_error(f.post("/api/boards", json!({"title": 5})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
-    assert_error(f.post("/api/boards", json!({"titel": "x"})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body").await;
+    assert_error(f.post("/api/boards", json!({"title": 5})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
+        .await;
+    assert_error(f.post("/api/boards", json!({"titel": "x"})).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid_body")
+        .await;
 }
 
 #[tokio::test]
@@ -229,8 +244,11 @@ async fn invalid_fields_are_422_and_write_nothing() {
 
     // After a card that is not in the target column.
     let body = assert_error(
-        f.post(&format!("/api/cards/{}/move", card.id), json!({"column_id": todo.id, "after_card_id": uuid::Uuid::now_v7()}))
-            .await,
+        f.post(
+            &format!("/api/cards/{}/move", card.id),
+            json!({"column_id": todo.id, "after_card_id": uuid::Uuid::now_v7()}),
+        )
+        .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_field",
     )
@@ -253,7 +271,12 @@ async fn invalid_fields_are_422_and_write_nothing() {
 async fn oversized_bodies_are_413() {
     let f = Fixture::new().await;
     let huge = "x".repeat(2 * 1024 * 1024);
-    assert_error(f.post("/api/boards", json!({"title": huge})).await, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    assert_error(
+        f.post("/api/boards", json!({"title": huge})).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
     let boards: BoardList = f.get("/api/boards").await.json().await.unwrap();
     assert!(boards.boards.is_empty());
 }
@@ -327,7 +350,9 @@ async fn the_openapi_document_describes_every_route() {
     for (method, path) in routes {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} is not documented");
     }
-    for schema in ["Board", "BoardSnapshot", "Card", "ApiError", "ErrorCode", "ServerMessage", "ClientMessage", "WriteOp"] {
+    for schema in
+        ["Board", "BoardSnapshot", "Card", "ApiError", "ErrorCode", "ServerMessage", "ClientMessage", "WriteOp"]
+    {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
     }
 }

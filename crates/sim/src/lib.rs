@@ -124,29 +124,78 @@ pub struct RunStats {
 
 #[derive(Debug)]
 enum Event {
-    Timer { b: usize, t: usize },
-    ToTab { b: usize, t: usize, input: Input },
+    Timer {
+        b: usize,
+        t: usize,
+    },
+    ToTab {
+        b: usize,
+        t: usize,
+        input: Input,
+    },
     /// The socket of this attempt could not be opened (a driver ignores the close of a socket it replaced).
-    SocketRefused { b: usize, t: usize, attempt: u64 },
+    SocketRefused {
+        b: usize,
+        t: usize,
+        attempt: u64,
+    },
     /// An IndexedDB request of a tab completes.
-    IdbDone { b: usize, t: usize, op: PersistOp },
+    IdbDone {
+        b: usize,
+        t: usize,
+        op: PersistOp,
+    },
     /// The driver has read the stored outbox after winning the lock.
-    LeaderReady { b: usize, t: usize },
+    LeaderReady {
+        b: usize,
+        t: usize,
+    },
     /// A frozen tab is resumed (or discarded by the browser).
-    Unfreeze { b: usize, t: usize, discard: bool },
+    Unfreeze {
+        b: usize,
+        t: usize,
+        discard: bool,
+    },
     /// Has the tab shown at `shown_at` taken over from its frozen leader?
-    CheckShownTakeover { b: usize, t: usize, shown_at: Millis },
+    CheckShownTakeover {
+        b: usize,
+        t: usize,
+        shown_at: Millis,
+    },
     /// The server forgets write ids older than its TTL.
     Prune,
-    HttpAtServer { b: usize, t: usize, id: u64, request: HttpRequest, epoch: u64 },
-    SocketOpenAtServer { b: usize, t: usize, attempt: u64 },
-    SocketMsgAtServer { sock: u64, msg: ClientMessage },
-    LongPollTimeout { park: u64 },
-    UserWrite { b: usize },
-    UserResolve { b: usize },
+    HttpAtServer {
+        b: usize,
+        t: usize,
+        id: u64,
+        request: HttpRequest,
+        epoch: u64,
+    },
+    SocketOpenAtServer {
+        b: usize,
+        t: usize,
+        attempt: u64,
+    },
+    SocketMsgAtServer {
+        sock: u64,
+        msg: ClientMessage,
+    },
+    LongPollTimeout {
+        park: u64,
+    },
+    UserWrite {
+        b: usize,
+    },
+    UserResolve {
+        b: usize,
+    },
     Fault,
-    Recover { what: Recover },
-    LockGrant { b: usize },
+    Recover {
+        what: Recover,
+    },
+    LockGrant {
+        b: usize,
+    },
     EndFaults,
 }
 
@@ -306,13 +355,9 @@ pub fn run_with(seed: u64, trace: bool, bug: Option<InjectedBug>) -> Result<RunS
     world.run();
     match world.violation.take() {
         None => Ok(world.stats),
-        Some((invariant, detail)) => Err(Violation {
-            seed,
-            invariant,
-            at: world.now,
-            detail,
-            trace: world.trace.take().unwrap_or_default(),
-        }),
+        Some((invariant, detail)) => {
+            Err(Violation { seed, invariant, at: world.now, detail, trace: world.trace.take().unwrap_or_default() })
+        }
     }
 }
 
@@ -331,11 +376,18 @@ impl World {
         let mut columns = Vec::new();
         for title in ["Todo", "Doing", "Done"] {
             let id = Uuid::from_u128(rng.random());
-            run(&mut conn, WriteOp::CreateColumn { board_id: board, body: CreateColumn { id: Some(id), title: title.into() } });
+            run(
+                &mut conn,
+                WriteOp::CreateColumn { board_id: board, body: CreateColumn { id: Some(id), title: title.into() } },
+            );
             columns.push(id);
         }
         for i in 0..4 {
-            let body = CreateCard { id: Some(Uuid::from_u128(rng.random())), title: format!("seed {i}"), description: String::new() };
+            let body = CreateCard {
+                id: Some(Uuid::from_u128(rng.random())),
+                title: format!("seed {i}"),
+                description: String::new(),
+            };
             run(&mut conn, WriteOp::CreateCard { column_id: columns[i % 3], body });
         }
         let browsers = rng.random_range(1..=3);
@@ -344,7 +396,17 @@ impl World {
             seq: 0,
             rng,
             events: BinaryHeap::new(),
-            server: Server { conn, log_id, sockets: BTreeMap::new(), parked: BTreeMap::new(), next_id: 1, up: true, epoch: 0, refuse_upgrades: false, refused_until: None },
+            server: Server {
+                conn,
+                log_id,
+                sockets: BTreeMap::new(),
+                parked: BTreeMap::new(),
+                next_id: 1,
+                up: true,
+                epoch: 0,
+                refuse_upgrades: false,
+                refused_until: None,
+            },
             browsers: Vec::new(),
             trace: trace.then(Vec::new),
             board,
@@ -361,18 +423,28 @@ impl World {
         };
         for b in 0..browsers {
             let prefs = Preferences {
-                background: [BackgroundMode::Pause, BackgroundMode::CriticalOnly, BackgroundMode::Slower][world.rng.random_range(0..3)],
+                background: [BackgroundMode::Pause, BackgroundMode::CriticalOnly, BackgroundMode::Slower]
+                    [world.rng.random_range(0..3)],
                 background_interval_ms: 30_000,
                 data_saver: world.rng.random_bool(0.2),
                 ..Preferences::default()
             };
             let link = LinkQuality {
-                effective_type: [EffectiveType::FourG, EffectiveType::FourG, EffectiveType::ThreeG, EffectiveType::TwoG][world.rng.random_range(0..4)],
+                effective_type: [
+                    EffectiveType::FourG,
+                    EffectiveType::FourG,
+                    EffectiveType::ThreeG,
+                    EffectiveType::TwoG,
+                ][world.rng.random_range(0..4)],
                 rtt_ms: None,
                 save_data: false,
             };
             let latency = (1, world.rng.random_range(2..40));
-            let cfg = if world.rng.random_bool(0.5) { EngineConfig { hidden_grace_ms: 5_000, ..EngineConfig::default() } } else { EngineConfig::default() };
+            let cfg = if world.rng.random_bool(0.5) {
+                EngineConfig { hidden_grace_ms: 5_000, ..EngineConfig::default() }
+            } else {
+                EngineConfig::default()
+            };
             world.browsers.push(Browser {
                 tabs: Vec::new(),
                 online: true,
@@ -480,7 +552,8 @@ impl World {
         let link = self.browsers[b].link;
         let online = self.browsers[b].online;
         let outbox: Vec<PendingWrite> = self.browsers[b].idb_outbox.values().cloned().collect();
-        let cache: Vec<(QueryKey, QueryData)> = self.browsers[b].idb_cache.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let cache: Vec<(QueryKey, QueryData)> =
+            self.browsers[b].idb_cache.iter().map(|(k, v)| (*k, v.clone())).collect();
         self.input(b, t, Input::Link(link));
         if !online {
             self.input(b, t, Input::Network { online: false });
@@ -589,10 +662,14 @@ impl World {
         }
         let Some(server) = tab.engine.board_server_state(self.board) else { return };
         let now_seen: BTreeSet<Uuid> = server.cards.iter().map(|c| c.id).collect();
-        let shown: BTreeSet<Uuid> = tab.engine.board(self.board).map(|v| v.cards.iter().map(|c| c.id).collect()).unwrap_or_default();
+        let shown: BTreeSet<Uuid> =
+            tab.engine.board(self.board).map(|v| v.cards.iter().map(|c| c.id).collect()).unwrap_or_default();
         let back: Option<Uuid> = tab.cards_gone.iter().find(|id| now_seen.contains(id) || shown.contains(id)).copied();
         if let Some(id) = back {
-            self.fail(Invariant::DeletedReappeared, format!("b{b}/t{t}: card {id} was deleted in this tab and is back"));
+            self.fail(
+                Invariant::DeletedReappeared,
+                format!("b{b}/t{t}: card {id} was deleted in this tab and is back"),
+            );
             return;
         }
         let tab = &mut self.browsers[b].tabs[t];
@@ -642,14 +719,18 @@ impl World {
             let grace = cfg.hidden_grace_ms + cfg.peer_timeout_ms;
             let visible_now = browser.tabs.iter().any(|t| t.alive && t.visible);
             if let Some(since) = browser.hidden_since.filter(|&s| !visible_now && self.now > s + grace + 1_000)
-                && browser.prefs.background == BackgroundMode::Pause {
-                    self.fail(Invariant::HiddenTraffic, format!("b{b}/t{t}: no tab visible since {since} ms, yet {out:?}"));
-                }
+                && browser.prefs.background == BackgroundMode::Pause
+            {
+                self.fail(Invariant::HiddenTraffic, format!("b{b}/t{t}: no tab visible since {since} ms, yet {out:?}"));
+            }
         }
         match out {
             Output::OpenSocket | Output::Http { .. } if role == Role::Follower => {
                 let visible = self.browsers[b].tabs[t].visible;
-                self.fail(Invariant::FollowerRequest, format!("b{b}/t{t} (follower, visible: {visible}) asked for network: {out:?}"));
+                self.fail(
+                    Invariant::FollowerRequest,
+                    format!("b{b}/t{t} (follower, visible: {visible}) asked for network: {out:?}"),
+                );
             }
             Output::OpenSocket => {
                 self.stats.http_requests += 1;
@@ -661,7 +742,11 @@ impl World {
                 if reachable && self.server.refuse_upgrades {
                     self.browsers[b].ws_refused_at = Some(self.now);
                 }
-                if !self.browsers[b].online || self.browsers[b].partitioned || !self.server.up || self.server.refuse_upgrades {
+                if !self.browsers[b].online
+                    || self.browsers[b].partitioned
+                    || !self.server.up
+                    || self.server.refuse_upgrades
+                {
                     self.schedule(lat, Event::SocketRefused { b, t, attempt });
                 } else {
                     self.schedule(lat, Event::SocketOpenAtServer { b, t, attempt });
@@ -697,7 +782,14 @@ impl World {
                 let reachable = self.browsers[b].online && !self.browsers[b].partitioned;
                 let lost_before = self.faults && self.rng.random_bool(self.browsers[b].loss / 2.0);
                 if !reachable || lost_before {
-                    self.schedule(lat, Event::ToTab { b, t, input: Input::Http { id, result: HttpResult::NetworkError("unreachable".into()) } });
+                    self.schedule(
+                        lat,
+                        Event::ToTab {
+                            b,
+                            t,
+                            input: Input::Http { id, result: HttpResult::NetworkError("unreachable".into()) },
+                        },
+                    );
                 } else {
                     let epoch = self.server.epoch;
                     self.schedule(lat, Event::HttpAtServer { b, t, id, request, epoch });
@@ -769,7 +861,10 @@ impl World {
                 self.written.entry(write_id).or_insert(b);
                 // Stored after its write settled, with no delete on its way: it would stay for good.
                 if self.settled.contains(&write_id) && !browser.idb_deletes_in_flight.contains_key(&write_id) {
-                    self.fail(Invariant::OutboxOutlivesWrite, format!("b{b}/t{t} stored write {write_id} after it settled"));
+                    self.fail(
+                        Invariant::OutboxOutlivesWrite,
+                        format!("b{b}/t{t} stored write {write_id} after it settled"),
+                    );
                     return;
                 }
                 self.input(b, t, Input::Persisted { write_id });
@@ -819,8 +914,13 @@ impl World {
             Event::CheckShownTakeover { b, t, shown_at } => {
                 let browser = &self.browsers[b];
                 let still_shown = browser.tabs[t].alive && browser.tabs[t].visible && !browser.tabs[t].frozen;
-                if let Some(l) = browser.leader.filter(|&l| still_shown && browser.tabs[l].alive && browser.tabs[l].frozen) {
-                    self.fail(Invariant::FrozenLeaderKept, format!("b{b}/t{t} was shown at {shown_at} ms; frozen t{l} still holds the lock"));
+                if let Some(l) =
+                    browser.leader.filter(|&l| still_shown && browser.tabs[l].alive && browser.tabs[l].frozen)
+                {
+                    self.fail(
+                        Invariant::FrozenLeaderKept,
+                        format!("b{b}/t{t} was shown at {shown_at} ms; frozen t{l} still holds the lock"),
+                    );
                 }
             }
             Event::Prune => {
@@ -885,7 +985,8 @@ impl World {
     }
 
     fn user_write(&mut self, b: usize) {
-        let candidates: Vec<usize> = self.alive_tabs(b).into_iter().filter(|&t| self.browsers[b].tabs[t].visible).collect();
+        let candidates: Vec<usize> =
+            self.alive_tabs(b).into_iter().filter(|&t| self.browsers[b].tabs[t].visible).collect();
         if candidates.is_empty() {
             return;
         }
@@ -912,9 +1013,15 @@ impl World {
             0..=3 if !view.cards.is_empty() => {
                 let card = &view.cards[self.rng.random_range(0..view.cards.len())];
                 let body = if self.rng.random_bool(0.5) {
-                    UpdateCard { title: Some(format!("title {}", self.rng.random_range(0..1000))), ..Default::default() }
+                    UpdateCard {
+                        title: Some(format!("title {}", self.rng.random_range(0..1000))),
+                        ..Default::default()
+                    }
                 } else {
-                    UpdateCard { description: Some(format!("desc {}", self.rng.random_range(0..1000))), ..Default::default() }
+                    UpdateCard {
+                        description: Some(format!("desc {}", self.rng.random_range(0..1000))),
+                        ..Default::default()
+                    }
                 };
                 WriteOp::UpdateCard { id: card.id, body }
             }
@@ -925,18 +1032,31 @@ impl World {
             4..=6 if !view.cards.is_empty() => {
                 let card = view.cards[self.rng.random_range(0..view.cards.len())].clone();
                 let column = view.columns[self.rng.random_range(0..view.columns.len())].id;
-                let in_column: Vec<Uuid> = view.cards.iter().filter(|c| c.column_id == column && c.id != card.id).map(|c| c.id).collect();
-                let after = if in_column.is_empty() || self.rng.random_bool(0.3) { None } else { Some(in_column[self.rng.random_range(0..in_column.len())]) };
-                WriteOp::MoveCard { id: card.id, body: MoveCard { column_id: column, after_card_id: after, base_version: None } }
+                let in_column: Vec<Uuid> =
+                    view.cards.iter().filter(|c| c.column_id == column && c.id != card.id).map(|c| c.id).collect();
+                let after = if in_column.is_empty() || self.rng.random_bool(0.3) {
+                    None
+                } else {
+                    Some(in_column[self.rng.random_range(0..in_column.len())])
+                };
+                WriteOp::MoveCard {
+                    id: card.id,
+                    body: MoveCard { column_id: column, after_card_id: after, base_version: None },
+                }
             }
             _ => {
                 let column = view.columns[self.rng.random_range(0..view.columns.len())].id;
-                let body = CreateCard { id: None, title: format!("new {}", self.rng.random_range(0..1000)), description: String::new() };
+                let body = CreateCard {
+                    id: None,
+                    title: format!("new {}", self.rng.random_range(0..1000)),
+                    description: String::new(),
+                };
                 WriteOp::CreateCard { column_id: column, body }
             }
         };
         self.stats.writes_accepted += 1;
-        let policy = [ConflictPolicy::RebaseOrAsk, ConflictPolicy::RebaseOrServerWins, ConflictPolicy::ServerWins][self.rng.random_range(0..3)];
+        let policy = [ConflictPolicy::RebaseOrAsk, ConflictPolicy::RebaseOrServerWins, ConflictPolicy::ServerWins]
+            [self.rng.random_range(0..3)];
         self.log(|| format!("b{b}/t{t} user writes {op:?}"));
         self.input(b, t, Input::Write { op, priority: Priority::UserVisible, policy });
     }
@@ -978,9 +1098,15 @@ impl World {
             100..=107 => {
                 // The browser freezes a hidden tab (often the leader): timers and messages held, the Web Lock
                 // kept, its socket closed. Later it is resumed, or discarded.
-                let hidden: Vec<usize> = self.alive_tabs(b).into_iter().filter(|&t| !self.browsers[b].tabs[t].visible && !self.browsers[b].tabs[t].frozen).collect();
+                let hidden: Vec<usize> = self
+                    .alive_tabs(b)
+                    .into_iter()
+                    .filter(|&t| !self.browsers[b].tabs[t].visible && !self.browsers[b].tabs[t].frozen)
+                    .collect();
                 let leader = self.browsers[b].leader.filter(|l| hidden.contains(l));
-                let pick = leader.filter(|_| self.rng.random_bool(0.7)).or_else(|| (!hidden.is_empty()).then(|| hidden[self.rng.random_range(0..hidden.len())]));
+                let pick = leader
+                    .filter(|_| self.rng.random_bool(0.7))
+                    .or_else(|| (!hidden.is_empty()).then(|| hidden[self.rng.random_range(0..hidden.len())]));
                 if let Some(t) = pick {
                     self.freeze(b, t);
                     let d = self.rng.random_range(1_000..15_000);
@@ -1013,10 +1139,21 @@ impl World {
                     let parked: Vec<Parked> = std::mem::take(&mut self.server.parked).into_values().collect();
                     for p in parked {
                         let lat = self.latency(p.b);
-                        self.schedule(lat, Event::ToTab { b: p.b, t: p.t, input: Input::Http { id: p.id, result: HttpResult::NetworkError("reset".into()) } });
+                        self.schedule(
+                            lat,
+                            Event::ToTab {
+                                b: p.b,
+                                t: p.t,
+                                input: Input::Http { id: p.id, result: HttpResult::NetworkError("reset".into()) },
+                            },
+                        );
                     }
                     // Usually a restart; now and then a long outage.
-                    let d = if self.rng.random_bool(0.3) { self.rng.random_range(5_000..25_000) } else { self.rng.random_range(200..3_000) };
+                    let d = if self.rng.random_bool(0.3) {
+                        self.rng.random_range(5_000..25_000)
+                    } else {
+                        self.rng.random_range(200..3_000)
+                    };
                     self.schedule(d, Event::Recover { what: Recover::ServerUp });
                 }
             }
@@ -1047,7 +1184,9 @@ impl World {
                 }
             }
             _ => {
-                let effective_type = [EffectiveType::FourG, EffectiveType::ThreeG, EffectiveType::TwoG, EffectiveType::Slow2g][self.rng.random_range(0..4)];
+                let effective_type =
+                    [EffectiveType::FourG, EffectiveType::ThreeG, EffectiveType::TwoG, EffectiveType::Slow2g]
+                        [self.rng.random_range(0..4)];
                 let link = LinkQuality { effective_type, rtt_ms: None, save_data: self.rng.random_bool(0.2) };
                 self.browsers[b].link = link;
                 for t in self.alive_tabs(b) {
@@ -1164,7 +1303,14 @@ impl World {
                 let at = (self.now + worst).max(tab.socket_fifo);
                 tab.socket_fifo = at;
                 let delay = at - self.now;
-                self.schedule(delay, Event::ToTab { b: s.b, t: s.t, input: Input::SocketClosed { code: Some(1006), reason: "dropped".into() } });
+                self.schedule(
+                    delay,
+                    Event::ToTab {
+                        b: s.b,
+                        t: s.t,
+                        input: Input::SocketClosed { code: Some(1006), reason: "dropped".into() },
+                    },
+                );
             }
         }
     }
@@ -1187,8 +1333,9 @@ impl World {
         let now = self.now;
         for b in 0..self.browsers.len() {
             let awake = |tab: &Tab| tab.alive && !tab.frozen;
-            let leaders: Vec<usize> =
-                (0..self.browsers[b].tabs.len()).filter(|&t| awake(&self.browsers[b].tabs[t]) && self.browsers[b].tabs[t].engine.role() == Role::Leader).collect();
+            let leaders: Vec<usize> = (0..self.browsers[b].tabs.len())
+                .filter(|&t| awake(&self.browsers[b].tabs[t]) && self.browsers[b].tabs[t].engine.role() == Role::Leader)
+                .collect();
             let [leader] = leaders[..] else {
                 for tab in &mut self.browsers[b].tabs {
                     tab.status_differs_since = None;
@@ -1203,7 +1350,9 @@ impl World {
             let polling = matches!(leader_status, ConnectionStatus::Polling { .. });
             let since = {
                 let tab = &mut self.browsers[b].tabs[leader];
-                if polling { *tab.polling_since.get_or_insert(now) } else {
+                if polling {
+                    *tab.polling_since.get_or_insert(now)
+                } else {
                     tab.polling_since = None;
                     now
                 }
@@ -1233,7 +1382,12 @@ impl World {
                 }
                 let since = *tab.status_differs_since.get_or_insert(now);
                 if now > since + STATUS_BOUND_MS {
-                    self.fail(Invariant::StatusMismatch, format!("b{b}/t{t} shows {status:?} since {since} ms; its leader t{leader} shows {leader_status:?}"));
+                    self.fail(
+                        Invariant::StatusMismatch,
+                        format!(
+                            "b{b}/t{t} shows {status:?} since {since} ms; its leader t{leader} shows {leader_status:?}"
+                        ),
+                    );
                     return;
                 }
             }
@@ -1250,7 +1404,10 @@ impl World {
             if let Some(since) = browser.hidden_since.filter(|&s| n > 0 && self.now > s + grace)
                 && browser.prefs.background == BackgroundMode::Pause
             {
-                self.fail(Invariant::HiddenTraffic, format!("browser {b}: no tab visible since {since} ms, yet its socket is open"));
+                self.fail(
+                    Invariant::HiddenTraffic,
+                    format!("browser {b}: no tab visible since {since} ms, yet its socket is open"),
+                );
                 return;
             }
             if n > 1 {
@@ -1296,14 +1453,18 @@ impl World {
     fn server_http(&mut self, b: usize, t: usize, id: u64, request: HttpRequest, epoch: u64) {
         if !self.server.up || epoch != self.server.epoch {
             let lat = self.latency(b);
-            self.schedule(lat, Event::ToTab { b, t, input: Input::Http { id, result: HttpResult::NetworkError("refused".into()) } });
+            self.schedule(
+                lat,
+                Event::ToTab { b, t, input: Input::Http { id, result: HttpResult::NetworkError("refused".into()) } },
+            );
             return;
         }
         let log_id = self.server.log_id;
         let conn = &mut self.server.conn;
         let path = request.path.clone();
         let reply: Result<(u16, String), ()> = if request.method == "POST" && path == "/api/writes" {
-            let batch: WriteBatch = serde_json::from_str(request.body.as_deref().unwrap_or("")).expect("the engine sends valid batches");
+            let batch: WriteBatch =
+                serde_json::from_str(request.body.as_deref().unwrap_or("")).expect("the engine sends valid batches");
             let mut results = Vec::new();
             let mut changes: Vec<Change> = Vec::new();
             let ctx = WriteContext { now_ms: SIM_EPOCH_MS + self.now, write_id_ttl_ms: WRITE_ID_TTL_MS };
@@ -1337,8 +1498,12 @@ impl World {
                     self.schedule(wait * 1000, Event::LongPollTimeout { park });
                     return;
                 }
-                LogRead::Changes(changes) => Ok((200, serde_json::to_string(&ServerMessage::Changes { stream, changes }).expect("json"))),
-                LogRead::Reset(reason) => Ok((200, serde_json::to_string(&ServerMessage::Reset { stream, reason }).expect("json"))),
+                LogRead::Changes(changes) => {
+                    Ok((200, serde_json::to_string(&ServerMessage::Changes { stream, changes }).expect("json")))
+                }
+                LogRead::Reset(reason) => {
+                    Ok((200, serde_json::to_string(&ServerMessage::Reset { stream, reason }).expect("json")))
+                }
             }
         } else if let Some(rest) = path.strip_prefix("/api/boards/") {
             let (id_part, summary) = match rest.strip_suffix("/summary") {
@@ -1355,7 +1520,9 @@ impl World {
             drop(tx);
             match result {
                 Ok(body) => Ok((200, body)),
-                Err(store::StoreError::NotFound(m)) => Ok((404, serde_json::json!({"error": "not_found", "message": m}).to_string())),
+                Err(store::StoreError::NotFound(m)) => {
+                    Ok((404, serde_json::json!({"error": "not_found", "message": m}).to_string()))
+                }
                 Err(_) => Err(()),
             }
         } else if path == "/api/boards" {
@@ -1379,7 +1546,8 @@ impl World {
             let mut messages = Vec::new();
             if let Some(s) = self.server.sockets.get_mut(&sock) {
                 for (stream, cursor) in s.subs.iter_mut() {
-                    let fresh: Vec<Change> = changes.iter().filter(|c| c.stream == *stream && c.cursor > *cursor).cloned().collect();
+                    let fresh: Vec<Change> =
+                        changes.iter().filter(|c| c.stream == *stream && c.cursor > *cursor).cloned().collect();
                     if let Some(last) = fresh.last() {
                         *cursor = last.cursor;
                         messages.push(ServerMessage::Changes { stream: *stream, changes: fresh });
@@ -1391,13 +1559,15 @@ impl World {
             }
         }
         let streams: BTreeSet<StreamId> = changes.iter().map(|c| c.stream).collect();
-        let woken: Vec<u64> = self.server.parked.iter().filter(|(_, p)| streams.contains(&p.stream)).map(|(k, _)| *k).collect();
+        let woken: Vec<u64> =
+            self.server.parked.iter().filter(|(_, p)| streams.contains(&p.stream)).map(|(k, _)| *k).collect();
         for park in woken {
             let p = self.server.parked.remove(&park).expect("listed");
             if p.epoch != self.server.epoch {
                 continue;
             }
-            let read = read_log(&self.server.conn, self.server.log_id, p.stream, p.since, p.log_id, 500).expect("sqlite");
+            let read =
+                read_log(&self.server.conn, self.server.log_id, p.stream, p.since, p.log_id, 500).expect("sqlite");
             let msg = match read {
                 LogRead::Changes(changes) => ServerMessage::Changes { stream: p.stream, changes },
                 LogRead::Reset(reason) => ServerMessage::Reset { stream: p.stream, reason },
@@ -1423,7 +1593,8 @@ impl World {
                 for StreamCursor { stream, since } in streams {
                     let mut cursor = since;
                     loop {
-                        let read = read_log(&self.server.conn, self.server.log_id, stream, cursor, log_id, 500).expect("sqlite");
+                        let read = read_log(&self.server.conn, self.server.log_id, stream, cursor, log_id, 500)
+                            .expect("sqlite");
                         match read {
                             LogRead::Reset(reason) => {
                                 if let Some(s) = self.server.sockets.get_mut(&sock) {
@@ -1487,11 +1658,21 @@ impl World {
             }
         }
         for b in 0..self.browsers.len() {
-            let pending_anywhere: BTreeSet<Uuid> =
-                self.alive_tabs(b).iter().flat_map(|&t| self.browsers[b].tabs[t].engine.pending().iter().map(|w| w.write_id).collect::<Vec<_>>()).collect();
-            let leftover: Vec<Uuid> = self.browsers[b].idb_outbox.keys().filter(|id| !pending_anywhere.contains(id)).copied().collect();
+            let pending_anywhere: BTreeSet<Uuid> = self
+                .alive_tabs(b)
+                .iter()
+                .flat_map(|&t| self.browsers[b].tabs[t].engine.pending().iter().map(|w| w.write_id).collect::<Vec<_>>())
+                .collect();
+            let leftover: Vec<Uuid> =
+                self.browsers[b].idb_outbox.keys().filter(|id| !pending_anywhere.contains(id)).copied().collect();
             if !leftover.is_empty() {
-                self.fail(Invariant::OutboxLeftover, format!("browser {b} still stores {} outbox entries no tab has pending: {leftover:?}", leftover.len()));
+                self.fail(
+                    Invariant::OutboxLeftover,
+                    format!(
+                        "browser {b} still stores {} outbox entries no tab has pending: {leftover:?}",
+                        leftover.len()
+                    ),
+                );
                 return;
             }
             for t in self.alive_tabs(b) {
@@ -1500,9 +1681,15 @@ impl World {
                 let seen = engine.board_server_state(self.board).cloned();
                 let problem = match seen {
                     None => Some("has no board data".to_owned()),
-                    Some(seen) if !same_board(&seen, &truth) => Some(format!("sees {}\n  server {}", show(&seen), show(&truth))),
+                    Some(seen) if !same_board(&seen, &truth) => {
+                        Some(format!("sees {}\n  server {}", show(&seen), show(&truth)))
+                    }
                     Some(_) if pending > 0 => {
-                        let ids: Vec<String> = engine.pending().iter().map(|w| format!("{} applied={}", w.write_id, applied.contains(&w.write_id))).collect();
+                        let ids: Vec<String> = engine
+                            .pending()
+                            .iter()
+                            .map(|w| format!("{} applied={}", w.write_id, applied.contains(&w.write_id)))
+                            .collect();
                         Some(format!("still has {pending} pending writes: {}", ids.join(", ")))
                     }
                     Some(_) => None,
@@ -1523,7 +1710,8 @@ fn same_board(a: &BoardSnapshot, b: &BoardSnapshot) -> bool {
 }
 
 fn show(s: &BoardSnapshot) -> String {
-    let cards: Vec<String> = s.cards.iter().map(|c| format!("{}:{}@v{}", &c.id.to_string()[..4], c.title, c.version)).collect();
+    let cards: Vec<String> =
+        s.cards.iter().map(|c| format!("{}:{}@v{}", &c.id.to_string()[..4], c.title, c.version)).collect();
     format!("cursor {} [{}]", s.cursor, cards.join(", "))
 }
 
@@ -1534,9 +1722,13 @@ fn parse_query(q: &str) -> BTreeMap<&str, &str> {
 fn describe_input(input: &Input) -> String {
     match input {
         Input::SocketMessage(text) => format!("socket {}", truncate(text, 160)),
-        Input::Http { id, result: HttpResult::Response { status, body, .. } } => format!("http #{id} {status} {}", truncate(body, 120)),
+        Input::Http { id, result: HttpResult::Response { status, body, .. } } => {
+            format!("http #{id} {status} {}", truncate(body, 120))
+        }
         Input::Http { id, result: HttpResult::NetworkError(e) } => format!("http #{id} failed: {e}"),
-        Input::Tab(TabMessage::Presence { visible, leader, .. }) => format!("presence visible={visible} leader={leader}"),
+        Input::Tab(TabMessage::Presence { visible, leader, .. }) => {
+            format!("presence visible={visible} leader={leader}")
+        }
         other => truncate(&format!("{other:?}"), 200),
     }
 }
@@ -1544,7 +1736,9 @@ fn describe_input(input: &Input) -> String {
 fn describe_output(out: &Output) -> String {
     match out {
         Output::Http { id, request } => format!("http #{id} {} {}", request.method, request.path),
-        Output::Broadcast(TabMessage::Presence { visible, leader, .. }) => format!("presence visible={visible} leader={leader}"),
+        Output::Broadcast(TabMessage::Presence { visible, leader, .. }) => {
+            format!("presence visible={visible} leader={leader}")
+        }
         other => truncate(&format!("{other:?}"), 200),
     }
 }

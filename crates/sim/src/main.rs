@@ -7,7 +7,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let trace = args.iter().any(|a| a == "--trace");
     let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
-    let bug = value("--bug").map(|name| syncline_sim::bug_named(&name).unwrap_or_else(|| panic!("no injected bug named {name}")));
+    let bug = value("--bug")
+        .map(|name| syncline_sim::bug_named(&name).unwrap_or_else(|| panic!("no injected bug named {name}")));
     if let Some(seed) = value("--seed") {
         let seed: u64 = seed.parse().expect("--seed takes a number");
         match syncline_sim::run_with(seed, trace, bug) {
@@ -48,6 +49,12 @@ fn main() {
     println!("{} seeds, {failed} failed, in {:.1?}", b - a, started.elapsed());
     println!(
         "totals: {} browsers, {} events, {} user writes accepted, {} writes applied, {} surfaced as conflicts or refusals, {} requests; at most {} long-polls/min in a browser",
-        total.browsers, total.events, total.writes_accepted, total.writes_applied, total.surfaced, total.http_requests, total.max_long_polls_per_min
+        total.browsers,
+        total.events,
+        total.writes_accepted,
+        total.writes_applied,
+        total.surfaced,
+        total.http_requests,
+        total.max_long_polls_per_min
     );
 }

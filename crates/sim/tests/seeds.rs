@@ -1,8 +1,8 @@
 //! Runs the simulation over many seeds (10,000 by default; `SYNCLINE_SIM_SEEDS=N` to change) on every core.
 //! A failing seed prints the one command that replays it with a readable trace.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[test]
 fn every_seed_keeps_every_invariant() {
@@ -58,7 +58,10 @@ fn every_injected_bug_is_caught() {
             FollowerPersistsAfterBroadcasting => &[Invariant::OutboxOutlivesWrite],
         };
         let caught = (0..500u64).find_map(|seed| {
-            syncline_sim::run_with(seed, false, Some(bug)).err().filter(|v| expected.contains(&v.invariant)).map(|v| (seed, v))
+            syncline_sim::run_with(seed, false, Some(bug))
+                .err()
+                .filter(|v| expected.contains(&v.invariant))
+                .map(|v| (seed, v))
         });
         let (seed, v) = caught.unwrap_or_else(|| panic!("injected bug {name} was not caught in 500 seeds"));
         eprintln!("{name}: caught at seed {seed} ({} seeds): {v}", seed + 1);

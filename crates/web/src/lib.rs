@@ -21,8 +21,8 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use syncline_engine::{
-    ConflictPolicy, EffectiveType, Engine, EngineConfig, Freshness, HttpRequest, HttpResult, Input, LinkQuality, Millis,
-    Notification, Output, PendingWrite, PersistOp, Preferences, Priority, QueryData, QueryKey, RequestId, Role,
+    ConflictPolicy, EffectiveType, Engine, EngineConfig, Freshness, HttpRequest, HttpResult, Input, LinkQuality,
+    Millis, Notification, Output, PendingWrite, PersistOp, Preferences, Priority, QueryData, QueryKey, RequestId, Role,
     TabMessage,
 };
 use syncline_protocol::{BoardList, BoardSnapshot, WriteOp};
@@ -149,7 +149,8 @@ impl Runtime {
     /// leader lock.
     pub async fn start() -> Runtime {
         let tab = (js_sys::Math::random() * 9_007_199_254_740_991.0) as u64;
-        let engine = Engine::new(EngineConfig::default(), stored_preferences(), tab, tab, now(), js_sys::Date::now() as u64);
+        let engine =
+            Engine::new(EngineConfig::default(), stored_preferences(), tab, tab, now(), js_sys::Date::now() as u64);
         let channel = BroadcastChannel::new("syncline").expect("BroadcastChannel");
         let rt = Runtime {
             inner: Rc::new(Inner {
@@ -384,7 +385,10 @@ impl Runtime {
                 let socket = self.inner.socket.borrow_mut().take();
                 if let Some(socket) = socket {
                     self.inner.socket_generation.set(self.inner.socket_generation.get() + 1);
-                    let _ = socket.ws.close_with_code_and_reason(if code == 1000 || (3000..5000).contains(&code) { code } else { 1000 }, &reason);
+                    let _ = socket.ws.close_with_code_and_reason(
+                        if code == 1000 || (3000..5000).contains(&code) { code } else { 1000 },
+                        &reason,
+                    );
                     socket.retire();
                 }
             }
@@ -400,7 +404,10 @@ impl Runtime {
                 }
             }
             Output::Broadcast(msg) => {
-                let _ = self.inner.channel.post_message(&JsValue::from_str(&serde_json::to_string(&msg).expect("tab messages serialize")));
+                let _ = self
+                    .inner
+                    .channel
+                    .post_message(&JsValue::from_str(&serde_json::to_string(&msg).expect("tab messages serialize")));
             }
             Output::Persist(op) => self.persist(op),
             Output::Notify(n) => {
@@ -457,13 +464,15 @@ impl Runtime {
             if let Some(socket) = socket {
                 socket.retire(); // this very handler is among them: dropped after it returns
             }
-            let (code, reason) = e.dyn_ref::<CloseEvent>().map(|c| (Some(c.code()), c.reason())).unwrap_or((None, String::new()));
+            let (code, reason) =
+                e.dyn_ref::<CloseEvent>().map(|c| (Some(c.code()), c.reason())).unwrap_or((None, String::new()));
             rt.input(Input::SocketClosed { code, reason });
         });
         ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        let replaced = self.inner.socket.borrow_mut().replace(Socket { ws, handlers: vec![on_open, on_message, on_close] });
+        let replaced =
+            self.inner.socket.borrow_mut().replace(Socket { ws, handlers: vec![on_open, on_message, on_close] });
         if let Some(old) = replaced {
             old.retire();
         }
@@ -568,7 +577,8 @@ impl Runtime {
         let document = window().document().expect("document");
         let rt = self.clone();
         self.add_listener(document.as_ref(), "visibilitychange", move |_| {
-            let visible = window().document().map(|d| d.visibility_state() == web_sys::VisibilityState::Visible).unwrap_or(true);
+            let visible =
+                window().document().map(|d| d.visibility_state() == web_sys::VisibilityState::Visible).unwrap_or(true);
             rt.input(Input::Visibility { visible });
         });
         let rt = self.clone();

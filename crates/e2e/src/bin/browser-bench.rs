@@ -38,14 +38,24 @@ const OBSERVE: &str = r#"(() => {
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     println!("browser sync: 1 change/s for {seconds} s; one browser, N tabs, the first visible, the rest hidden");
-    println!("{:>4} | {:>13} | {:>10} | {:>22} | {:>22}", "tabs", "HTTP req/min", "WebSockets", "visible tab p50/p99 ms", "hidden tab p50/p99 ms");
+    println!(
+        "{:>4} | {:>13} | {:>10} | {:>22} | {:>22}",
+        "tabs", "HTTP req/min", "WebSockets", "visible tab p50/p99 ms", "hidden tab p50/p99 ms"
+    );
     println!("{}", "-".repeat(84));
     for tabs in [1usize, 4, 8] {
         let h = Harness::start().await?;
         let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
         let board = id(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: "Bench".into() } }).await?);
-        let column = id(h.write(WriteOp::CreateColumn { board_id: board, body: CreateColumn { id: None, title: "Col".into() } }).await?);
-        let card = id(h.write(WriteOp::CreateCard { column_id: column, body: CreateCard { id: None, title: "start".into(), description: String::new() } }).await?);
+        let column = id(h
+            .write(WriteOp::CreateColumn { board_id: board, body: CreateColumn { id: None, title: "Col".into() } })
+            .await?);
+        let card = id(h
+            .write(WriteOp::CreateCard {
+                column_id: column,
+                body: CreateCard { id: None, title: "start".into(), description: String::new() },
+            })
+            .await?);
         let browser = TestBrowser::launch().await?;
         let url = h.url(&format!("/#/boards/{board}"));
         let mut open = Vec::new();
@@ -65,7 +75,8 @@ async fn main() -> anyhow::Result<()> {
         for i in 0..seconds {
             let title = format!("bench {i}");
             sent.push((title.clone(), wall_ms()));
-            h.write(WriteOp::UpdateCard { id: card, body: UpdateCard { title: Some(title), ..Default::default() } }).await?;
+            h.write(WriteOp::UpdateCard { id: card, body: UpdateCard { title: Some(title), ..Default::default() } })
+                .await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let requests = h.stats().requests_total() - before;
@@ -107,7 +118,12 @@ async fn big_board() -> anyhow::Result<()> {
     let board = id(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: "Big".into() } }).await?);
     let mut cards = Vec::new();
     for c in 0..5 {
-        let column = id(h.write(WriteOp::CreateColumn { board_id: board, body: CreateColumn { id: None, title: format!("Col {c}") } }).await?);
+        let column = id(h
+            .write(WriteOp::CreateColumn {
+                board_id: board,
+                body: CreateColumn { id: None, title: format!("Col {c}") },
+            })
+            .await?);
         for i in 0..200 {
             let body = CreateCard { id: None, title: format!("card {c}-{i}"), description: "a description".into() };
             cards.push(id(h.write(WriteOp::CreateCard { column_id: column, body }).await?));
@@ -139,13 +155,17 @@ async fn big_board() -> anyhow::Result<()> {
                 tokio::time::sleep(gap).await;
             }
         }
-        let all = format!("[...document.querySelectorAll('.card-title')].filter(e => e.textContent.startsWith({})).length === 100", serde_json::to_string(&round)?);
+        let all = format!(
+            "[...document.querySelectorAll('.card-title')].filter(e => e.textContent.startsWith({})).length === 100",
+            serde_json::to_string(&round)?
+        );
         tab.wait_for(&all, Duration::from_secs(20)).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let secs = started.elapsed().as_secs_f64();
         let (t1, s1) = busy_ms(&tab).await?;
         let long_after: serde_json::Value = serde_json::from_str(&tab.eval::<String>("window.__syncline()").await?)?;
-        let long = long_after["long_tasks"]["count"].as_u64().unwrap_or(0) - long_before["long_tasks"]["count"].as_u64().unwrap_or(0);
+        let long = long_after["long_tasks"]["count"].as_u64().unwrap_or(0)
+            - long_before["long_tasks"]["count"].as_u64().unwrap_or(0);
         println!(
             "{:>28} | {:>14.2} | {:>16.2} | {:>10}",
             label,

@@ -83,6 +83,7 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     let started = Instant::now();
     ensure_wasm_tools(root)?;
     ensure_chromium()?;
+    lint()?;
     let dist = build_web(root)?;
     // One selection for every test: the whole workspace but the wasm-only crates (the app and the browser
     // runtime, which the browser tests exercise). Changing this selection between runs costs a rebuild, so nothing else should differ.
@@ -98,6 +99,43 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     )?;
     println!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// The house style and the lints: `cargo fmt --check` (style in rustfmt.toml) and clippy with warnings as errors,
+/// for the host crates (with their tests) and the two wasm crates.
+fn lint() -> Result<()> {
+    let components = output(Command::new("rustup").args(["component", "list", "--installed"])).unwrap_or_default();
+    for component in ["rustfmt", "clippy"] {
+        if !components.lines().any(|l| l.starts_with(component)) {
+            println!("xtask: adding the {component} component");
+            status(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+    status(cargo().args(["fmt", "--all", "--check"])).context("cargo fmt --check: run `cargo fmt`")?;
+    status(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "syncline-app",
+        "--exclude",
+        "syncline-web",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    status(cargo().args([
+        "clippy",
+        "--package",
+        "syncline-app",
+        "--package",
+        "syncline-web",
+        "--target",
+        WASM_TARGET,
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 /// The chaos test alone, with a chosen seed and length (the test command runs seed 1 for 75 s).
@@ -186,10 +224,10 @@ fn locked_version(root: &Path, package: &str) -> Result<String> {
     let lock = std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?;
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
-        if line.trim() == format!("name = \"{package}\"") {
-            if let Some(v) = lines.next().and_then(|l| l.trim().strip_prefix("version = ")) {
-                return Ok(v.trim_matches('"').to_owned());
-            }
+        if line.trim() == format!("name = \"{package}\"")
+            && let Some(v) = lines.next().and_then(|l| l.trim().strip_prefix("version = "))
+        {
+            return Ok(v.trim_matches('"').to_owned());
         }
     }
     bail!("{package} is not in Cargo.lock")

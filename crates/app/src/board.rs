@@ -6,17 +6,17 @@
 use std::collections::{HashMap, HashSet};
 
 use leptos::prelude::*;
-use syncline_protocol::moves::Direction;
-use syncline_protocol::{
-    BoardSnapshot, Card, CardId, Column, ColumnId, CreateCard, CreateColumn, MoveCard, Rename, UpdateCard,
+use syncline_kanban::moves::Direction;
+use syncline_kanban::{
+    BoardSnapshot, Card, CardId, Column, ColumnId, CreateCard, CreateColumn, MoveCard, QueryKey, Rename, UpdateCard,
+    WriteOp,
 };
 use uuid::Uuid;
 use wasm_bindgen::JsCast;
 
-use syncline_engine::{Notification, QueryKey};
-use syncline_protocol::WriteOp;
+use syncline_engine::Notification;
 
-use crate::rt;
+use crate::{KanbanRuntime, rt};
 
 /// Shared state of the board screen.
 #[derive(Clone, Copy)]
@@ -69,7 +69,7 @@ fn set_if_changed<T: PartialEq + Send + Sync + 'static>(signal: &ArcRwSignal<T>,
 impl Ctx {
     /// Queues a write: the view shows it at once; the runtime sends it (now or when back online).
     fn write(self, op: WriteOp) {
-        rt().write(op);
+        rt().edit(op);
     }
 
     fn current(self) -> Option<BoardSnapshot> {
@@ -131,10 +131,10 @@ impl Ctx {
 fn focus_card(card: CardId) {
     request_animation_frame(move || {
         let selector = format!("[data-card-id=\"{card}\"]");
-        if let Some(el) = document().query_selector(&selector).ok().flatten() {
-            if let Ok(el) = el.dyn_into::<web_sys::HtmlElement>() {
-                let _ = el.focus();
-            }
+        if let Some(el) = document().query_selector(&selector).ok().flatten()
+            && let Ok(el) = el.dyn_into::<web_sys::HtmlElement>()
+        {
+            let _ = el.focus();
         }
     });
 }
@@ -428,7 +428,7 @@ fn card_view(ctx: Ctx, column_id: ColumnId, card_id: CardId) -> impl IntoView {
             .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
             .map(|el| {
                 let rect = el.get_bounding_client_rect();
-                f64::from(ev.client_y()) > rect.top() + rect.height() / 2.0
+                ev.client_y() > rect.top() + rect.height() / 2.0
             })
             .unwrap_or(false);
         let before = if lower_half {
@@ -510,17 +510,24 @@ fn card_view(ctx: Ctx, column_id: ColumnId, card_id: CardId) -> impl IntoView {
 }
 
 fn card_editor(ctx: Ctx, card_id: CardId, title: String, description: String) -> impl IntoView {
+    let (original_title, original_description) =
+        (StoredValue::new(title.clone()), StoredValue::new(description.clone()));
     let title = RwSignal::new(title);
     let description = RwSignal::new(description);
     let save = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
+        // Only the fields the user changed: an edit of the title and someone else's edit of the description are
+        // not a conflict (the engine re-sends this write on their version).
+        let changed = |now: String, before: StoredValue<String>| before.with_value(|b| *b != now).then_some(now);
         let update = UpdateCard {
-            title: Some(title.get_untracked()),
-            description: Some(description.get_untracked()),
+            title: changed(title.get_untracked(), original_title),
+            description: changed(description.get_untracked(), original_description),
             base_version: None,
         };
         ctx.editing.set(None);
-        ctx.write(WriteOp::UpdateCard { id: card_id, body: update });
+        if update.title.is_some() || update.description.is_some() {
+            ctx.write(WriteOp::UpdateCard { id: card_id, body: update });
+        }
         focus_card(card_id);
     };
     let cancel = move |_| {

@@ -2,10 +2,10 @@
 //! fresh); a new board is a queued write, so it opens at once, even offline.
 
 use leptos::prelude::*;
-use syncline_engine::{Notification, QueryKey};
-use syncline_protocol::{CreateBoard, WriteOp};
+use syncline_engine::Notification;
+use syncline_kanban::{CreateBoard, QueryKey, WriteOp};
 
-use crate::rt;
+use crate::{KanbanRuntime, rt};
 
 #[component]
 pub fn BoardList() -> impl IntoView {
@@ -28,12 +28,12 @@ pub fn BoardList() -> impl IntoView {
     let create = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();
         let title = new_title.get_untracked();
-        if let Err(message) = syncline_protocol::limits::validate_title(&title) {
+        if let Err(message) = syncline_kanban::limits::validate_title(&title) {
             error.set(Some(message));
             return;
         }
         let id = rt().new_id();
-        rt().write(WriteOp::CreateBoard { body: CreateBoard { id: Some(id), title } });
+        rt().edit(WriteOp::CreateBoard { body: CreateBoard { id: Some(id), title } });
         new_title.set(String::new());
         error.set(None);
         crate::navigate(&format!("/boards/{id}"));

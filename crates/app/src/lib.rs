@@ -9,7 +9,11 @@ mod sync_ui;
 
 use std::cell::RefCell;
 
-use syncline_web::Runtime;
+use syncline_engine::{ConflictPolicy, EngineConfig, Priority};
+use syncline_kanban::{BoardList, BoardSnapshot, BoardSummary, Kanban, KanbanViews, WriteOp};
+
+/// The sync runtime, for the Kanban model.
+pub(crate) type Runtime = syncline_web::Runtime<Kanban>;
 
 thread_local! {
     /// The tab's sync runtime, started before the app mounts.
@@ -20,6 +24,43 @@ thread_local! {
 pub(crate) fn rt() -> Runtime {
     RUNTIME.with(|r| r.borrow().clone()).expect("the runtime starts before the app mounts")
 }
+
+/// What the Kanban screens read and write through the runtime.
+pub(crate) trait KanbanRuntime {
+    fn board(&self, id: Uuid) -> Option<BoardSnapshot>;
+    fn board_gone(&self, id: Uuid) -> bool;
+    fn boards(&self) -> Option<BoardList>;
+    fn summary(&self, id: Uuid) -> Option<BoardSummary>;
+    /// A user's edit: shown at once, sent now or when back online. Every Kanban edit is something the user is
+    /// looking at (so it goes first), and a stale edit is re-sent when it touches other fields than the
+    /// concurrent change and put to the user otherwise.
+    fn edit(&self, op: WriteOp) -> Uuid;
+}
+
+impl KanbanRuntime for Runtime {
+    fn board(&self, id: Uuid) -> Option<BoardSnapshot> {
+        self.read(|e| e.board(id))
+    }
+
+    fn board_gone(&self, id: Uuid) -> bool {
+        self.read(|e| e.board_gone(id))
+    }
+
+    fn boards(&self) -> Option<BoardList> {
+        self.read(|e| e.boards())
+    }
+
+    fn summary(&self, id: Uuid) -> Option<BoardSummary> {
+        self.read(|e| e.summary(id).cloned())
+    }
+
+    fn edit(&self, op: WriteOp) -> Uuid {
+        self.write(op, Priority::UserVisible, ConflictPolicy::RebaseOrAsk)
+    }
+}
+
+/// The namespace of this app's IndexedDB database, BroadcastChannel and leader lock.
+const NAMESPACE: &str = "syncline";
 
 use leptos::prelude::*;
 use uuid::Uuid;
@@ -131,9 +172,7 @@ fn App() -> impl IntoView {
 pub fn start() {
     console_error_panic_hook::set_once();
     // Leptos' own executor starts with the mount; the runtime starts before it.
-    wasm_bindgen_futures::spawn_local(async {
-        let runtime = Runtime::start().await;
-        RUNTIME.with(|r| *r.borrow_mut() = Some(runtime));
-        leptos::mount::mount_to_body(App);
-    });
+    let runtime = Runtime::start(NAMESPACE, EngineConfig::default());
+    RUNTIME.with(|r| *r.borrow_mut() = Some(runtime));
+    leptos::mount::mount_to_body(App);
 }

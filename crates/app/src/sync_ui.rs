@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use leptos::prelude::*;
-use syncline_engine::{
-    BackgroundMode, ConnectionStatus, Freshness, HISTORY_SPAN_MS, Notification, Preferences, QueryKey,
-};
+use syncline_engine::{BackgroundMode, ConnectionStatus, Freshness, HISTORY_SPAN_MS, Notification, Preferences};
+use syncline_kanban::QueryKey;
 
 use wasm_bindgen::JsCast;
 
@@ -46,7 +45,7 @@ pub fn ago(ms: u64) -> String {
     let s = ms / 1000;
     match s {
         0..=9 => "a few seconds ago".into(),
-        5..=59 => format!("{s} s ago"),
+        10..=59 => format!("{s} s ago"),
         60..=3599 => format!("{} min ago", s / 60),
         _ => format!("{} h ago", s / 3600),
     }
@@ -166,7 +165,7 @@ fn tracked_freshness(key: QueryKey, version: RwSignal<u64>) -> impl Fn() -> Fres
         version.get();
         s.status.get();
         s.now.get();
-        rt().freshness(key)
+        rt().freshness(&key)
     }
 }
 
@@ -179,13 +178,11 @@ pub fn freshness_line(key: QueryKey, version: RwSignal<u64>) -> impl IntoView {
         let now = s.now.get();
         match freshness() {
             Freshness::Fresh => "Up to date".to_owned(),
-            Freshness::Stale { age_ms } if age_ms == u64::MAX => {
-                "Showing a saved copy; checking for changes".to_owned()
-            }
-            Freshness::Stale { age_ms } => format!("Updated {}", ago(age_ms)),
+            Freshness::Stale { age_ms: None } => "Showing a saved copy; checking for changes".to_owned(),
+            Freshness::Stale { age_ms: Some(age_ms) } => format!("Updated {}", ago(age_ms)),
             Freshness::Fetching => "Refreshing…".to_owned(),
-            Freshness::Paused { age_ms } if age_ms == u64::MAX => "Offline — not loaded yet".to_owned(),
-            Freshness::Paused { age_ms } => format!("Offline — last updated {}", ago(age_ms)),
+            Freshness::Paused { age_ms: None } => "Offline — not loaded yet".to_owned(),
+            Freshness::Paused { age_ms: Some(age_ms) } => format!("Offline — last updated {}", ago(age_ms)),
             Freshness::Error { message, retry_at } => {
                 format!("Could not refresh ({message}); retrying in {} s", seconds_until(retry_at, now))
             }
@@ -269,8 +266,10 @@ pub fn freshness_mark(key: QueryKey, version: RwSignal<u64>) -> impl IntoView {
         move || freshness_state(&freshness()),
         move || match freshness() {
             Freshness::Fresh => String::new(),
-            Freshness::Stale { age_ms } if age_ms == u64::MAX => " · saved copy".into(),
-            Freshness::Stale { age_ms } | Freshness::Paused { age_ms } => format!(" · updated {}", ago(age_ms)),
+            Freshness::Stale { age_ms: None } | Freshness::Paused { age_ms: None } => " · saved copy".into(),
+            Freshness::Stale { age_ms: Some(age_ms) } | Freshness::Paused { age_ms: Some(age_ms) } => {
+                format!(" · updated {}", ago(age_ms))
+            }
             Freshness::Fetching => " · refreshing…".into(),
             Freshness::Error { .. } => " · could not refresh".into(),
         },

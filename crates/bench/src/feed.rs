@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use syncline_protocol::{ClientMessage, ServerMessage, StreamCursor, StreamId};
+use syncline_kanban::{ClientMessage, ServerMessage, StreamCursor, StreamId};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -79,7 +79,8 @@ async fn subscriber(
     arrivals: mpsc::UnboundedSender<Instant>,
 ) -> Result<()> {
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/feed")).await?;
-    let subscribe = ClientMessage::Subscribe { streams: vec![StreamCursor { stream, since }], log_id: None };
+    let subscribe =
+        ClientMessage::Subscribe { streams: vec![StreamCursor { stream: stream.into(), since }], log_id: None };
     ws.send(Message::text(serde_json::to_string(&subscribe)?)).await?;
     while let Some(frame) = ws.next().await {
         let Message::Text(text) = frame? else { continue };

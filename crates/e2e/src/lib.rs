@@ -126,7 +126,7 @@ impl Harness {
 
     /// Applies a write as a client would (through the change log, so live clients hear of it), without an
     /// HTTP request. Returns the written entity's JSON; fails on a refusal.
-    pub async fn write(&self, op: syncline_protocol::WriteOp) -> Result<serde_json::Value> {
+    pub async fn write(&self, op: syncline_kanban::WriteOp) -> Result<serde_json::Value> {
         let server = self.server();
         let outcome = syncline_server::writes::execute(&server.state.store, server.metrics(), None, op)
             .await

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use syncline_e2e::{Harness, Tab, TestBrowser, repo_root};
-use syncline_protocol::{BoardSnapshot, CreateBoard, CreateCard, CreateColumn, WriteOp};
+use syncline_kanban::{BoardSnapshot, CreateBoard, CreateCard, CreateColumn, WriteOp};
 use syncline_server::store;
 
 const WAIT: Duration = Duration::from_secs(10);

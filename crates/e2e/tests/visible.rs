@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use syncline_e2e::{Harness, Tab, TestBrowser, eventually, repo_root};
-use syncline_protocol::{CreateBoard, CreateCard, CreateColumn, UpdateCard, WriteOp};
+use syncline_kanban::{CreateBoard, CreateCard, CreateColumn, UpdateCard, WriteOp};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(10);

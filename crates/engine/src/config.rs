@@ -31,10 +31,29 @@ pub struct EngineConfig {
     pub peer_timeout_ms: Millis,
     /// Writes per batch request.
     pub max_batch_writes: usize,
+    /// Where the server's sync endpoints are.
+    pub endpoints: Endpoints,
     /// A bug to inject on purpose, so the simulation can show it catches it (feature `bug-injection`, which
     /// only the simulation enables).
     #[cfg(feature = "bug-injection")]
     pub injected_bug: Option<InjectedBug>,
+}
+
+/// The paths of the syncline server's sync endpoints (the app's own query paths come from its `Model`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// `POST` a batch of writes.
+    pub writes: String,
+    /// `GET` changes of a stream (the long-poll).
+    pub changes: String,
+    /// The WebSocket feed (for drivers).
+    pub feed: String,
+}
+
+impl Default for Endpoints {
+    fn default() -> Self {
+        Endpoints { writes: "/api/writes".into(), changes: "/api/changes".into(), feed: "/api/feed".into() }
+    }
 }
 
 /// Bugs the simulation injects to prove its invariants catch them (see `crates/sim`). Without the
@@ -69,6 +88,7 @@ impl Default for EngineConfig {
             presence_interval_ms: 2_000,
             peer_timeout_ms: 5_000,
             max_batch_writes: 20,
+            endpoints: Endpoints::default(),
             #[cfg(feature = "bug-injection")]
             injected_bug: None,
         }

@@ -1,13 +1,12 @@
-//! The engine's vocabulary: what drivers tell it ([`Input`]) and what it asks of them ([`Output`]).
+//! The engine's vocabulary: what drivers tell it ([`Input`]) and what it asks of them ([`Output`]), generic over
+//! the app's [`Model`].
 
 use serde::{Deserialize, Serialize};
-use syncline_protocol::{
-    BoardList, BoardSnapshot, BoardSummary, Change, ClientMessage, Cursor, ServerMessage, StreamId, StreamPosition,
-    WriteOp,
-};
+use syncline_protocol::{Change, ClientMessage, ServerMessage, StreamName, StreamPosition};
 use uuid::Uuid;
 
 use crate::config::Preferences;
+use crate::model::Model;
 
 /// Milliseconds on the driver's monotonic clock (`performance.now()` in a browser, simulated time in tests).
 pub type Millis = u64;
@@ -18,105 +17,19 @@ pub type TabId = u64;
 /// Identifies a request the engine asked a driver to make.
 pub type RequestId = u64;
 
-/// A query: what a view reads. Hierarchical: a board's summary is derived from the board's cards, so it depends on
-/// the board query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
-pub enum QueryKey {
-    /// The list of boards (`GET /api/boards`), kept fresh by the `boards` stream.
-    Boards,
-    /// One board with its columns and cards (`GET /api/boards/{id}`), kept fresh by `board:<id>` deltas.
-    Board(Uuid),
-    /// Server-computed figures of a board (`GET /api/boards/{id}/summary`): no delta can update it, so it is
-    /// invalidated (and refetched once per batch) whenever the board it depends on changes.
-    BoardSummary(Uuid),
-}
-
-impl QueryKey {
-    /// The stream whose changes concern this query.
-    pub fn stream(self) -> StreamId {
-        match self {
-            QueryKey::Boards => StreamId::Boards,
-            QueryKey::Board(id) | QueryKey::BoardSummary(id) => StreamId::Board(id),
-        }
-    }
-
-    /// Whether changes on its stream can be applied to this query's data directly.
-    pub fn takes_deltas(self) -> bool {
-        !matches!(self, QueryKey::BoardSummary(_))
-    }
-
-    /// Queries whose change makes this one stale (it cannot follow them by deltas).
-    pub fn depends_on(self) -> Option<QueryKey> {
-        match self {
-            QueryKey::BoardSummary(id) => Some(QueryKey::Board(id)),
-            _ => None,
-        }
-    }
-
-    /// The HTTP path that fetches it.
-    pub fn path(self) -> String {
-        match self {
-            QueryKey::Boards => "/api/boards".into(),
-            QueryKey::Board(id) => format!("/api/boards/{id}"),
-            QueryKey::BoardSummary(id) => format!("/api/boards/{id}/summary"),
-        }
-    }
-
-    /// Path segments, e.g. `["board", "<id>", "summary"]`: the key's place in the hierarchy.
-    pub fn segments(self) -> Vec<String> {
-        match self {
-            QueryKey::Boards => vec!["boards".into()],
-            QueryKey::Board(id) => vec!["board".into(), id.to_string()],
-            QueryKey::BoardSummary(id) => vec!["board".into(), id.to_string(), "summary".into()],
-        }
-    }
-}
-
-/// A query's data as the server last gave it (the optimistic overlay is applied on read).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum QueryData {
-    Boards(BoardList),
-    Board(BoardSnapshot),
-    Summary(BoardSummary),
-    /// The entity is gone (deleted on the server).
-    Gone,
-}
-
-impl QueryData {
-    /// The stream cursor the data is at, when it follows a stream.
-    pub fn cursor(&self) -> Option<Cursor> {
-        match self {
-            QueryData::Boards(l) => Some(l.cursor),
-            QueryData::Board(b) => Some(b.cursor),
-            QueryData::Summary(s) => Some(s.cursor),
-            QueryData::Gone => None,
-        }
-    }
-
-    /// The change log the cursor belongs to, when the data says.
-    pub fn log_id(&self) -> Option<uuid::Uuid> {
-        match self {
-            QueryData::Boards(l) => Some(l.log_id),
-            QueryData::Board(b) => Some(b.log_id),
-            QueryData::Summary(_) | QueryData::Gone => None,
-        }
-    }
-}
-
 /// How fresh a query is, for the UI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Freshness {
     /// Up to date: the live feed keeps it so, or it was fetched within its stale time.
     Fresh,
-    /// Possibly out of date; `age_ms` since it was last known current.
-    Stale { age_ms: u64 },
+    /// Possibly out of date; `age_ms` since it was last known current (`None`: never known current, e.g. data
+    /// restored from the cache of an earlier visit).
+    Stale { age_ms: Option<u64> },
     /// Being fetched (and no usable data yet, or a refetch is under way).
     Fetching,
     /// Offline: shows the last data, `age_ms` old; nothing will be fetched until online.
-    Paused { age_ms: u64 },
+    Paused { age_ms: Option<u64> },
     /// The last fetch failed; next attempt at `retry_at`.
     Error { message: String, retry_at: Millis },
 }
@@ -176,23 +89,54 @@ pub enum ConflictPolicy {
     AskUser,
 }
 
+/// The server refused a write because its base version was stale: the entity as it is now, and where that state
+/// stands in its streams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredConflict")]
+pub struct Conflict {
+    pub current: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub at: Vec<StreamPosition>,
+}
+
+/// A conflict as stored: this version's shape, or an earlier one's (the bare entity), so an outbox stored by an
+/// earlier version still loads.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredConflict {
+    Now {
+        current: serde_json::Value,
+        #[serde(default)]
+        at: Vec<StreamPosition>,
+    },
+    Earlier(serde_json::Value),
+}
+
+impl From<StoredConflict> for Conflict {
+    fn from(stored: StoredConflict) -> Conflict {
+        match stored {
+            StoredConflict::Now { current, at } => Conflict { current, at },
+            StoredConflict::Earlier(current) => Conflict { current, at: Vec::new() },
+        }
+    }
+}
+
 /// A write the UI accepted and the server has not yet answered for good.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PendingWrite {
+#[serde(bound = "")]
+pub struct PendingWrite<M: Model> {
     pub write_id: Uuid,
-    pub op: WriteOp,
+    pub op: M::Op,
     pub priority: Priority,
     pub policy: ConflictPolicy,
-    /// Order of acceptance across the browser's tabs (a Lamport clock carried by tab messages; ties broken by
-    /// write id): writes of one entity go out in this order.
-    pub seq: u64,
+    /// Order of acceptance across the browser's tabs: a Lamport clock carried by tab messages (ties broken by
+    /// write id). Writes of one entity go out in this order.
+    #[serde(rename = "seq")]
+    pub lamport: u64,
     /// The entity as the user saw it when writing (server data), to tell which fields changed since.
     pub base: Option<serde_json::Value>,
     /// Set when the server refused for a conflict and the policy asks the user.
-    pub conflict: Option<serde_json::Value>,
-    /// Where `conflict` (the server's current entity) stood in its streams.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conflict_at: Vec<StreamPosition>,
+    pub conflict: Option<Conflict>,
 }
 
 /// How a write ended, told to every tab.
@@ -206,22 +150,23 @@ pub enum Settled {
         #[serde(default)]
         at: Vec<StreamPosition>,
     },
-    /// Not applied, for good (unknown entity, invalid); the server's error body.
-    Rejected { status: u16, body: serde_json::Value },
-    /// Not applied: the server's version stood (by policy or by the user's choice); `at`: where it stood.
-    Overridden {
-        current: serde_json::Value,
-        #[serde(default)]
-        at: Vec<StreamPosition>,
-    },
-    /// Replaced by a new write (new id) re-based on the current version.
-    Rebased { new_write_id: Uuid },
     /// Applied: its change came through the feed (at `at`) before its answer did. Nothing to lay over; every
     /// copy gets the change from the feed.
     Confirmed {
         #[serde(default)]
         at: Vec<StreamPosition>,
     },
+    /// Not applied, for good (unknown entity, invalid, too old); the server's error body.
+    Rejected { status: u16, body: serde_json::Value },
+    /// Not applied: the server's version stood (by policy or by the user's choice).
+    Overridden {
+        conflict: Conflict,
+        /// The user chose theirs (no need to tell them).
+        #[serde(default)]
+        chosen: bool,
+    },
+    /// Replaced by a new write (new id) re-based on the current version.
+    Rebased { new_write_id: Uuid },
     /// It settled earlier (said again to a tab that missed it, e.g. one opened meanwhile); its effect, if any,
     /// reaches that tab through the feed.
     Earlier,
@@ -229,8 +174,8 @@ pub enum Settled {
 
 /// Messages between the tabs of one browser (BroadcastChannel).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum TabMessage {
+#[serde(tag = "type", rename_all = "snake_case", bound = "")]
+pub enum TabMessage<M: Model> {
     /// Sent on start, on every change of visibility or role, and as a heartbeat. `sent_at`: the sender's wall
     /// clock (Unix ms; 0 if unknown), so a message held while the receiver was frozen is recognised as stale.
     Presence {
@@ -246,18 +191,23 @@ pub enum TabMessage {
     /// `critical`: those of `keys` the tab marked critical (polled while hidden under "critical data only").
     Interest {
         tab: TabId,
-        keys: Vec<QueryKey>,
+        keys: Vec<M::Key>,
         #[serde(default)]
-        critical: Vec<QueryKey>,
+        critical: Vec<M::Key>,
     },
-    /// A follower wants this query refetched (it became visible and the data is stale).
-    Refetch { key: QueryKey },
+    /// A follower wants this query refetched (it became visible and the data is stale, or it missed changes).
+    Refetch { key: M::Key },
     /// Leader → all: a query's data as fetched.
-    Data { key: QueryKey, data: QueryData, fetched_at: Millis },
+    Data { key: M::Key, data: M::Data, fetched_at: Millis },
     /// Leader → all: changes from the feed, in order.
-    Changes { stream: StreamId, changes: Vec<Change> },
-    /// Any tab → all: a write was queued (it is also in the shared persistent outbox).
-    WriteQueued { write: PendingWrite },
+    Changes { stream: StreamName, changes: Vec<Change<M::Change>> },
+    /// Any tab → all: a write was queued (and is stored in the shared persistent outbox).
+    WriteQueued { write: PendingWrite<M> },
+    /// Follower → leader: a write this tab holds that the leader may not know (a new leader, or a write read back
+    /// from storage). Only the leader acts on it — it takes the write (and tells every tab it is queued) or says
+    /// it settled — since the write may have settled long ago: the follower may have been frozen, its messages
+    /// late, and a tab that opened since must not show it again.
+    HandOver { write: PendingWrite<M> },
     /// Leader → all: a write ended.
     WriteSettled { write_id: Uuid, settled: Settled },
     /// A tab's decision on a conflict that asks the user.
@@ -321,7 +271,7 @@ impl ConnectionStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HttpRequest {
     pub method: &'static str,
-    /// Path and query, e.g. `/api/changes?stream=boards&since=4&wait=25`.
+    /// Path and query, e.g. `/api/changes?stream=inbox&since=4&wait=25`.
     pub path: String,
     /// JSON body, for POST.
     pub body: Option<String>,
@@ -334,60 +284,77 @@ pub struct HttpRequest {
 pub enum HttpResult {
     /// Any HTTP answer (including 4xx/5xx): status, body text, ETag header.
     Response { status: u16, body: String, etag: Option<String> },
-    /// No answer: network down, connection refused or reset.
+    /// No answer: network down, connection refused or reset, or the request could not be made at all.
     NetworkError(String),
 }
 
-/// Records to keep across page loads (IndexedDB in a browser).
+/// Records to keep across page loads (IndexedDB in a browser). Carry them out in the order given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum PersistOp {
+#[serde(tag = "op", rename_all = "snake_case", bound = "")]
+pub enum PersistOp<M: Model> {
+    /// Store an outbox entry; say when done with `Input::Persisted` (whether it worked or not).
     OutboxPut {
-        write: PendingWrite,
+        write: PendingWrite<M>,
     },
     OutboxDelete {
         write_id: Uuid,
     },
     /// A query's data, to render at once on the next load.
     CachePut {
-        key: QueryKey,
-        data: QueryData,
+        key: M::Key,
+        data: M::Data,
     },
     CacheDelete {
-        key: QueryKey,
+        key: M::Key,
     },
+}
+
+/// Records to read back; answer with the matching input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Load<M: Model> {
+    /// Every stored outbox entry (of every tab of this browser): `Input::OutboxLoaded`.
+    Outbox,
+    /// The cached data of one query, if any: `Input::CacheLoaded`.
+    Cache { key: M::Key },
 }
 
 /// Everything a driver tells the engine.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Input {
+pub enum Input<M: Model> {
     /// This tab became visible or hidden.
     Visibility { visible: bool },
     /// `online` / `offline`.
     Network { online: bool },
     /// `navigator.connection` changed.
     Link(LinkQuality),
-    /// This tab won or lost the leader lock.
-    Role(Role),
+    /// This tab won the leader lock (it queued for it, or claimed it). The engine reads the stored outbox, then
+    /// leads.
+    LockGranted,
+    /// Another tab took the lock from this one.
+    LockLost,
+    /// The tab is being closed (`pagehide`): last words to the other tabs, now.
+    Closing,
     /// Preferences changed (here or in another tab).
     Preferences(Preferences),
-    /// What was persisted, read at start and when becoming leader.
-    Restored { outbox: Vec<PendingWrite>, cache: Vec<(QueryKey, QueryData)> },
+    /// The stored outbox, as asked by `Load::Outbox`.
+    OutboxLoaded { outbox: Vec<PendingWrite<M>> },
+    /// A query's cached data (if there was any), as asked by `Load::Cache`.
+    CacheLoaded { key: M::Key, data: Option<M::Data> },
     /// A view started reading this query.
-    Subscribe(QueryKey),
+    Subscribe(M::Key),
     /// A view stopped reading it.
-    Unsubscribe(QueryKey),
+    Unsubscribe(M::Key),
     /// Marks a query critical (polled while hidden under the "critical data only" preference) or not.
-    Critical { key: QueryKey, critical: bool },
-    /// The user made a write.
-    Write { op: WriteOp, priority: Priority, policy: ConflictPolicy },
+    Critical { key: M::Key, critical: bool },
+    /// The user made a write; the app chooses how urgent it is and what to do on a conflict.
+    Write { op: M::Op, priority: Priority, policy: ConflictPolicy },
     /// The user chose, for a write in conflict: keep mine (re-send on the current version) or take theirs.
     ResolveConflict { write_id: Uuid, keep_mine: bool },
     /// The user asked to retry now ("retry now" on the badge).
     RetryNow,
     /// The user is about to need this query (hovering or focusing a link to it in a visible tab): fetch it
     /// once if it is missing or stale, so the view opens from cache.
-    Prefetch(QueryKey),
+    Prefetch(M::Key),
     /// The driver carried out `PersistOp::OutboxPut` for this write (or failed to: report it either way). The
     /// write is shared with other tabs and sent only after this.
     Persisted { write_id: Uuid },
@@ -400,15 +367,15 @@ pub enum Input {
     /// The answer to a request.
     Http { id: RequestId, result: HttpResult },
     /// A message from another tab.
-    Tab(TabMessage),
+    Tab(TabMessage<M>),
 }
 
 /// Something the UI should re-read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Notification {
+#[serde(tag = "type", rename_all = "snake_case", bound = "")]
+pub enum Notification<M: Model> {
     /// A query's data or freshness changed.
-    Query { key: QueryKey },
+    Query { key: M::Key },
     /// The connection status changed.
     Connection { status: ConnectionStatus },
     /// The set of pending writes changed.
@@ -424,7 +391,7 @@ pub enum Notification {
 /// Everything the engine asks of a driver. After every input, drain with `poll_output` until it returns
 /// `Timeout`; call `handle_timeout` (or any input) at that deadline.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Output {
+pub enum Output<M: Model> {
     OpenSocket,
     CloseSocket {
         code: u16,
@@ -439,17 +406,20 @@ pub enum Output {
     CancelHttp {
         id: RequestId,
     },
-    Broadcast(TabMessage),
-    Persist(PersistOp),
-    Notify(Notification),
+    Broadcast(TabMessage<M>),
+    Persist(PersistOp<M>),
+    Load(Load<M>),
+    Notify(Notification<M>),
+    /// Queue for the leader lock (Web Locks `request`); `Input::LockGranted` when it comes.
+    QueueForLock,
     /// Take the leader lock even though another tab holds it (Web Locks `steal`): this tab is visible and the
-    /// leader is not.
+    /// leader is not, or does not answer.
     ClaimLeadership,
     /// Nothing more to do until this time (or the next input).
     Timeout(Millis),
 }
 
-/// A parsed server message, for tests that build inputs.
-pub fn socket_message(msg: &ServerMessage) -> Input {
+/// A server message as the input a socket would give (for tests and simulations that build inputs).
+pub fn socket_message<M: Model>(msg: &ServerMessage<M::Change>) -> Input<M> {
     Input::SocketMessage(serde_json::to_string(msg).expect("server messages serialize"))
 }

@@ -1,12 +1,22 @@
 //! One test (or a few) per engine policy, driving the engine as a driver would and reading its outputs.
 
+use std::collections::BTreeMap;
+
 use serde_json::json;
 use syncline_engine::*;
-use syncline_protocol::{
-    Board, BoardSnapshot, BoardSummary, Card, Change, ChangeOp, ClientMessage, Column, ColumnSummary, MoveCard,
-    ServerMessage, StreamId, UpdateCard, WriteBatch, WriteBatchResult, WriteOp, WriteOutcome,
+use syncline_kanban::{
+    Board, BoardSnapshot, BoardSummary, Card, Change, ChangeOp, ClientMessage, Column, ColumnSummary, Kanban,
+    KanbanViews, MoveCard, QueryData, QueryKey, ServerMessage, StreamId, UpdateCard, WriteBatch, WriteBatchResult,
+    WriteOp, WriteOutcome,
 };
 use uuid::Uuid;
+
+type Input = syncline_engine::Input<Kanban>;
+type Output = syncline_engine::Output<Kanban>;
+type TabMessage = syncline_engine::TabMessage<Kanban>;
+type PendingWrite = syncline_engine::PendingWrite<Kanban>;
+type PersistOp = syncline_engine::PersistOp<Kanban>;
+type Notification = syncline_engine::Notification<Kanban>;
 
 fn id(n: u128) -> Uuid {
     Uuid::from_u128(n)
@@ -56,10 +66,12 @@ fn summary(cursor: u64) -> BoardSummary {
     }
 }
 
-/// A driver for tests: feeds inputs, collects outputs, keeps the clock.
+/// A driver for tests: feeds inputs, collects outputs, keeps the clock and an outbox store.
 struct Driver {
-    e: Engine,
+    e: Engine<Kanban>,
     now: Millis,
+    /// The stored outbox (IndexedDB), answered when the engine loads it.
+    stored: BTreeMap<Uuid, PendingWrite>,
     /// Answer the engine's pings, as a live server would.
     pong: bool,
     /// Store outbox entries at once (as IndexedDB would, a moment later) and say so.
@@ -71,6 +83,7 @@ impl Driver {
         let mut d = Driver {
             e: Engine::new(EngineConfig::default(), prefs, 1, 7, 0, EPOCH),
             now: 0,
+            stored: BTreeMap::new(),
             pong: true,
             store_at_once: true,
         };
@@ -80,8 +93,33 @@ impl Driver {
 
     fn leader() -> Driver {
         let mut d = Driver::new(Preferences::default());
-        d.input(Input::Role(Role::Leader));
+        d.lead();
         d
+    }
+
+    /// Wins the leader lock (the engine reads the stored outbox, then leads).
+    fn lead(&mut self) -> Vec<Output> {
+        let out = self.input(Input::LockGranted);
+        assert_eq!(self.e.role(), Role::Leader, "{out:?}");
+        out
+    }
+
+    /// What a driver does with outputs on its own: stores and loads the outbox, and says it did.
+    fn carry_out(&mut self, o: &Output) {
+        match o {
+            Output::Persist(PersistOp::OutboxPut { write }) if self.store_at_once => {
+                self.stored.insert(write.write_id, write.clone());
+                self.e.handle_input(self.now, Input::Persisted { write_id: write.write_id });
+            }
+            Output::Persist(PersistOp::OutboxDelete { write_id }) => {
+                self.stored.remove(write_id);
+            }
+            Output::Load(Load::Outbox) => {
+                let outbox = self.stored.values().cloned().collect();
+                self.e.handle_input(self.now, Input::OutboxLoaded { outbox });
+            }
+            _ => {}
+        }
     }
 
     /// Collects outputs until the engine waits; stores outbox entries at once, as IndexedDB would a moment
@@ -92,13 +130,8 @@ impl Driver {
             match self.e.poll_output() {
                 Output::Timeout(_) => return out,
                 o => {
-                    if let (Output::Persist(PersistOp::OutboxPut { write }), true) = (&o, self.store_at_once) {
-                        let write_id = write.write_id;
-                        out.push(o);
-                        self.e.handle_input(self.now, Input::Persisted { write_id });
-                    } else {
-                        out.push(o);
-                    }
+                    self.carry_out(&o);
+                    out.push(o);
                 }
             }
         }
@@ -122,13 +155,8 @@ impl Driver {
                     self.e.handle_input(self.now, pong);
                     continue;
                 }
-                Output::Persist(PersistOp::OutboxPut { write }) if self.store_at_once => {
-                    let write_id = write.write_id;
-                    all.push(Output::Persist(PersistOp::OutboxPut { write }));
-                    self.e.handle_input(self.now, Input::Persisted { write_id });
-                    continue;
-                }
                 o => {
+                    self.carry_out(&o);
                     all.push(o);
                     continue;
                 }
@@ -166,7 +194,7 @@ impl Driver {
                 .any(|m| matches!(m, ClientMessage::Subscribe { streams, .. } if streams[0].since == cursor)),
             "{out:?}"
         );
-        self.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor })
+        self.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)).name(), cursor })
     }
 }
 
@@ -189,11 +217,11 @@ fn notified(out: &[Output], key: QueryKey) -> bool {
 }
 
 fn changes(cursor: u64, ops: Vec<ChangeOp>) -> ServerMessage {
-    let stream = StreamId::Board(id(BOARD));
+    let stream = StreamId::Board(id(BOARD)).name();
     let changes = ops
         .into_iter()
         .enumerate()
-        .map(|(i, op)| Change { stream, cursor: cursor + i as u64, at_ms: 0, write_id: None, op })
+        .map(|(i, op)| Change { stream: stream.clone(), cursor: cursor + i as u64, at_ms: 0, write_id: None, op })
         .collect();
     ServerMessage::Changes { stream, changes }
 }
@@ -207,18 +235,18 @@ fn a_query_is_fetched_once_however_many_views_read_it() {
     let second = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
     assert_eq!(http(&first).len(), 1);
     assert!(http(&second).is_empty(), "in-flight dedupe");
-    assert_eq!(d.e.freshness(QueryKey::Board(id(BOARD))), Freshness::Fetching);
+    assert_eq!(d.e.freshness(&QueryKey::Board(id(BOARD))), Freshness::Fetching);
 }
 
 #[test]
 fn freshness_goes_fresh_then_stale_with_age_and_an_unchanged_result_does_not_notify() {
     let mut d = Driver::new(Preferences { realtime: false, ..Preferences::default() });
-    d.input(Input::Role(Role::Leader));
+    d.lead();
     let key = QueryKey::Board(id(BOARD));
     let (rid, _) = http(&d.input(Input::Subscribe(key)))[0].clone();
     let out = d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
     assert!(notified(&out, key));
-    assert_eq!(d.e.freshness(key), Freshness::Fresh);
+    assert_eq!(d.e.freshness(&key), Freshness::Fresh);
     // Realtime is off: a timed refetch after the foreground interval (5 s); the same data does not notify.
     let out = d.advance(5_000);
     let (rid, req) = http(&out)[0].clone();
@@ -230,12 +258,12 @@ fn freshness_goes_fresh_then_stale_with_age_and_an_unchanged_result_does_not_not
     let (rid, _) = http(&d.advance(5_000))[0].clone();
     let _ = out;
     d.input(Input::Http { id: rid, result: HttpResult::NetworkError("down".into()) });
-    match d.e.freshness(key) {
+    match d.e.freshness(&key) {
         Freshness::Error { retry_at, .. } => assert!(retry_at > d.now),
         other => panic!("{other:?}"),
     }
     d.input(Input::Network { online: false });
-    assert!(matches!(d.e.freshness(key), Freshness::Paused { age_ms } if age_ms >= 5_000));
+    assert!(matches!(d.e.freshness(&key), Freshness::Paused { age_ms: Some(age) } if age >= 5_000));
 }
 
 #[test]
@@ -243,15 +271,15 @@ fn stale_data_reports_its_age_when_nothing_keeps_it_fresh() {
     let mut d = Driver::leader();
     let key = QueryKey::Board(id(BOARD));
     d.live_on_board(3);
-    assert_eq!(d.e.freshness(key), Freshness::Fresh);
+    assert_eq!(d.e.freshness(&key), Freshness::Fresh);
     d.advance(60_000);
-    assert_eq!(d.e.freshness(key), Freshness::Fresh, "the live feed keeps it fresh however long");
+    assert_eq!(d.e.freshness(&key), Freshness::Fresh, "the live feed keeps it fresh however long");
     d.input(Input::SocketClosed { code: Some(1006), reason: "gone".into() });
     d.input(Input::Network { online: true });
     let now = d.now;
     // Reconnecting; data from the moment the socket dropped ages from there.
     d.e.handle_timeout(now + 40_000);
-    assert!(matches!(d.e.freshness(key), Freshness::Stale { .. } | Freshness::Fetching), "{:?}", d.e.freshness(key));
+    assert!(matches!(d.e.freshness(&key), Freshness::Stale { .. } | Freshness::Fetching), "{:?}", d.e.freshness(&key));
 }
 
 // ---- schedule ----------------------------------------------------------------------------------------------
@@ -284,6 +312,25 @@ fn a_hidden_tab_closes_the_socket_after_the_grace_period_and_then_makes_no_reque
 }
 
 #[test]
+fn the_grace_period_runs_from_when_the_last_visible_tab_fell_silent_not_from_when_a_frozen_tab_noticed() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    // The visible tab is another one; it crashes right after its presence at 0 (it falls silent at 5 s).
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: false, sent_at: 0 }));
+    d.input(Input::Visibility { visible: false });
+    d.advance(4_900);
+    // This tab is frozen for a while (less than a heartbeat late): nothing runs until 7 s.
+    d.now = 7_000;
+    d.e.handle_timeout(d.now);
+    d.drain();
+    // No tab visible since 5 s: the socket goes at 5 s + the 30 s grace, not 7 s + 30 s.
+    let out = d.advance(35_000 - d.now - 10);
+    assert!(!out.iter().any(|o| matches!(o, Output::CloseSocket { .. })), "still within the grace period: {out:?}");
+    let out = d.advance(20);
+    assert!(out.iter().any(|o| matches!(o, Output::CloseSocket { .. })), "{out:?}");
+}
+
+#[test]
 fn hidden_with_critical_only_polls_critical_queries_at_the_background_interval() {
     let prefs = Preferences {
         background: BackgroundMode::CriticalOnly,
@@ -291,7 +338,7 @@ fn hidden_with_critical_only_polls_critical_queries_at_the_background_interval()
         ..Preferences::default()
     };
     let mut d = Driver::new(prefs);
-    d.input(Input::Role(Role::Leader));
+    d.lead();
     d.input(Input::Critical { key: QueryKey::Board(id(BOARD)), critical: true });
     d.live_on_board(3);
     d.input(Input::Subscribe(QueryKey::BoardSummary(id(BOARD))));
@@ -323,7 +370,7 @@ fn hidden_with_critical_only_polls_critical_queries_at_the_background_interval()
 #[test]
 fn becoming_visible_catches_stale_queries_up_at_once() {
     let mut d = Driver::new(Preferences { realtime: false, ..Preferences::default() });
-    d.input(Input::Role(Role::Leader));
+    d.lead();
     let key = QueryKey::Board(id(BOARD));
     let (rid, _) = http(&d.input(Input::Subscribe(key)))[0].clone();
     d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
@@ -358,7 +405,7 @@ fn socket_failures_back_off_with_full_jitter_then_fall_back_to_long_poll_and_pro
     // The first asks without waiting (does the server answer at all?), the next ones wait for changes.
     assert!(polls[0].1.path.contains("since=3") && polls[0].1.path.contains("wait=0"), "{}", polls[0].1.path);
     // Polling once the server answers the long-poll (the socket failed while HTTP works).
-    let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)), changes: vec![] };
+    let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)).name(), changes: vec![] };
     let out = d.reply(polls[0].0, 200, serde_json::to_string(&empty).unwrap());
     assert!(matches!(d.e.status(), ConnectionStatus::Polling { .. }), "{:?}", d.e.status());
     let next: Vec<_> = http(&out).into_iter().filter(|(_, r)| r.path.starts_with("/api/changes")).collect();
@@ -369,7 +416,7 @@ fn socket_failures_back_off_with_full_jitter_then_fall_back_to_long_poll_and_pro
     d.input(Input::SocketOpened);
     let out = d.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 });
     assert!(out.iter().any(|o| matches!(o, Output::CancelHttp { .. })), "long-poll stopped");
-    d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor: 3 });
+    d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)).name(), cursor: 3 });
     assert_eq!(d.e.status(), &ConnectionStatus::Live);
 }
 
@@ -399,6 +446,34 @@ fn a_silent_socket_is_detected_by_the_heartbeat() {
     assert!(out[closed..].contains(&Output::OpenSocket), "and reconnects after a backoff");
 }
 
+#[test]
+fn a_server_answer_during_the_reconnect_backoff_reconnects_at_once() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    // The server goes away: the socket drops and the next attempt is refused.
+    d.input(Input::SocketClosed { code: Some(1006), reason: "dropped".into() });
+    let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() else { panic!("{:?}", d.e.status()) };
+    d.advance(retry_at - d.now);
+    let out = d.input(Input::SocketClosed { code: Some(1006), reason: "refused".into() });
+    assert_eq!(opens(&out), 0);
+    let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() else { panic!("{:?}", d.e.status()) };
+    assert!(retry_at > d.now + 100, "waiting out a backoff: {retry_at} at {}", d.now);
+    // It comes back, and a write gets through: the server answers, so the socket need not wait out the backoff.
+    let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
+    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    let (rid, batch) = posted(&out).expect("the write is sent");
+    let result = WriteBatchResult {
+        results: vec![WriteOutcome {
+            write_id: batch.writes[0].write_id,
+            status: 200,
+            body: serde_json::to_value(card(1, 10, "x", 2)).unwrap(),
+            at: vec![],
+        }],
+    };
+    let out = d.reply(rid, 200, serde_json::to_string(&result).unwrap());
+    assert_eq!(opens(&out), 1, "reconnects at once: {out:?}");
+}
+
 // ---- ramp-up -----------------------------------------------------------------------------------------------
 
 #[test]
@@ -420,7 +495,7 @@ fn after_recovery_it_catches_up_then_sends_the_outbox_then_goes_live() {
     assert!(http(&out).is_empty(), "no writes before the catch-up");
     let out = d.server(changes(4, vec![ChangeOp::CardUpserted { card: card(2, 20, "moved", 2) }]));
     assert!(http(&out).is_empty());
-    let out = d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor: 4 });
+    let out = d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)).name(), cursor: 4 });
     let posts: Vec<_> = http(&out).into_iter().filter(|(_, r)| r.method == "POST").collect();
     assert_eq!(posts.len(), 1, "the outbox goes once caught up");
     let batch: WriteBatch = serde_json::from_str(posts[0].1.body.as_deref().unwrap()).unwrap();
@@ -539,7 +614,7 @@ fn user_visible_writes_go_before_background_work_and_each_entity_keeps_its_order
     d.input(Input::Network { online: true });
     d.input(Input::SocketOpened);
     d.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 });
-    let out = d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor: 3 });
+    let out = d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)).name(), cursor: 3 });
     let (_, batch) = posted(&out).expect("a batch");
     let titles: Vec<String> = batch
         .writes
@@ -710,23 +785,22 @@ fn a_replayed_outcome_does_not_bring_back_a_card_deleted_since() {
     d.reply(rid, 200, serde_json::to_string(&snap).unwrap());
     d.input(Input::SocketOpened);
     d.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 });
-    d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor: 10 });
+    d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)).name(), cursor: 10 });
     let zombie = PendingWrite {
         write_id: id(7777),
         op: WriteOp::CreateCard {
             column_id: id(10),
-            body: syncline_protocol::CreateCard { id: Some(id(2)), title: "two".into(), description: String::new() },
+            body: syncline_kanban::CreateCard { id: Some(id(2)), title: "two".into(), description: String::new() },
         },
         priority: Priority::UserVisible,
         policy: ConflictPolicy::default(),
-        seq: 1,
+        lamport: 1,
         base: None,
         conflict: None,
-        conflict_at: vec![],
     };
-    let out = d.input(Input::Restored { outbox: vec![zombie], cache: vec![] });
+    let out = d.input(Input::OutboxLoaded { outbox: vec![zombie] });
     let (rid, _) = posted(&out).expect("replayed");
-    let at = vec![syncline_protocol::StreamPosition { stream: StreamId::Board(id(BOARD)), cursor: 5 }];
+    let at = vec![syncline_protocol::StreamPosition { stream: StreamId::Board(id(BOARD)).name(), cursor: 5 }];
     let result = WriteBatchResult {
         results: vec![WriteOutcome {
             write_id: id(7777),
@@ -743,7 +817,7 @@ fn a_replayed_outcome_does_not_bring_back_a_card_deleted_since() {
     let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("new".into()), ..Default::default() } };
     let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
     let (rid, batch) = posted(&out).unwrap();
-    let at = vec![syncline_protocol::StreamPosition { stream: StreamId::Board(id(BOARD)), cursor: 11 }];
+    let at = vec![syncline_protocol::StreamPosition { stream: StreamId::Board(id(BOARD)).name(), cursor: 11 }];
     let result = WriteBatchResult {
         results: vec![WriteOutcome {
             write_id: batch.writes[0].write_id,
@@ -764,20 +838,20 @@ fn a_writes_own_change_on_the_feed_settles_it_before_its_answer_comes() {
     d.live_on_board(3);
     let op = WriteOp::CreateCard {
         column_id: id(10),
-        body: syncline_protocol::CreateCard { id: Some(id(4)), title: "mine".into(), description: String::new() },
+        body: syncline_kanban::CreateCard { id: Some(id(4)), title: "mine".into(), description: String::new() },
     };
     let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
     let (rid, batch) = posted(&out).expect("sent");
     let write_id = batch.writes[0].write_id;
-    let stream = StreamId::Board(id(BOARD));
+    let stream = StreamId::Board(id(BOARD)).name();
     let created = Change {
-        stream,
+        stream: stream.clone(),
         cursor: 4,
         at_ms: 0,
         write_id: Some(write_id),
         op: ChangeOp::CardUpserted { card: card(4, 10, "mine", 1) },
     };
-    let out = d.server(ServerMessage::Changes { stream, changes: vec![created] });
+    let out = d.server(ServerMessage::Changes { stream: stream.clone(), changes: vec![created] });
     assert!(d.e.pending().is_empty(), "its change confirms it");
     assert!(out.contains(&Output::Persist(PersistOp::OutboxDelete { write_id })));
     assert!(
@@ -889,9 +963,9 @@ fn a_follower_makes_no_requests_and_routes_its_writes_through_the_leader() {
         data: QueryData::Board(snapshot(3)),
         fetched_at: 0,
     }));
-    let stream = StreamId::Board(id(BOARD));
+    let stream = StreamId::Board(id(BOARD)).name();
     d.input(Input::Tab(TabMessage::Changes {
-        stream,
+        stream: stream.clone(),
         changes: vec![Change {
             stream,
             cursor: 4,
@@ -915,14 +989,65 @@ fn a_new_leader_sends_the_persisted_outbox_with_the_same_write_ids() {
         },
         priority: Priority::UserVisible,
         policy: ConflictPolicy::default(),
-        seq: 1,
+        lamport: 1,
         base: None,
         conflict: None,
-        conflict_at: vec![],
     };
-    let out = d.input(Input::Restored { outbox: vec![w], cache: vec![] });
+    let out = d.input(Input::OutboxLoaded { outbox: vec![w] });
     let (_, batch) = posted(&out).expect("sent");
     assert_eq!(batch.writes[0].write_id, id(5555), "same id: the server applies it at most once");
+}
+
+/// A write another tab queued, as a follower hears it.
+fn heard_write(n: u128, title: &str) -> PendingWrite {
+    PendingWrite {
+        write_id: id(n),
+        op: WriteOp::UpdateCard {
+            id: id(1),
+            body: UpdateCard { title: Some(title.into()), base_version: Some(1), ..Default::default() },
+        },
+        priority: Priority::UserVisible,
+        policy: ConflictPolicy::default(),
+        lamport: 1,
+        base: None,
+        conflict: None,
+    }
+}
+
+#[test]
+fn writes_a_follower_holds_are_handed_to_a_new_leader_and_only_the_leader_takes_them() {
+    // A follower that holds a write (here heard from another tab) sees a new leader: it hands the write over.
+    let mut f = Driver::new(Preferences::default());
+    f.input(Input::Tab(TabMessage::WriteQueued { write: heard_write(6001, "held") }));
+    let out = f.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));
+    let handed: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Broadcast(TabMessage::HandOver { write }) => Some(write.write_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(handed, [id(6001)], "{out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::WriteQueued { .. }))), "{out:?}");
+
+    // Another follower does not take a handed-over write for a pending one: it may have settled long ago (the
+    // follower that handed it over was frozen, its messages late) — only the leader knows. A tab that opened
+    // since would show a deleted card again, or an old title, until the leader said so.
+    let mut g = Driver::new(Preferences::default());
+    g.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));
+    let out = g.input(Input::Tab(TabMessage::HandOver { write: heard_write(6001, "held") }));
+    assert!(g.e.pending().is_empty() && out.is_empty(), "{out:?}");
+
+    // The leader: settled already → it says so; unknown → it takes it and tells every tab it is queued.
+    let mut l = Driver::leader();
+    l.live_on_board(3);
+    let out = l.input(Input::Tab(TabMessage::HandOver { write: heard_write(6002, "new to me") }));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Broadcast(TabMessage::WriteQueued { write }) if write.write_id == id(6002))),
+        "{out:?}"
+    );
+    assert!(posted(&out).is_some_and(|(_, b)| b.writes[0].write_id == id(6002)), "and sends it: {out:?}");
 }
 
 #[test]
@@ -964,7 +1089,7 @@ fn metrics_count_requests_dedupe_hits_and_time_in_each_state() {
 #[test]
 fn metrics_keep_ten_minutes_of_history_and_a_requests_per_minute_rate() {
     let mut d = Driver::new(Preferences { realtime: false, foreground_interval_ms: 5_000, ..Preferences::default() });
-    d.input(Input::Role(Role::Leader));
+    d.lead();
     let out = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
     let (rid, _) = http(&out)[0].clone();
     d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
@@ -986,15 +1111,16 @@ fn metrics_keep_ten_minutes_of_history_and_a_requests_per_minute_rate() {
 fn change_to_screen_latency_is_recorded_when_the_ui_says_it_rendered() {
     let mut d = Driver::leader();
     d.live_on_board(3);
-    let stream = StreamId::Board(id(BOARD));
+    let stream = StreamId::Board(id(BOARD)).name();
     let change = |cursor, at_ms| Change {
-        stream,
+        stream: stream.clone(),
         cursor,
         at_ms,
         write_id: None,
         op: ChangeOp::CardUpserted { card: card(2, 20, &format!("t{cursor}"), cursor) },
     };
-    d.server(ServerMessage::Changes { stream, changes: vec![change(4, 1_000_000), change(5, 1_000_010)] });
+    let changes = vec![change(4, 1_000_000), change(5, 1_000_010)];
+    d.server(ServerMessage::Changes { stream, changes });
     d.e.rendered(1_000_040);
     d.e.rendered(1_000_090); // nothing new since: no sample
     assert_eq!(d.e.metrics().change_to_screen.count(), 1);
@@ -1018,7 +1144,7 @@ fn a_prefetched_query_is_fetched_once_and_then_opens_from_cache_without_a_reques
     let out = d.input(Input::Subscribe(key));
     assert!(http(&out).is_empty(), "opens from cache: {out:?}");
     assert!(d.e.board(id(BOARD)).is_some());
-    assert_eq!(d.e.freshness(key), Freshness::Fresh);
+    assert_eq!(d.e.freshness(&key), Freshness::Fresh);
 }
 
 #[test]
@@ -1028,7 +1154,7 @@ fn no_prefetch_from_a_hidden_tab_or_with_data_saver() {
     d.input(Input::Visibility { visible: false });
     assert!(http(&d.input(Input::Prefetch(key))).is_empty());
     let mut d = Driver::new(Preferences { data_saver: true, ..Preferences::default() });
-    d.input(Input::Role(Role::Leader));
+    d.lead();
     assert!(http(&d.input(Input::Prefetch(key))).is_empty());
 }
 
@@ -1077,8 +1203,8 @@ fn retry_now_from_another_tab_reconnects_the_leader_at_once() {
     let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() else { panic!("{:?}", d.e.status()) };
     assert!(retry_at > d.now);
     assert_eq!(
-        d.e.freshness(QueryKey::Board(id(BOARD))),
-        Freshness::Stale { age_ms: 0 },
+        d.e.freshness(&QueryKey::Board(id(BOARD))),
+        Freshness::Stale { age_ms: Some(0) },
         "not \"up to date\" while disconnected"
     );
     let out = d.input(Input::Tab(TabMessage::RetryNow));
@@ -1122,10 +1248,10 @@ fn after_a_long_server_outage_the_socket_is_live_again_as_soon_as_the_server_ans
                     out.extend(d.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 }));
                 }
                 Output::SendSocket(ClientMessage::Subscribe { streams, .. }) => {
-                    out.extend(d.server(ServerMessage::Synced { stream: streams[0].stream, cursor: 3 }));
+                    out.extend(d.server(ServerMessage::Synced { stream: streams[0].stream.clone(), cursor: 3 }));
                 }
                 Output::Http { id: rid, request } if request.path.starts_with("/api/changes") => {
-                    let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)), changes: vec![] };
+                    let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)).name(), changes: vec![] };
                     out.extend(d.reply(rid, 200, serde_json::to_string(&empty).unwrap()));
                 }
                 _ => {}
@@ -1165,7 +1291,7 @@ fn when_long_polls_fail_too_the_status_is_reconnecting_with_the_next_attempt_not
     // The server answers again but still refuses the socket: polling.
     let out = d.input(Input::SocketClosed { code: Some(1006), reason: "refused".into() });
     let poll = http(&out).into_iter().find(|(_, r)| r.path.starts_with("/api/changes")).expect("long-poll again");
-    let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)), changes: vec![] };
+    let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)).name(), changes: vec![] };
     d.reply(poll.0, 200, serde_json::to_string(&empty).unwrap());
     assert!(matches!(d.e.status(), ConnectionStatus::Polling { retry_socket_at: Some(_), .. }), "{:?}", d.e.status());
 }
@@ -1193,7 +1319,7 @@ fn a_query_a_follower_marked_critical_is_polled_by_the_hidden_leader_under_criti
     let interest = TabMessage::Interest { tab: 2, keys, critical };
     // A leader whose own views are gone (its tab shows nothing) keeps polling it while every tab is hidden.
     let mut d = Driver::new(prefs);
-    d.input(Input::Role(Role::Leader));
+    d.lead();
     d.input(Input::Tab(TabMessage::Presence { tab: 2, visible: false, leader: false, sent_at: 0 }));
     let out = d.input(Input::Tab(interest));
     let (rid, _) = http(&out)[0].clone();
@@ -1232,7 +1358,7 @@ fn queued_writes_go_as_soon_as_the_feed_is_live_again_not_at_the_end_of_their_ba
         if failures >= 8 && opens(&out) > 0 {
             d.input(Input::SocketOpened);
             d.server(ServerMessage::Hello { log_id: id(LOG), heartbeat_ms: 25_000 });
-            let out = d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)), cursor: 3 });
+            let out = d.server(ServerMessage::Synced { stream: StreamId::Board(id(BOARD)).name(), cursor: 3 });
             assert_eq!(d.e.status(), &ConnectionStatus::Live);
             assert!(posted(&out).is_some(), "sent on going live: {out:?}");
             return;

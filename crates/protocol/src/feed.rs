@@ -1,14 +1,14 @@
 //! The change feed: what a committed write looks like to a client, and the messages of the live feed
 //! (WebSocket) and its long-poll fallback. docs/protocol.md explains them with examples.
 //!
-//! Changes are grouped into *streams*, each with its own cursor that only grows:
-//! - `boards`: the list of boards (created, renamed, deleted);
-//! - `board:<id>`: everything on one board (the board itself, its columns and cards).
+//! Changes are grouped into *streams*, each with its own cursor that only grows. A stream has a name the app
+//! chooses (the Kanban app: `boards`, `board:<id>`); the feed does not look inside it. A client keeps one cursor
+//! per stream it follows and resumes from it. Per-stream cursors (rather than one global cursor) are what lets the
+//! log scale out: each stream's head is advanced under a lock on that stream's row only, so on PostgreSQL two
+//! streams' writers never contend, and a stream's cursors become visible in commit order (a global sequence can
+//! commit 11 before 10 and make readers skip 10).
 //!
-//! A client keeps one cursor per stream it follows and resumes from it. Per-stream cursors (rather than one
-//! global cursor) are what lets the log scale out: each stream's head is advanced under a lock on that
-//! stream's row only, so on PostgreSQL two boards' writers never contend, and a stream's cursors become
-//! visible in commit order (a global sequence can commit 11 before 10 and make readers skip 10).
+//! The change itself (`Change::op`) is the app's: these types are generic over it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,90 +16,78 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Board, BoardId, Card, Column};
-
 /// Position in a stream: the cursor of the last change applied. 0 = before the first change.
 pub type Cursor = u64;
 
-/// Names a stream of changes. Serialized as `"boards"` or `"board:<uuid>"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum StreamId {
-    /// The list of boards.
-    Boards,
-    /// One board and everything on it.
-    Board(BoardId),
-}
+/// Longest stream name.
+pub const MAX_STREAM_NAME: usize = 128;
 
-impl fmt::Display for StreamId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StreamId::Boards => f.write_str("boards"),
-            StreamId::Board(id) => write!(f, "board:{id}"),
-        }
+/// Names a stream of changes: 1 to 128 characters of `[A-Za-z0-9:_.-]`, e.g. `boards` or `board:<uuid>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamName(String);
+
+impl StreamName {
+    /// A stream name, if `name` is a valid one.
+    pub fn new(name: impl Into<String>) -> Result<StreamName, String> {
+        let name = name.into();
+        let valid = !name.is_empty()
+            && name.len() <= MAX_STREAM_NAME
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'-'));
+        if valid { Ok(StreamName(name)) } else { Err(format!("{name:?} is not a stream name")) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-impl FromStr for StreamId {
+impl fmt::Display for StreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for StreamName {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "boards" {
-            return Ok(StreamId::Boards);
-        }
-        match s.strip_prefix("board:").map(Uuid::parse_str) {
-            Some(Ok(id)) => Ok(StreamId::Board(id)),
-            _ => Err(format!("unknown stream {s:?}: expected \"boards\" or \"board:<uuid>\"")),
-        }
+        StreamName::new(s)
     }
 }
 
-impl Serialize for StreamId {
+impl Serialize for StreamName {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(&self.0)
     }
 }
 
-impl<'de> Deserialize<'de> for StreamId {
+impl<'de> Deserialize<'de> for StreamName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        StreamName::new(s).map_err(serde::de::Error::custom)
     }
 }
 
-/// What changed. Upserts carry the whole entity as committed, so a client can apply the change to its cached
-/// data without asking the server again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum ChangeOp {
-    BoardUpserted {
-        board: Board,
-    },
-    BoardDeleted {
-        id: Uuid,
-    },
-    ColumnUpserted {
-        column: Column,
-    },
-    /// The column's cards were deleted with it; each has its own `CardDeleted` change just before this one.
-    ColumnDeleted {
-        id: Uuid,
-        board_id: Uuid,
-    },
-    CardUpserted {
-        card: Card,
-    },
-    CardDeleted {
-        id: Uuid,
-        board_id: Uuid,
-    },
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for StreamName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[A-Za-z0-9:_.-]{1,128}$"))
+            .description(Some("A stream of changes, e.g. `boards` or `board:<uuid>`"))
+            .into()
+    }
 }
 
-/// One committed change, at `cursor` in `stream`.
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for StreamName {}
+
+/// One committed change, at `cursor` in `stream`; `op` is the app's description of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Change {
-    pub stream: StreamId,
+pub struct Change<Op> {
+    pub stream: StreamName,
     pub cursor: Cursor,
     /// Commit time, milliseconds since the Unix epoch (server clock).
     pub at_ms: u64,
@@ -108,14 +96,14 @@ pub struct Change {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_id: Option<Uuid>,
     #[serde(flatten)]
-    pub op: ChangeOp,
+    pub op: Op,
 }
 
 /// A stream and the cursor the client has for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamCursor {
-    pub stream: StreamId,
+    pub stream: StreamName,
     /// The last cursor the client applied (0 for "from the beginning").
     pub since: Cursor,
 }
@@ -133,7 +121,7 @@ pub enum ClientMessage {
         log_id: Option<Uuid>,
     },
     Unsubscribe {
-        streams: Vec<StreamId>,
+        streams: Vec<StreamName>,
     },
     /// Answered by `pong` with the same nonce (browsers cannot send WebSocket ping frames).
     Ping {
@@ -145,7 +133,7 @@ pub enum ClientMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerMessage {
+pub enum ServerMessage<Op> {
     /// First message on a socket.
     Hello {
         /// Identifies this change log. Cursors from another log (say, a restored database) are meaningless here.
@@ -155,18 +143,18 @@ pub enum ServerMessage {
     },
     /// Changes of one stream, in cursor order, with no gap after the client's cursor.
     Changes {
-        stream: StreamId,
-        changes: Vec<Change>,
+        stream: StreamName,
+        changes: Vec<Change<Op>>,
     },
     /// The stream is caught up: everything up to `cursor` has been sent; what follows is live.
     Synced {
-        stream: StreamId,
+        stream: StreamName,
         cursor: Cursor,
     },
     /// The client's cursor cannot be served (older than retention, from another log, or ahead of the log):
     /// refetch the stream's snapshot and resume from the cursor it carries.
     Reset {
-        stream: StreamId,
+        stream: StreamName,
         reason: String,
     },
     Pong {
@@ -193,30 +181,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stream_ids_round_trip_as_strings() {
+    fn stream_names_are_checked_strings() {
         let id = Uuid::from_u128(7);
-        for s in [StreamId::Boards, StreamId::Board(id)] {
-            let json = serde_json::to_string(&s).unwrap();
-            assert_eq!(serde_json::from_str::<StreamId>(&json).unwrap(), s);
-        }
-        assert_eq!(serde_json::to_string(&StreamId::Board(id)).unwrap(), format!("\"board:{id}\""));
-        assert!("board:nope".parse::<StreamId>().is_err());
-        assert!("cards".parse::<StreamId>().is_err());
+        let name = StreamName::new(format!("board:{id}")).unwrap();
+        assert_eq!(serde_json::to_string(&name).unwrap(), format!("\"board:{id}\""));
+        assert_eq!(serde_json::from_str::<StreamName>(&format!("\"board:{id}\"")).unwrap(), name);
+        assert!(serde_json::from_str::<StreamName>("\"\"").is_err());
+        assert!(serde_json::from_str::<StreamName>("\"a b\"").is_err());
+        assert!(StreamName::new("x".repeat(129)).is_err());
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(tag = "op", rename_all = "snake_case")]
+    enum Op {
+        Renamed { title: String },
     }
 
     #[test]
     fn a_change_is_flat_json() {
         let change = Change {
-            stream: StreamId::Boards,
+            stream: StreamName::new("boards").unwrap(),
             cursor: 3,
             at_ms: 1,
             write_id: None,
-            op: ChangeOp::BoardDeleted { id: Uuid::from_u128(1) },
+            op: Op::Renamed { title: "x".into() },
         };
         let v = serde_json::to_value(&change).unwrap();
-        assert_eq!(v["op"], "board_deleted");
+        assert_eq!(v["op"], "renamed");
         assert_eq!(v["cursor"], 3);
-        assert_eq!(serde_json::from_value::<Change>(v).unwrap(), change);
+        assert_eq!(serde_json::from_value::<Change<Op>>(v).unwrap(), change);
     }
 
     #[test]
@@ -227,21 +220,6 @@ mod tests {
         );
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"shout"}"#).is_err());
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"ping"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"unsubscribe","streams":["no spaces"]}"#).is_err());
     }
 }
-
-#[cfg(feature = "openapi")]
-impl utoipa::PartialSchema for StreamId {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ObjectBuilder, Type};
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .pattern(Some("^(boards|board:[0-9a-fA-F-]{36})$"))
-            .description(Some("`boards` (the list of boards) or `board:<uuid>` (one board and everything on it)"))
-            .examples(["board:0192f0c4-6d2e-7c1a-9d34-1b2c3d4e5f60"])
-            .into()
-    }
-}
-
-#[cfg(feature = "openapi")]
-impl utoipa::ToSchema for StreamId {}

@@ -1,16 +1,14 @@
-//! Wire types shared by the syncline server and its clients.
+//! The syncline protocol: what the server and its clients say to each other about streams of changes, cursors,
+//! writes with idempotency keys, and errors — whatever the app's data is. The app's own types (for the Kanban
+//! app: boards, columns, cards, its writes and its changes) fill in the generic parameters (`syncline-kanban`).
 //!
-//! Everything here is plain data with serde derives: no I/O, no async, no clock. The server, the browser
-//! runtime and the simulation all speak these types, so a change here is a protocol change.
+//! Everything here is plain data with serde derives: no I/O, no async, no clock.
 
-pub mod api;
 pub mod error;
 pub mod feed;
 pub mod limits;
-pub mod moves;
 pub mod writes;
 
-pub use api::*;
 pub use error::{ApiError, ErrorCode};
-pub use feed::{Change, ChangeOp, ClientMessage, Cursor, ServerMessage, StreamCursor, StreamId};
-pub use writes::{StreamPosition, Write, WriteBatch, WriteBatchResult, WriteOp, WriteOutcome};
+pub use feed::{Change, ClientMessage, Cursor, ServerMessage, StreamCursor, StreamName};
+pub use writes::{MAX_BATCH_WRITES, StreamPosition, Write, WriteBatch, WriteBatchResult, WriteOutcome};

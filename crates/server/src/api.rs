@@ -3,6 +3,7 @@
 //! Every write goes through [`writes::execute`] as a [`WriteOp`], whichever route it came by, so a REST call,
 //! a batch entry and a replay of either are the same thing to the server.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use axum::Router;
@@ -11,19 +12,19 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use serde::Deserialize;
-use syncline_protocol::writes::MAX_BATCH_WRITES;
 #[allow(unused_imports)] // some are named only by the OpenAPI attributes
-use syncline_protocol::{
+use syncline_kanban::{
     ApiError, Board, BoardId, BoardList, BoardSnapshot, BoardSummary, Card, CardId, Change, ChangeOp, ClientMessage,
-    Column, ColumnId, CreateBoard, CreateCard, CreateColumn, Cursor, ErrorCode, MoveCard, MoveColumn, Rename,
-    ServerMessage, StreamCursor, StreamId, UpdateCard, Version, Write, WriteBatch, WriteBatchResult, WriteOp,
-    WriteOutcome,
+    Column, ColumnId, CreateBoard, CreateCard, CreateColumn, Cursor, ErrorCode, MAX_BATCH_WRITES, MoveCard, MoveColumn,
+    Rename, ServerMessage, StreamCursor, StreamId, StreamName, UpdateCard, Version, Write, WriteBatch,
+    WriteBatchResult, WriteOp, WriteOutcome,
 };
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{AppError, Json, Path};
-use crate::feed::{LogRead, read_log, stream_head};
+use crate::feed::{read_log, stream_head};
+use crate::session::{self, Session, Settings};
 use crate::writes::{self, Outcome};
 use crate::{store, ws};
 
@@ -337,36 +338,63 @@ async fn long_poll(
     query: Result<Query<LongPollQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<axum::Json<ServerMessage>> {
     let Query(q) = query.map_err(|e| bad_parameter(e.body_text()))?;
-    let stream: StreamId = q.stream.parse().map_err(bad_parameter)?;
+    let stream: StreamName = StreamId::from_str(&q.stream).map_err(bad_parameter)?.name();
     if !q.wait.is_finite() || q.wait < 0.0 {
         return Err(bad_parameter("wait must be a non-negative number of seconds"));
     }
-    let wait = Duration::from_secs_f64(q.wait).min(s.feed.longpoll_max_wait);
-    // Listen before reading, so a change landing in between wakes us.
-    let mut live = s.store.hub().subscribe(stream);
-    let read = |s: &AppState| {
-        let (store, page) = (s.store.clone(), s.feed.page_size);
-        let log_id = store.log_id();
-        async move { store.transaction(move |tx| read_log(tx, log_id, stream, q.since, q.log_id, page)).await }
+    let wait = Duration::from_secs_f64(q.wait.min(s.feed.longpoll_max_wait.as_secs_f64()));
+    let deadline = tokio::time::Instant::now() + wait;
+    // The feed session of one stream, answered with its first page of changes (or its reset); when it is caught up,
+    // it waits for a live batch until the deadline.
+    let settings = Settings { max_subscriptions: 1, page_size: s.feed.page_size, message_target_bytes: usize::MAX };
+    let mut session = Session::new(settings);
+    let mut live = None;
+    let subscribe = ClientMessage::Subscribe {
+        streams: vec![StreamCursor { stream: stream.clone(), since: q.since }],
+        log_id: q.log_id,
     };
-    let mut result = read(&s).await?;
-    if matches!(&result, LogRead::Changes(c) if c.is_empty()) && !wait.is_zero() {
-        s.metrics.longpolls_waiting.inc();
-        let mut shutdown = s.shutdown.clone();
-        let woke = tokio::select! {
-            r = live.recv() => r.is_ok() || matches!(r, Err(tokio::sync::broadcast::error::RecvError::Lagged(_))),
-            _ = tokio::time::sleep(wait) => false,
-            _ = crate::stopped(&mut shutdown) => false,
+    let mut input = Some(session::Input::Client(subscribe));
+    let mut shutdown = s.shutdown.clone();
+    loop {
+        if let Some(input) = input.take() {
+            session.handle(input);
+        }
+        while let Some(out) = session.poll_output() {
+            match out {
+                session::Output::Send(msg @ (ServerMessage::Changes { .. } | ServerMessage::Reset { .. })) => {
+                    return Ok(axum::Json(msg));
+                }
+                session::Output::Send(_) => {} // synced: nothing new yet
+                // Listen before reading, so a change landing in between wakes us.
+                session::Output::Listen(stream) => live = Some(s.store.hub().subscribe(stream)),
+                session::Output::Unlisten(_) => live = None,
+                session::Output::ReadLog { stream, since, client_log_id } => {
+                    let (store, page) = (s.store.clone(), s.feed.page_size);
+                    let own_log = store.log_id();
+                    let st = stream.clone();
+                    let read =
+                        store.transaction(move |tx| read_log(tx, own_log, &st, since, client_log_id, page)).await?;
+                    session.handle(session::Input::LogRead { stream, since, read });
+                }
+                session::Output::Close { reason, .. } => return Err(bad_parameter(reason)),
+            }
+        }
+        let Some(rx) = live.as_mut().filter(|_| tokio::time::Instant::now() < deadline) else {
+            return Ok(axum::Json(ServerMessage::Changes { stream, changes: Vec::new() }));
         };
-        s.metrics.longpolls_waiting.dec();
-        if woke {
-            result = read(&s).await?;
+        let _waiting = s.metrics.longpoll_waiting();
+        input = tokio::select! {
+            r = rx.recv() => Some(match r {
+                Ok(published) => session::Input::Published { stream: stream.clone(), changes: published.changes.clone() },
+                Err(_) => session::Input::Lagged { stream: stream.clone() },
+            }),
+            _ = tokio::time::sleep_until(deadline) => None,
+            _ = crate::stopped(&mut shutdown) => None,
+        };
+        if input.is_none() {
+            return Ok(axum::Json(ServerMessage::Changes { stream, changes: Vec::new() }));
         }
     }
-    Ok(axum::Json(match result {
-        LogRead::Changes(changes) => ServerMessage::Changes { stream, changes },
-        LogRead::Reset(reason) => ServerMessage::Reset { stream, reason },
-    }))
 }
 
 // ---- OpenAPI -------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use syncline_protocol::{Change, ChangeOp, Cursor, StreamId};
+use syncline_kanban::{Change, ChangeOp};
+use syncline_protocol::{Cursor, StreamName};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -44,7 +45,8 @@ impl Recorder {
 }
 
 /// Appends a change to `stream`'s log, advancing the stream's head, on the caller's transaction.
-pub fn record(tx: &Connection, rec: &mut Recorder, stream: StreamId, op: ChangeOp) -> StoreResult<()> {
+pub fn record(tx: &Connection, rec: &mut Recorder, stream: impl Into<StreamName>, op: ChangeOp) -> StoreResult<()> {
+    let stream = stream.into();
     let name = stream.to_string();
     // The UPSERT takes the stream row's write lock until commit: cursors of one stream commit in order.
     let head: i64 = tx.query_row(
@@ -61,10 +63,11 @@ pub fn record(tx: &Connection, rec: &mut Recorder, stream: StreamId, op: ChangeO
 }
 
 /// The last cursor handed out in `stream` (0 if it has none).
-pub fn stream_head(tx: &Connection, stream: StreamId) -> StoreResult<Cursor> {
+pub fn stream_head(tx: &Connection, stream: impl Into<StreamName>) -> StoreResult<Cursor> {
+    let stream = stream.into();
     let head: Option<i64> = tx
         .prepare_cached("SELECT head FROM streams WHERE stream = ?1")?
-        .query_row([stream.to_string()], |r| r.get(0))
+        .query_row([stream.as_str()], |r| r.get(0))
         .optional()?;
     Ok(head.unwrap_or(0) as Cursor)
 }
@@ -82,7 +85,7 @@ pub enum LogRead {
 pub fn read_log(
     tx: &Connection,
     log_id: Uuid,
-    stream: StreamId,
+    stream: &StreamName,
     since: Cursor,
     client_log_id: Option<Uuid>,
     limit: usize,
@@ -92,7 +95,7 @@ pub fn read_log(
             "the cursor belongs to change log {theirs}, this server's is {log_id}: refetch"
         )));
     }
-    let head = stream_head(tx, stream)?;
+    let head = stream_head(tx, stream.clone())?;
     if since > head {
         return Ok(LogRead::Reset(format!("cursor {since} is ahead of the log (head {head}): refetch")));
     }
@@ -123,7 +126,7 @@ pub fn read_log(
         let op: ChangeOp = serde_json::from_str(&body)
             .map_err(|e| StoreError::Internal(anyhow::anyhow!("corrupt change {name}@{seq}: {e}")))?;
         let write_id = write_id.and_then(|w| Uuid::parse_str(&w).ok());
-        changes.push(Change { stream, cursor: seq as Cursor, at_ms: at_ms as u64, write_id, op });
+        changes.push(Change { stream: stream.clone(), cursor: seq as Cursor, at_ms: at_ms as u64, write_id, op });
     }
     Ok(LogRead::Changes(changes))
 }
@@ -164,7 +167,7 @@ pub struct Published {
 /// Per-stream broadcast of committed changes to live readers in this process.
 #[derive(Debug, Default)]
 pub struct Hub {
-    channels: Mutex<HashMap<StreamId, broadcast::Sender<Arc<Published>>>>,
+    channels: Mutex<HashMap<StreamName, broadcast::Sender<Arc<Published>>>>,
 }
 
 /// Batches a reader may fall behind before it lags and re-reads from the log instead.
@@ -172,7 +175,7 @@ const HUB_CAPACITY: usize = 128;
 
 impl Hub {
     /// Receives every batch published to `stream` from now on.
-    pub fn subscribe(&self, stream: StreamId) -> broadcast::Receiver<Arc<Published>> {
+    pub fn subscribe(&self, stream: StreamName) -> broadcast::Receiver<Arc<Published>> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         channels.entry(stream).or_insert_with(|| broadcast::channel(HUB_CAPACITY).0).subscribe()
     }
@@ -183,11 +186,11 @@ impl Hub {
             return;
         }
         let committed_at = Instant::now();
-        let mut by_stream: Vec<(StreamId, Vec<Change>)> = Vec::new();
+        let mut by_stream: Vec<(StreamName, Vec<Change>)> = Vec::new();
         for change in changes {
             match by_stream.iter_mut().find(|(s, _)| *s == change.stream) {
                 Some((_, list)) => list.push(change.clone()),
-                None => by_stream.push((change.stream, vec![change.clone()])),
+                None => by_stream.push((change.stream.clone(), vec![change.clone()])),
             }
         }
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod error;
 pub mod feed;
 pub mod metrics;
+pub mod session;
 pub mod stats;
 pub mod store;
 pub mod writes;

@@ -8,6 +8,17 @@ use prometheus_client::registry::Registry;
 
 use crate::writes::Outcome;
 
+/// Counts one thing in a gauge for as long as it lives: dropped (whatever the way out — an answer, an error, a
+/// client that went away mid-wait), the gauge goes down.
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -25,6 +36,20 @@ pub struct Metrics {
     /// Times a live reader fell behind the hub and re-read the log instead.
     pub feed_resyncs: Counter,
     pub changes_pruned: Counter,
+}
+
+impl Metrics {
+    /// A long-poll waits for a change until the guard is dropped.
+    pub fn longpoll_waiting(&self) -> GaugeGuard {
+        self.longpolls_waiting.inc();
+        GaugeGuard(self.longpolls_waiting.clone())
+    }
+
+    /// A WebSocket is open until the guard is dropped.
+    pub fn websocket_open(&self) -> GaugeGuard {
+        self.websockets_open.inc();
+        GaugeGuard(self.websockets_open.clone())
+    }
 }
 
 impl Default for Metrics {

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use fractional_index::FractionalIndex;
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
-use syncline_protocol::limits::{validate_description, validate_title};
-use syncline_protocol::{
+use syncline_kanban::limits::{validate_description, validate_title};
+use syncline_kanban::{
     Board, BoardId, BoardList, BoardSnapshot, BoardSummary, Card, CardId, ChangeOp, Column, ColumnId, ColumnSummary,
     CreateBoard, CreateCard, CreateColumn, MoveCard, MoveColumn, Rename, StreamId, UpdateCard, Version,
 };

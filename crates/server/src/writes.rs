@@ -7,7 +7,7 @@
 
 use axum::http::StatusCode;
 use rusqlite::{Connection, OptionalExtension, params};
-use syncline_protocol::{ErrorCode, StreamId, StreamPosition, WriteOp};
+use syncline_kanban::{ErrorCode, StreamId, StreamPosition, WriteOp};
 use uuid::Uuid;
 
 use crate::error::AppError;
@@ -185,7 +185,10 @@ fn positions_of(tx: &Connection, entity: &serde_json::Value) -> StoreResult<Vec<
         (None, Some(board)) => vec![StreamId::Boards, StreamId::Board(board)],
         (None, None) => Vec::new(),
     };
-    streams.into_iter().map(|stream| Ok(StreamPosition { stream, cursor: stream_head(tx, stream)? })).collect()
+    streams
+        .into_iter()
+        .map(|stream| Ok(StreamPosition { stream: stream.name(), cursor: stream_head(tx, stream)? }))
+        .collect()
 }
 
 fn json<T: serde::Serialize>(value: T) -> StoreResult<serde_json::Value> {

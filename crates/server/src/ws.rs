@@ -1,11 +1,10 @@
-//! The live feed: `GET /api/feed` upgraded to a WebSocket.
+//! The live feed: `GET /api/feed` upgraded to a WebSocket, driving one feed [`Session`] per connection.
 //!
-//! Each connection holds, per stream it follows, the last cursor it delivered. Live batches from the hub are
-//! forwarded when they continue that cursor exactly; anything else (a lag, a gap, a resubscribe) is served
-//! by re-reading the log from the cursor, in pages. So a connection's memory is bounded by one page and the
-//! socket's buffers, whatever the write rate or however slowly the client reads.
+//! The session holds, per stream it follows, the last cursor it delivered; live batches from the hub are
+//! forwarded when they continue that cursor exactly, anything else (a lag, a gap, a resubscribe) is served by
+//! re-reading the log from the cursor, in pages. So a connection's memory is bounded by one page and the socket's
+//! buffers, whatever the write rate or however slowly the client reads.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,16 +14,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use futures_util::stream::{SplitSink, StreamExt};
+use syncline_kanban::{ServerMessage, StreamId};
 use syncline_protocol::feed::close_code;
-use syncline_protocol::{Change, ClientMessage, Cursor, ErrorCode, ServerMessage, StreamCursor, StreamId};
+use syncline_protocol::{ClientMessage, ErrorCode, StreamName};
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::AppError;
-use crate::feed::{LogRead, Published, read_log};
+use crate::feed::{Published, read_log};
+use crate::session::{self, Session, Settings};
 
 /// Refuses cross-site WebSocket hijacking: a browser always sends `Origin`; it must be this server's own
 /// origin or one the operator allowed. Clients that are not browsers send none and are let through.
@@ -64,9 +64,8 @@ pub async fn feed(State(state): State<AppState>, headers: HeaderMap, ws: WebSock
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
-            state.metrics.websockets_open.inc();
+            let _open = state.metrics.websocket_open();
             Connection::new(state.clone()).run(socket).await;
-            state.metrics.websockets_open.dec();
         })
 }
 
@@ -85,16 +84,22 @@ enum End {
     Close(u16, String),
 }
 
+/// Drives one connection's feed [`Session`]: reads the log and listens to the hub when it asks, and carries its
+/// messages to the socket.
 struct Connection {
     state: AppState,
-    /// Last cursor delivered, per followed stream.
-    cursors: HashMap<StreamId, Cursor>,
-    live: StreamMap<StreamId, BroadcastStream<Arc<Published>>>,
+    session: Session,
+    live: StreamMap<StreamName, BroadcastStream<Arc<Published>>>,
 }
 
 impl Connection {
     fn new(state: AppState) -> Connection {
-        Connection { state, cursors: HashMap::new(), live: StreamMap::new() }
+        let settings = Settings {
+            max_subscriptions: state.feed.max_subscriptions,
+            page_size: state.feed.page_size,
+            message_target_bytes: MESSAGE_TARGET_BYTES,
+        };
+        Connection { state, session: Session::new(settings), live: StreamMap::new() }
     }
 
     async fn run(mut self, socket: WebSocket) {
@@ -115,14 +120,21 @@ impl Connection {
                     match msg {
                         None => Err(End::Gone),
                         Some(Err(e)) => Err(read_error(&e)),
-                        Some(Ok(msg)) => self.on_message(&mut sink, msg).await,
+                        Some(Ok(msg)) => match client_message(msg) {
+                            Ok(Some(msg)) => self.step(&mut sink, session::Input::Client(msg), None).await,
+                            Ok(None) => Ok(()),
+                            Err(end) => Err(end),
+                        },
                     }
                 }
                 Some((stream, item)) = self.live.next() => match item {
-                    Ok(published) => self.on_published(&mut sink, stream, &published).await,
+                    Ok(published) => {
+                        let input = session::Input::Published { stream, changes: published.changes.clone() };
+                        self.step(&mut sink, input, Some(published.committed_at)).await
+                    }
                     Err(BroadcastStreamRecvError::Lagged(_)) => {
                         self.state.metrics.feed_resyncs.inc();
-                        self.catch_up(&mut sink, stream, None).await
+                        self.step(&mut sink, session::Input::Lagged { stream }, None).await
                     }
                 },
                 _ = heartbeat.tick() => {
@@ -143,133 +155,76 @@ impl Connection {
         }
     }
 
+    /// Gives the session an input and carries out what it asks, log reads included (answered before anything
+    /// else reaches it). `committed_at`: when the live batch in `input` committed, for the fan-out latency.
+    async fn step(&mut self, sink: &mut Sink, input: session::Input, committed_at: Option<Instant>) -> Result<(), End> {
+        self.session.handle(input);
+        while let Some(out) = self.session.poll_output() {
+            match out {
+                session::Output::Send(msg) => {
+                    let live_batch = matches!(msg, ServerMessage::Changes { .. });
+                    self.send(sink, &msg).await?;
+                    if let (true, Some(at)) = (live_batch, committed_at) {
+                        self.state.metrics.fanout_latency.observe(at.elapsed().as_secs_f64());
+                    }
+                }
+                session::Output::Listen(stream) => {
+                    let rx = self.state.store.hub().subscribe(stream.clone());
+                    self.live.insert(stream, BroadcastStream::new(rx));
+                }
+                session::Output::Unlisten(stream) => {
+                    self.live.remove(&stream);
+                }
+                session::Output::ReadLog { stream, since, client_log_id } => {
+                    let store = self.state.store.clone();
+                    let (own_log, page) = (store.log_id(), self.state.feed.page_size);
+                    let s = stream.clone();
+                    let read = store
+                        .transaction(move |tx| read_log(tx, own_log, &s, since, client_log_id, page))
+                        .await
+                        .map_err(|_| End::Close(1011, "could not read the change log".into()))?;
+                    self.session.handle(session::Input::LogRead { stream, since, read });
+                }
+                session::Output::Close { code, reason } => return Err(End::Close(code, reason)),
+            }
+        }
+        Ok(())
+    }
+
     async fn send(&self, sink: &mut Sink, msg: &ServerMessage) -> Result<(), End> {
         let text = serde_json::to_string(msg).map_err(|_| End::Close(1011, "could not encode a message".into()))?;
         self.state.metrics.ws_messages_out.inc();
         self.state.metrics.ws_bytes_out.inc_by(text.len() as u64);
-        // A client that takes no bytes at all for two heartbeat periods is gone; it resumes from its cursor
-        // when it comes back, so dropping it loses nothing.
+        // A client that takes no bytes at all for two heartbeat periods is gone; it resumes from its cursor when it
+        // comes back, so dropping it loses nothing.
         match tokio::time::timeout(self.state.feed.heartbeat * 2, sink.send(Message::Text(text.into()))).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(End::Gone),
         }
     }
-
-    async fn on_message(&mut self, sink: &mut Sink, msg: Message) -> Result<(), End> {
-        let text = match msg {
-            Message::Text(text) => text,
-            Message::Binary(_) => {
-                return Err(End::Close(close_code::UNSUPPORTED_DATA, "the feed speaks JSON text frames only".into()));
-            }
-            Message::Close(_) => return Err(End::Gone),
-            Message::Ping(_) | Message::Pong(_) => return Ok(()),
-        };
-        let msg: ClientMessage = serde_json::from_str(&text)
-            .map_err(|e| End::Close(close_code::INVALID_PAYLOAD, truncate(format!("invalid message: {e}"))))?;
-        match msg {
-            ClientMessage::Ping { nonce } => self.send(sink, &ServerMessage::Pong { nonce }).await,
-            ClientMessage::Unsubscribe { streams } => {
-                for stream in streams {
-                    self.cursors.remove(&stream);
-                    self.live.remove(&stream);
-                }
-                Ok(())
-            }
-            ClientMessage::Subscribe { streams, log_id } => {
-                let new = streams.iter().filter(|s| !self.cursors.contains_key(&s.stream)).count();
-                if self.cursors.len() + new > self.state.feed.max_subscriptions {
-                    return Err(End::Close(
-                        close_code::POLICY_VIOLATION,
-                        format!("at most {} streams per connection", self.state.feed.max_subscriptions),
-                    ));
-                }
-                for StreamCursor { stream, since } in streams {
-                    self.subscribe(sink, stream, since, log_id).await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    async fn subscribe(
-        &mut self,
-        sink: &mut Sink,
-        stream: StreamId,
-        since: Cursor,
-        log_id: Option<Uuid>,
-    ) -> Result<(), End> {
-        // Listen before reading the log, so nothing committed in between is missed.
-        self.live.insert(stream, BroadcastStream::new(self.state.store.hub().subscribe(stream)));
-        self.cursors.insert(stream, since);
-        self.catch_up(sink, stream, log_id).await
-    }
-
-    async fn on_published(&mut self, sink: &mut Sink, stream: StreamId, published: &Published) -> Result<(), End> {
-        let Some(&cursor) = self.cursors.get(&stream) else { return Ok(()) };
-        let fresh: Vec<_> = published.changes.iter().filter(|c| c.cursor > cursor).cloned().collect();
-        let Some(first) = fresh.first() else { return Ok(()) };
-        if first.cursor != cursor + 1 {
-            // A gap: fill it from the log (which also covers this batch).
-            return self.catch_up(sink, stream, None).await;
-        }
-        let last = fresh.last().map(|c| c.cursor).unwrap_or(cursor);
-        self.send(sink, &ServerMessage::Changes { stream, changes: fresh }).await?;
-        self.state.metrics.fanout_latency.observe(published.committed_at.elapsed().as_secs_f64());
-        self.cursors.insert(stream, last);
-        Ok(())
-    }
-
-    /// Sends everything after the stream's cursor from the log, page by page, then `synced`; or `reset`.
-    async fn catch_up(&mut self, sink: &mut Sink, stream: StreamId, log_id: Option<Uuid>) -> Result<(), End> {
-        let page = self.state.feed.page_size;
-        loop {
-            let Some(&since) = self.cursors.get(&stream) else { return Ok(()) };
-            let store = self.state.store.clone();
-            let own_log = store.log_id();
-            let read = store
-                .transaction(move |tx| read_log(tx, own_log, stream, since, log_id, page))
-                .await
-                .map_err(|_| End::Close(1011, "could not read the change log".into()))?;
-            match read {
-                LogRead::Reset(reason) => {
-                    self.cursors.remove(&stream);
-                    self.live.remove(&stream);
-                    return self.send(sink, &ServerMessage::Reset { stream, reason }).await;
-                }
-                LogRead::Changes(changes) if changes.is_empty() => {
-                    return self.send(sink, &ServerMessage::Synced { stream, cursor: since }).await;
-                }
-                LogRead::Changes(changes) => {
-                    let last = changes.last().map(|c| c.cursor).unwrap_or(since);
-                    let full = changes.len() == page;
-                    for changes in split_by_size(changes) {
-                        self.send(sink, &ServerMessage::Changes { stream, changes }).await?;
-                    }
-                    self.cursors.insert(stream, last);
-                    if !full {
-                        return self.send(sink, &ServerMessage::Synced { stream, cursor: last }).await;
-                    }
-                }
-            }
-        }
-    }
 }
 
-/// Splits a page of changes into runs whose JSON stays around [`MESSAGE_TARGET_BYTES`].
-fn split_by_size(changes: Vec<Change>) -> Vec<Vec<Change>> {
-    let mut out = vec![Vec::new()];
-    let mut size = 0;
-    for change in changes {
-        // The size of a change's JSON, without building it twice: its op's payload dominates.
-        let estimate = serde_json::to_vec(&change.op).map(|v| v.len()).unwrap_or(0) + 128;
-        if size + estimate > MESSAGE_TARGET_BYTES && !out.last().is_some_and(Vec::is_empty) {
-            out.push(Vec::new());
-            size = 0;
+/// A frame from the client as a feed message (`None`: nothing to act on), or why the connection ends.
+fn client_message(msg: Message) -> Result<Option<ClientMessage>, End> {
+    let text = match msg {
+        Message::Text(text) => text,
+        Message::Binary(_) => {
+            return Err(End::Close(close_code::UNSUPPORTED_DATA, "the feed speaks JSON text frames only".into()));
         }
-        size += estimate;
-        out.last_mut().expect("never empty").push(change);
+        Message::Close(_) => return Err(End::Gone),
+        Message::Ping(_) | Message::Pong(_) => return Ok(None),
+    };
+    let msg: ClientMessage = serde_json::from_str(&text)
+        .map_err(|e| End::Close(close_code::INVALID_PAYLOAD, truncate(format!("invalid message: {e}"))))?;
+    let streams: Vec<&StreamName> = match &msg {
+        ClientMessage::Subscribe { streams, .. } => streams.iter().map(|s| &s.stream).collect(),
+        ClientMessage::Unsubscribe { streams } => streams.iter().collect(),
+        ClientMessage::Ping { .. } => Vec::new(),
+    };
+    if let Some(unknown) = streams.into_iter().find(|s| StreamId::try_from(*s).is_err()) {
+        return Err(End::Close(close_code::INVALID_PAYLOAD, truncate(format!("no stream {unknown} here"))));
     }
-    out
+    Ok(Some(msg))
 }
 
 /// Close reasons must fit a control frame (125 bytes, 2 of them for the code).

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
-use syncline_protocol::{
-    Board, Card, Change, ChangeOp, ClientMessage, Column, Cursor, ServerMessage, StreamCursor, StreamId,
+use syncline_kanban::{
+    Board, Card, Change, ChangeOp, ClientMessage, Column, Cursor, ServerMessage, StreamCursor, StreamId, StreamName,
     WriteBatchResult,
 };
 use syncline_server::{Config, Server};
@@ -90,8 +90,9 @@ async fn send(ws: &mut Ws, msg: &ClientMessage) {
     ws.send(Message::text(serde_json::to_string(msg).unwrap())).await.unwrap();
 }
 
-async fn subscribe(ws: &mut Ws, stream: StreamId, since: Cursor) {
-    send(ws, &ClientMessage::Subscribe { streams: vec![StreamCursor { stream, since }], log_id: None }).await;
+async fn subscribe(ws: &mut Ws, stream: StreamName, since: Cursor) {
+    send(ws, &ClientMessage::Subscribe { streams: vec![StreamCursor { stream: stream.clone(), since }], log_id: None })
+        .await;
 }
 
 /// The next feed message, skipping control frames.
@@ -108,7 +109,7 @@ async fn next(ws: &mut Ws) -> ServerMessage {
 }
 
 /// Collects changes until `cursor` is reached; panics on a gap, a duplicate or a reset.
-async fn changes_until(ws: &mut Ws, stream: StreamId, mut have: Cursor, until: Cursor) -> Vec<Change> {
+async fn changes_until(ws: &mut Ws, stream: StreamName, mut have: Cursor, until: Cursor) -> Vec<Change> {
     let mut all = Vec::new();
     while have < until {
         match next(ws).await {
@@ -143,11 +144,11 @@ async fn close_of(ws: &mut Ws) -> (u16, String) {
 async fn a_client_resumes_from_its_cursor_and_gets_exactly_what_it_missed_in_order() {
     let f = Fixture::new().await;
     let (board, _, card) = f.board().await;
-    let stream = StreamId::Board(board.id);
+    let stream = StreamId::Board(board.id).name();
     let mut ws = f.connect().await;
     let since = f.cursor(&board).await;
-    subscribe(&mut ws, stream, since).await;
-    assert_eq!(next(&mut ws).await, ServerMessage::Synced { stream, cursor: since });
+    subscribe(&mut ws, stream.clone(), since).await;
+    assert_eq!(next(&mut ws).await, ServerMessage::Synced { stream: stream.clone(), cursor: since });
     drop(ws);
 
     for i in 0..100 {
@@ -155,8 +156,8 @@ async fn a_client_resumes_from_its_cursor_and_gets_exactly_what_it_missed_in_ord
     }
 
     let mut ws = f.connect().await;
-    subscribe(&mut ws, stream, since).await;
-    let got = changes_until(&mut ws, stream, since, since + 100).await;
+    subscribe(&mut ws, stream.clone(), since).await;
+    let got = changes_until(&mut ws, stream.clone(), since, since + 100).await;
     assert_eq!(got.len(), 100);
     for (i, change) in got.iter().enumerate() {
         match &change.op {
@@ -164,11 +165,11 @@ async fn a_client_resumes_from_its_cursor_and_gets_exactly_what_it_missed_in_ord
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(next(&mut ws).await, ServerMessage::Synced { stream, cursor: since + 100 });
+    assert_eq!(next(&mut ws).await, ServerMessage::Synced { stream: stream.clone(), cursor: since + 100 });
 
     // And it is live afterwards: the next write arrives without asking.
     f.rename_card(&card, "live").await;
-    let live = changes_until(&mut ws, stream, since + 100, since + 101).await;
+    let live = changes_until(&mut ws, stream.clone(), since + 100, since + 101).await;
     assert!(matches!(&live[0].op, ChangeOp::CardUpserted { card } if card.title == "live"));
 }
 
@@ -306,11 +307,11 @@ async fn a_subscriber_that_stops_reading_gets_everything_later_and_costs_bounded
     // Heartbeats are not the point here: a client that does not read does not answer pings either.
     let f = Fixture::with(|c| c.heartbeat_secs = 600.0).await;
     let (board, column, _) = f.board().await;
-    let stream = StreamId::Board(board.id);
+    let stream = StreamId::Board(board.id).name();
     let since = f.cursor(&board).await;
     let mut slow = f.connect().await;
-    subscribe(&mut slow, stream, since).await;
-    assert_eq!(next(&mut slow).await, ServerMessage::Synced { stream, cursor: since });
+    subscribe(&mut slow, stream.clone(), since).await;
+    assert_eq!(next(&mut slow).await, ServerMessage::Synced { stream: stream.clone(), cursor: since });
 
     // 10,000 changes of ~4 KB each: ~40 MB that would pile up in memory if the server queued them.
     let description = "x".repeat(4000);
@@ -329,7 +330,7 @@ async fn a_subscriber_that_stops_reading_gets_everything_later_and_costs_bounded
     eprintln!("10,000 writes in {:?}", started.elapsed());
     let growth = resident_bytes().saturating_sub(rss_before);
     assert!(growth < 24 * 1024 * 1024, "memory grew by {} MB while a subscriber was not reading", growth >> 20);
-    let got = changes_until(&mut slow, stream, since, since + 10_000).await;
+    let got = changes_until(&mut slow, stream.clone(), since, since + 10_000).await;
     assert_eq!(got.len(), 10_000);
     assert!(f.server.metrics().feed_resyncs.get() > 0, "the stalled reader fell back to the log");
     assert!(matches!(&got[9_999].op, ChangeOp::CardUpserted { card } if card.title == "card 9999"));
@@ -346,7 +347,7 @@ async fn a_cursor_older_than_retention_or_from_another_log_gets_reset() {
     for i in 0..30 {
         f.rename_card(&card, &format!("t{i}")).await;
     }
-    let stream = StreamId::Board(board.id);
+    let stream = StreamId::Board(board.id).name();
     let head = f.cursor(&board).await;
     // Wait for a retention sweep to drop the old changes.
     let started = Instant::now();
@@ -356,20 +357,23 @@ async fn a_cursor_older_than_retention_or_from_another_log_gets_reset() {
     }
 
     let mut ws = f.connect().await;
-    subscribe(&mut ws, stream, 1).await;
+    subscribe(&mut ws, stream.clone(), 1).await;
     assert!(
         matches!(next(&mut ws).await, ServerMessage::Reset { stream: s, ref reason } if s == stream && reason.contains("retention"))
     );
     // A recent cursor is still served.
-    subscribe(&mut ws, stream, head - 5).await;
-    assert_eq!(changes_until(&mut ws, stream, head - 5, head).await.len(), 5);
-    assert_eq!(next(&mut ws).await, ServerMessage::Synced { stream, cursor: head });
+    subscribe(&mut ws, stream.clone(), head - 5).await;
+    assert_eq!(changes_until(&mut ws, stream.clone(), head - 5, head).await.len(), 5);
+    assert_eq!(next(&mut ws).await, ServerMessage::Synced { stream: stream.clone(), cursor: head });
     // A cursor from the future, or from another log, is reset too.
-    subscribe(&mut ws, stream, head + 1).await;
+    subscribe(&mut ws, stream.clone(), head + 1).await;
     assert!(matches!(next(&mut ws).await, ServerMessage::Reset { .. }));
     send(
         &mut ws,
-        &ClientMessage::Subscribe { streams: vec![StreamCursor { stream, since: head }], log_id: Some(Uuid::new_v4()) },
+        &ClientMessage::Subscribe {
+            streams: vec![StreamCursor { stream: stream.clone(), since: head }],
+            log_id: Some(Uuid::new_v4()),
+        },
     )
     .await;
     assert!(matches!(next(&mut ws).await, ServerMessage::Reset { ref reason, .. } if reason.contains("change log")));
@@ -390,7 +394,7 @@ async fn a_cursor_older_than_retention_or_from_another_log_gets_reset() {
 async fn a_forged_origin_is_refused_and_bad_frames_close_only_their_own_socket() {
     let f = Fixture::with(|c| c.max_subscriptions = 2).await;
     let (board, _, card) = f.board().await;
-    let stream = StreamId::Board(board.id);
+    let stream = StreamId::Board(board.id).name();
 
     let mut request = format!("ws://{}/api/feed", f.server.addr).into_client_request().unwrap();
     request.headers_mut().insert("origin", "http://evil.example".parse().unwrap());
@@ -410,8 +414,8 @@ async fn a_forged_origin_is_refused_and_bad_frames_close_only_their_own_socket()
     // A bystander that must keep working through all of this.
     let mut bystander = f.connect().await;
     let since = f.cursor(&board).await;
-    subscribe(&mut bystander, stream, since).await;
-    assert_eq!(next(&mut bystander).await, ServerMessage::Synced { stream, cursor: since });
+    subscribe(&mut bystander, stream.clone(), since).await;
+    assert_eq!(next(&mut bystander).await, ServerMessage::Synced { stream: stream.clone(), cursor: since });
 
     let cases: Vec<(Message, u16)> = vec![
         (Message::text("{not json"), 1007),
@@ -423,7 +427,7 @@ async fn a_forged_origin_is_refused_and_bad_frames_close_only_their_own_socket()
             Message::text(
                 serde_json::to_string(&ClientMessage::Subscribe {
                     streams: (0..3)
-                        .map(|_| StreamCursor { stream: StreamId::Board(Uuid::new_v4()), since: 0 })
+                        .map(|_| StreamCursor { stream: StreamId::Board(Uuid::new_v4()).name(), since: 0 })
                         .collect(),
                     log_id: None,
                 })
@@ -441,7 +445,7 @@ async fn a_forged_origin_is_refused_and_bad_frames_close_only_their_own_socket()
     }
 
     f.rename_card(&card, "still served").await;
-    let got = changes_until(&mut bystander, stream, since, since + 1).await;
+    let got = changes_until(&mut bystander, stream.clone(), since, since + 1).await;
     assert!(matches!(&got[0].op, ChangeOp::CardUpserted { card } if card.title == "still served"));
     assert!(CloseCode::from(1007) != CloseCode::Normal);
 }
@@ -548,8 +552,11 @@ async fn a_write_older_than_the_servers_memory_of_write_ids_is_refused_not_appli
     let id = write_id_made(30 * 60 * 1000);
     let fresh: WriteBatchResult = f.post("/api/writes", create(id)).await;
     assert_eq!(fresh.results[0].status, 201);
-    let stream = StreamId::Board(board.id);
-    assert_eq!(fresh.results[0].at, vec![syncline_protocol::StreamPosition { stream, cursor: cursor + 1 }]);
+    let stream = StreamId::Board(board.id).name();
+    assert_eq!(
+        fresh.results[0].at,
+        vec![syncline_kanban::StreamPosition { stream: stream.clone(), cursor: cursor + 1 }]
+    );
     f.rename_card(&serde_json::from_value(fresh.results[0].body.clone()).unwrap(), "renamed since").await;
     let replay: WriteBatchResult = f.post("/api/writes", create(id)).await;
     assert_eq!(replay, fresh, "the recorded outcome, with the cursor it committed at");
@@ -563,7 +570,7 @@ async fn metrics_are_served_in_prometheus_text() {
     let f = Fixture::new().await;
     let (_, _, card) = f.board().await;
     let mut ws = f.connect().await;
-    subscribe(&mut ws, StreamId::Boards, 0).await;
+    subscribe(&mut ws, StreamId::Boards.name(), 0).await;
     f.rename_card(&card, "x").await;
     let text = f.http.get(f.url("/metrics")).send().await.unwrap().text().await.unwrap();
     for name in [

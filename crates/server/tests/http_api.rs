@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
-use syncline_protocol::{Board, BoardList, BoardSnapshot, Card, Column};
+use syncline_kanban::{Board, BoardList, BoardSnapshot, Card, Column};
 use syncline_server::{Config, Server};
 
 struct Fixture {

@@ -26,20 +26,31 @@ use std::path::Path;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rusqlite::Connection;
 use syncline_engine::{
-    BackgroundMode, ConflictPolicy, ConnectionStatus, EffectiveType, Engine, EngineConfig, HttpRequest, HttpResult,
-    InjectedBug, Input, LinkQuality, Millis, Notification, Output, PendingWrite, PersistOp, Preferences, Priority,
-    QueryData, QueryKey, Role, Settled, TabMessage,
+    BackgroundMode, ConflictPolicy, ConnectionStatus, EffectiveType, EngineConfig, HttpRequest, HttpResult,
+    InjectedBug, LinkQuality, Load, Millis, Preferences, Priority, Role, Settled,
 };
-use syncline_protocol::{
-    BoardSnapshot, Change, ClientMessage, CreateBoard, CreateCard, CreateColumn, Cursor, MoveCard, ServerMessage,
-    StreamCursor, StreamId, UpdateCard, WriteBatch, WriteBatchResult, WriteOp, WriteOutcome,
+use syncline_kanban::{
+    BoardSnapshot, ClientMessage, CreateBoard, CreateCard, CreateColumn, Kanban, KanbanViews, MoveCard, QueryData,
+    QueryKey, UpdateCard, WriteOp,
 };
-use syncline_server::feed::{LogRead, Retention, prune, read_log};
-use syncline_server::writes::WriteContext;
-use syncline_server::{store, writes};
+use syncline_server::feed::{Retention, prune};
+use syncline_server::session;
+use syncline_server::store;
+use syncline_server::writes::{self, WriteContext};
 use uuid::Uuid;
+
+mod server;
+
+use server::{Server, ServerSocket};
+
+type Engine = syncline_engine::Engine<Kanban>;
+type Input = syncline_engine::Input<Kanban>;
+type Output = syncline_engine::Output<Kanban>;
+type TabMessage = syncline_engine::TabMessage<Kanban>;
+type PendingWrite = syncline_engine::PendingWrite<Kanban>;
+type PersistOp = syncline_engine::PersistOp<Kanban>;
+type Notification = syncline_engine::Notification<Kanban>;
 
 /// Faults and user writes happen during this much simulated time.
 pub const FAULT_MS: Millis = 40_000;
@@ -93,6 +104,10 @@ pub enum Invariant {
     /// A tab was shown while its leader was frozen, and the frozen tab still held the lock after
     /// [`SHOWN_TAKEOVER_MS`].
     FrozenLeaderKept,
+    /// The feed sent a socket changes of a stream that do not continue what it sent before (a gap).
+    FeedGap,
+    /// The feed told a socket a stream is synced at a cursor behind live changes its session had been handed.
+    SyncedBehind,
 }
 
 #[derive(Debug, Clone)]
@@ -123,7 +138,7 @@ pub struct RunStats {
 }
 
 #[derive(Debug)]
-enum Event {
+pub(crate) enum Event {
     Timer {
         b: usize,
         t: usize,
@@ -145,10 +160,18 @@ enum Event {
         t: usize,
         op: PersistOp,
     },
-    /// The driver has read the stored outbox after winning the lock.
-    LeaderReady {
+    /// A feed session's log read comes back.
+    LogRead {
+        sock: u64,
+        stream: syncline_kanban::StreamName,
+        since: syncline_kanban::Cursor,
+        read: syncline_server::feed::LogRead,
+    },
+    /// An IndexedDB read of a tab completes.
+    IdbLoad {
         b: usize,
         t: usize,
+        what: Load<Kanban>,
     },
     /// A frozen tab is resumed (or discarded by the browser).
     Unfreeze {
@@ -279,36 +302,7 @@ struct Browser {
     live_at: Millis,
 }
 
-struct ServerSocket {
-    b: usize,
-    t: usize,
-    subs: BTreeMap<StreamId, Cursor>,
-}
-
-struct Parked {
-    b: usize,
-    t: usize,
-    id: u64,
-    stream: StreamId,
-    since: Cursor,
-    log_id: Option<Uuid>,
-    epoch: u64,
-}
-
-struct Server {
-    conn: Connection,
-    log_id: Uuid,
-    sockets: BTreeMap<u64, ServerSocket>,
-    parked: BTreeMap<u64, Parked>,
-    next_id: u64,
-    up: bool,
-    epoch: u64,
-    refuse_upgrades: bool,
-    /// When the last refusal of upgrades ended.
-    refused_until: Option<Millis>,
-}
-
-struct World {
+pub(crate) struct World {
     now: Millis,
     seq: u64,
     rng: SmallRng,
@@ -329,7 +323,14 @@ struct World {
     stats: RunStats,
     violation: Option<(Invariant, String)>,
     next_tab_seed: u64,
-    bug: Option<InjectedBug>,
+    bug: Option<Bug>,
+}
+
+/// A known bug the simulation can switch on, in the engine or in the server's feed session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    Engine(InjectedBug),
+    Feed(session::InjectedBug),
 }
 
 /// Runs one seed. With `trace`, the violation (if any) carries a readable log of the whole run.
@@ -338,19 +339,20 @@ pub fn run(seed: u64, trace: bool) -> Result<RunStats, Violation> {
 }
 
 /// The injected bugs by their command-line names.
-pub const INJECTED_BUGS: [(&str, InjectedBug); 4] = [
-    ("new-leader-drops-outbox", InjectedBug::NewLeaderDropsOutbox),
-    ("hidden-tabs-count-as-active", InjectedBug::HiddenTabsCountAsActive),
-    ("followers-fetch", InjectedBug::FollowersFetch),
-    ("follower-persists-after-broadcasting", InjectedBug::FollowerPersistsAfterBroadcasting),
+pub const INJECTED_BUGS: [(&str, Bug); 5] = [
+    ("new-leader-drops-outbox", Bug::Engine(InjectedBug::NewLeaderDropsOutbox)),
+    ("hidden-tabs-count-as-active", Bug::Engine(InjectedBug::HiddenTabsCountAsActive)),
+    ("followers-fetch", Bug::Engine(InjectedBug::FollowersFetch)),
+    ("follower-persists-after-broadcasting", Bug::Engine(InjectedBug::FollowerPersistsAfterBroadcasting)),
+    ("feed-drops-batches-during-catch-up", Bug::Feed(session::InjectedBug::DropsBatchesDuringCatchUp)),
 ];
 
-pub fn bug_named(name: &str) -> Option<InjectedBug> {
+pub fn bug_named(name: &str) -> Option<Bug> {
     INJECTED_BUGS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
 }
 
 /// Runs one seed with a known bug switched on in every engine (to show the invariants catch it).
-pub fn run_with(seed: u64, trace: bool, bug: Option<InjectedBug>) -> Result<RunStats, Violation> {
+pub fn run_with(seed: u64, trace: bool, bug: Option<Bug>) -> Result<RunStats, Violation> {
     let mut world = World::new(seed, trace, bug);
     world.run();
     match world.violation.take() {
@@ -362,12 +364,12 @@ pub fn run_with(seed: u64, trace: bool, bug: Option<InjectedBug>) -> Result<RunS
 }
 
 impl World {
-    fn new(seed: u64, trace: bool, bug: Option<InjectedBug>) -> World {
+    fn new(seed: u64, trace: bool, bug: Option<Bug>) -> World {
         let mut rng = SmallRng::seed_from_u64(seed);
         let (mut conn, log_id) = store::open_connection(Path::new(":memory:")).expect("in-memory database");
         // The board everyone looks at: three columns, a few cards.
         let board = Uuid::from_u128(rng.random());
-        let run = |conn: &mut Connection, op: WriteOp| {
+        let run = |conn: &mut rusqlite::Connection, op: WriteOp| {
             let ctx = WriteContext { now_ms: SIM_EPOCH_MS, write_id_ttl_ms: WRITE_ID_TTL_MS };
             let (outcome, _) = writes::execute_locked(conn, None, op, ctx).expect("seeding");
             assert!(outcome.status.is_success(), "seeding: {}", outcome.body);
@@ -406,6 +408,10 @@ impl World {
                 epoch: 0,
                 refuse_upgrades: false,
                 refused_until: None,
+                feed_bug: match bug {
+                    Some(Bug::Feed(b)) => Some(b),
+                    _ => None,
+                },
             },
             browsers: Vec::new(),
             trace: trace.then(Vec::new),
@@ -525,7 +531,11 @@ impl World {
         let t = self.browsers[b].tabs.len();
         let tab_id = (b * 100 + t) as u64;
         let prefs = self.browsers[b].prefs.clone();
-        let cfg = EngineConfig { injected_bug: self.bug, ..self.browsers[b].cfg.clone() };
+        let injected_bug = match self.bug {
+            Some(Bug::Engine(b)) => Some(b),
+            _ => None,
+        };
+        let cfg = EngineConfig { injected_bug, ..self.browsers[b].cfg.clone() };
         let engine = Engine::new(cfg, prefs, tab_id, self.next_tab_seed, self.now, SIM_EPOCH_MS + self.now);
         let visible = self.browsers[b].tabs.iter().all(|t| !t.alive || !t.visible) || self.rng.random_bool(0.5);
         self.browsers[b].tabs.push(Tab {
@@ -551,14 +561,10 @@ impl World {
         }
         let link = self.browsers[b].link;
         let online = self.browsers[b].online;
-        let outbox: Vec<PendingWrite> = self.browsers[b].idb_outbox.values().cloned().collect();
-        let cache: Vec<(QueryKey, QueryData)> =
-            self.browsers[b].idb_cache.iter().map(|(k, v)| (*k, v.clone())).collect();
         self.input(b, t, Input::Link(link));
         if !online {
             self.input(b, t, Input::Network { online: false });
         }
-        self.input(b, t, Input::Restored { outbox, cache });
         self.input(b, t, Input::Subscribe(QueryKey::Board(self.board)));
         self.input(b, t, Input::Subscribe(QueryKey::BoardSummary(self.board)));
         if b.is_multiple_of(2) {
@@ -589,24 +595,12 @@ impl World {
     fn become_leader(&mut self, b: usize, t: usize) {
         if let Some(old) = self.browsers[b].leader.filter(|&l| l != t && self.browsers[b].tabs[l].alive) {
             self.log(|| format!("b{b}/t{old} loses the lock to t{t}"));
-            self.input(b, old, Input::Role(Role::Follower));
+            self.input(b, old, Input::LockLost);
         }
         self.browsers[b].leader = Some(t);
         self.log(|| format!("b{b}/t{t} holds the lock"));
-        // The driver reads the shared outbox when it gets the lock (an IndexedDB request: messages may arrive
-        // meanwhile), then takes the role.
-        let delay = self.idb_delay();
-        self.schedule(delay, Event::LeaderReady { b, t });
-    }
-
-    fn leader_ready(&mut self, b: usize, t: usize) {
-        if self.browsers[b].leader != Some(t) || !self.browsers[b].tabs[t].alive {
-            return;
-        }
-        self.log(|| format!("b{b}/t{t} is leader"));
-        let outbox: Vec<PendingWrite> = self.browsers[b].idb_outbox.values().cloned().collect();
-        self.input(b, t, Input::Restored { outbox, cache: Vec::new() });
-        self.input(b, t, Input::Role(Role::Leader));
+        // The engine reads the stored outbox (an IndexedDB request: messages may arrive meanwhile), then leads.
+        self.input(b, t, Input::LockGranted);
     }
 
     /// How long an IndexedDB request takes: usually a few ms, now and then much longer (a busy or hidden tab).
@@ -619,9 +613,8 @@ impl World {
             return;
         }
         self.log(|| format!("b{b}/t{t} {}", if graceful { "closed" } else { "crashed" }));
-        if graceful {
-            let tab = self.browsers[b].tabs[t].engine.tab();
-            self.broadcast(b, t, TabMessage::Goodbye { tab });
+        if graceful && !self.browsers[b].tabs[t].frozen {
+            self.input(b, t, Input::Closing);
         }
         self.browsers[b].tabs[t].alive = false;
         if let Some(sock) = self.browsers[b].tabs[t].socket.take() {
@@ -685,7 +678,9 @@ impl World {
                 let tab = &mut self.browsers[b].tabs[t];
                 if deadline != tab.deadline {
                     tab.deadline = deadline;
+                    let why = tab.engine.next_timer().map(|(_, why)| why);
                     let delay = deadline.saturating_sub(self.now);
+                    self.log(|| format!("b{b}t{t} wakes in {delay} ms ({why:?})"));
                     self.schedule(delay, Event::Timer { b, t });
                 }
                 return;
@@ -738,15 +733,9 @@ impl World {
                 tab.socket_attempt += 1;
                 let attempt = tab.socket_attempt;
                 let lat = self.latency(b);
-                let reachable = self.browsers[b].online && !self.browsers[b].partitioned && self.server.up;
-                if reachable && self.server.refuse_upgrades {
-                    self.browsers[b].ws_refused_at = Some(self.now);
-                }
-                if !self.browsers[b].online
-                    || self.browsers[b].partitioned
-                    || !self.server.up
-                    || self.server.refuse_upgrades
-                {
+                // The network decides now; the server (down, refusing upgrades) when the connection reaches it —
+                // as for HTTP, so a request and a socket sent together meet the same server.
+                if !self.browsers[b].online || self.browsers[b].partitioned {
                     self.schedule(lat, Event::SocketRefused { b, t, attempt });
                 } else {
                     self.schedule(lat, Event::SocketOpenAtServer { b, t, attempt });
@@ -829,6 +818,17 @@ impl World {
                 }
                 _ => {}
             },
+            Output::Load(what) => {
+                // IndexedDB answers later, in order with the tab's other requests.
+                let delay = self.idb_delay();
+                let tab = &mut self.browsers[b].tabs[t];
+                let at = (self.now + delay).max(tab.idb_fifo);
+                tab.idb_fifo = at;
+                let delay = at - self.now;
+                self.schedule(delay, Event::IdbLoad { b, t, what });
+            }
+            // Every tab is queued for the lock; `grant_lock` gives it to the oldest when it is free.
+            Output::QueueForLock => {}
             Output::ClaimLeadership => {
                 self.log(|| format!("b{b}/t{t} claims the lock"));
                 self.become_leader(b, t);
@@ -909,7 +909,20 @@ impl World {
                     self.input(b, t, Input::SocketClosed { code: Some(1006), reason: "refused".into() });
                 }
             }
-            Event::LeaderReady { b, t } => self.leader_ready(b, t),
+            Event::IdbLoad { b, t, what } => {
+                if !self.browsers[b].tabs[t].alive {
+                    return;
+                }
+                let input = match what {
+                    Load::Outbox => {
+                        Input::OutboxLoaded { outbox: self.browsers[b].idb_outbox.values().cloned().collect() }
+                    }
+                    Load::Cache { key } => {
+                        Input::CacheLoaded { data: self.browsers[b].idb_cache.get(&key).cloned(), key }
+                    }
+                };
+                self.input(b, t, input);
+            }
             Event::Unfreeze { b, t, discard } => self.unfreeze(b, t, discard),
             Event::CheckShownTakeover { b, t, shown_at } => {
                 let browser = &self.browsers[b];
@@ -941,24 +954,19 @@ impl World {
                     return;
                 }
                 if !self.server.up || self.server.refuse_upgrades || self.browsers[b].partitioned {
+                    if self.server.up && self.server.refuse_upgrades && !self.browsers[b].partitioned {
+                        self.browsers[b].ws_refused_at = Some(self.now);
+                    }
                     let lat = self.latency(b);
                     self.schedule(lat, Event::SocketRefused { b, t, attempt });
                     return;
                 }
-                let sock = self.server.next_id;
-                self.server.next_id += 1;
-                self.server.sockets.insert(sock, ServerSocket { b, t, subs: BTreeMap::new() });
-                self.browsers[b].tabs[t].socket = Some(sock);
-                self.to_socket(sock, None);
-                let hello = ServerMessage::Hello { log_id: self.server.log_id, heartbeat_ms: 25_000 };
-                self.to_socket(sock, Some(hello));
+                self.accept_socket(b, t);
             }
             Event::SocketMsgAtServer { sock, msg } => self.server_socket_message(sock, msg),
-            Event::LongPollTimeout { park } => {
-                if let Some(p) = self.server.parked.remove(&park) {
-                    let msg = ServerMessage::Changes { stream: p.stream, changes: Vec::new() };
-                    self.respond(p.b, p.t, p.id, 200, serde_json::to_string(&msg).expect("json"));
-                }
+            Event::LongPollTimeout { park } => self.long_poll_timeout(park),
+            Event::LogRead { sock, stream, since, read } => {
+                self.socket_session(sock, session::Input::LogRead { stream, since, read });
             }
             Event::UserWrite { b } => {
                 if self.faults {
@@ -1125,7 +1133,7 @@ impl World {
                 if !self.browsers[b].partitioned {
                     self.log(|| format!("browser {b} partitioned from the server"));
                     self.browsers[b].partitioned = true;
-                    self.drop_sockets(|s| s.b == b);
+                    self.drop_sockets(|_, s| s.b == b);
                     let d = self.rng.random_range(500..8_000);
                     self.schedule(d, Event::Recover { what: Recover::Unpartition(b) });
                 }
@@ -1135,8 +1143,8 @@ impl World {
                     self.log(|| "server goes down".into());
                     self.server.up = false;
                     self.server.epoch += 1;
-                    self.drop_sockets(|_| true);
-                    let parked: Vec<Parked> = std::mem::take(&mut self.server.parked).into_values().collect();
+                    self.drop_sockets(|_, _| true);
+                    let parked: Vec<server::Parked> = std::mem::take(&mut self.server.parked).into_values().collect();
                     for p in parked {
                         let lat = self.latency(p.b);
                         self.schedule(
@@ -1161,19 +1169,18 @@ impl World {
                 if !self.server.refuse_upgrades {
                     self.log(|| "server refuses WebSocket upgrades".into());
                     self.server.refuse_upgrades = true;
-                    self.drop_sockets(|_| true);
+                    self.drop_sockets(|_, _| true);
                     let d = self.rng.random_range(5_000..20_000);
                     self.schedule(d, Event::Recover { what: Recover::AllowUpgrades });
                 }
             }
-            67..=74 => {
-                self.kill_tab(b, t, false);
-                if self.alive_tabs(b).is_empty() {
-                    self.open_tab(b);
-                }
-            }
-            75..=82 => {
-                self.kill_tab(b, t, true);
+            67..=82 => {
+                // Closed or crashed: often the leader — the tab the user works in holds the connection, and its
+                // outbox is what a successor must take over.
+                let leader = self.browsers[b].leader.filter(|l| alive.contains(l));
+                let t = leader.filter(|_| self.rng.random_bool(0.5)).unwrap_or(t);
+                let graceful = self.rng.random_bool(0.5);
+                self.kill_tab(b, t, graceful);
                 if self.alive_tabs(b).is_empty() {
                     self.open_tab(b);
                 }
@@ -1292,8 +1299,8 @@ impl World {
         }
     }
 
-    fn drop_sockets(&mut self, which: impl Fn(&ServerSocket) -> bool) {
-        let gone: Vec<u64> = self.server.sockets.iter().filter(|(_, s)| which(s)).map(|(id, _)| *id).collect();
+    fn drop_sockets(&mut self, which: impl Fn(u64, &ServerSocket) -> bool) {
+        let gone: Vec<u64> = self.server.sockets.iter().filter(|(id, s)| which(**id, s)).map(|(id, _)| *id).collect();
         for sock in gone {
             let s = self.server.sockets.remove(&sock).expect("listed");
             let worst = self.browsers[s.b].latency.1;
@@ -1421,206 +1428,6 @@ impl World {
         }
     }
 
-    // ---- the server ----------------------------------------------------------------------------------------
-
-    /// Delivers a socket message (or the open event, for `None`) to the socket's tab, in order.
-    fn to_socket(&mut self, sock: u64, msg: Option<ServerMessage>) {
-        let Some(s) = self.server.sockets.get(&sock) else { return };
-        let (b, t) = (s.b, s.t);
-        let lat = self.latency(b);
-        let tab = &mut self.browsers[b].tabs[t];
-        let at = (self.now + lat).max(tab.socket_fifo);
-        tab.socket_fifo = at;
-        let input = match msg {
-            None => Input::SocketOpened,
-            Some(m) => Input::SocketMessage(serde_json::to_string(&m).expect("json")),
-        };
-        let delay = at - self.now;
-        self.schedule(delay, Event::ToTab { b, t, input });
-    }
-
-    fn respond(&mut self, b: usize, t: usize, id: u64, status: u16, body: String) {
-        let lost_after = self.faults && self.rng.random_bool(self.browsers[b].loss / 2.0);
-        let lat = self.latency(b);
-        let result = if lost_after || !self.browsers[b].online || self.browsers[b].partitioned {
-            HttpResult::NetworkError("connection reset".into())
-        } else {
-            HttpResult::Response { status, body, etag: None }
-        };
-        self.schedule(lat, Event::ToTab { b, t, input: Input::Http { id, result } });
-    }
-
-    fn server_http(&mut self, b: usize, t: usize, id: u64, request: HttpRequest, epoch: u64) {
-        if !self.server.up || epoch != self.server.epoch {
-            let lat = self.latency(b);
-            self.schedule(
-                lat,
-                Event::ToTab { b, t, input: Input::Http { id, result: HttpResult::NetworkError("refused".into()) } },
-            );
-            return;
-        }
-        let log_id = self.server.log_id;
-        let conn = &mut self.server.conn;
-        let path = request.path.clone();
-        let reply: Result<(u16, String), ()> = if request.method == "POST" && path == "/api/writes" {
-            let batch: WriteBatch =
-                serde_json::from_str(request.body.as_deref().unwrap_or("")).expect("the engine sends valid batches");
-            let mut results = Vec::new();
-            let mut changes: Vec<Change> = Vec::new();
-            let ctx = WriteContext { now_ms: SIM_EPOCH_MS + self.now, write_id_ttl_ms: WRITE_ID_TTL_MS };
-            for w in batch.writes {
-                let (outcome, rec) = writes::execute_locked(conn, Some(w.write_id), w.op, ctx).expect("sqlite");
-                changes.extend(rec.changes().iter().cloned());
-                if outcome.status.is_success() && !outcome.replayed {
-                    *self.applied.entry(w.write_id).or_default() += 1;
-                }
-                results.push(WriteOutcome {
-                    write_id: w.write_id,
-                    status: outcome.status.as_u16(),
-                    body: outcome.body,
-                    at: outcome.at,
-                });
-            }
-            self.publish(&changes);
-            Ok((200, serde_json::to_string(&WriteBatchResult { results }).expect("json")))
-        } else if let Some(query) = path.strip_prefix("/api/changes?") {
-            let q = parse_query(query);
-            let stream: StreamId = q["stream"].parse().expect("stream");
-            let since: Cursor = q["since"].parse().expect("since");
-            let wait: u64 = q.get("wait").map(|w| w.parse().expect("wait")).unwrap_or(0);
-            let client_log = q.get("log_id").map(|l| Uuid::parse_str(l).expect("log id"));
-            let read = read_log(conn, log_id, stream, since, client_log, 500).expect("sqlite");
-            match read {
-                LogRead::Changes(changes) if changes.is_empty() && wait > 0 => {
-                    let park = self.server.next_id;
-                    self.server.next_id += 1;
-                    self.server.parked.insert(park, Parked { b, t, id, stream, since, log_id: client_log, epoch });
-                    self.schedule(wait * 1000, Event::LongPollTimeout { park });
-                    return;
-                }
-                LogRead::Changes(changes) => {
-                    Ok((200, serde_json::to_string(&ServerMessage::Changes { stream, changes }).expect("json")))
-                }
-                LogRead::Reset(reason) => {
-                    Ok((200, serde_json::to_string(&ServerMessage::Reset { stream, reason }).expect("json")))
-                }
-            }
-        } else if let Some(rest) = path.strip_prefix("/api/boards/") {
-            let (id_part, summary) = match rest.strip_suffix("/summary") {
-                Some(id) => (id, true),
-                None => (rest, false),
-            };
-            let board = Uuid::parse_str(id_part).expect("board id");
-            let tx = conn.transaction().expect("sqlite");
-            let result = if summary {
-                store::board_summary(&tx, board).map(|s| serde_json::to_string(&s).expect("json"))
-            } else {
-                store::board_snapshot(&tx, board, log_id).map(|s| serde_json::to_string(&s).expect("json"))
-            };
-            drop(tx);
-            match result {
-                Ok(body) => Ok((200, body)),
-                Err(store::StoreError::NotFound(m)) => {
-                    Ok((404, serde_json::json!({"error": "not_found", "message": m}).to_string()))
-                }
-                Err(_) => Err(()),
-            }
-        } else if path == "/api/boards" {
-            let tx = conn.transaction().expect("sqlite");
-            let list = store::list_boards(&tx, log_id).expect("sqlite");
-            Ok((200, serde_json::to_string(&list).expect("json")))
-        } else {
-            Ok((404, "{}".into()))
-        };
-        let (status, body) = reply.unwrap_or((500, "{}".into()));
-        self.respond(b, t, id, status, body);
-    }
-
-    /// Fans committed changes out to subscribed sockets and parked long-polls, in commit order.
-    fn publish(&mut self, changes: &[Change]) {
-        if changes.is_empty() {
-            return;
-        }
-        let socks: Vec<u64> = self.server.sockets.keys().copied().collect();
-        for sock in socks {
-            let mut messages = Vec::new();
-            if let Some(s) = self.server.sockets.get_mut(&sock) {
-                for (stream, cursor) in s.subs.iter_mut() {
-                    let fresh: Vec<Change> =
-                        changes.iter().filter(|c| c.stream == *stream && c.cursor > *cursor).cloned().collect();
-                    if let Some(last) = fresh.last() {
-                        *cursor = last.cursor;
-                        messages.push(ServerMessage::Changes { stream: *stream, changes: fresh });
-                    }
-                }
-            }
-            for m in messages {
-                self.to_socket(sock, Some(m));
-            }
-        }
-        let streams: BTreeSet<StreamId> = changes.iter().map(|c| c.stream).collect();
-        let woken: Vec<u64> =
-            self.server.parked.iter().filter(|(_, p)| streams.contains(&p.stream)).map(|(k, _)| *k).collect();
-        for park in woken {
-            let p = self.server.parked.remove(&park).expect("listed");
-            if p.epoch != self.server.epoch {
-                continue;
-            }
-            let read =
-                read_log(&self.server.conn, self.server.log_id, p.stream, p.since, p.log_id, 500).expect("sqlite");
-            let msg = match read {
-                LogRead::Changes(changes) => ServerMessage::Changes { stream: p.stream, changes },
-                LogRead::Reset(reason) => ServerMessage::Reset { stream: p.stream, reason },
-            };
-            self.respond(p.b, p.t, p.id, 200, serde_json::to_string(&msg).expect("json"));
-        }
-    }
-
-    fn server_socket_message(&mut self, sock: u64, msg: ClientMessage) {
-        if !self.server.sockets.contains_key(&sock) {
-            return;
-        }
-        match msg {
-            ClientMessage::Ping { nonce } => self.to_socket(sock, Some(ServerMessage::Pong { nonce })),
-            ClientMessage::Unsubscribe { streams } => {
-                if let Some(s) = self.server.sockets.get_mut(&sock) {
-                    for stream in streams {
-                        s.subs.remove(&stream);
-                    }
-                }
-            }
-            ClientMessage::Subscribe { streams, log_id } => {
-                for StreamCursor { stream, since } in streams {
-                    let mut cursor = since;
-                    loop {
-                        let read = read_log(&self.server.conn, self.server.log_id, stream, cursor, log_id, 500)
-                            .expect("sqlite");
-                        match read {
-                            LogRead::Reset(reason) => {
-                                if let Some(s) = self.server.sockets.get_mut(&sock) {
-                                    s.subs.remove(&stream);
-                                }
-                                self.to_socket(sock, Some(ServerMessage::Reset { stream, reason }));
-                                break;
-                            }
-                            LogRead::Changes(changes) if changes.is_empty() => {
-                                if let Some(s) = self.server.sockets.get_mut(&sock) {
-                                    s.subs.insert(stream, cursor);
-                                }
-                                self.to_socket(sock, Some(ServerMessage::Synced { stream, cursor }));
-                                break;
-                            }
-                            LogRead::Changes(changes) => {
-                                cursor = changes.last().expect("non-empty").cursor;
-                                self.to_socket(sock, Some(ServerMessage::Changes { stream, changes }));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     // ---- the end -------------------------------------------------------------------------------------------
 
     fn check_end(&mut self) {
@@ -1713,10 +1520,6 @@ fn show(s: &BoardSnapshot) -> String {
     let cards: Vec<String> =
         s.cards.iter().map(|c| format!("{}:{}@v{}", &c.id.to_string()[..4], c.title, c.version)).collect();
     format!("cursor {} [{}]", s.cursor, cards.join(", "))
-}
-
-fn parse_query(q: &str) -> BTreeMap<&str, &str> {
-    q.split('&').filter_map(|kv| kv.split_once('=')).collect()
 }
 
 fn describe_input(input: &Input) -> String {

@@ -49,13 +49,14 @@ fn a_seed_replays_identically() {
 #[test]
 fn every_injected_bug_is_caught() {
     use syncline_engine::InjectedBug::*;
-    use syncline_sim::Invariant;
+    use syncline_sim::{Bug, Invariant};
     for (name, bug) in syncline_sim::INJECTED_BUGS {
         let expected: &[Invariant] = match bug {
-            NewLeaderDropsOutbox => &[Invariant::WriteLost, Invariant::OutboxLeftover],
-            HiddenTabsCountAsActive => &[Invariant::HiddenTraffic],
-            FollowersFetch => &[Invariant::FollowerRequest],
-            FollowerPersistsAfterBroadcasting => &[Invariant::OutboxOutlivesWrite],
+            Bug::Engine(NewLeaderDropsOutbox) => &[Invariant::WriteLost, Invariant::OutboxLeftover],
+            Bug::Engine(HiddenTabsCountAsActive) => &[Invariant::HiddenTraffic],
+            Bug::Engine(FollowersFetch) => &[Invariant::FollowerRequest],
+            Bug::Engine(FollowerPersistsAfterBroadcasting) => &[Invariant::OutboxOutlivesWrite],
+            Bug::Feed(_) => &[Invariant::SyncedBehind],
         };
         let caught = (0..500u64).find_map(|seed| {
             syncline_sim::run_with(seed, false, Some(bug))

@@ -6,12 +6,16 @@
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(inline_js = r#"
-const DB = 'syncline';
+let name = 'syncline';
 let opened = null;
+export function idb_use(db_name) {
+  name = db_name;
+  opened = null;
+}
 function db() {
   if (!opened) {
     opened = new Promise((resolve, reject) => {
-      const req = indexedDB.open(DB, 1);
+      const req = indexedDB.open(name, 1);
       req.onupgradeneeded = () => {
         req.result.createObjectStore('outbox');
         req.result.createObjectStore('cache');
@@ -38,6 +42,14 @@ export async function idb_delete(store, key) {
     tx.objectStore(store).delete(key);
     tx.oncomplete = () => resolve();
     tx.onerror = () => reject(tx.error);
+  });
+}
+export async function idb_get(store, key) {
+  const d = await db();
+  return new Promise((resolve, reject) => {
+    const req = d.transaction(store, 'readonly').objectStore(store).get(key);
+    req.onsuccess = () => resolve(req.result === undefined ? null : req.result);
+    req.onerror = () => reject(req.error);
   });
 }
 export async function idb_all(store) {
@@ -88,6 +100,9 @@ extern "C" {
     pub async fn idb_delete(store: &str, key: &str) -> Result<JsValue, JsValue>;
     #[wasm_bindgen(catch)]
     pub async fn idb_all(store: &str) -> Result<JsValue, JsValue>;
+    #[wasm_bindgen(catch)]
+    pub async fn idb_get(store: &str, key: &str) -> Result<JsValue, JsValue>;
+    pub fn idb_use(db_name: &str);
     pub fn hold_lock(name: &str, steal: bool, granted: &js_sys::Function, lost: &js_sys::Function);
     pub fn connection_info() -> JsValue;
     pub fn on_connection_change(f: &js_sys::Function);

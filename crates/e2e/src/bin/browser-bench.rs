@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chromiumoxide::cdp::browser_protocol::performance::EnableParams;
 use syncline_e2e::{Harness, Tab, TestBrowser};
-use syncline_protocol::{CreateBoard, CreateCard, CreateColumn, UpdateCard, WriteOp};
+use syncline_kanban::{CreateBoard, CreateCard, CreateColumn, UpdateCard, WriteOp};
 use uuid::Uuid;
 
 fn wall_ms() -> f64 {
@@ -147,7 +147,7 @@ async fn big_board() -> anyhow::Result<()> {
         let long_before: serde_json::Value = serde_json::from_str(&tab.eval::<String>("window.__syncline()").await?)?;
         let (t0, s0) = busy_ms(&tab).await?;
         let started = std::time::Instant::now();
-        let round = format!("{label}");
+        let round = label.to_string();
         for (i, card) in cards.iter().step_by(10).enumerate() {
             let body = UpdateCard { title: Some(format!("{round} {i}")), ..Default::default() };
             h.write(WriteOp::UpdateCard { id: *card, body }).await?;

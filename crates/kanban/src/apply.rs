@@ -1,26 +1,17 @@
-//! Bringing cached data up to date without asking the server: applying feed changes (deltas), applying the
-//! entity a write returned, and laying pending writes over server data (the optimistic view).
+//! The Kanban data as the sync engine handles it: applying feed changes (deltas) and the entities writes
+//! return to cached boards, and laying pending writes over server data (the optimistic view).
 //!
-//! Everything is version-checked: an entity is replaced only by a newer version of itself, so applying a
-//! change twice, or a change older than a snapshot, changes nothing.
+//! Everything is version-checked: an entity is replaced only by a newer version of itself, so applying a change
+//! twice, or a change older than a snapshot, changes nothing.
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use syncline_protocol::{Board, BoardList, BoardSnapshot, Card, Change, ChangeOp, Column, WriteOp};
+use syncline_engine::Applied;
 use uuid::Uuid;
 
-use crate::types::{PendingWrite, QueryData};
-
-/// What applying a change did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    Changed,
-    Unchanged,
-    /// The change cannot be applied from its own data (e.g. a card in a column this copy does not have):
-    /// the query must be refetched.
-    CannotApply,
-}
+use crate::model::QueryData;
+use crate::{Board, BoardList, BoardSnapshot, Card, Change, ChangeOp, Column, WriteOp};
 
 fn upsert<T: Clone>(list: &mut Vec<T>, item: &T, id: impl Fn(&T) -> Uuid, version: impl Fn(&T) -> u64) -> bool {
     match list.iter_mut().find(|x| id(x) == id(item)) {
@@ -149,38 +140,32 @@ pub fn entity_of(op: &WriteOp) -> Uuid {
 }
 
 /// The fields a write changes, for conflict resolution ("*" = the whole entity).
-pub fn fields_written(op: &WriteOp) -> BTreeSet<&'static str> {
+pub fn fields_written(op: &WriteOp) -> BTreeSet<String> {
     let mut f = BTreeSet::new();
     match op {
         WriteOp::UpdateCard { body, .. } => {
             if body.title.is_some() {
-                f.insert("title");
+                f.insert("title".into());
             }
             if body.description.is_some() {
-                f.insert("description");
+                f.insert("description".into());
             }
         }
         WriteOp::MoveCard { .. } => {
-            f.insert("column_id");
-            f.insert("position");
+            f.insert("column_id".into());
+            f.insert("position".into());
         }
         WriteOp::MoveColumn { .. } => {
-            f.insert("position");
+            f.insert("position".into());
         }
         WriteOp::RenameBoard { .. } | WriteOp::RenameColumn { .. } => {
-            f.insert("title");
+            f.insert("title".into());
         }
         _ => {
-            f.insert("*");
+            f.insert("*".into());
         }
     }
     f
-}
-
-/// The fields that differ between two versions of an entity (its version aside).
-pub fn fields_changed(base: &Value, current: &Value) -> BTreeSet<String> {
-    let (Some(a), Some(b)) = (base.as_object(), current.as_object()) else { return ["*".to_owned()].into() };
-    a.keys().chain(b.keys()).filter(|k| k.as_str() != "version" && a.get(*k) != b.get(*k)).cloned().collect()
 }
 
 /// The `base_version` field of a write, for the kinds of write that have one (not creates).
@@ -197,23 +182,16 @@ pub fn base_version_slot(op: &mut WriteOp) -> Option<&mut Option<u64>> {
     }
 }
 
-/// Sets a write's base version (when it has one).
-pub fn set_base_version(op: &mut WriteOp, version: u64) {
-    if let Some(slot) = base_version_slot(op) {
-        *slot = Some(version);
-    }
-}
-
 /// A position key that sorts after every real one (real keys are hex), for optimistic inserts.
 fn pending_position(n: usize) -> String {
     format!("zz{n:08}")
 }
 
 /// The board as the user should see it: server data with pending writes laid over, in order.
-pub fn overlay_board(snap: &BoardSnapshot, pending: &[&PendingWrite]) -> Option<BoardSnapshot> {
+pub fn overlay_board(snap: &BoardSnapshot, pending: &[&WriteOp]) -> Option<BoardSnapshot> {
     let mut view = snap.clone();
     for (n, w) in pending.iter().enumerate() {
-        match &w.op {
+        match w {
             WriteOp::RenameBoard { id, body } if *id == view.board.id => view.board.title = body.title.clone(),
             WriteOp::DeleteBoard { id, .. } if *id == view.board.id => return None,
             WriteOp::CreateColumn { board_id, body } if *board_id == view.board.id => {
@@ -308,10 +286,10 @@ pub fn overlay_board(snap: &BoardSnapshot, pending: &[&PendingWrite]) -> Option<
 }
 
 /// The list of boards with pending writes laid over.
-pub fn overlay_list(list: &BoardList, pending: &[&PendingWrite]) -> BoardList {
+pub fn overlay_list(list: &BoardList, pending: &[&WriteOp]) -> BoardList {
     let mut view = list.clone();
     for w in pending {
-        match &w.op {
+        match w {
             WriteOp::CreateBoard { body } => {
                 if let Some(id) = body.id.filter(|id| !view.boards.iter().any(|b| b.id == *id)) {
                     view.boards.push(Board { id, title: body.title.clone(), version: 0 });
@@ -332,7 +310,7 @@ pub fn overlay_list(list: &BoardList, pending: &[&PendingWrite]) -> BoardList {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use syncline_protocol::{CreateCard, MoveCard, StreamId, UpdateCard};
+    use crate::{CreateCard, MoveCard, StreamId, UpdateCard};
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
@@ -365,7 +343,7 @@ mod tests {
     }
 
     fn change(cursor: u64, op: ChangeOp) -> Change {
-        Change { stream: StreamId::Board(id(100)), cursor, at_ms: 0, write_id: None, op }
+        Change { stream: StreamId::Board(id(100)).name(), cursor, at_ms: 0, write_id: None, op }
     }
 
     fn titles(snap: &BoardSnapshot) -> Vec<String> {
@@ -414,17 +392,8 @@ mod tests {
         assert_eq!(data, QueryData::Gone);
     }
 
-    fn pending(op: WriteOp) -> PendingWrite {
-        PendingWrite {
-            write_id: Uuid::from_u128(entity_of(&op).as_u128() ^ 0xabc),
-            op,
-            priority: Default::default(),
-            policy: Default::default(),
-            seq: 0,
-            base: None,
-            conflict: None,
-            conflict_at: Vec::new(),
-        }
+    fn pending(op: WriteOp) -> WriteOp {
+        op
     }
 
     #[test]
@@ -444,7 +413,7 @@ mod tests {
                 body: MoveCard { column_id: id(20), after_card_id: Some(id(3)), base_version: None },
             }),
         ];
-        let refs: Vec<&PendingWrite> = writes.iter().collect();
+        let refs: Vec<&WriteOp> = writes.iter().collect();
         let view = overlay_board(&snap, &refs).unwrap();
         assert_eq!(titles(&view), vec!["card 2", "card 3", "renamed", "new"]);
         assert_eq!(view.cards[2].column_id, id(20));
@@ -458,10 +427,10 @@ mod tests {
         theirs.description = "theirs".into();
         theirs.version = 2;
         let current = serde_json::to_value(&theirs).unwrap();
-        let changed = fields_changed(&base, &current);
+        let changed = syncline_engine::fields_changed(&base, &current);
         assert_eq!(changed, ["description".to_owned()].into());
         let mine =
             WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
-        assert!(fields_written(&mine).iter().all(|f| !changed.contains(*f)), "title vs description: no overlap");
+        assert!(fields_written(&mine).iter().all(|f| !changed.contains(f)), "title vs description: no overlap");
     }
 }

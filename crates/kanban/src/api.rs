@@ -54,7 +54,7 @@ pub struct BoardSnapshot {
     pub cards: Vec<Card>,
     /// The change log this snapshot belongs to.
     pub log_id: Uuid,
-    pub cursor: crate::Cursor,
+    pub cursor: syncline_protocol::Cursor,
 }
 
 /// `GET /api/boards/{id}/summary`: figures the server computes over a board (a query a client cannot bring up
@@ -67,7 +67,7 @@ pub struct BoardSummary {
     pub total_cards: u64,
     /// Cards with a non-empty description.
     pub described_cards: u64,
-    pub cursor: crate::Cursor,
+    pub cursor: syncline_protocol::Cursor,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +84,7 @@ pub struct ColumnSummary {
 pub struct BoardList {
     pub boards: Vec<Board>,
     pub log_id: Uuid,
-    pub cursor: crate::Cursor,
+    pub cursor: syncline_protocol::Cursor,
 }
 
 impl BoardSnapshot {

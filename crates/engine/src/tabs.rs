@@ -1,0 +1,414 @@
+//! The other tabs of this browser: presence (who is there, visible, leading), what followers need from the
+//! leader (interest, refetch, data, changes, writes), and who should lead — the lock is the arbiter, but a
+//! visible tab takes over from a hidden leader (after a short delay) and at once from one that does not answer.
+//!
+//! State: [`Tabs`]. Policy: the `impl Engine` block below.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::engine::Engine;
+use crate::model::Model;
+use crate::timers::{Soonest, Timer};
+use crate::types::*;
+
+/// Another tab, as far as its messages tell.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer<M: Model> {
+    pub visible: bool,
+    pub leader: bool,
+    /// When it last spoke (its presence's send time, on this tab's clock).
+    pub last_seen: Millis,
+    pub interests: BTreeSet<M::Key>,
+    /// Those of its interests it marked critical.
+    pub critical: BTreeSet<M::Key>,
+}
+
+/// The tabs' state.
+#[derive(Debug)]
+pub(crate) struct Tabs<M: Model> {
+    pub peers: BTreeMap<TabId, Peer<M>>,
+    pub next_presence: Millis,
+    /// Since when no tab (this one included) is visible.
+    pub no_visible_since: Option<Millis>,
+    /// Since when this visible follower has seen the leader hidden.
+    pub leader_hidden_since: Option<Millis>,
+    /// This follower was shown at this time and waits for a leader to answer its presence.
+    pub leader_check_since: Option<Millis>,
+}
+
+impl<M: Model> Tabs<M> {
+    pub fn new(now: Millis) -> Tabs<M> {
+        Tabs {
+            peers: BTreeMap::new(),
+            next_presence: now,
+            no_visible_since: None,
+            leader_hidden_since: None,
+            leader_check_since: None,
+        }
+    }
+
+    pub fn has_peers(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
+    pub fn leader_known(&self) -> bool {
+        self.peers.values().any(|p| p.leader)
+    }
+
+    /// What the other tabs want kept fresh.
+    pub fn interests(&self) -> BTreeSet<M::Key> {
+        self.peers.values().flat_map(|p| p.interests.iter().cloned()).collect()
+    }
+
+    pub fn critical_for_peers(&self, key: &M::Key) -> bool {
+        self.peers.values().any(|p| p.critical.contains(key))
+    }
+
+    pub fn peer_visible(&self) -> bool {
+        self.peers.values().any(|p| p.visible)
+    }
+
+    pub fn is_leader_tab(&self, tab: TabId) -> Option<bool> {
+        self.peers.get(&tab).map(|p| p.leader)
+    }
+
+    /// When the tabs part next needs the engine.
+    pub fn poll_timeout(&self, cfg_peer_timeout: Millis, hidden_grace: Millis, soonest: &mut Soonest) {
+        soonest.at(self.next_presence, Timer::Presence);
+        for p in self.peers.values() {
+            soonest.at(p.last_seen + cfg_peer_timeout, Timer::PeerTimeout);
+        }
+        soonest.maybe(self.no_visible_since.map(|t| t + hidden_grace), Timer::HiddenGrace);
+        soonest.maybe(self.leader_hidden_since.map(|t| t + LEADER_HANDOVER_DELAY_MS), Timer::LeaderHandover);
+        soonest.maybe(self.leader_check_since.map(|t| t + LEADER_ANSWER_MS), Timer::LeaderAnswer);
+    }
+}
+
+/// How long a visible follower waits before taking leadership from a hidden leader.
+const LEADER_HANDOVER_DELAY_MS: Millis = 500;
+/// A hidden leader answers a tab that was just shown within this (with its presence); one that does not is
+/// frozen, and the shown tab takes over at once.
+const LEADER_ANSWER_MS: Millis = 50;
+
+impl<M: Model> Engine<M> {
+    /// Some tab of this browser is visible.
+    pub(crate) fn visible_somewhere(&self) -> bool {
+        self.env.visible || self.tabs.peer_visible()
+    }
+
+    /// Some tab is visible, or was within the grace period.
+    pub(crate) fn active(&self) -> bool {
+        if self.bug(crate::config::InjectedBug::HiddenTabsCountAsActive) {
+            return true;
+        }
+        match self.tabs.no_visible_since {
+            None => true,
+            Some(since) => self.now < since + self.cfg.hidden_grace_ms,
+        }
+    }
+
+    pub(crate) fn announce(&mut self) {
+        self.tabs.next_presence = self.now + self.cfg.presence_interval_ms;
+        self.out.push_back(Output::Broadcast(TabMessage::Presence {
+            tab: self.tab,
+            visible: self.env.visible,
+            leader: self.is_leader(),
+            sent_at: self.epoch_now(),
+        }));
+    }
+
+    pub(crate) fn send_interest(&mut self) {
+        let keys: Vec<M::Key> = self.queries.map.iter().filter(|(_, q)| q.held()).map(|(k, _)| k.clone()).collect();
+        let critical = keys.iter().filter(|k| self.queries.map[*k].critical).cloned().collect();
+        self.out.push_back(Output::Broadcast(TabMessage::Interest { tab: self.tab, keys, critical }));
+    }
+
+    fn send_status(&mut self) {
+        let status = self.status.current.clone();
+        self.out.push_back(Output::Broadcast(TabMessage::Status { status, sent_at: self.now, tab: self.tab }));
+    }
+
+    pub(crate) fn on_visibility(&mut self, visible: bool) {
+        if self.env.visible == visible {
+            return;
+        }
+        self.env.visible = visible;
+        self.announce();
+        if visible {
+            if !self.is_leader() {
+                self.tabs.leader_check_since = Some(self.now);
+            }
+            self.catch_up_stale();
+        }
+    }
+
+    pub(crate) fn on_tab(&mut self, msg: TabMessage<M>) {
+        match msg {
+            TabMessage::Presence { tab, visible, leader, sent_at } => self.on_presence(tab, visible, leader, sent_at),
+            TabMessage::Goodbye { tab } => {
+                self.tabs.peers.remove(&tab);
+            }
+            TabMessage::Interest { tab, keys, critical } => {
+                let peer = self.tabs.peers.entry(tab).or_insert(Peer {
+                    visible: false,
+                    leader: false,
+                    last_seen: self.now,
+                    interests: BTreeSet::new(),
+                    critical: BTreeSet::new(),
+                });
+                peer.interests = keys.iter().cloned().collect();
+                peer.critical = critical.into_iter().collect();
+                if self.is_leader() {
+                    for key in keys {
+                        let q = self.queries.map.entry(key.clone()).or_default();
+                        q.unused_since = None;
+                        if let Some(data) = q.data.clone().filter(|_| !q.invalidated) {
+                            let fetched_at = q.current_at.unwrap_or(self.now);
+                            self.out.push_back(Output::Broadcast(TabMessage::Data { key, data, fetched_at }));
+                        } else if q.fetching.is_some() {
+                            self.metrics.dedupe_hits += 1;
+                        }
+                    }
+                }
+            }
+            TabMessage::Refetch { key } => {
+                if self.is_leader() {
+                    let kept = self.kept_fresh(&key);
+                    if let Some(q) = self.queries.map.get_mut(&key) {
+                        if q.fetching.is_some() {
+                            self.metrics.dedupe_hits += 1;
+                        } else if !kept || q.invalidated {
+                            q.invalidated = true;
+                        } else if let Some(data) = q.data.clone() {
+                            // Our copy is current (the feed keeps it so): the follower missed something (it was
+                            // frozen, or joined late). Share it rather than fetch it again.
+                            let fetched_at = q.current_at.unwrap_or(self.now);
+                            self.out.push_back(Output::Broadcast(TabMessage::Data { key, data, fetched_at }));
+                        }
+                    }
+                }
+            }
+            TabMessage::Data { key, data, fetched_at: _ } => {
+                if self.is_leader() {
+                    return; // another leader during a handover; our own data is authoritative here
+                }
+                let q = self.queries.map.entry(key.clone()).or_default();
+                let newer = q.not_older(&data) || q.data.as_ref().is_some_and(M::is_gone);
+                if newer {
+                    q.ahead_to = 0;
+                    if q.data.as_ref() != Some(&data) {
+                        q.data = Some(data);
+                        self.to_notify.insert(key.clone());
+                    }
+                }
+                q.invalidated = false;
+                q.current_at = Some(self.now);
+                q.error = None;
+                q.retry_at = None;
+                self.prefetch_done(&key);
+            }
+            TabMessage::Changes { stream, changes } => {
+                if !self.is_leader() {
+                    self.apply_changes(&stream, &changes);
+                    // What could not be applied here: ask the leader for it.
+                    let stale: Vec<M::Key> = self
+                        .queries
+                        .map
+                        .iter()
+                        .filter(|(k, q)| M::stream(k) == stream && q.invalidated && q.subscribers > 0)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in stale {
+                        self.out.push_back(Output::Broadcast(TabMessage::Refetch { key }));
+                    }
+                }
+            }
+            TabMessage::WriteQueued { write } => self.on_write_queued(write),
+            TabMessage::HandOver { write } => {
+                if self.is_leader() {
+                    self.on_handed_over(write);
+                }
+            }
+            TabMessage::WriteSettled { write_id, settled } => {
+                if !self.is_leader() {
+                    self.settle(write_id, settled);
+                }
+            }
+            TabMessage::ConflictResolved { write_id, keep_mine } => {
+                if self.is_leader() {
+                    self.resolve_conflict(write_id, keep_mine);
+                }
+            }
+            TabMessage::RetryNow => {
+                if self.is_leader() {
+                    self.retry_now();
+                }
+            }
+            TabMessage::Status { status, sent_at, tab } => {
+                if self.tabs.is_leader_tab(tab) == Some(false) {
+                    return; // from a tab that is no longer the leader (its message was on the way)
+                }
+                let status = status.rebased(sent_at, self.now);
+                if !self.is_leader() && self.status.leader.as_ref() != Some(&status) {
+                    self.status.leader = Some(status);
+                    self.notify_all_queries();
+                }
+            }
+        }
+    }
+
+    fn on_presence(&mut self, tab: TabId, visible: bool, leader: bool, sent_at: u64) {
+        // When it was said, on this tab's clock (the tabs share the wall clock): a message held while this tab was
+        // frozen is old news.
+        let said_at =
+            if sent_at > 0 { self.now.saturating_sub(self.epoch_now().saturating_sub(sent_at)) } else { self.now };
+        if said_at + self.cfg.peer_timeout_ms < self.now {
+            return;
+        }
+        let was = self.tabs.peers.get(&tab).map(|p| (p.visible, p.leader));
+        if self.is_leader() && was != Some((visible, leader)) {
+            // A tab that just appeared, was just shown or hidden, or gave up leading, hears at once where the
+            // connection stands (it would show nothing, or another leader's state, until the status next changes)
+            // and that this leader is awake (a shown tab whose leader does not answer takes over at once).
+            self.announce();
+            self.send_status();
+        }
+        let peer = self.tabs.peers.entry(tab).or_insert(Peer {
+            visible,
+            leader,
+            last_seen: said_at,
+            interests: BTreeSet::new(),
+            critical: BTreeSet::new(),
+        });
+        peer.visible = visible;
+        peer.leader = leader;
+        peer.last_seen = peer.last_seen.max(said_at);
+        let new_leader = leader && was.is_none_or(|(_, l)| !l);
+        if new_leader && !self.is_leader() {
+            // A (new) leader: tell it what this tab needs, and hand it the writes this tab holds (stored).
+            self.send_interest();
+            let queued: Vec<PendingWrite<M>> =
+                self.outbox.writes.values().filter(|w| !self.outbox.unstored.contains(&w.write_id)).cloned().collect();
+            for write in queued {
+                self.out.push_back(Output::Broadcast(TabMessage::HandOver { write }));
+            }
+        }
+    }
+
+    /// The heartbeat, silent peers, and whether any tab is visible (the hidden grace period starts when none is).
+    pub(crate) fn presence_and_peers(&mut self) {
+        if self.now >= self.tabs.next_presence {
+            self.announce();
+        }
+        let timeout = self.cfg.peer_timeout_ms;
+        let now = self.now;
+        // A visible tab that fell silent was last visible when it timed out — which may be a while ago if this
+        // tab was frozen and only noticed now: the grace period runs from then.
+        let mut visible_until: Option<Millis> = None;
+        self.tabs.peers.retain(|_, p| {
+            let alive = now < p.last_seen + timeout;
+            if !alive && p.visible {
+                visible_until = visible_until.max(Some(p.last_seen + timeout));
+            }
+            alive
+        });
+        if self.visible_somewhere() {
+            if self.tabs.no_visible_since.take().is_some() {
+                // Active again: follow the streams now rather than at the background schedule.
+                for s in self.transport.streams.values_mut() {
+                    s.next_longpoll = s.next_longpoll.min(now);
+                }
+            }
+        } else if self.tabs.no_visible_since.is_none() {
+            self.tabs.no_visible_since = Some(visible_until.map_or(now, |t| t.min(now)));
+        }
+    }
+
+    /// A visible follower takes over from a hidden leader (after a short delay, so quick tab switches do not bounce
+    /// the connection): the connection should live in a tab the user looks at. A tab that was just shown announced
+    /// itself; if no leader answers within `LEADER_ANSWER_MS` (the browser froze the leader: it keeps the lock but
+    /// does nothing), it takes over at once.
+    pub(crate) fn seek_leadership(&mut self) {
+        let tabs = &mut self.tabs;
+        if !self.env.visible {
+            tabs.leader_check_since = None;
+            tabs.leader_hidden_since = None;
+            return;
+        }
+        if let Some(since) = tabs.leader_check_since {
+            let answered = tabs.peers.values().any(|p| p.leader && p.last_seen >= since);
+            if answered {
+                tabs.leader_check_since = None;
+            } else if self.now >= since + LEADER_ANSWER_MS {
+                tabs.leader_check_since = None;
+                tabs.leader_hidden_since = None;
+                self.out.push_back(Output::ClaimLeadership);
+                return;
+            }
+        }
+        let leader_hidden = tabs.peers.values().any(|p| p.leader && !p.visible);
+        if leader_hidden {
+            let since = *tabs.leader_hidden_since.get_or_insert(self.now);
+            if self.now >= since + LEADER_HANDOVER_DELAY_MS {
+                tabs.leader_hidden_since = None;
+                self.out.push_back(Output::ClaimLeadership);
+            }
+        } else {
+            tabs.leader_hidden_since = None;
+        }
+    }
+
+    /// The lock was granted: read the stored outbox (every tab's queued writes), then lead.
+    pub(crate) fn on_lock_granted(&mut self) {
+        if self.is_leader() {
+            return;
+        }
+        self.outbox_loads_issued += 1;
+        self.lead_after_load = Some(self.outbox_loads_issued);
+        self.out.push_back(Output::Load(Load::Outbox));
+    }
+
+    pub(crate) fn on_lock_lost(&mut self) {
+        self.lead_after_load = None;
+        self.on_role(Role::Follower);
+        self.out.push_back(Output::QueueForLock);
+    }
+
+    pub(crate) fn on_role(&mut self, role: Role) {
+        if self.role == role {
+            return;
+        }
+        self.role = role;
+        self.announce();
+        self.tabs.leader_check_since = None;
+        self.tabs.leader_hidden_since = None;
+        match role {
+            Role::Leader => {
+                if self.bug(crate::config::InjectedBug::NewLeaderDropsOutbox) {
+                    self.outbox.writes.clear();
+                }
+                self.status.leader = None;
+                self.transport_take_over();
+                self.outbox.retry_at = self.now;
+                // Followers re-announce what they need when they see the new leader's presence.
+                for key in self.wanted_keys() {
+                    if let Some(q) = self.queries.map.get_mut(&key)
+                        && q.data.is_none()
+                    {
+                        q.invalidated = true;
+                    }
+                }
+            }
+            Role::Follower => {
+                self.drop_socket("no longer the leader");
+                self.cancel_long_polls();
+                self.send_interest();
+            }
+        }
+    }
+
+    /// The tab is closing: its last word to the others (a crashed tab is noticed by its missing heartbeat).
+    pub(crate) fn on_closing(&mut self) {
+        self.out.push_back(Output::Broadcast(TabMessage::Goodbye { tab: self.tab }));
+    }
+}

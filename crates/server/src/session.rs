@@ -1,0 +1,320 @@
+//! One client's session on the change feed, sans-IO: the streams it follows and the cursor delivered in each;
+//! a live batch is forwarded only if it continues that cursor exactly, anything else (a lag, a gap, a subscribe)
+//! is served by re-reading the log from the cursor, in pages, then `synced` — or `reset` when the cursor cannot be
+//! served. The WebSocket handler (`ws.rs`), the long-poll handler (`api.rs`) and the simulation all drive this
+//! one type: they read the log and listen to the hub when it asks, and carry its messages to the client.
+//!
+//! The contract: give it `Input`s, then drain `poll_output` until `None`; answer every `ReadLog` with a
+//! `LogRead` for the same stream and cursor.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use syncline_kanban::{Change, ServerMessage};
+use syncline_protocol::feed::close_code;
+use syncline_protocol::{ClientMessage, Cursor, StreamCursor, StreamName};
+use uuid::Uuid;
+
+use crate::feed::LogRead;
+
+/// What the session's driver tells it.
+#[derive(Debug)]
+pub enum Input {
+    /// A message from the client.
+    Client(ClientMessage),
+    /// A live batch for a stream the session listens to, as published after its commit.
+    Published { stream: StreamName, changes: Vec<Change> },
+    /// The driver's live listener for a stream fell behind and dropped batches.
+    Lagged { stream: StreamName },
+    /// The answer to `Output::ReadLog`.
+    LogRead { stream: StreamName, since: Cursor, read: LogRead },
+}
+
+/// What the session asks of its driver.
+#[derive(Debug, PartialEq)]
+pub enum Output {
+    /// Send this to the client.
+    Send(ServerMessage),
+    /// Start listening to live batches of this stream (before the log is read, so nothing committed in between is
+    /// missed).
+    Listen(StreamName),
+    Unlisten(StreamName),
+    /// Read the log after `since` (at most a page), and answer with `Input::LogRead`.
+    ReadLog {
+        stream: StreamName,
+        since: Cursor,
+        client_log_id: Option<Uuid>,
+    },
+    /// Close the connection with this code and reason (the client broke the protocol or a limit).
+    Close {
+        code: u16,
+        reason: String,
+    },
+}
+
+/// Limits and sizes of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub max_subscriptions: usize,
+    /// Changes per log read.
+    pub page_size: usize,
+    /// A page is split into messages of about this many bytes (`usize::MAX`: one message per page).
+    pub message_target_bytes: usize,
+}
+
+/// A bug the simulation can switch on to show it catches it (feature `bug-injection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// A live batch that arrives while the log is being read is dropped, and the stream is said `synced` when the
+    /// read ends, as if the read had covered it.
+    DropsBatchesDuringCatchUp,
+}
+
+#[derive(Debug)]
+struct Followed {
+    /// The last cursor delivered to the client.
+    cursor: Cursor,
+    /// A log read is outstanding for this stream.
+    reading: bool,
+    /// A live batch arrived while the read was outstanding: read again before saying `synced`.
+    stale: bool,
+    /// The log the client's cursors belong to (from its subscribe), for the first read.
+    client_log_id: Option<Uuid>,
+}
+
+/// One client's feed session.
+#[derive(Debug)]
+pub struct Session {
+    settings: Settings,
+    streams: BTreeMap<StreamName, Followed>,
+    out: VecDeque<Output>,
+    bug: Option<InjectedBug>,
+}
+
+impl Session {
+    pub fn new(settings: Settings) -> Session {
+        Session { settings, streams: BTreeMap::new(), out: VecDeque::new(), bug: None }
+    }
+
+    /// The same session with a known bug switched on (simulation only).
+    #[cfg(feature = "bug-injection")]
+    pub fn with_bug(mut self, bug: Option<InjectedBug>) -> Session {
+        self.bug = bug;
+        self
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Streams followed, with the cursor delivered in each.
+    pub fn cursors(&self) -> impl Iterator<Item = (&StreamName, Cursor)> {
+        self.streams.iter().map(|(s, f)| (s, f.cursor))
+    }
+
+    pub fn handle(&mut self, input: Input) {
+        match input {
+            Input::Client(msg) => self.on_client(msg),
+            Input::Published { stream, changes } => self.on_published(stream, changes),
+            Input::Lagged { stream } => self.read(&stream),
+            Input::LogRead { stream, since, read } => self.on_log_read(stream, since, read),
+        }
+    }
+
+    fn on_client(&mut self, msg: ClientMessage) {
+        match msg {
+            ClientMessage::Ping { nonce } => self.out.push_back(Output::Send(ServerMessage::Pong { nonce })),
+            ClientMessage::Unsubscribe { streams } => {
+                for stream in streams {
+                    if self.streams.remove(&stream).is_some() {
+                        self.out.push_back(Output::Unlisten(stream));
+                    }
+                }
+            }
+            ClientMessage::Subscribe { streams, log_id } => {
+                let new: BTreeSet<&StreamName> =
+                    streams.iter().map(|s| &s.stream).filter(|s| !self.streams.contains_key(*s)).collect();
+                if self.streams.len() + new.len() > self.settings.max_subscriptions {
+                    let reason = format!("at most {} streams per connection", self.settings.max_subscriptions);
+                    self.out.push_back(Output::Close { code: close_code::POLICY_VIOLATION, reason });
+                    return;
+                }
+                for StreamCursor { stream, since } in streams {
+                    if !self.streams.contains_key(&stream) {
+                        self.out.push_back(Output::Listen(stream.clone()));
+                    }
+                    let followed = Followed { cursor: since, reading: false, stale: false, client_log_id: log_id };
+                    self.streams.insert(stream.clone(), followed);
+                    self.read(&stream);
+                }
+            }
+        }
+    }
+
+    /// Catches the stream up from its cursor (unless a read is already on its way).
+    fn read(&mut self, stream: &StreamName) {
+        let Some(f) = self.streams.get_mut(stream) else { return };
+        if f.reading {
+            f.stale = true;
+            return;
+        }
+        f.reading = true;
+        f.stale = false;
+        let (since, client_log_id) = (f.cursor, f.client_log_id.take());
+        self.out.push_back(Output::ReadLog { stream: stream.clone(), since, client_log_id });
+    }
+
+    fn on_published(&mut self, stream: StreamName, changes: Vec<Change>) {
+        let Some(f) = self.streams.get_mut(&stream) else { return };
+        if f.reading {
+            // The read may end before this batch: read again then.
+            f.stale = self.bug != Some(InjectedBug::DropsBatchesDuringCatchUp);
+            return;
+        }
+        let fresh: Vec<Change> = changes.into_iter().filter(|c| c.cursor > f.cursor).collect();
+        let Some(first) = fresh.first() else { return };
+        if first.cursor != f.cursor + 1 {
+            // A gap: fill it from the log (which also covers this batch).
+            self.read(&stream);
+            return;
+        }
+        f.cursor = fresh.last().map_or(f.cursor, |c| c.cursor);
+        self.out.push_back(Output::Send(ServerMessage::Changes { stream, changes: fresh }));
+    }
+
+    fn on_log_read(&mut self, stream: StreamName, since: Cursor, read: LogRead) {
+        let Some(f) = self.streams.get_mut(&stream) else { return };
+        if !f.reading || f.cursor != since {
+            return; // not the read we asked for (the client resubscribed meanwhile)
+        }
+        f.reading = false;
+        match read {
+            LogRead::Reset(reason) => {
+                self.streams.remove(&stream);
+                self.out.push_back(Output::Unlisten(stream.clone()));
+                self.out.push_back(Output::Send(ServerMessage::Reset { stream, reason }));
+            }
+            LogRead::Changes(changes) => {
+                let full = changes.len() >= self.settings.page_size;
+                if let Some(last) = changes.last() {
+                    f.cursor = last.cursor;
+                }
+                let (cursor, stale) = (f.cursor, f.stale);
+                for changes in split_by_size(changes, self.settings.message_target_bytes) {
+                    self.out.push_back(Output::Send(ServerMessage::Changes { stream: stream.clone(), changes }));
+                }
+                if full || stale {
+                    self.read(&stream);
+                } else {
+                    self.out.push_back(Output::Send(ServerMessage::Synced { stream, cursor }));
+                }
+            }
+        }
+    }
+}
+
+/// Splits a page of changes into runs whose JSON stays around `target` bytes (none if the page is empty).
+fn split_by_size(changes: Vec<Change>, target: usize) -> Vec<Vec<Change>> {
+    let mut out: Vec<Vec<Change>> = Vec::new();
+    let mut size = 0;
+    for change in changes {
+        // The size of a change's JSON, without building it twice: its op's payload dominates.
+        let estimate = serde_json::to_vec(&change.op).map(|v| v.len()).unwrap_or(0) + 128;
+        if out.is_empty() || (size + estimate > target && !out.last().is_some_and(Vec::is_empty)) {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size = size.saturating_add(estimate);
+        out.last_mut().expect("never empty").push(change);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use syncline_kanban::{ChangeOp, StreamId};
+
+    fn settings() -> Settings {
+        Settings { max_subscriptions: 2, page_size: 3, message_target_bytes: usize::MAX }
+    }
+
+    fn stream() -> StreamName {
+        StreamId::Boards.name()
+    }
+
+    fn change(cursor: Cursor) -> Change {
+        Change {
+            stream: stream(),
+            cursor,
+            at_ms: 0,
+            write_id: None,
+            op: ChangeOp::BoardDeleted { id: Uuid::from_u128(cursor as u128) },
+        }
+    }
+
+    fn drain(s: &mut Session) -> Vec<Output> {
+        std::iter::from_fn(|| s.poll_output()).collect()
+    }
+
+    fn subscribe(s: &mut Session, since: Cursor) -> Vec<Output> {
+        let streams = vec![StreamCursor { stream: stream(), since }];
+        s.handle(Input::Client(ClientMessage::Subscribe { streams, log_id: None }));
+        drain(s)
+    }
+
+    #[test]
+    fn a_subscribe_listens_then_reads_then_pages_then_says_synced() {
+        let mut s = Session::new(settings());
+        let out = subscribe(&mut s, 2);
+        assert_eq!(
+            out,
+            vec![Output::Listen(stream()), Output::ReadLog { stream: stream(), since: 2, client_log_id: None }]
+        );
+        s.handle(Input::LogRead {
+            stream: stream(),
+            since: 2,
+            read: LogRead::Changes(vec![change(3), change(4), change(5)]),
+        });
+        let out = drain(&mut s);
+        assert!(matches!(&out[0], Output::Send(ServerMessage::Changes { changes, .. }) if changes.len() == 3));
+        assert_eq!(out[1], Output::ReadLog { stream: stream(), since: 5, client_log_id: None }, "a full page: read on");
+        s.handle(Input::LogRead { stream: stream(), since: 5, read: LogRead::Changes(vec![change(6)]) });
+        let out = drain(&mut s);
+        assert_eq!(out[1], Output::Send(ServerMessage::Synced { stream: stream(), cursor: 6 }));
+    }
+
+    #[test]
+    fn a_live_batch_goes_out_only_if_it_continues_the_cursor() {
+        let mut s = Session::new(settings());
+        subscribe(&mut s, 0);
+        s.handle(Input::LogRead { stream: stream(), since: 0, read: LogRead::Changes(vec![]) });
+        drain(&mut s);
+        s.handle(Input::Published { stream: stream(), changes: vec![change(1), change(2)] });
+        assert!(
+            matches!(&drain(&mut s)[..], [Output::Send(ServerMessage::Changes { changes, .. })] if changes.len() == 2)
+        );
+        // A batch that skips cursor 3: the log fills the gap instead.
+        s.handle(Input::Published { stream: stream(), changes: vec![change(4)] });
+        assert_eq!(drain(&mut s), vec![Output::ReadLog { stream: stream(), since: 2, client_log_id: None }]);
+        // A batch during the read is not lost: the read goes again before `synced`.
+        s.handle(Input::Published { stream: stream(), changes: vec![change(5)] });
+        assert!(drain(&mut s).is_empty());
+        s.handle(Input::LogRead { stream: stream(), since: 2, read: LogRead::Changes(vec![change(3), change(4)]) });
+        let out = drain(&mut s);
+        assert_eq!(out.last(), Some(&Output::ReadLog { stream: stream(), since: 4, client_log_id: None }));
+    }
+
+    #[test]
+    fn a_cursor_that_cannot_be_served_resets_and_too_many_streams_close() {
+        let mut s = Session::new(settings());
+        subscribe(&mut s, 9);
+        s.handle(Input::LogRead { stream: stream(), since: 9, read: LogRead::Reset("gone".into()) });
+        let out = drain(&mut s);
+        assert_eq!(out[0], Output::Unlisten(stream()));
+        assert!(matches!(&out[1], Output::Send(ServerMessage::Reset { .. })));
+        let streams =
+            (0..3).map(|i| StreamCursor { stream: StreamId::Board(Uuid::from_u128(i)).name(), since: 0 }).collect();
+        s.handle(Input::Client(ClientMessage::Subscribe { streams, log_id: None }));
+        assert!(matches!(&drain(&mut s)[..], [Output::Close { code: 1008, .. }]));
+    }
+}

@@ -1,0 +1,375 @@
+//! The simulated server: the real store and write path (`writes::execute_locked` on SQLite in memory) and the
+//! real feed session (`syncline_server::session`) for every socket and long-poll. What is modelled is only what
+//! is not code: latency, loss, the server being down or refusing WebSocket upgrades.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::Rng;
+use rusqlite::Connection;
+use syncline_engine::{HttpRequest, HttpResult};
+use syncline_kanban::{
+    ClientMessage, Cursor, ServerMessage, StreamCursor, StreamName, WriteBatch, WriteBatchResult, WriteOutcome,
+};
+use syncline_server::feed::read_log;
+use syncline_server::session::{self, Session, Settings};
+use syncline_server::store;
+use syncline_server::writes::{self, WriteContext};
+use uuid::Uuid;
+
+use crate::{Event, Input, Invariant, SIM_EPOCH_MS, WRITE_ID_TTL_MS, World};
+
+/// Changes per log read, as the real server.
+const PAGE: usize = 500;
+
+pub(crate) struct ServerSocket {
+    pub b: usize,
+    pub t: usize,
+    pub session: Session,
+    /// Streams the session listens to live.
+    pub listening: BTreeSet<StreamName>,
+    /// Per stream, the last cursor the client was sent (to check the feed never skips one).
+    pub sent: BTreeMap<StreamName, Cursor>,
+    /// Per stream, the last cursor of the live batches handed to the session (a `synced` must not be behind it).
+    pub handed: BTreeMap<StreamName, Cursor>,
+}
+
+/// A long-poll that found nothing new and waits for a change.
+pub(crate) struct Parked {
+    pub b: usize,
+    pub t: usize,
+    pub id: u64,
+    pub stream: StreamName,
+    pub session: Session,
+    pub epoch: u64,
+}
+
+pub(crate) struct Server {
+    pub conn: Connection,
+    pub log_id: Uuid,
+    pub sockets: BTreeMap<u64, ServerSocket>,
+    pub parked: BTreeMap<u64, Parked>,
+    pub next_id: u64,
+    pub up: bool,
+    pub epoch: u64,
+    pub refuse_upgrades: bool,
+    /// When the last refusal of upgrades ended.
+    pub refused_until: Option<u64>,
+    pub feed_bug: Option<session::InjectedBug>,
+}
+
+impl Server {
+    fn session(&self, message_target_bytes: usize, max_subscriptions: usize) -> Session {
+        let settings = Settings { max_subscriptions, page_size: PAGE, message_target_bytes };
+        Session::new(settings).with_bug(self.feed_bug)
+    }
+}
+
+/// What a session asked that the world must carry out.
+enum Said {
+    Message(ServerMessage),
+    Close(u16, String),
+}
+
+impl World {
+    /// Drives a session until it has nothing more to ask, keeps `listening` up to date, and returns what it
+    /// said. Log reads are answered at once (`reads: None`, as the long-poll handler does), or read now — a
+    /// snapshot, as SQLite's — and handed back after a delay, meanwhile live batches keep coming (`reads`).
+    fn run_session(
+        conn: &Connection,
+        log_id: Uuid,
+        session: &mut Session,
+        listening: &mut BTreeSet<StreamName>,
+        input: session::Input,
+        mut reads: Option<&mut Vec<(StreamName, Cursor, syncline_server::feed::LogRead)>>,
+    ) -> Vec<Said> {
+        let mut said = Vec::new();
+        session.handle(input);
+        while let Some(out) = session.poll_output() {
+            match out {
+                session::Output::Send(msg) => said.push(Said::Message(msg)),
+                session::Output::Listen(stream) => {
+                    listening.insert(stream);
+                }
+                session::Output::Unlisten(stream) => {
+                    listening.remove(&stream);
+                }
+                session::Output::ReadLog { stream, since, client_log_id } => {
+                    let read = read_log(conn, log_id, &stream, since, client_log_id, PAGE).expect("sqlite");
+                    match reads.as_deref_mut() {
+                        Some(later) => later.push((stream, since, read)),
+                        None => session.handle(session::Input::LogRead { stream, since, read }),
+                    }
+                }
+                session::Output::Close { code, reason } => said.push(Said::Close(code, reason)),
+            }
+        }
+        said
+    }
+
+    /// Gives a socket's session an input and sends what it says; its log reads come back a moment later.
+    pub(crate) fn socket_session(&mut self, sock: u64, input: session::Input) {
+        let Some(s) = self.server.sockets.get_mut(&sock) else { return };
+        let mut reads = Vec::new();
+        let said = Self::run_session(
+            &self.server.conn,
+            self.server.log_id,
+            &mut s.session,
+            &mut s.listening,
+            input,
+            Some(&mut reads),
+        );
+        for (stream, since, read) in reads {
+            let delay = self.rng.random_range(0..25);
+            self.schedule(delay, Event::LogRead { sock, stream, since, read });
+        }
+        for what in said {
+            match what {
+                Said::Message(msg) => self.send_on_socket(sock, msg),
+                Said::Close(code, reason) => {
+                    self.log(|| format!("server closes socket {sock}: {code} {reason}"));
+                    self.drop_sockets(|id, _| id == sock);
+                }
+            }
+        }
+    }
+
+    /// Sends a feed message on a socket, checking first that the feed never skips a cursor.
+    fn send_on_socket(&mut self, sock: u64, msg: ServerMessage) {
+        let Some(s) = self.server.sockets.get_mut(&sock) else { return };
+        match &msg {
+            ServerMessage::Changes { stream, changes } => {
+                let have = s.sent.get(stream).copied();
+                if let (Some(have), Some(first)) = (have, changes.first())
+                    && first.cursor != have + 1
+                {
+                    let (b, t) = (s.b, s.t);
+                    let detail = format!("b{b}/t{t}'s socket was sent {stream} from {} after {have}", first.cursor);
+                    self.fail(Invariant::FeedGap, detail);
+                    return;
+                }
+                if let Some(last) = changes.last() {
+                    s.sent.insert(stream.clone(), last.cursor);
+                }
+            }
+            ServerMessage::Synced { stream, cursor } => {
+                if let Some(&handed) = s.handed.get(stream).filter(|&&h| h > *cursor) {
+                    let (b, t) = (s.b, s.t);
+                    let detail = format!(
+                        "b{b}/t{t}'s socket was told {stream} is synced at {cursor}; live changes up to {handed} had reached its session"
+                    );
+                    self.fail(Invariant::SyncedBehind, detail);
+                    return;
+                }
+                s.sent.insert(stream.clone(), *cursor);
+            }
+            ServerMessage::Reset { stream, .. } => {
+                s.sent.remove(stream);
+            }
+            _ => {}
+        }
+        self.send_to_socket(sock, Some(msg));
+    }
+
+    /// Delivers a socket message (or the open event, for `None`) to the socket's tab, in order.
+    pub(crate) fn send_to_socket(&mut self, sock: u64, msg: Option<ServerMessage>) {
+        let Some(s) = self.server.sockets.get(&sock) else { return };
+        let (b, t) = (s.b, s.t);
+        let lat = self.latency(b);
+        let tab = &mut self.browsers[b].tabs[t];
+        let at = (self.now + lat).max(tab.socket_fifo);
+        tab.socket_fifo = at;
+        let input = match msg {
+            None => Input::SocketOpened,
+            Some(m) => Input::SocketMessage(serde_json::to_string(&m).expect("json")),
+        };
+        let delay = at - self.now;
+        self.schedule(delay, Event::ToTab { b, t, input });
+    }
+
+    /// The server accepts a WebSocket: a new session, and `hello`.
+    pub(crate) fn accept_socket(&mut self, b: usize, t: usize) {
+        let sock = self.server.next_id;
+        self.server.next_id += 1;
+        let session = self.server.session(256 * 1024, 64);
+        let socket =
+            ServerSocket { b, t, session, listening: BTreeSet::new(), sent: BTreeMap::new(), handed: BTreeMap::new() };
+        self.server.sockets.insert(sock, socket);
+        self.browsers[b].tabs[t].socket = Some(sock);
+        self.send_to_socket(sock, None);
+        let hello = ServerMessage::Hello { log_id: self.server.log_id, heartbeat_ms: 25_000 };
+        self.send_to_socket(sock, Some(hello));
+    }
+
+    pub(crate) fn server_socket_message(&mut self, sock: u64, msg: ClientMessage) {
+        let Some(s) = self.server.sockets.get_mut(&sock) else { return };
+        if let ClientMessage::Subscribe { streams, .. } = &msg {
+            // What the client says it has is where the feed continues from.
+            for StreamCursor { stream, since } in streams {
+                s.sent.insert(stream.clone(), *since);
+            }
+        }
+        self.socket_session(sock, session::Input::Client(msg));
+    }
+
+    pub(crate) fn respond(&mut self, b: usize, t: usize, id: u64, status: u16, body: String) {
+        let lost_after = self.faults && self.rng.random_bool(self.browsers[b].loss / 2.0);
+        let lat = self.latency(b);
+        let result = if lost_after || !self.browsers[b].online || self.browsers[b].partitioned {
+            HttpResult::NetworkError("connection reset".into())
+        } else {
+            HttpResult::Response { status, body, etag: None }
+        };
+        self.schedule(lat, Event::ToTab { b, t, input: Input::Http { id, result } });
+    }
+
+    pub(crate) fn server_http(&mut self, b: usize, t: usize, id: u64, request: HttpRequest, epoch: u64) {
+        if !self.server.up || epoch != self.server.epoch {
+            let lat = self.latency(b);
+            let result = HttpResult::NetworkError("refused".into());
+            self.schedule(lat, Event::ToTab { b, t, input: Input::Http { id, result } });
+            return;
+        }
+        let log_id = self.server.log_id;
+        let path = request.path.clone();
+        let reply: (u16, String) = if request.method == "POST" && path == "/api/writes" {
+            let batch: WriteBatch =
+                serde_json::from_str(request.body.as_deref().unwrap_or("")).expect("the engine sends valid batches");
+            let mut results = Vec::new();
+            let mut changes = Vec::new();
+            let ctx = WriteContext { now_ms: SIM_EPOCH_MS + self.now, write_id_ttl_ms: WRITE_ID_TTL_MS };
+            for w in batch.writes {
+                let (outcome, rec) =
+                    writes::execute_locked(&mut self.server.conn, Some(w.write_id), w.op, ctx).expect("sqlite");
+                changes.extend(rec.changes().iter().cloned());
+                if outcome.status.is_success() && !outcome.replayed {
+                    *self.applied.entry(w.write_id).or_default() += 1;
+                }
+                let status = outcome.status.as_u16();
+                results.push(WriteOutcome { write_id: w.write_id, status, body: outcome.body, at: outcome.at });
+            }
+            self.publish(&changes);
+            (200, serde_json::to_string(&WriteBatchResult { results }).expect("json"))
+        } else if let Some(query) = path.strip_prefix("/api/changes?") {
+            let q = parse_query(query);
+            let stream: StreamName = q["stream"].parse().expect("stream");
+            let since: Cursor = q["since"].parse().expect("since");
+            let wait: u64 = q.get("wait").map(|w| w.parse().expect("wait")).unwrap_or(0);
+            let client_log = q.get("log_id").map(|l| Uuid::parse_str(l).expect("log id"));
+            // A long-poll is a feed session of one stream, answered with its first page (or its reset).
+            let mut session = self.server.session(usize::MAX, 1);
+            let subscribe = ClientMessage::Subscribe {
+                streams: vec![StreamCursor { stream: stream.clone(), since }],
+                log_id: client_log,
+            };
+            let mut listening = BTreeSet::new();
+            let input = session::Input::Client(subscribe);
+            let said = Self::run_session(&self.server.conn, log_id, &mut session, &mut listening, input, None);
+            match first_answer(said) {
+                Some(msg) => (200, serde_json::to_string(&msg).expect("json")),
+                None if wait > 0 => {
+                    let park = self.server.next_id;
+                    self.server.next_id += 1;
+                    self.server.parked.insert(park, Parked { b, t, id, stream, session, epoch });
+                    self.schedule(wait * 1000, Event::LongPollTimeout { park });
+                    return;
+                }
+                None => {
+                    (200, serde_json::to_string(&ServerMessage::Changes { stream, changes: Vec::new() }).expect("json"))
+                }
+            }
+        } else if let Some(rest) = path.strip_prefix("/api/boards/") {
+            let (id_part, summary) = match rest.strip_suffix("/summary") {
+                Some(id) => (id, true),
+                None => (rest, false),
+            };
+            let board = Uuid::parse_str(id_part).expect("board id");
+            let tx = self.server.conn.transaction().expect("sqlite");
+            let result = if summary {
+                store::board_summary(&tx, board).map(|s| serde_json::to_string(&s).expect("json"))
+            } else {
+                store::board_snapshot(&tx, board, log_id).map(|s| serde_json::to_string(&s).expect("json"))
+            };
+            drop(tx);
+            match result {
+                Ok(body) => (200, body),
+                Err(store::StoreError::NotFound(m)) => {
+                    (404, serde_json::json!({"error": "not_found", "message": m}).to_string())
+                }
+                Err(_) => (500, "{}".into()),
+            }
+        } else if path == "/api/boards" {
+            let tx = self.server.conn.transaction().expect("sqlite");
+            let list = store::list_boards(&tx, log_id).expect("sqlite");
+            (200, serde_json::to_string(&list).expect("json"))
+        } else {
+            (404, "{}".into())
+        };
+        self.respond(b, t, id, reply.0, reply.1);
+    }
+
+    /// A parked long-poll's wait ran out: an empty answer.
+    pub(crate) fn long_poll_timeout(&mut self, park: u64) {
+        if let Some(p) = self.server.parked.remove(&park) {
+            let msg = ServerMessage::Changes { stream: p.stream, changes: Vec::new() };
+            self.respond(p.b, p.t, p.id, 200, serde_json::to_string(&msg).expect("json"));
+        }
+    }
+
+    /// Committed changes reach the live sessions listening to their streams, in commit order.
+    pub(crate) fn publish(&mut self, changes: &[syncline_kanban::Change]) {
+        let mut by_stream: Vec<(StreamName, Vec<syncline_kanban::Change>)> = Vec::new();
+        for c in changes {
+            match by_stream.iter_mut().find(|(s, _)| *s == c.stream) {
+                Some((_, list)) => list.push(c.clone()),
+                None => by_stream.push((c.stream.clone(), vec![c.clone()])),
+            }
+        }
+        for (stream, batch) in by_stream {
+            let socks: Vec<u64> =
+                self.server.sockets.iter().filter(|(_, s)| s.listening.contains(&stream)).map(|(k, _)| *k).collect();
+            for sock in socks {
+                if let (Some(s), Some(last)) = (self.server.sockets.get_mut(&sock), batch.last()) {
+                    s.handed.insert(stream.clone(), last.cursor);
+                }
+                let input = session::Input::Published { stream: stream.clone(), changes: batch.clone() };
+                self.socket_session(sock, input);
+            }
+            let parked: Vec<u64> =
+                self.server.parked.iter().filter(|(_, p)| p.stream == stream).map(|(k, _)| *k).collect();
+            for park in parked {
+                let mut p = self.server.parked.remove(&park).expect("listed");
+                if p.epoch != self.server.epoch {
+                    continue;
+                }
+                let input = session::Input::Published { stream: stream.clone(), changes: batch.clone() };
+                let mut listening = BTreeSet::new();
+                let said = Self::run_session(
+                    &self.server.conn,
+                    self.server.log_id,
+                    &mut p.session,
+                    &mut listening,
+                    input,
+                    None,
+                );
+                match first_answer(said) {
+                    Some(msg) => self.respond(p.b, p.t, p.id, 200, serde_json::to_string(&msg).expect("json")),
+                    None => {
+                        self.server.parked.insert(park, p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The answer a long-poll gives: the first page of changes, or a reset (`None`: caught up, nothing yet).
+fn first_answer(said: Vec<Said>) -> Option<ServerMessage> {
+    said.into_iter().find_map(|s| match s {
+        Said::Message(msg @ (ServerMessage::Changes { .. } | ServerMessage::Reset { .. })) => Some(msg),
+        _ => None,
+    })
+}
+
+fn parse_query(q: &str) -> BTreeMap<&str, &str> {
+    q.split('&').filter_map(|kv| kv.split_once('=')).collect()
+}

@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use leptos::prelude::*;
 use syncline_kanban::moves::Direction;
 use syncline_kanban::{
-    BoardSnapshot, Card, CardId, Column, ColumnId, CreateCard, CreateColumn, MoveCard, QueryKey, Rename, UpdateCard,
-    WriteOp,
+    AddMember, BoardSnapshot, Card, CardId, Column, ColumnId, CreateCard, CreateColumn, Member, MoveCard, QueryKey,
+    Rename, Role, SetRole, UpdateCard, WriteOp,
 };
 use uuid::Uuid;
 use wasm_bindgen::JsCast;
@@ -33,6 +33,8 @@ struct Ctx {
     dragging: RwSignal<Option<CardId>>,
     /// The board as the runtime has it (with this browser's pending writes applied).
     board: Memo<Option<BoardSnapshot>>,
+    /// The signed-in user's role on it (`None`: not a member, or not known yet).
+    role: Memo<Option<Role>>,
     /// Each card's own signals, kept in step with the board by `sync_cells`: a change to one card sets the
     /// signals of that card only, so rendering a change costs the same on a 1,000-card board as on a small one.
     cells: StoredValue<HashMap<CardId, CardCell>>,
@@ -67,6 +69,15 @@ fn set_if_changed<T: PartialEq + Send + Sync + 'static>(signal: &ArcRwSignal<T>,
 }
 
 impl Ctx {
+    /// Whether the signed-in user may change the board (editors and owners; viewers only look).
+    fn can_edit(self) -> bool {
+        self.role.get().is_some_and(|r| r >= Role::Editor)
+    }
+
+    fn is_owner(self) -> bool {
+        self.role.get() == Some(Role::Owner)
+    }
+
     /// Queues a write: the view shows it at once; the runtime sends it (now or when back online).
     fn write(self, op: WriteOp) {
         rt().edit(op);
@@ -146,6 +157,14 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
         version.get();
         rt().board(id)
     });
+    let me = crate::account::me().id;
+    // A board always has an owner on the server; one with no members yet is one this browser just created (its
+    // memberships are on their way): its creator owns it. (The server decides in the end.)
+    let role = Memo::new(move |_| {
+        board_memo
+            .with(|b| b.as_ref().and_then(|b| b.role_of(me).or_else(|| b.members.is_empty().then_some(Role::Owner))))
+    });
+    let revoked = RwSignal::new(false);
     let ctx = Ctx {
         id,
         version,
@@ -154,6 +173,7 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
         editing: RwSignal::new(None),
         dragging: RwSignal::new(None),
         board: board_memo,
+        role,
         cells: StoredValue::new(HashMap::new()),
     };
     Effect::new(move |_| {
@@ -168,6 +188,7 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
         Notification::Query { key: QueryKey::Board(b) | QueryKey::BoardSummary(b) } if *b == id => bump(),
         Notification::Outbox { .. } | Notification::Connection { .. } => bump(),
         Notification::WriteRejected { message, .. } => ctx.error.set(Some(message.clone())),
+        Notification::Revoked { key: QueryKey::Board(b) } if *b == id => revoked.set(true),
         Notification::Conflict { needs_decision: false, .. } => {
             ctx.error.set(Some("Someone else changed this card; their version was kept.".into()))
         }
@@ -241,10 +262,19 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
             {move || {
                 // Only the presence of the board decides this branch; its content updates in place below, keyed
                 // by entity, so inputs being typed into and focus survive live changes.
-                if has_board.get() {
+                if revoked.get() {
+                    view! {
+                        <p id="access-revoked" class="notice revoked" role="alert">
+                            "You no longer have access to this board. " <a href="#/">"Back to your boards"</a>
+                        </p>
+                    }.into_any()
+                } else if has_board.get() {
                     board_body(ctx).into_any()
                 } else if rt().board_gone(ctx.id) {
-                    view! { <p class="notice">"This board was deleted. " <a href="#/">"Back to the boards"</a></p> }.into_any()
+                    view! {
+                        <p class="notice">"This board was deleted, or you no longer have access to it. "
+                            <a href="#/">"Back to your boards"</a></p>
+                    }.into_any()
                 } else {
                     view! { <p class="notice">"Loading…"</p> }.into_any()
                 }
@@ -278,21 +308,30 @@ fn board_body(ctx: Ctx) -> impl IntoView {
         <div class="board-header">
             <a href="#/" class="back" aria-label="All boards">"←"</a>
             <label for="board-title" class="visually-hidden">"Board title"</label>
-            <input id="board-title" class="board-title" maxlength="200" prop:value=title on:change=rename_board />
-            <button class="danger" on:click=delete_board>"Delete board"</button>
+            <input id="board-title" class="board-title" maxlength="200" prop:value=title on:change=rename_board
+                prop:readOnly=move || !ctx.can_edit() />
+            <Show when=move || ctx.is_owner()>
+                <button class="danger" on:click=delete_board>"Delete board"</button>
+            </Show>
         </div>
-        <p class="hint">"Drag cards, or focus one and press Space, then the arrow keys, then Space to put it down."</p>
+        {members_panel(ctx)}
+        <Show when=move || ctx.can_edit()
+            fallback=|| view! { <p id="read-only" class="notice read-only">"You can see this board but not change it (viewer)."</p> }>
+            <p class="hint">"Drag cards, or focus one and press Space, then the arrow keys, then Space to put it down."</p>
+        </Show>
         <div class="columns">
             <For each=columns key=|c: &Column| c.id let:col>
                 {column_view(ctx, col)}
             </For>
-            <form class="add-column" on:submit=add_column>
-                <label for="new-column-title" class="visually-hidden">"New column title"</label>
-                <input id="new-column-title" placeholder="New column" maxlength="200"
-                    prop:value=move || new_column.get()
-                    on:input=move |ev| new_column.set(event_target_value(&ev)) />
-                <button type="submit">"Add column"</button>
-            </form>
+            <Show when=move || ctx.can_edit()>
+                <form class="add-column" on:submit=add_column>
+                    <label for="new-column-title" class="visually-hidden">"New column title"</label>
+                    <input id="new-column-title" placeholder="New column" maxlength="200"
+                        prop:value=move || new_column.get()
+                        on:input=move |ev| new_column.set(event_target_value(&ev)) />
+                    <button type="submit">"Add column"</button>
+                </form>
+            </Show>
         </div>
     }
 }
@@ -353,30 +392,34 @@ fn column_view(ctx: Ctx, column: Column) -> impl IntoView {
         <section class="column" data-column-id=column_id.to_string() aria-label=column_title>
             <header class="column-header">
                 <input class="column-title" aria-label="Column title" maxlength="200"
-                    prop:value=column_title on:change=rename />
+                    prop:value=column_title on:change=rename prop:readOnly=move || !ctx.can_edit() />
                 <span class="count" aria-label="cards">{count}</span>
-                <button class="icon danger" aria-label="Delete column" title="Delete column" on:click=delete>"×"</button>
+                <Show when=move || ctx.can_edit()>
+                    <button class="icon danger" aria-label="Delete column" title="Delete column" on:click=delete>"×"</button>
+                </Show>
             </header>
             <ol class="cards" on:dragover=|ev: leptos::ev::DragEvent| ev.prevent_default() on:drop=drop_at_end>
                 <For each=shown_ids key=|id: &CardId| *id let:card_id>
                     {card_view(ctx, column_id, card_id)}
                 </For>
             </ol>
-            <form class="add-card" on:submit=add_card>
-                <label for=input_id.clone() class="visually-hidden">"New card title"</label>
-                <input id=input_id class="new-card-title" placeholder="Add a card" maxlength="200"
-                    prop:value=move || new_card.get()
-                    on:input=move |ev| new_card.set(event_target_value(&ev)) />
-                <button type="submit">"Add"</button>
-            </form>
+            <Show when=move || ctx.can_edit()>
+                <form class="add-card" on:submit=add_card>
+                    <label for=input_id.clone() class="visually-hidden">"New card title"</label>
+                    <input id=input_id.clone() class="new-card-title" placeholder="Add a card" maxlength="200"
+                        prop:value=move || new_card.get()
+                        on:input=move |ev| new_card.set(event_target_value(&ev)) />
+                    <button type="submit">"Add"</button>
+                </form>
+            </Show>
         </section>
     }
 }
 
 fn card_view(ctx: Ctx, column_id: ColumnId, card_id: CardId) -> impl IntoView {
     let keydown = move |ev: leptos::ev::KeyboardEvent| {
-        // Keys typed inside the editor belong to the editor.
-        if ctx.editing.get_untracked() == Some(card_id) {
+        // Keys typed inside the editor belong to the editor; a viewer moves nothing.
+        if ctx.editing.get_untracked() == Some(card_id) || !ctx.can_edit() {
             return;
         }
         let picked = ctx.picked.get_untracked() == Some(card_id);
@@ -472,7 +515,7 @@ fn card_view(ctx: Ctx, column_id: ColumnId, card_id: CardId) -> impl IntoView {
     };
 
     view! {
-        <li class=class tabindex="0" draggable="true"
+        <li class=class tabindex="0" draggable=move || if ctx.can_edit() { "true" } else { "false" }
             data-card-id=card_id.to_string()
             data-pending=move || pending().to_string()
             aria-grabbed=move || (ctx.picked.get() == Some(card_id)).to_string()
@@ -499,10 +542,12 @@ fn card_view(ctx: Ctx, column_id: ColumnId, card_id: CardId) -> impl IntoView {
                         }}
                         {move || { let d = description(); (!d.is_empty()).then(|| view! { <p class="card-description">{d}</p> }) }}
                     </div>
-                    <div class="card-actions">
-                        <button class="link" on:click=move |_| ctx.editing.set(Some(card_id))>"Edit"</button>
-                        <button class="link danger" aria-label="Delete card" on:click=delete>"Delete"</button>
-                    </div>
+                    <Show when=move || ctx.can_edit()>
+                        <div class="card-actions">
+                            <button class="link" on:click=move |_| ctx.editing.set(Some(card_id))>"Edit"</button>
+                            <button class="link danger" aria-label="Delete card" on:click=delete>"Delete"</button>
+                        </div>
+                    </Show>
                 }.into_any()
             }}
         </li>
@@ -546,5 +591,96 @@ fn card_editor(ctx: Ctx, card_id: CardId, title: String, description: String) ->
                 <button type="button" class="link" on:click=cancel>"Cancel"</button>
             </div>
         </form>
+    }
+}
+
+/// Who may see the board and what they may do; owners add members by username, change roles and remove
+/// members; anyone may leave (a board keeps at least one owner: the server says so when a change would leave none).
+fn members_panel(ctx: Ctx) -> impl IntoView {
+    let me = crate::account::me().id;
+    let members = move || ctx.board.with(|b| b.as_ref().map(|b| b.members.clone()).unwrap_or_default());
+    let new_member = RwSignal::new(String::new());
+    let new_role = RwSignal::new(Role::Editor);
+    let add = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let username = new_member.get_untracked().trim().to_owned();
+        if username.is_empty() {
+            return;
+        }
+        new_member.set(String::new());
+        ctx.write(WriteOp::AddMember {
+            board_id: ctx.id,
+            body: AddMember { username, role: new_role.get_untracked() },
+        });
+    };
+    let role_label = |r: Role| match r {
+        Role::Owner => "Owner",
+        Role::Editor => "Editor",
+        Role::Viewer => "Viewer",
+    };
+    let parse_role = |s: &str| Role::parse(s).unwrap_or(Role::Viewer);
+    view! {
+        <details id="members" class="members">
+            <summary>{move || format!("Members ({})", members().len())}</summary>
+            <ul class="member-list">
+                <For each=members key=|m: &Member| (m.user_id, m.role, m.version) let:m>
+                    {
+                        let user = m.user_id;
+                        let is_me = user == me;
+                        let role = m.role;
+                        let name = m.username.clone();
+                        let set_role = move |ev: leptos::ev::Event| {
+                            let role = parse_role(&event_target_value(&ev));
+                            let body = SetRole { role, base_version: None };
+                            ctx.write(WriteOp::SetMemberRole { board_id: ctx.id, user_id: user, body });
+                        };
+                        let remove = move |_| {
+                            let question = if is_me { "Leave this board?" } else { "Remove this member from the board?" };
+                            if window().confirm_with_message(question).unwrap_or(false) {
+                                ctx.write(WriteOp::RemoveMember { board_id: ctx.id, user_id: user });
+                                if is_me {
+                                    crate::navigate("/");
+                                }
+                            }
+                        };
+                        view! {
+                            <li class="member" data-username=m.username.clone() data-role=role.as_str()>
+                                <span class="member-name">{m.username.clone()}{is_me.then_some(" (you)")}</span>
+                                {move || if ctx.is_owner() {
+                                    view! {
+                                        <select class="member-role" aria-label=format!("Role of {name}") on:change=set_role>
+                                            {[Role::Owner, Role::Editor, Role::Viewer].into_iter().map(|r| view! {
+                                                <option value=r.as_str() selected=r == role>{role_label(r)}</option>
+                                            }).collect_view()}
+                                        </select>
+                                    }.into_any()
+                                } else {
+                                    view! { <span class="member-role">{role_label(role)}</span> }.into_any()
+                                }}
+                                <Show when=move || ctx.is_owner() || is_me>
+                                    <button class="link danger member-remove" on:click=remove>
+                                        {if is_me { "Leave" } else { "Remove" }}
+                                    </button>
+                                </Show>
+                            </li>
+                        }
+                    }
+                </For>
+            </ul>
+            <Show when=move || ctx.is_owner()>
+                <form id="add-member" class="inline-form" on:submit=add>
+                    <label for="new-member" class="visually-hidden">"Username to add"</label>
+                    <input id="new-member" placeholder="Username" maxlength="32"
+                        prop:value=move || new_member.get() on:input=move |ev| new_member.set(event_target_value(&ev)) />
+                    <label for="new-member-role" class="visually-hidden">"Role"</label>
+                    <select id="new-member-role" on:change=move |ev| new_role.set(parse_role(&event_target_value(&ev)))>
+                        <option value="editor" selected>"Editor"</option>
+                        <option value="viewer">"Viewer"</option>
+                        <option value="owner">"Owner"</option>
+                    </select>
+                    <button type="submit">"Add member"</button>
+                </form>
+            </Show>
+        </details>
     }
 }

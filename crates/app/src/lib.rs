@@ -3,6 +3,7 @@
 //! Two screens, chosen by the URL hash: `#/` lists the boards, `#/boards/<id>` shows one board. A hash router
 //! is all two screens need, and it keeps the static server trivial (every path is `index.html`).
 
+mod account;
 mod board;
 mod boards;
 mod sync_ui;
@@ -59,8 +60,11 @@ impl KanbanRuntime for Runtime {
     }
 }
 
-/// The namespace of this app's IndexedDB database, BroadcastChannel and leader lock.
-const NAMESPACE: &str = "syncline";
+/// The namespace of a user's IndexedDB database, BroadcastChannel and leader lock: per user, so two accounts
+/// on one browser never share a leader, a cache or an outbox.
+fn namespace(user: Uuid) -> String {
+    format!("syncline-{user}")
+}
 
 use leptos::prelude::*;
 use uuid::Uuid;
@@ -145,6 +149,8 @@ fn App() -> impl IntoView {
             <span class="tagline">"Kanban, kept fresh"</span>
             <sync_ui::ConnectionBadge />
             <nav class="topbar-actions">
+                <span id="signed-in-as" class="topbar-user">{account::me().username}</span>
+                <button id="sign-out" class="topbar-button" on:click=move |_| account::sign_out()>"Sign out"</button>
                 <button id="open-preferences" class="topbar-button" aria-expanded=move || prefs_open.get().to_string()
                     aria-controls="preferences-panel"
                     on:click=move |_| { metrics_open.set(false); prefs_open.update(|o| *o = !*o) }>"Preferences"</button>
@@ -171,8 +177,17 @@ fn App() -> impl IntoView {
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
-    // Leptos' own executor starts with the mount; the runtime starts before it.
-    let runtime = Runtime::start(NAMESPACE, EngineConfig::default());
-    RUNTIME.with(|r| *r.borrow_mut() = Some(runtime));
-    leptos::mount::mount_to_body(App);
+    wasm_bindgen_futures::spawn_local(async {
+        match account::who_is_signed_in().await {
+            Some(user) => {
+                // Leptos' own executor starts with the mount; the runtime starts before it, named for the user.
+                let runtime = Runtime::start(&namespace(user.id), EngineConfig::default());
+                account::set_me(user);
+                RUNTIME.with(|r| *r.borrow_mut() = Some(runtime));
+                account::sign_in_again_when_the_session_ends();
+                leptos::mount::mount_to_body(App);
+            }
+            None => leptos::mount::mount_to_body(account::SignIn),
+        }
+    });
 }

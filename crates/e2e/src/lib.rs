@@ -47,11 +47,16 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The account every test browser signs in as unless told otherwise (the harness creates it).
+pub const TEST_USER: &str = "tester";
+pub const TEST_PASSWORD: &str = "correct horse battery";
+
 /// The server under test, in-process.
 pub struct Harness {
     server: Option<Server>,
     config: Config,
     dir: TempDir,
+    user: uuid::Uuid,
 }
 
 impl Harness {
@@ -67,7 +72,23 @@ impl Harness {
         let server = Server::start(&config).await?;
         // Restarts bind the same port.
         config.bind = server.addr;
-        Ok(Harness { server: Some(server), config, dir })
+        let user = syncline_server::auth::create_account(&server.state.store, TEST_USER, TEST_PASSWORD)
+            .await
+            .map_err(|e| anyhow!("{:?}", e.body))?;
+        Ok(Harness { server: Some(server), config, dir, user: user.id })
+    }
+
+    /// The test account's id (the one [`TestBrowser::launch`] signs in as, and [`Harness::write`] writes as).
+    pub fn user(&self) -> uuid::Uuid {
+        self.user
+    }
+
+    /// Creates another account.
+    pub async fn create_user(&self, username: &str, password: &str) -> Result<uuid::Uuid> {
+        let user = syncline_server::auth::create_account(&self.server().state.store, username, password)
+            .await
+            .map_err(|e| anyhow!("{:?}", e.body))?;
+        Ok(user.id)
     }
 
     fn server(&self) -> &Server {
@@ -124,11 +145,16 @@ impl Harness {
         self.server().metrics()
     }
 
-    /// Applies a write as a client would (through the change log, so live clients hear of it), without an
-    /// HTTP request. Returns the written entity's JSON; fails on a refusal.
+    /// Applies a write as the test user's client would (through the change log, so live clients hear of it),
+    /// without an HTTP request. Returns the written entity's JSON; fails on a refusal.
     pub async fn write(&self, op: syncline_kanban::WriteOp) -> Result<serde_json::Value> {
+        self.write_as(self.user, op).await
+    }
+
+    /// [`Harness::write`] as another user.
+    pub async fn write_as(&self, user: uuid::Uuid, op: syncline_kanban::WriteOp) -> Result<serde_json::Value> {
         let server = self.server();
-        let outcome = syncline_server::writes::execute(&server.state.store, server.metrics(), None, op)
+        let outcome = syncline_server::writes::execute(&server.state.store, server.metrics(), user, None, op)
             .await
             .map_err(|e| anyhow!("{:?}", e.body))?;
         if !outcome.status.is_success() {
@@ -275,13 +301,31 @@ pub struct TestBrowser {
     browser: Browser,
     handler: tokio::task::JoinHandle<()>,
     _profile: TempDir,
+    /// The account to sign in as on the first page opened on an origin (`None`: the test signs in itself).
+    auto_sign_in: Option<(String, String)>,
+    signed_in: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// `scheme://host:port` of a URL.
+fn origin_of(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    format!("{scheme}://{authority}")
 }
 
 impl TestBrowser {
-    /// Launches headless Chromium with a fresh profile. The flags keep Chromium off the network (only
-    /// loopback works here) and, deliberately, do *not* disable background throttling: hidden tabs behave
-    /// as they do for users.
+    /// Launches headless Chromium with a fresh profile, signed in as the test account ([`TEST_USER`]) on each
+    /// server it opens (created there first if it is not, e.g. on a server process).
     pub async fn launch() -> Result<TestBrowser> {
+        let mut b = Self::launch_anonymous().await?;
+        b.auto_sign_in = Some((TEST_USER.into(), TEST_PASSWORD.into()));
+        Ok(b)
+    }
+
+    /// Launches headless Chromium with a fresh profile, signed in nowhere. The flags keep Chromium off the
+    /// network (only loopback works here) and, deliberately, do *not* disable background throttling: hidden tabs
+    /// behave as they do for users.
+    pub async fn launch_anonymous() -> Result<TestBrowser> {
         let profile = tempfile::tempdir()?;
         let config = BrowserConfig::builder()
             .chrome_executable(chromium_path())
@@ -319,11 +363,49 @@ impl TestBrowser {
                 }
             }
         });
-        Ok(TestBrowser { browser, handler, _profile: profile })
+        Ok(TestBrowser {
+            browser,
+            handler,
+            _profile: profile,
+            auto_sign_in: None,
+            signed_in: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+        })
     }
 
-    /// Opens `url` in a new window (so it can be hidden on its own) and waits until it has loaded.
+    /// Signs this browser profile in on `origin` (its session cookie is then sent by every tab), creating the
+    /// account first if it does not exist. Done from a page of that origin, as the app's own form does.
+    pub async fn sign_in(&self, origin: &str, username: &str, password: &str) -> Result<()> {
+        let tab = self.open_page(&format!("{origin}/api/auth/me")).await?;
+        let body = serde_json::json!({ "username": username, "password": password }).to_string();
+        let js = format!(
+            r#"(async () => {{
+                const post = (path) => fetch(path, {{ method: 'POST', headers: {{ 'content-type': 'application/json' }}, body: {body:?} }});
+                let r = await post('/api/auth/signin');
+                if (r.status === 401) r = await post('/api/auth/signup');
+                return r.status;
+            }})()"#
+        );
+        let status: u16 = tab.eval(&js).await?;
+        tab.page.clone().close().await.ok();
+        if !(200..300).contains(&status) {
+            bail!("signing in as {username} on {origin}: {status}");
+        }
+        self.signed_in.lock().unwrap_or_else(|p| p.into_inner()).insert(origin.to_owned());
+        Ok(())
+    }
+
+    /// Opens `url` in a new window (so it can be hidden on its own) and waits until it has loaded. The first
+    /// page on an origin signs the profile in there first (unless launched anonymous).
     pub async fn open(&self, url: &str) -> Result<Tab> {
+        let origin = origin_of(url);
+        let first = !self.signed_in.lock().unwrap_or_else(|p| p.into_inner()).contains(&origin);
+        if let (true, Some((user, password))) = (first, &self.auto_sign_in) {
+            self.sign_in(&origin, user, password).await?;
+        }
+        self.open_page(url).await
+    }
+
+    async fn open_page(&self, url: &str) -> Result<Tab> {
         let params = CreateTargetParams::builder()
             .url("about:blank")
             .new_window(true)

@@ -73,6 +73,8 @@ pub struct Engine<M: Model> {
     outbox_loads_done: u32,
     pub(crate) lead_after_load: Option<u32>,
     pub(crate) metrics: Metrics,
+    /// The session ended (401, or the feed closed with 4001): no more requests.
+    pub(crate) signed_out: bool,
     pub(crate) out: VecDeque<Output<M>>,
     /// Queries whose views must re-read, told at the end of the reconcile.
     pub(crate) to_notify: BTreeSet<M::Key>,
@@ -84,6 +86,9 @@ pub struct Engine<M: Model> {
 
 /// Woken this long after its deadline, a tab was frozen by the browser.
 const FROZEN_AFTER_MS: Millis = 3_000;
+
+/// The WebSocket close code of a feed whose session ended (signed out, or expired).
+pub const SESSION_ENDED_CLOSE_CODE: u16 = syncline_protocol::feed::close_code::SESSION_ENDED;
 
 impl<M: Model> Engine<M> {
     /// A new engine for tab `tab`, starting at `now`, visible and online until told otherwise, follower until it
@@ -113,6 +118,7 @@ impl<M: Model> Engine<M> {
             outbox_loads_done: 0,
             lead_after_load: None,
             metrics: Metrics::default(),
+            signed_out: false,
             out: VecDeque::new(),
             to_notify: BTreeSet::new(),
             unrendered_since: None,
@@ -162,6 +168,11 @@ impl<M: Model> Engine<M> {
             Input::Prefetch(key) => self.prefetch(key),
             Input::Persisted { write_id } => self.on_persisted(write_id),
             Input::SocketOpened => self.on_socket_opened(),
+            // The server closes a feed whose session ended with 4001.
+            Input::SocketClosed { code: Some(SESSION_ENDED_CLOSE_CODE), .. } => {
+                self.on_socket_closed();
+                self.sign_out(true);
+            }
             Input::SocketClosed { .. } => self.on_socket_closed(),
             Input::SocketMessage(text) => self.on_socket_message(&text),
             Input::Http { id, result } => self.on_http(id, result),
@@ -382,6 +393,11 @@ impl<M: Model> Engine<M> {
 
     fn on_http(&mut self, id: RequestId, result: HttpResult) {
         let Some(req) = self.requests.remove(&id) else { return };
+        if matches!(result, HttpResult::Response { status: 401, .. }) {
+            // No session (any more): nothing this tab asks will be answered until the user signs in again.
+            self.sign_out(true);
+            return;
+        }
         match &result {
             HttpResult::Response { body, .. } => {
                 self.metrics.bytes_in += body.len() as u64;
@@ -404,10 +420,36 @@ impl<M: Model> Engine<M> {
     /// After every input: from where things stand, derive what should be happening and emit what makes it so — in
     /// this order, so the ramp-up after a recovery is catch up (socket, subscriptions, fetches), then the outbox,
     /// then live.
+    /// The session ended: stop using the network for good (the app signs in again, with a new engine), and tell
+    /// the user — and, when this tab found out, the other tabs.
+    pub(crate) fn sign_out(&mut self, tell_tabs: bool) {
+        if self.signed_out {
+            return;
+        }
+        self.signed_out = true;
+        self.drop_socket("signed out");
+        self.cancel_long_polls();
+        let ids: Vec<RequestId> = self.requests.keys().copied().collect();
+        for id in ids {
+            self.cancel(id);
+        }
+        if tell_tabs {
+            self.out.push_back(Output::Broadcast(TabMessage::SignedOut));
+        }
+        self.out.push_back(Output::Notify(Notification::SignedOut));
+    }
+
+    /// Whether the session ended (see [`Engine::sign_out`]).
+    pub fn is_signed_out(&self) -> bool {
+        self.signed_out
+    }
+
     fn reconcile(&mut self) {
         self.presence_and_peers();
         self.gc();
-        if self.is_leader() {
+        if self.signed_out {
+            // Nothing more goes to the server; the tabs still talk among themselves.
+        } else if self.is_leader() {
             self.transport();
             self.subscriptions();
             self.long_polls();

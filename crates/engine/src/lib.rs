@@ -35,7 +35,7 @@ mod transport;
 pub mod types;
 
 pub use config::{BackgroundMode, Endpoints, EngineConfig, InjectedBug, Preferences};
-pub use engine::Engine;
+pub use engine::{Engine, SESSION_ENDED_CLOSE_CODE};
 pub use metrics::{HISTORY_SPAN_MS, HISTORY_STEP_MS, Metrics, MetricsPoint};
 pub use model::{Applied, Model, QueryOptions, fields_changed};
 pub use timers::Timer;

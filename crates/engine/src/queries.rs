@@ -354,6 +354,31 @@ impl<M: Model> Engine<M> {
         }
     }
 
+    /// The server will not serve this stream to us any more: every query on it is gone — dropped from memory and
+    /// from the persistent cache — and the user is told, for those that had something to show.
+    pub(crate) fn revoke_stream(&mut self, stream: &StreamName) {
+        for key in self.queries.keys_of(stream) {
+            let Some(q) = self.queries.map.get_mut(&key) else { continue };
+            let had = q.data.as_ref().is_some_and(|d| !M::is_gone(d));
+            q.data = Some(M::gone(&key));
+            q.invalidated = false;
+            q.ahead_to = 0;
+            q.error = None;
+            q.retry_at = None;
+            self.queries.unsaved.remove(&key);
+            if self.is_leader() && M::options(&key).persisted {
+                self.out.push_back(Output::Persist(PersistOp::CacheDelete { key: key.clone() }));
+            }
+            if had {
+                self.out.push_back(Output::Notify(Notification::Revoked { key: key.clone() }));
+            }
+            self.to_notify.insert(key);
+        }
+        if self.is_leader() {
+            self.out.push_back(Output::Broadcast(TabMessage::Revoked { stream: stream.clone() }));
+        }
+    }
+
     pub(crate) fn invalidate_stream(&mut self, stream: &StreamName) {
         for k in self.queries.keys_of(stream) {
             if let Some(q) = self.queries.map.get_mut(&k) {

@@ -13,11 +13,14 @@ pub(crate) struct Status {
     pub current: ConnectionStatus,
     /// The leader's status, as it last said (followers).
     pub leader: Option<ConnectionStatus>,
+    /// As leader, this tab has told the others its status (a new leader always does, even when its status is the
+    /// one it showed as a follower).
+    pub announced: bool,
 }
 
 impl Default for Status {
     fn default() -> Self {
-        Status { current: ConnectionStatus::Idle, leader: None }
+        Status { current: ConnectionStatus::Idle, leader: None, announced: false }
     }
 }
 
@@ -28,7 +31,8 @@ impl<M: Model> Engine<M> {
             ConnectionStatus::Offline { pending_writes: self.outbox.len() }
         } else if !self.is_leader() {
             self.status.leader.clone().unwrap_or(ConnectionStatus::Idle)
-        } else if self.wanted_keys().is_empty() {
+        } else if self.wanted_streams().is_empty() {
+            // Nothing to follow (no query, or only ones that are gone).
             ConnectionStatus::Idle
         } else if !self.prefs.realtime {
             ConnectionStatus::Polling { reason: "realtime is off".into(), retry_socket_at: None }
@@ -57,12 +61,14 @@ impl<M: Model> Engine<M> {
                 _ => ConnectionStatus::Connecting,
             }
         };
-        if status != self.status.current {
+        let changed = status != self.status.current;
+        if self.is_leader() && (changed || !self.status.announced) {
+            let message = TabMessage::Status { status: status.clone(), sent_at: self.now, tab: self.tab };
+            self.out.push_back(Output::Broadcast(message));
+            self.status.announced = true;
+        }
+        if changed {
             self.status.current = status.clone();
-            if self.is_leader() {
-                let message = TabMessage::Status { status: status.clone(), sent_at: self.now, tab: self.tab };
-                self.out.push_back(Output::Broadcast(message));
-            }
             self.out.push_back(Output::Notify(Notification::Connection { status }));
             self.notify_all_queries();
         }

@@ -145,6 +145,12 @@ impl<M: Model> Engine<M> {
     pub(crate) fn on_tab(&mut self, msg: TabMessage<M>) {
         match msg {
             TabMessage::Presence { tab, visible, leader, sent_at } => self.on_presence(tab, visible, leader, sent_at),
+            TabMessage::Revoked { stream } => {
+                if !self.is_leader() {
+                    self.revoke_stream(&stream);
+                }
+            }
+            TabMessage::SignedOut => self.sign_out(false),
             TabMessage::Goodbye { tab } => {
                 self.tabs.peers.remove(&tab);
             }
@@ -379,6 +385,7 @@ impl<M: Model> Engine<M> {
             return;
         }
         self.role = role;
+        self.status.announced = false;
         self.announce();
         self.tabs.leader_check_since = None;
         self.tabs.leader_hidden_since = None;

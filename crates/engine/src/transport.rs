@@ -355,6 +355,10 @@ impl<M: Model> Engine<M> {
                 s.delivered = None;
                 self.invalidate_stream(&stream);
             }
+            ServerMessage::Revoked { stream, .. } => {
+                self.transport.streams.remove(&stream);
+                self.revoke_stream(&stream);
+            }
             ServerMessage::Pong { .. } => {}
         }
     }
@@ -494,9 +498,17 @@ impl<M: Model> Engine<M> {
             HttpResult::Response { status: 200, body, .. } => {
                 serde_json::from_str::<ServerMessage<M::Change>>(&body).ok()
             }
+            // The stream is not ours to follow (never was, or no longer): as `revoked`.
+            HttpResult::Response { status: 403 | 404, .. } => {
+                Some(ServerMessage::Revoked { stream: stream.clone(), reason: "not found".into() })
+            }
             _ => None,
         };
         match msg {
+            Some(ServerMessage::Revoked { .. }) => {
+                self.transport.streams.remove(&stream);
+                self.revoke_stream(&stream);
+            }
             Some(ServerMessage::Changes { changes, .. }) => {
                 let gap = self.longpoll_gap(changes.is_empty());
                 // The first answer of a fallback whose last socket failure came while nothing on the server

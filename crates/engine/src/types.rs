@@ -187,6 +187,10 @@ pub enum TabMessage<M: Model> {
     },
     /// A tab is gone (closed); crashed tabs are noticed by their missing heartbeat.
     Goodbye { tab: TabId },
+    /// Leader → all: the server revoked this user's access to a stream; drop what it holds.
+    Revoked { stream: StreamName },
+    /// Any tab → all: the session ended; stop.
+    SignedOut,
     /// A follower's queries: the leader keeps them fresh and shares their data.
     /// `critical`: those of `keys` the tab marked critical (polled while hidden under "critical data only").
     Interest {
@@ -386,6 +390,12 @@ pub enum Notification<M: Model> {
     WriteRejected { write_id: Uuid, message: String },
     /// The preferences in force changed (set here or in another tab).
     Preferences,
+    /// The server stopped this tab's access to a query's data (the user was removed from what it shows): the
+    /// data is dropped here and from the persistent cache.
+    Revoked { key: M::Key },
+    /// The session ended (signed out here or elsewhere, or expired): the engine stops using the network. The app
+    /// asks the user to sign in again.
+    SignedOut,
 }
 
 /// Everything the engine asks of a driver. After every input, drain with `poll_output` until it returns

@@ -51,6 +51,7 @@ fn snapshot(cursor: u64) -> BoardSnapshot {
         board: Board { id: id(BOARD), title: "b".into(), version: 1 },
         columns: vec![col(10), col(20)],
         cards: vec![card(1, 10, "one", 1), card(2, 10, "two", 1)],
+        members: vec![],
         log_id: id(LOG),
         cursor,
     }
@@ -1395,4 +1396,73 @@ fn a_burst_of_changes_is_saved_to_the_persistent_cache_once() {
         .unwrap();
     assert_eq!(saved.cursor, 53, "the latest data is what is saved");
     assert_eq!(cache_puts(&d.advance(5_000)), 0, "nothing more until the next change");
+}
+
+// ---- access ------------------------------------------------------------------------------------------------
+
+#[test]
+fn a_revoked_stream_drops_its_data_here_and_on_disk_tells_the_user_and_the_other_tabs() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let key = QueryKey::Board(id(BOARD));
+    let out = d.server(ServerMessage::Revoked { stream: StreamId::Board(id(BOARD)).name(), reason: "removed".into() });
+    assert!(d.e.board(id(BOARD)).is_none() && d.e.board_gone(id(BOARD)), "dropped from memory");
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Persist(PersistOp::CacheDelete { key: k }) if *k == key)),
+        "{out:?}"
+    );
+    assert!(out.iter().any(|o| matches!(o, Output::Notify(Notification::Revoked { key: k }) if *k == key)));
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Revoked { .. }))), "followers drop it too");
+    // Nothing left to follow: idle, no socket wanted for it, no refetch.
+    let out = d.advance(60_000);
+    assert!(http(&out).is_empty(), "{:?}", http(&out));
+    assert_eq!(d.e.status(), &ConnectionStatus::Idle);
+}
+
+#[test]
+fn a_follower_drops_a_stream_the_leader_says_was_revoked() {
+    let mut d = Driver::new(Preferences::default());
+    d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+    d.input(Input::Tab(TabMessage::Data {
+        key: QueryKey::Board(id(BOARD)),
+        data: QueryData::Board(snapshot(3)),
+        fetched_at: 0,
+    }));
+    let out = d.input(Input::Tab(TabMessage::Revoked { stream: StreamId::Board(id(BOARD)).name() }));
+    assert!(d.e.board(id(BOARD)).is_none());
+    assert!(out.iter().any(|o| matches!(o, Output::Notify(Notification::Revoked { .. }))));
+}
+
+#[test]
+fn an_ended_session_stops_all_network_and_tells_every_tab() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let out = d.input(Input::SocketClosed { code: Some(SESSION_ENDED_CLOSE_CODE), reason: "signed out".into() });
+    assert!(out.iter().any(|o| matches!(o, Output::Notify(Notification::SignedOut))));
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::SignedOut))));
+    let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
+    d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    let out = d.advance(10 * 60_000);
+    assert!(http(&out).is_empty() && opens(&out) == 0, "no request after the session ended: {out:?}");
+    assert_eq!(d.e.pending().len(), 1, "the write stays stored for the next sign-in");
+
+    // A 401 does the same.
+    let mut d = Driver::leader();
+    let out = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+    let (rid, _) = http(&out)[0].clone();
+    let out = d.reply(rid, 401, r#"{"error":"unauthorized","message":"sign in first"}"#.into());
+    assert!(d.e.is_signed_out() && out.iter().any(|o| matches!(o, Output::Notify(Notification::SignedOut))));
+}
+
+#[test]
+fn a_new_leader_tells_the_others_its_status_even_when_it_showed_the_same_as_a_follower() {
+    let mut d = Driver::new(Preferences::default());
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));
+    d.input(Input::Tab(TabMessage::Status { status: ConnectionStatus::Idle, sent_at: 0, tab: 9 }));
+    assert_eq!(d.e.status(), &ConnectionStatus::Idle);
+    let out = d.lead();
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Status { status: ConnectionStatus::Idle, .. }))),
+        "{out:?}"
+    );
 }

@@ -44,7 +44,107 @@ pub struct Card {
     pub version: Version,
 }
 
-/// One board with all its columns and cards, each list in display order, as of `cursor` in the board's
+pub type UserId = Uuid;
+
+/// What a member may do on a board. Ordered: an owner may do all an editor may, an editor all a viewer may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Sees the board live; changes nothing.
+    Viewer,
+    /// Changes the board's columns and cards, and its title.
+    Editor,
+    /// All of that, plus the members and deleting the board. A board always has at least one.
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Editor => "editor",
+            Role::Owner => "owner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "editor" => Some(Role::Editor),
+            "owner" => Some(Role::Owner),
+            _ => None,
+        }
+    }
+}
+
+/// A user's membership of a board.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Member {
+    /// The membership's own id (derived from board and user: `Member::id_of`).
+    pub id: Uuid,
+    pub board_id: Uuid,
+    pub user_id: Uuid,
+    pub username: String,
+    pub role: Role,
+    pub version: Version,
+}
+
+impl Member {
+    /// The id of `user`'s membership of `board`: the same on every server and client, so a write can name a
+    /// membership before it exists.
+    pub fn id_of(board: BoardId, user: UserId) -> Uuid {
+        Uuid::new_v5(&board, user.as_bytes())
+    }
+}
+
+/// A signed-in user, as `GET /api/auth/me` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct User {
+    pub id: Uuid,
+    pub username: String,
+}
+
+/// `POST /api/auth/signup`, `POST /api/auth/signin`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// `POST /api/auth/password`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// `POST /api/boards/{id}/members`: adds a user, by username, with a role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    pub username: String,
+    pub role: Role,
+}
+
+/// `PATCH /api/boards/{id}/members/{user_id}`: changes a member's role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct SetRole {
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_version: Option<Version>,
+}
+
+/// One board with all its columns, cards and members, each list in display order, as of `cursor` in the board's
 /// stream (`board:<id>`): follow the feed from there to stay up to date.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -52,6 +152,9 @@ pub struct BoardSnapshot {
     pub board: Board,
     pub columns: Vec<Column>,
     pub cards: Vec<Card>,
+    /// Who may see the board, and do what (by username).
+    #[serde(default)]
+    pub members: Vec<Member>,
     /// The change log this snapshot belongs to.
     pub log_id: Uuid,
     pub cursor: syncline_protocol::Cursor,
@@ -78,7 +181,7 @@ pub struct ColumnSummary {
     pub cards: u64,
 }
 
-/// `GET /api/boards`: every board, as of `cursor` in the `boards` stream.
+/// `GET /api/boards`: the boards the signed-in user is a member of, as of `cursor` in their `boards` stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BoardList {
@@ -88,6 +191,11 @@ pub struct BoardList {
 }
 
 impl BoardSnapshot {
+    /// `user`'s role on this board, if a member.
+    pub fn role_of(&self, user: UserId) -> Option<Role> {
+        self.members.iter().find(|m| m.user_id == user).map(|m| m.role)
+    }
+
     /// The cards of one column, in order.
     pub fn cards_in(&self, column: Uuid) -> impl Iterator<Item = &Card> {
         self.cards.iter().filter(move |c| c.column_id == column)

@@ -11,7 +11,7 @@ use syncline_engine::Applied;
 use uuid::Uuid;
 
 use crate::model::QueryData;
-use crate::{Board, BoardList, BoardSnapshot, Card, Change, ChangeOp, Column, WriteOp};
+use crate::{Board, BoardList, BoardSnapshot, Card, Change, ChangeOp, Column, Member, WriteOp};
 
 fn upsert<T: Clone>(list: &mut Vec<T>, item: &T, id: impl Fn(&T) -> Uuid, version: impl Fn(&T) -> u64) -> bool {
     match list.iter_mut().find(|x| id(x) == id(item)) {
@@ -34,8 +34,15 @@ fn remove<T>(list: &mut Vec<T>, target: Uuid, id: impl Fn(&T) -> Uuid) -> bool {
 }
 
 /// Puts columns and cards back in display order: columns by (position, id); cards grouped by column order,
-/// then by (position, id).
+/// then by (position, id); members by role, then username.
 pub fn normalize(snap: &mut BoardSnapshot) {
+    // Members as the server lists them: owners, editors, viewers, each by username.
+    let rank = |r: crate::Role| match r {
+        crate::Role::Owner => 0,
+        crate::Role::Editor => 1,
+        crate::Role::Viewer => 2,
+    };
+    snap.members.sort_by_cached_key(|m| (rank(m.role), m.username.to_lowercase()));
     snap.columns.sort_by(|a, b| (&a.position, a.id).cmp(&(&b.position, b.id)));
     let column_index = |c: &Card| snap.columns.iter().position(|col| col.id == c.column_id).unwrap_or(usize::MAX);
     let mut cards = std::mem::take(&mut snap.cards);
@@ -101,6 +108,12 @@ fn apply_to_board(snap: &mut BoardSnapshot, op: &ChangeOp) -> Applied {
             changed(upsert(&mut snap.cards, card, |c| c.id, |c| c.version))
         }
         ChangeOp::CardDeleted { id, .. } => changed(remove(&mut snap.cards, *id, |c| c.id)),
+        ChangeOp::MemberUpserted { member } if member.board_id == snap.board.id => {
+            changed(upsert(&mut snap.members, member, |m| m.id, |m| m.version))
+        }
+        ChangeOp::MemberRemoved { board_id, user_id } if *board_id == snap.board.id => {
+            changed(remove(&mut snap.members, Member::id_of(*board_id, *user_id), |m| m.id))
+        }
         _ => Applied::Unchanged,
     };
     if result == Applied::Changed {
@@ -111,7 +124,9 @@ fn apply_to_board(snap: &mut BoardSnapshot, op: &ChangeOp) -> Applied {
 
 /// Applies the entity a confirmed write returned (it may arrive before its change on the feed).
 pub fn apply_entity(data: &mut QueryData, entity: &Value) -> Applied {
-    let op = if let Ok(card) = serde_json::from_value::<Card>(entity.clone()) {
+    let op = if let Ok(member) = serde_json::from_value::<Member>(entity.clone()) {
+        ChangeOp::MemberUpserted { member }
+    } else if let Ok(card) = serde_json::from_value::<Card>(entity.clone()) {
         ChangeOp::CardUpserted { card }
     } else if let Ok(column) = serde_json::from_value::<Column>(entity.clone()) {
         ChangeOp::ColumnUpserted { column }
@@ -136,6 +151,13 @@ pub fn entity_of(op: &WriteOp) -> Uuid {
         WriteOp::RenameBoard { id, .. } | WriteOp::DeleteBoard { id, .. } => *id,
         WriteOp::RenameColumn { id, .. } | WriteOp::MoveColumn { id, .. } | WriteOp::DeleteColumn { id, .. } => *id,
         WriteOp::UpdateCard { id, .. } | WriteOp::MoveCard { id, .. } | WriteOp::DeleteCard { id, .. } => *id,
+        // A member is added by username (its user id is the server's to know): named by board and username.
+        WriteOp::AddMember { board_id, body } => {
+            Uuid::new_v5(board_id, format!("username:{}", body.username.to_lowercase()).as_bytes())
+        }
+        WriteOp::SetMemberRole { board_id, user_id, .. } | WriteOp::RemoveMember { board_id, user_id } => {
+            Member::id_of(*board_id, *user_id)
+        }
     }
 }
 
@@ -161,6 +183,9 @@ pub fn fields_written(op: &WriteOp) -> BTreeSet<String> {
         WriteOp::RenameBoard { .. } | WriteOp::RenameColumn { .. } => {
             f.insert("title".into());
         }
+        WriteOp::SetMemberRole { .. } => {
+            f.insert("role".into());
+        }
         _ => {
             f.insert("*".into());
         }
@@ -178,7 +203,12 @@ pub fn base_version_slot(op: &mut WriteOp) -> Option<&mut Option<u64>> {
         WriteOp::DeleteBoard { base_version, .. }
         | WriteOp::DeleteColumn { base_version, .. }
         | WriteOp::DeleteCard { base_version, .. } => Some(base_version),
-        WriteOp::CreateBoard { .. } | WriteOp::CreateColumn { .. } | WriteOp::CreateCard { .. } => None,
+        WriteOp::SetMemberRole { body, .. } => Some(&mut body.base_version),
+        WriteOp::CreateBoard { .. }
+        | WriteOp::CreateColumn { .. }
+        | WriteOp::CreateCard { .. }
+        | WriteOp::AddMember { .. }
+        | WriteOp::RemoveMember { .. } => None,
     }
 }
 
@@ -279,6 +309,14 @@ pub fn overlay_board(snap: &BoardSnapshot, pending: &[&WriteOp]) -> Option<Board
                 }
             }
             WriteOp::DeleteCard { id, .. } => view.cards.retain(|c| c.id != *id),
+            WriteOp::SetMemberRole { board_id, user_id, body } if *board_id == view.board.id => {
+                if let Some(m) = view.members.iter_mut().find(|m| m.user_id == *user_id) {
+                    m.role = body.role;
+                }
+            }
+            WriteOp::RemoveMember { board_id, user_id } if *board_id == view.board.id => {
+                view.members.retain(|m| m.user_id != *user_id);
+            }
             _ => {}
         }
     }
@@ -337,6 +375,7 @@ mod tests {
             board: Board { id: id(100), title: "b".into(), version: 1 },
             columns: vec![col(10, "80"), col(20, "81")],
             cards: vec![card(1, 10, "80"), card(2, 10, "81"), card(3, 20, "80")],
+            members: vec![],
             log_id: id(0),
             cursor: 5,
         }

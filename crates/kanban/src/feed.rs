@@ -1,6 +1,7 @@
 //! The Kanban app's streams and changes (the feed itself is `syncline_protocol::feed`):
-//! - `boards`: the list of boards (created, renamed, deleted);
-//! - `board:<id>`: everything on one board (the board itself, its columns and cards).
+//! - `boards`: the signed-in user's list of boards (created, renamed, deleted; added to, removed from) — each
+//!   user's own stream, which the server serves under this one name;
+//! - `board:<id>`: everything on one board (the board itself, its columns, cards and members).
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,7 +11,7 @@ use uuid::Uuid;
 
 use syncline_protocol::StreamName;
 
-use crate::{Board, BoardId, Card, Column};
+use crate::{Board, BoardId, Card, Column, Member};
 
 /// Names a stream of changes. Serialized as `"boards"` or `"board:<uuid>"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,6 +84,15 @@ pub enum ChangeOp {
     CardDeleted {
         id: Uuid,
         board_id: Uuid,
+    },
+    /// A member was added, or their role changed.
+    MemberUpserted {
+        member: Member,
+    },
+    /// A member was removed: from this change on, nothing of the board reaches them.
+    MemberRemoved {
+        board_id: Uuid,
+        user_id: Uuid,
     },
 }
 

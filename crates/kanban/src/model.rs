@@ -146,7 +146,8 @@ impl Model for Kanban {
                 }
                 let column = snap.columns.iter().find(|c| c.id == id).map(serde_json::to_value);
                 let card = || snap.cards.iter().find(|c| c.id == id).map(serde_json::to_value);
-                column.or_else(card).and_then(Result::ok)
+                let member = || snap.members.iter().find(|m| m.id == id).map(serde_json::to_value);
+                column.or_else(card).or_else(member).and_then(Result::ok)
             }
             QueryData::Boards(list) => {
                 list.boards.iter().find(|b| b.id == id).and_then(|b| serde_json::to_value(b).ok())
@@ -167,7 +168,14 @@ impl Model for Kanban {
     fn seed(key: &QueryKey, entity: &Value, log_id: Uuid) -> Option<QueryData> {
         let board = serde_json::from_value::<Board>(entity.clone()).ok()?;
         (board.version == 1 && *key == QueryKey::Board(board.id)).then(|| {
-            QueryData::Board(BoardSnapshot { board, columns: Vec::new(), cards: Vec::new(), log_id, cursor: 0 })
+            QueryData::Board(BoardSnapshot {
+                board,
+                columns: Vec::new(),
+                cards: Vec::new(),
+                members: Vec::new(),
+                log_id,
+                cursor: 0,
+            })
         })
     }
 
@@ -206,7 +214,8 @@ impl Model for Kanban {
                 *b == entity
                     || snap.columns.iter().any(|c| c.id == entity)
                     || snap.cards.iter().any(|c| c.id == entity)
-                    || matches!(op, WriteOp::CreateColumn { board_id, .. } if board_id == b)
+                    || snap.members.iter().any(|m| m.id == entity)
+                    || matches!(op, WriteOp::CreateColumn { board_id, .. } | WriteOp::AddMember { board_id, .. } if board_id == b)
                     || matches!(op, WriteOp::CreateCard { column_id, .. } if snap.columns.iter().any(|c| c.id == *column_id))
             }
             _ => false,
@@ -228,6 +237,7 @@ impl Model for Kanban {
                     board: Board { id: *id, title: created.title.clone(), version: 0 },
                     columns: Vec::new(),
                     cards: Vec::new(),
+                    members: Vec::new(),
                     log_id: Uuid::nil(),
                     cursor: 0,
                 };

@@ -97,6 +97,7 @@ mod tests {
             board: Board { id: id(100), title: "b".into(), version: 1 },
             columns: vec![col(10, "80"), col(20, "81")],
             cards: vec![card(1, 10, "80"), card(2, 10, "81"), card(3, 10, "82"), card(4, 20, "80")],
+            members: vec![],
             log_id: id(0),
             cursor: 0,
         }

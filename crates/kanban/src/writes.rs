@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{CreateBoard, CreateCard, CreateColumn, MoveCard, MoveColumn, Rename, UpdateCard, Version};
+use crate::{
+    AddMember, CreateBoard, CreateCard, CreateColumn, MoveCard, MoveColumn, Rename, SetRole, UpdateCard, Version,
+};
 
 /// One write. `base_version` (where present) makes the write conditional on the entity's current version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +67,21 @@ pub enum WriteOp {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         base_version: Option<Version>,
     },
+    /// An owner adds a member (owners only).
+    AddMember {
+        board_id: Uuid,
+        #[serde(flatten)]
+        body: AddMember,
+    },
+    /// An owner changes a member's role (a board keeps at least one owner).
+    SetMemberRole {
+        board_id: Uuid,
+        user_id: Uuid,
+        #[serde(flatten)]
+        body: SetRole,
+    },
+    /// An owner removes a member, or a member leaves (a board keeps at least one owner).
+    RemoveMember { board_id: Uuid, user_id: Uuid },
 }
 
 /// A Kanban write with its idempotency key.

@@ -33,6 +33,20 @@ pub enum ErrorCode {
     WriteExpired,
     /// The request's `Origin` is not allowed to use this server.
     ForbiddenOrigin,
+    /// A state-changing request came from another site (`Origin` or `Sec-Fetch-Site`).
+    CrossSiteRequest,
+    /// The `Host` header names none of the server's public origins (e.g. a rebound DNS name).
+    MisdirectedRequest,
+    /// The request needs a signed-in session (there is none, or it ended).
+    Unauthorized,
+    /// Wrong username or password.
+    InvalidCredentials,
+    /// The username is taken.
+    UsernameTaken,
+    /// Signed in, but the role on this board does not allow it (a viewer's write, an editor managing members).
+    Forbidden,
+    /// Too many attempts; `Retry-After` says when to try again.
+    RateLimited,
     /// The WebSocket feed is turned off; long-poll instead.
     WebsocketUnavailable,
     /// Something failed on the server; the request may be retried.
@@ -54,6 +68,13 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::WriteExpired => "write_expired",
             ErrorCode::ForbiddenOrigin => "forbidden_origin",
+            ErrorCode::CrossSiteRequest => "cross_site_request",
+            ErrorCode::MisdirectedRequest => "misdirected_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::UsernameTaken => "username_taken",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::WebsocketUnavailable => "websocket_unavailable",
             ErrorCode::Internal => "internal",
         }

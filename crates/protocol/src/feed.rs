@@ -157,6 +157,12 @@ pub enum ServerMessage<Op> {
         stream: StreamName,
         reason: String,
     },
+    /// The client may not follow this stream (any more): its access was removed, or it never had it. Nothing
+    /// more of the stream comes on this connection; the client drops what it holds of it.
+    Revoked {
+        stream: StreamName,
+        reason: String,
+    },
     Pong {
         nonce: u64,
     },
@@ -174,6 +180,8 @@ pub mod close_code {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// The client stopped answering pings.
     pub const HEARTBEAT_TIMEOUT: u16 = 4000;
+    /// The connection's session ended (signed out, or expired): sign in again.
+    pub const SESSION_ENDED: u16 = 4001;
 }
 
 #[cfg(test)]

@@ -14,16 +14,19 @@ use axum::routing::{get, patch, post};
 use serde::Deserialize;
 #[allow(unused_imports)] // some are named only by the OpenAPI attributes
 use syncline_kanban::{
-    ApiError, Board, BoardId, BoardList, BoardSnapshot, BoardSummary, Card, CardId, Change, ChangeOp, ClientMessage,
-    Column, ColumnId, CreateBoard, CreateCard, CreateColumn, Cursor, ErrorCode, MAX_BATCH_WRITES, MoveCard, MoveColumn,
-    Rename, ServerMessage, StreamCursor, StreamId, StreamName, UpdateCard, Version, Write, WriteBatch,
-    WriteBatchResult, WriteOp, WriteOutcome,
+    AddMember, ApiError, Board, BoardId, BoardList, BoardSnapshot, BoardSummary, Card, CardId, Change, ChangeOp,
+    ChangePassword, ClientMessage, Column, ColumnId, CreateBoard, CreateCard, CreateColumn, Credentials, Cursor,
+    ErrorCode, MAX_BATCH_WRITES, Member, MoveCard, MoveColumn, Rename, Role, ServerMessage, SetRole, StreamCursor,
+    StreamId, StreamName, UpdateCard, User, UserId, Version, Write, WriteBatch, WriteBatchResult, WriteOp,
+    WriteOutcome,
 };
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::access::{self, Action};
+use crate::auth::{self, CurrentUser};
 use crate::error::{AppError, Json, Path};
-use crate::feed::{read_log, stream_head};
+use crate::feed::stream_head;
 use crate::session::{self, Session, Settings};
 use crate::writes::{self, Outcome};
 use crate::{store, ws};
@@ -39,6 +42,13 @@ pub fn router() -> Router<AppState> {
         .route("/boards/{id}", get(get_board).patch(rename_board).delete(delete_board))
         .route("/boards/{id}/columns", post(create_column))
         .route("/boards/{id}/summary", get(get_summary))
+        .route("/boards/{id}/members", get(list_members).post(add_member))
+        .route("/boards/{id}/members/{user_id}", patch(set_member_role).delete(remove_member))
+        .route("/auth/signup", post(auth::signup))
+        .route("/auth/signin", post(auth::signin))
+        .route("/auth/signout", post(auth::signout))
+        .route("/auth/me", get(auth::me))
+        .route("/auth/password", post(auth::change_password))
         .route("/columns/{id}", patch(rename_column).delete(delete_column))
         .route("/columns/{id}/move", post(move_column))
         .route("/columns/{id}/cards", post(create_card))
@@ -96,14 +106,15 @@ fn snapshot_response<T: serde::Serialize>(tag: String, body: Option<T>) -> Respo
 }
 
 #[utoipa::path(get, path = "/api/boards", tag = "boards", responses((status = 200, description = "All boards, with the `boards` stream cursor; ETag", body = BoardList), (status = 304, description = "Unchanged since If-None-Match")))]
-async fn list_boards(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
+async fn list_boards(State(s): State<AppState>, user: CurrentUser, headers: HeaderMap) -> ApiResult<Response> {
     let log_id = s.store.log_id();
     let known = headers;
+    let me = user.id;
     let (tag, list) = s
         .store
         .transaction(move |tx| {
-            let tag = etag(log_id, stream_head(tx, StreamId::Boards)?);
-            let list = if not_modified(&known, &tag) { None } else { Some(store::list_boards(tx, log_id)?) };
+            let tag = etag(log_id, stream_head(tx, access::user_stream(me))?);
+            let list = if not_modified(&known, &tag) { None } else { Some(store::list_boards(tx, me, log_id)?) };
             Ok((tag, list))
         })
         .await?;
@@ -111,13 +122,18 @@ async fn list_boards(State(s): State<AppState>, headers: HeaderMap) -> ApiResult
 }
 
 #[utoipa::path(get, path = "/api/boards/{id}", tag = "boards", params(("id" = Uuid, Path)), responses((status = 200, description = "Board snapshot with its stream cursor; ETag", body = BoardSnapshot), (status = 304, description = "Unchanged since If-None-Match"), (status = 404, body = ApiError)))]
-async fn get_board(State(s): State<AppState>, Path(id): Path<BoardId>, headers: HeaderMap) -> ApiResult<Response> {
+async fn get_board(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<BoardId>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let log_id = s.store.log_id();
     let known = headers;
     let (tag, snapshot) = s
         .store
         .transaction(move |tx| {
-            store::get_board(tx, id)?;
+            access::can(tx, user.id, id, Action::Read)?;
             let tag = etag(log_id, stream_head(tx, StreamId::Board(id))?);
             let snapshot = if not_modified(&known, &tag) { None } else { Some(store::board_snapshot(tx, id, log_id)?) };
             Ok((tag, snapshot))
@@ -127,12 +143,17 @@ async fn get_board(State(s): State<AppState>, Path(id): Path<BoardId>, headers: 
 }
 
 #[utoipa::path(get, path = "/api/boards/{id}/summary", tag = "boards", params(("id" = Uuid, Path)), responses((status = 200, description = "Server-computed figures; ETag", body = BoardSummary), (status = 304, description = "Unchanged since If-None-Match"), (status = 404, body = ApiError)))]
-async fn get_summary(State(s): State<AppState>, Path(id): Path<BoardId>, headers: HeaderMap) -> ApiResult<Response> {
+async fn get_summary(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<BoardId>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let log_id = s.store.log_id();
     let (tag, summary) = s
         .store
         .transaction(move |tx| {
-            store::get_board(tx, id)?;
+            access::can(tx, user.id, id, Action::Read)?;
             let tag = format!("\"{log_id}-{}-summary\"", stream_head(tx, StreamId::Board(id))?);
             let summary = if not_modified(&headers, &tag) { None } else { Some(store::board_summary(tx, id)?) };
             Ok((tag, summary))
@@ -142,8 +163,67 @@ async fn get_summary(State(s): State<AppState>, Path(id): Path<BoardId>, headers
 }
 
 #[utoipa::path(get, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path)), responses((status = 200, body = Card), (status = 404, body = ApiError)))]
-async fn get_card(State(s): State<AppState>, Path(id): Path<CardId>) -> ApiResult<axum::Json<Card>> {
-    Ok(axum::Json(s.store.transaction(move |tx| store::get_card(tx, id)).await?))
+async fn get_card(State(s): State<AppState>, user: CurrentUser, Path(id): Path<CardId>) -> ApiResult<axum::Json<Card>> {
+    let card = s
+        .store
+        .transaction(move |tx| {
+            let card = store::get_card(tx, id)?;
+            access::can(tx, user.id, card.board_id, Action::Read)
+                .map_err(|_| store::StoreError::NotFound(format!("no card with id {id}")))?;
+            Ok(card)
+        })
+        .await?;
+    Ok(axum::Json(card))
+}
+
+// ---- members -------------------------------------------------------------------------------------------------
+
+#[utoipa::path(get, path = "/api/boards/{id}/members", tag = "members", params(("id" = Uuid, Path)), responses((status = 200, description = "The board's members (any member may see them)", body = Vec<Member>), (status = 401, body = ApiError), (status = 404, description = "No such board, or not a member", body = ApiError)))]
+async fn list_members(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<BoardId>,
+) -> ApiResult<axum::Json<Vec<Member>>> {
+    let members = s
+        .store
+        .transaction(move |tx| {
+            access::can(tx, user.id, id, Action::Read)?;
+            access::members_of(tx, id)
+        })
+        .await?;
+    Ok(axum::Json(members))
+}
+
+#[utoipa::path(post, path = "/api/boards/{id}/members", tag = "members", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = AddMember, responses((status = 201, body = Member), (status = 401, body = ApiError), (status = 403, description = "Only owners manage members", body = ApiError), (status = 404, description = "No such board, or not a member", body = ApiError), (status = 422, description = "No such user, or already a member", body = ApiError)))]
+async fn add_member(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    Path(board_id): Path<BoardId>,
+    headers: HeaderMap,
+    Json(body): Json<AddMember>,
+) -> ApiResult<Outcome> {
+    write(&s, &user, &headers, WriteOp::AddMember { board_id, body }).await
+}
+
+#[utoipa::path(patch, path = "/api/boards/{id}/members/{user_id}", tag = "members", params(("id" = Uuid, Path), ("user_id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = SetRole, responses((status = 200, body = Member), (status = 401, body = ApiError), (status = 403, description = "Only owners manage members", body = ApiError), (status = 404, body = ApiError), (status = 409, description = "Stale base_version", body = ApiError), (status = 422, description = "The last owner cannot step down", body = ApiError)))]
+async fn set_member_role(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    Path((board_id, user_id)): Path<(BoardId, UserId)>,
+    headers: HeaderMap,
+    Json(body): Json<SetRole>,
+) -> ApiResult<Outcome> {
+    write(&s, &user, &headers, WriteOp::SetMemberRole { board_id, user_id, body }).await
+}
+
+#[utoipa::path(delete, path = "/api/boards/{id}/members/{user_id}", tag = "members", params(("id" = Uuid, Path), ("user_id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), responses((status = 204, description = "Removed (or left); their feeds stop receiving the board at once"), (status = 401, body = ApiError), (status = 403, description = "Only owners remove others", body = ApiError), (status = 404, body = ApiError), (status = 422, description = "The last owner cannot leave", body = ApiError)))]
+async fn remove_member(
+    State(s): State<AppState>,
+    user: CurrentUser,
+    Path((board_id, user_id)): Path<(BoardId, UserId)>,
+    headers: HeaderMap,
+) -> ApiResult<Outcome> {
+    write(&s, &user, &headers, WriteOp::RemoveMember { board_id, user_id }).await
 }
 
 // ---- writes --------------------------------------------------------------------------------------------------
@@ -171,8 +251,8 @@ impl IntoResponse for Outcome {
     }
 }
 
-async fn write(s: &AppState, headers: &HeaderMap, op: WriteOp) -> ApiResult<Outcome> {
-    writes::execute(&s.store, &s.metrics, write_id(headers)?, op).await
+async fn write(s: &AppState, user: &CurrentUser, headers: &HeaderMap, op: WriteOp) -> ApiResult<Outcome> {
+    writes::execute(&s.store, &s.metrics, user.id, write_id(headers)?, op).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,116 +264,128 @@ struct BaseVersion {
 #[utoipa::path(post, path = "/api/boards", tag = "boards", params(("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = CreateBoard, responses((status = 201, body = Board), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn create_board(
     State(s): State<AppState>,
+    user: CurrentUser,
     headers: HeaderMap,
     Json(body): Json<CreateBoard>,
 ) -> ApiResult<Outcome> {
-    write(&s, &headers, WriteOp::CreateBoard { body }).await
+    write(&s, &user, &headers, WriteOp::CreateBoard { body }).await
 }
 
 #[utoipa::path(patch, path = "/api/boards/{id}", tag = "boards", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = Rename, responses((status = 200, body = Board), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn rename_board(
     State(s): State<AppState>,
+    user: CurrentUser,
     Path(id): Path<BoardId>,
     headers: HeaderMap,
     Json(body): Json<Rename>,
 ) -> ApiResult<Outcome> {
-    write(&s, &headers, WriteOp::RenameBoard { id, body }).await
+    write(&s, &user, &headers, WriteOp::RenameBoard { id, body }).await
 }
 
 #[utoipa::path(delete, path = "/api/boards/{id}", tag = "boards", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), responses((status = 204, description = "Deleted"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn delete_board(
     State(s): State<AppState>,
+    user: CurrentUser,
     Path(id): Path<BoardId>,
     headers: HeaderMap,
     Query(q): Query<BaseVersion>,
 ) -> ApiResult<Outcome> {
-    write(&s, &headers, WriteOp::DeleteBoard { id, base_version: q.base_version }).await
+    write(&s, &user, &headers, WriteOp::DeleteBoard { id, base_version: q.base_version }).await
 }
 
 #[utoipa::path(post, path = "/api/boards/{id}/columns", tag = "columns", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = CreateColumn, responses((status = 201, body = Column), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn create_column(
     State(s): State<AppState>,
+    user: CurrentUser,
     Path(board_id): Path<BoardId>,
     headers: HeaderMap,
     Json(body): Json<CreateColumn>,
 ) -> ApiResult<Outcome> {
-    write(&s, &headers, WriteOp::CreateColumn { board_id, body }).await
+    write(&s, &user, &headers, WriteOp::CreateColumn { board_id, body }).await
 }
 
 #[utoipa::path(patch, path = "/api/columns/{id}", tag = "columns", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = Rename, responses((status = 200, body = Column), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn rename_column(
     State(s): State<AppState>,
+    user: CurrentUser,
     Path(id): Path<ColumnId>,
     headers: HeaderMap,
     Json(body): Json<Rename>,
 ) -> ApiResult<Outcome> {
-    write(&s, &headers, WriteOp::RenameColumn { id, body }).await
+    write(&s, &user, &headers, WriteOp::RenameColumn { id, body }).await
 }
 
 #[utoipa::path(post, path = "/api/columns/{id}/move", tag = "columns", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = MoveColumn, responses((status = 200, body = Column), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn move_column(
     State(s): State<AppState>,
+    user: CurrentUser,
     Path(id): Path<ColumnId>,
     headers: HeaderMap,
     Json(body): Json<MoveColumn>,
 ) -> ApiResult<Outcome> {
-    write(&s, &headers, WriteOp::MoveColumn { id, body }).await
+    write(&s, &user, &headers, WriteOp::MoveColumn { id, body }).await
 }
 
 #[utoipa::path(delete, path = "/api/columns/{id}", tag = "columns", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), responses((status = 204, description = "Deleted with its cards"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn delete_column(
     State(s): State<AppState>,
+    user: CurrentUser,
     Path(id): Path<ColumnId>,
     headers: HeaderMap,
     Query(q): Query<BaseVersion>,
 ) -> ApiResult<Outcome> {
-    write(&s, &headers, WriteOp::DeleteColumn { id, base_version: q.base_version }).await
+    write(&s, &user, &headers, WriteOp::DeleteColumn { id, base_version: q.base_version }).await
 }
 
 #[utoipa::path(post, path = "/api/columns/{id}/cards", tag = "cards", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = CreateCard, responses((status = 201, body = Card), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn create_card(
     State(s): State<AppState>,
+    user: CurrentUser,
     Path(column_id): Path<ColumnId>,
     headers: HeaderMap,
     Json(body): Json<CreateCard>,
 ) -> ApiResult<Outcome> {
-    write(&s, &headers, WriteOp::CreateCard { column_id, body }).await
+    write(&s, &user, &headers, WriteOp::CreateCard { column_id, body }).await
 }
 
 #[utoipa::path(patch, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = UpdateCard, responses((status = 200, body = Card), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn update_card(
     State(s): State<AppState>,
+    user: CurrentUser,
     Path(id): Path<CardId>,
     headers: HeaderMap,
     Json(body): Json<UpdateCard>,
 ) -> ApiResult<Outcome> {
-    write(&s, &headers, WriteOp::UpdateCard { id, body }).await
+    write(&s, &user, &headers, WriteOp::UpdateCard { id, body }).await
 }
 
 #[utoipa::path(post, path = "/api/cards/{id}/move", tag = "cards", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = MoveCard, responses((status = 200, body = Card), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn move_card(
     State(s): State<AppState>,
+    user: CurrentUser,
     Path(id): Path<CardId>,
     headers: HeaderMap,
     Json(body): Json<MoveCard>,
 ) -> ApiResult<Outcome> {
-    write(&s, &headers, WriteOp::MoveCard { id, body }).await
+    write(&s, &user, &headers, WriteOp::MoveCard { id, body }).await
 }
 
 #[utoipa::path(delete, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), responses((status = 204, description = "Deleted"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
 async fn delete_card(
     State(s): State<AppState>,
+    user: CurrentUser,
     Path(id): Path<CardId>,
     headers: HeaderMap,
     Query(q): Query<BaseVersion>,
 ) -> ApiResult<Outcome> {
-    write(&s, &headers, WriteOp::DeleteCard { id, base_version: q.base_version }).await
+    write(&s, &user, &headers, WriteOp::DeleteCard { id, base_version: q.base_version }).await
 }
 
 /// `POST /api/writes`: queued writes in order; each has its own outcome.
 #[utoipa::path(post, path = "/api/writes", tag = "writes", request_body = WriteBatch, responses((status = 200, description = "Each write's outcome, in order", body = WriteBatchResult), (status = 422, description = "Too many writes or a malformed batch", body = ApiError)))]
 async fn write_batch(
     State(s): State<AppState>,
+    user: CurrentUser,
     Json(batch): Json<WriteBatch>,
 ) -> ApiResult<axum::Json<WriteBatchResult>> {
     if batch.writes.len() > MAX_BATCH_WRITES {
@@ -305,7 +397,7 @@ async fn write_batch(
     }
     let mut results = Vec::with_capacity(batch.writes.len());
     for w in batch.writes {
-        let outcome = writes::execute(&s.store, &s.metrics, Some(w.write_id), w.op).await?;
+        let outcome = writes::execute(&s.store, &s.metrics, user.id, Some(w.write_id), w.op).await?;
         results.push(WriteOutcome {
             write_id: w.write_id,
             status: outcome.status.as_u16(),
@@ -335,10 +427,17 @@ struct LongPollQuery {
 #[utoipa::path(get, path = "/api/changes", tag = "feed", params(("stream" = String, Query, description = "`boards` or `board:<uuid>`"), ("since" = u64, Query, description = "Last cursor applied"), ("wait" = Option<f64>, Query, description = "Seconds to wait for a change (capped by the server)"), ("log_id" = Option<Uuid>, Query, description = "Log the cursor belongs to")), responses((status = 200, description = "`changes` (possibly empty) or `reset`", body = ServerMessage), (status = 400, body = ApiError)))]
 async fn long_poll(
     State(s): State<AppState>,
+    user: CurrentUser,
     query: Result<Query<LongPollQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<axum::Json<ServerMessage>> {
     let Query(q) = query.map_err(|e| bad_parameter(e.body_text()))?;
-    let stream: StreamName = StreamId::from_str(&q.stream).map_err(bad_parameter)?.name();
+    let stream_id = StreamId::from_str(&q.stream).map_err(bad_parameter)?;
+    let stream: StreamName = stream_id.name();
+    // A board the user may not see does not exist (as on every other route).
+    if let StreamId::Board(board) = stream_id {
+        s.store.transaction(move |tx| access::can(tx, user.id, board, Action::Read)).await?;
+    }
+    let mut ended = s.store.hub().ended_sessions();
     if !q.wait.is_finite() || q.wait < 0.0 {
         return Err(bad_parameter("wait must be a non-negative number of seconds"));
     }
@@ -347,7 +446,7 @@ async fn long_poll(
     // The feed session of one stream, answered with its first page of changes (or its reset); when it is caught up,
     // it waits for a live batch until the deadline.
     let settings = Settings { max_subscriptions: 1, page_size: s.feed.page_size, message_target_bytes: usize::MAX };
-    let mut session = Session::new(settings);
+    let mut session = Session::new(settings, user.id);
     let mut live = None;
     let subscribe = ClientMessage::Subscribe {
         streams: vec![StreamCursor { stream: stream.clone(), since: q.since }],
@@ -361,7 +460,9 @@ async fn long_poll(
         }
         while let Some(out) = session.poll_output() {
             match out {
-                session::Output::Send(msg @ (ServerMessage::Changes { .. } | ServerMessage::Reset { .. })) => {
+                session::Output::Send(
+                    msg @ (ServerMessage::Changes { .. } | ServerMessage::Reset { .. } | ServerMessage::Revoked { .. }),
+                ) => {
                     return Ok(axum::Json(msg));
                 }
                 session::Output::Send(_) => {} // synced: nothing new yet
@@ -369,11 +470,12 @@ async fn long_poll(
                 session::Output::Listen(stream) => live = Some(s.store.hub().subscribe(stream)),
                 session::Output::Unlisten(_) => live = None,
                 session::Output::ReadLog { stream, since, client_log_id } => {
-                    let (store, page) = (s.store.clone(), s.feed.page_size);
+                    let (store, page, me) = (s.store.clone(), s.feed.page_size, user.id);
                     let own_log = store.log_id();
                     let st = stream.clone();
-                    let read =
-                        store.transaction(move |tx| read_log(tx, own_log, &st, since, client_log_id, page)).await?;
+                    let read = store
+                        .transaction(move |tx| access::read_log_as(tx, me, own_log, &st, since, client_log_id, page))
+                        .await?;
                     session.handle(session::Input::LogRead { stream, since, read });
                 }
                 session::Output::Close { reason, .. } => return Err(bad_parameter(reason)),
@@ -383,13 +485,19 @@ async fn long_poll(
             return Ok(axum::Json(ServerMessage::Changes { stream, changes: Vec::new() }));
         };
         let _waiting = s.metrics.longpoll_waiting();
+        let log_stream = session.log_name(&stream);
         input = tokio::select! {
             r = rx.recv() => Some(match r {
-                Ok(published) => session::Input::Published { stream: stream.clone(), changes: published.changes.clone() },
-                Err(_) => session::Input::Lagged { stream: stream.clone() },
+                Ok(published) => session::Input::Published { stream: log_stream, changes: published.changes.clone() },
+                Err(_) => session::Input::Lagged { stream: log_stream },
             }),
             _ = tokio::time::sleep_until(deadline) => None,
             _ = crate::stopped(&mut shutdown) => None,
+            // Signed out while waiting: this request's session is no more.
+            Ok(id) = ended.recv() => {
+                if *id == *user.session { return Err(AppError::unauthorized()) }
+                continue;
+            }
         };
         if input.is_none() {
             return Ok(axum::Json(ServerMessage::Changes { stream, changes: Vec::new() }));
@@ -421,12 +529,34 @@ async fn long_poll(
         update_card,
         move_card,
         delete_card,
+        list_members,
+        add_member,
+        set_member_role,
+        remove_member,
         write_batch,
         long_poll,
+        auth::signup,
+        auth::signin,
+        auth::signout,
+        auth::me,
+        auth::change_password,
         metrics,
         feed_doc
     ),
-    components(schemas(ClientMessage, ServerMessage, Change, ChangeOp, StreamCursor, WriteOp, Write))
+    components(schemas(
+        ClientMessage,
+        ServerMessage,
+        Change,
+        ChangeOp,
+        StreamCursor,
+        WriteOp,
+        Write,
+        Role,
+        Member,
+        User,
+        Credentials,
+        ChangePassword
+    ))
 )]
 pub struct ApiDoc;
 

@@ -17,15 +17,26 @@ pub struct AppError {
     pub body: ApiError,
     /// For a conflict: the current entity, returned beside the error.
     pub current: Option<serde_json::Value>,
+    /// For a 429: seconds until another attempt may succeed (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl AppError {
     pub fn new(status: StatusCode, error: ErrorCode, message: impl Into<String>) -> Self {
-        AppError { status, body: ApiError { error, message: message.into(), field: None }, current: None }
+        AppError {
+            status,
+            body: ApiError { error, message: message.into(), field: None },
+            current: None,
+            retry_after: None,
+        }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "sign in first")
     }
 }
 
@@ -42,7 +53,11 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.json())).into_response()
+        let mut response = (self.status, axum::Json(self.json())).into_response();
+        if let Some(v) = self.retry_after.and_then(|s| axum::http::HeaderValue::from_str(&s.to_string()).ok()) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        response
     }
 }
 
@@ -50,6 +65,7 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(message) => AppError::not_found(message),
+            StoreError::Forbidden(message) => AppError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message),
             StoreError::InvalidField { field, message } => {
                 let mut err = AppError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidField, message);
                 err.body.field = Some(field.into());

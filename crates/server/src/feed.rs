@@ -79,6 +79,8 @@ pub enum LogRead {
     Changes(Vec<Change>),
     /// The cursor cannot be served; the reason says why.
     Reset(String),
+    /// The reader may not see this stream (see `access::read_log_as`).
+    Revoked(String),
 }
 
 /// Reads `stream` after `since`, or says why that cursor cannot be served.
@@ -164,10 +166,18 @@ pub struct Published {
     pub committed_at: Instant,
 }
 
-/// Per-stream broadcast of committed changes to live readers in this process.
-#[derive(Debug, Default)]
+/// Per-stream broadcast of committed changes to live readers in this process, and of sessions that ended (their
+/// feed connections close).
+#[derive(Debug)]
 pub struct Hub {
     channels: Mutex<HashMap<StreamName, broadcast::Sender<Arc<Published>>>>,
+    ended_sessions: broadcast::Sender<Arc<str>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub { channels: Mutex::default(), ended_sessions: broadcast::channel(1024).0 }
+    }
 }
 
 /// Batches a reader may fall behind before it lags and re-reads from the log instead.
@@ -202,6 +212,16 @@ impl Hub {
                 channels.remove(&stream);
             }
         }
+    }
+
+    /// A session ended (signed out, replaced, expired): its feed connections close.
+    pub fn session_ended(&self, session: &str) {
+        let _ = self.ended_sessions.send(Arc::from(session));
+    }
+
+    /// Sessions ending from now on. A listener that lags has missed some: it must check its session itself.
+    pub fn ended_sessions(&self) -> broadcast::Receiver<Arc<str>> {
+        self.ended_sessions.subscribe()
     }
 
     /// Forgets channels nobody listens to.

@@ -3,10 +3,13 @@
 //! [`Server::start`] binds and serves in the background (tests and the browser harness use it in-process);
 //! the `syncline-server` binary wraps it with command-line configuration and signal handling.
 
+pub mod access;
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod feed;
+pub mod guard;
 pub mod metrics;
 pub mod session;
 pub mod stats;
@@ -46,9 +49,24 @@ pub struct Config {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "SYNCLINE_MAX_BODY_BYTES", default_value_t = syncline_protocol::limits::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
+    /// The origin(s) users reach this server at, e.g. https://kanban.example.com (repeatable). Requests naming
+    /// another Host are refused; cookies are Secure when one is HTTPS. Default: the bind address and its
+    /// localhost forms.
+    #[arg(long = "public-origin", env = "SYNCLINE_PUBLIC_ORIGINS", value_delimiter = ',')]
+    pub public_origins: Vec<String>,
     /// Origins (besides the server's own) allowed to open the WebSocket feed, e.g. https://app.example.com.
     #[arg(long = "allowed-origin", env = "SYNCLINE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Where to serve Prometheus metrics (`/metrics`), e.g. 127.0.0.1:9090; not served when unset (never on the
+    /// public address).
+    #[arg(long, env = "SYNCLINE_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+    /// Sign-in attempts per account before 429 (one more every minute after that).
+    #[arg(long, env = "SYNCLINE_SIGNIN_ATTEMPTS_PER_ACCOUNT", default_value_t = 5)]
+    pub signin_attempts_per_account: u32,
+    /// Sign-in and sign-up attempts per address before 429 (one more every 10 seconds after that).
+    #[arg(long, env = "SYNCLINE_SIGNIN_ATTEMPTS_PER_ADDRESS", default_value_t = 30)]
+    pub signin_attempts_per_address: u32,
     /// Seconds between server pings on the feed; a client silent for two periods is dropped.
     #[arg(long, env = "SYNCLINE_HEARTBEAT_SECS", default_value_t = 25.0)]
     pub heartbeat_secs: f64,
@@ -86,7 +104,11 @@ impl Config {
             db,
             static_dir: PathBuf::from("/nonexistent"),
             max_body_bytes: syncline_protocol::limits::DEFAULT_MAX_BODY_BYTES,
+            public_origins: Vec::new(),
             allowed_origins: Vec::new(),
+            metrics_bind: None,
+            signin_attempts_per_account: 5,
+            signin_attempts_per_address: 30,
             heartbeat_secs: 25.0,
             max_subscriptions: 64,
             max_frame_bytes: 64 * 1024,
@@ -142,25 +164,38 @@ pub struct AppState {
     /// When false, WebSocket upgrades are refused (503) and clients stay fresh by long-poll: for operating
     /// behind a proxy that breaks WebSockets, and for testing the fallback.
     pub websockets: Arc<std::sync::atomic::AtomicBool>,
+    /// Sign-in attempt limits.
+    pub auth: auth::Limits,
+    /// The origins this server answers as.
+    pub origins: Arc<guard::Origins>,
 }
 
-/// Builds the whole application: `/api/*` and the static web app.
+/// Builds the whole application: `/api/*` (with sessions) and the static web app, behind the Host / same-site
+/// guard and the security headers.
 pub fn app(state: AppState, config: &Config) -> Router {
     let index = config.static_dir.join("index.html");
     let static_files = ServeDir::new(&config.static_dir).not_found_service(ServeFile::new(index));
+    let sessions = auth::session_layer(&state.store, state.origins.https());
     Router::new()
-        .nest("/api", api::router())
-        .route("/metrics", axum::routing::get(api::metrics))
+        .nest("/api", api::router().layer(sessions))
         .fallback_service(static_files)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), stats::record_requests))
+        .layer(axum::middleware::from_fn_with_state(state.origins.clone(), guard::guard))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// `/metrics` alone, for the metrics address.
+fn metrics_app(state: AppState) -> Router {
+    Router::new().route("/metrics", axum::routing::get(api::metrics)).with_state(state)
 }
 
 /// A running server. Dropping it does not stop it; call [`Server::stop`].
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served (`--metrics-bind`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     pub state: AppState,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -189,17 +224,41 @@ impl Server {
             feed: Arc::new(config.feed()),
             shutdown: rx.clone(),
             websockets: Arc::new(std::sync::atomic::AtomicBool::new(!config.no_websocket)),
+            auth: Arc::new(auth::AuthLimits::new(
+                config.signin_attempts_per_account,
+                60,
+                config.signin_attempts_per_address,
+                10,
+            )),
+            origins: Arc::new(guard::Origins::new(&config.public_origins, addr, &config.allowed_origins)),
         };
         tokio::spawn(prune_periodically(state.clone(), config.retention(), config.prune_interval_secs));
+        let metrics_addr = match config.metrics_bind {
+            None => None,
+            Some(bind) => {
+                let std_listener = std::net::TcpListener::bind(bind)?;
+                std_listener.set_nonblocking(true)?;
+                let listener = TcpListener::from_std(std_listener)?;
+                let metrics_addr = listener.local_addr()?;
+                let (app, mut stop) = (metrics_app(state.clone()), rx.clone());
+                tokio::spawn(async move {
+                    let stopped = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    let _ = axum::serve(listener, app).with_graceful_shutdown(stopped).await;
+                });
+                Some(metrics_addr)
+            }
+        };
         let app = app(state.clone(), config);
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move {
                     let _ = rx.wait_for(|stop| *stop).await;
                 })
                 .await
         });
-        Ok(Server { addr, state, shutdown, task })
+        Ok(Server { addr, metrics_addr, state, shutdown, task })
     }
 
     pub fn url(&self) -> String {
@@ -240,6 +299,11 @@ async fn prune_periodically(state: AppState, retention: Retention, every_secs: f
             _ = crate::stopped(&mut shutdown) => return,
         }
         let now = feed::now_ms();
+        let expired = state.store.transaction(move |tx| auth::prune_sessions(tx, (now / 1000) as i64)).await;
+        if let Err(e) = expired {
+            tracing::warn!(error = ?e, "could not prune expired sessions");
+        }
+        state.auth.sweep();
         match state.store.transaction(move |tx| feed::prune(tx, &retention, now)).await {
             Ok((changes, writes)) => {
                 state.metrics.changes_pruned.inc_by(changes as u64);

@@ -4,19 +4,26 @@
 //! served. The WebSocket handler (`ws.rs`), the long-poll handler (`api.rs`) and the simulation all drive this
 //! one type: they read the log and listen to the hub when it asks, and carry its messages to the client.
 //!
+//! A session belongs to a user. The client's `boards` is that user's own list (`user:<id>` in the log); a
+//! board's stream is read only as the user may (the driver authorizes each read: `access::read_log_as`), and a
+//! `member_removed` of this user in a board's changes — live or from the log — ends the stream there: the
+//! changes before it are delivered, then `revoked`, and nothing after it.
+//!
 //! The contract: give it `Input`s, then drain `poll_output` until `None`; answer every `ReadLog` with a
 //! `LogRead` for the same stream and cursor.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use syncline_kanban::{Change, ServerMessage};
+use syncline_kanban::{Change, ChangeOp, ServerMessage, StreamId, UserId};
 use syncline_protocol::feed::close_code;
 use syncline_protocol::{ClientMessage, Cursor, StreamCursor, StreamName};
 use uuid::Uuid;
 
+use crate::access::user_stream;
 use crate::feed::LogRead;
 
-/// What the session's driver tells it.
+/// What the session's driver tells it. Streams in inputs and in `Listen`/`Unlisten`/`ReadLog` are the log's
+/// names (`user:<id>`, `board:<id>`); in messages to the client, the client's (`boards`, `board:<id>`).
 #[derive(Debug)]
 pub enum Input {
     /// A message from the client.
@@ -67,10 +74,15 @@ pub enum InjectedBug {
     /// A live batch that arrives while the log is being read is dropped, and the stream is said `synced` when the
     /// read ends, as if the read had covered it.
     DropsBatchesDuringCatchUp,
+    /// Access is checked when a stream is subscribed (the first read), not at delivery: a member removed while
+    /// following a board keeps receiving its changes.
+    AuthorizesOnlyAtSubscribe,
 }
 
 #[derive(Debug)]
 struct Followed {
+    /// The stream's name for the client.
+    client: StreamName,
     /// The last cursor delivered to the client.
     cursor: Cursor,
     /// A log read is outstanding for this stream.
@@ -85,14 +97,25 @@ struct Followed {
 #[derive(Debug)]
 pub struct Session {
     settings: Settings,
+    user: UserId,
+    /// Keyed by the log's name of the stream.
     streams: BTreeMap<StreamName, Followed>,
     out: VecDeque<Output>,
     bug: Option<InjectedBug>,
 }
 
 impl Session {
-    pub fn new(settings: Settings) -> Session {
-        Session { settings, streams: BTreeMap::new(), out: VecDeque::new(), bug: None }
+    pub fn new(settings: Settings, user: UserId) -> Session {
+        Session { settings, user, streams: BTreeMap::new(), out: VecDeque::new(), bug: None }
+    }
+
+    pub fn user(&self) -> UserId {
+        self.user
+    }
+
+    /// The log's name of a stream the client names (its `boards` is its own list).
+    pub fn log_name(&self, client: &StreamName) -> StreamName {
+        if *client == StreamId::Boards { user_stream(self.user) } else { client.clone() }
     }
 
     /// The same session with a known bug switched on (simulation only).
@@ -106,9 +129,9 @@ impl Session {
         self.out.pop_front()
     }
 
-    /// Streams followed, with the cursor delivered in each.
+    /// Streams followed (by the client's name), with the cursor delivered in each.
     pub fn cursors(&self) -> impl Iterator<Item = (&StreamName, Cursor)> {
-        self.streams.iter().map(|(s, f)| (s, f.cursor))
+        self.streams.values().map(|f| (&f.client, f.cursor))
     }
 
     pub fn handle(&mut self, input: Input) {
@@ -124,25 +147,31 @@ impl Session {
         match msg {
             ClientMessage::Ping { nonce } => self.out.push_back(Output::Send(ServerMessage::Pong { nonce })),
             ClientMessage::Unsubscribe { streams } => {
-                for stream in streams {
+                for client in streams {
+                    let stream = self.log_name(&client);
                     if self.streams.remove(&stream).is_some() {
                         self.out.push_back(Output::Unlisten(stream));
                     }
                 }
             }
             ClientMessage::Subscribe { streams, log_id } => {
-                let new: BTreeSet<&StreamName> =
-                    streams.iter().map(|s| &s.stream).filter(|s| !self.streams.contains_key(*s)).collect();
+                let new: BTreeSet<StreamName> = streams
+                    .iter()
+                    .map(|s| self.log_name(&s.stream))
+                    .filter(|s| !self.streams.contains_key(s))
+                    .collect();
                 if self.streams.len() + new.len() > self.settings.max_subscriptions {
                     let reason = format!("at most {} streams per connection", self.settings.max_subscriptions);
                     self.out.push_back(Output::Close { code: close_code::POLICY_VIOLATION, reason });
                     return;
                 }
-                for StreamCursor { stream, since } in streams {
+                for StreamCursor { stream: client, since } in streams {
+                    let stream = self.log_name(&client);
                     if !self.streams.contains_key(&stream) {
                         self.out.push_back(Output::Listen(stream.clone()));
                     }
-                    let followed = Followed { cursor: since, reading: false, stale: false, client_log_id: log_id };
+                    let followed =
+                        Followed { client, cursor: since, reading: false, stale: false, client_log_id: log_id };
                     self.streams.insert(stream.clone(), followed);
                     self.read(&stream);
                 }
@@ -177,8 +206,44 @@ impl Session {
             self.read(&stream);
             return;
         }
-        f.cursor = fresh.last().map_or(f.cursor, |c| c.cursor);
-        self.out.push_back(Output::Send(ServerMessage::Changes { stream, changes: fresh }));
+        self.deliver(&stream, fresh);
+    }
+
+    /// Sends changes that continue the stream's cursor — up to this user's removal from the board, if they carry
+    /// it: then the stream ends here, with `revoked`. Returns whether the stream is still followed.
+    fn deliver(&mut self, stream: &StreamName, mut changes: Vec<Change>) -> bool {
+        let me = self.user;
+        let removal = changes
+            .iter()
+            .position(|c| matches!(c.op, ChangeOp::MemberRemoved { user_id, .. } if user_id == me))
+            .filter(|_| self.bug != Some(InjectedBug::AuthorizesOnlyAtSubscribe));
+        if let Some(at) = removal {
+            changes.truncate(at);
+        }
+        let Some(f) = self.streams.get_mut(stream) else { return false };
+        let client = f.client.clone();
+        if let Some(last) = changes.last() {
+            f.cursor = last.cursor;
+        }
+        for mut changes in split_by_size(changes, self.settings.message_target_bytes) {
+            for c in &mut changes {
+                c.stream = client.clone();
+            }
+            self.out.push_back(Output::Send(ServerMessage::Changes { stream: client.clone(), changes }));
+        }
+        if removal.is_some() {
+            self.revoke(stream, "your access to this board was removed".into());
+            return false;
+        }
+        true
+    }
+
+    /// Stops following a stream the user may not (or no longer) see, and tells the client.
+    fn revoke(&mut self, stream: &StreamName, reason: String) {
+        if let Some(f) = self.streams.remove(stream) {
+            self.out.push_back(Output::Unlisten(stream.clone()));
+            self.out.push_back(Output::Send(ServerMessage::Revoked { stream: f.client, reason }));
+        }
     }
 
     fn on_log_read(&mut self, stream: StreamName, since: Cursor, read: LogRead) {
@@ -189,23 +254,24 @@ impl Session {
         f.reading = false;
         match read {
             LogRead::Reset(reason) => {
+                let client = f.client.clone();
                 self.streams.remove(&stream);
                 self.out.push_back(Output::Unlisten(stream.clone()));
-                self.out.push_back(Output::Send(ServerMessage::Reset { stream, reason }));
+                self.out.push_back(Output::Send(ServerMessage::Reset { stream: client, reason }));
             }
+            LogRead::Revoked(reason) => self.revoke(&stream, reason),
             LogRead::Changes(changes) => {
                 let full = changes.len() >= self.settings.page_size;
-                if let Some(last) = changes.last() {
-                    f.cursor = last.cursor;
+                let stale = f.stale;
+                if !self.deliver(&stream, changes) {
+                    return;
                 }
-                let (cursor, stale) = (f.cursor, f.stale);
-                for changes in split_by_size(changes, self.settings.message_target_bytes) {
-                    self.out.push_back(Output::Send(ServerMessage::Changes { stream: stream.clone(), changes }));
-                }
+                let f = self.streams.get(&stream).expect("still followed");
+                let (client, cursor) = (f.client.clone(), f.cursor);
                 if full || stale {
                     self.read(&stream);
                 } else {
-                    self.out.push_back(Output::Send(ServerMessage::Synced { stream, cursor }));
+                    self.out.push_back(Output::Send(ServerMessage::Synced { stream: client, cursor }));
                 }
             }
         }
@@ -239,7 +305,7 @@ mod tests {
     }
 
     fn stream() -> StreamName {
-        StreamId::Boards.name()
+        StreamId::Board(Uuid::from_u128(5)).name()
     }
 
     fn change(cursor: Cursor) -> Change {
@@ -264,7 +330,7 @@ mod tests {
 
     #[test]
     fn a_subscribe_listens_then_reads_then_pages_then_says_synced() {
-        let mut s = Session::new(settings());
+        let mut s = Session::new(settings(), Uuid::from_u128(77));
         let out = subscribe(&mut s, 2);
         assert_eq!(
             out,
@@ -285,7 +351,7 @@ mod tests {
 
     #[test]
     fn a_live_batch_goes_out_only_if_it_continues_the_cursor() {
-        let mut s = Session::new(settings());
+        let mut s = Session::new(settings(), Uuid::from_u128(77));
         subscribe(&mut s, 0);
         s.handle(Input::LogRead { stream: stream(), since: 0, read: LogRead::Changes(vec![]) });
         drain(&mut s);
@@ -306,7 +372,7 @@ mod tests {
 
     #[test]
     fn a_cursor_that_cannot_be_served_resets_and_too_many_streams_close() {
-        let mut s = Session::new(settings());
+        let mut s = Session::new(settings(), Uuid::from_u128(77));
         subscribe(&mut s, 9);
         s.handle(Input::LogRead { stream: stream(), since: 9, read: LogRead::Reset("gone".into()) });
         let out = drain(&mut s);

@@ -13,16 +13,20 @@ use rusqlite_migration::{M, Migrations};
 use syncline_kanban::limits::{validate_description, validate_title};
 use syncline_kanban::{
     Board, BoardId, BoardList, BoardSnapshot, BoardSummary, Card, CardId, ChangeOp, Column, ColumnId, ColumnSummary,
-    CreateBoard, CreateCard, CreateColumn, MoveCard, MoveColumn, Rename, StreamId, UpdateCard, Version,
+    CreateBoard, CreateCard, CreateColumn, MoveCard, MoveColumn, Rename, StreamId, UpdateCard, UserId, Version,
 };
 use uuid::Uuid;
 
+use crate::access;
 use crate::feed::{Hub, Recorder, record, stream_head};
 
 /// What a store operation can refuse, besides an internal failure.
 #[derive(Debug)]
 pub enum StoreError {
     NotFound(String),
+    /// A member whose role does not allow the write (a non-member gets `NotFound`: a board's existence is not
+    /// revealed to those who may not see it).
+    Forbidden(String),
     InvalidField {
         field: &'static str,
         message: String,
@@ -99,6 +103,34 @@ fn migrations() -> Migrations<'static> {
         // tells the client whether its copy already has it. `at_ms` is from then on the time the record is kept
         // from (see `writes::WriteContext`).
         M::up("ALTER TABLE writes ADD COLUMN positions TEXT NOT NULL DEFAULT '[]';"),
+        // Accounts, memberships and sessions (`access.rs`, `auth.rs`). A write's outcome is kept for its author
+        // only (`writes.user_id`): another account replaying the id learns nothing.
+        M::up(
+            "CREATE TABLE users (
+            id TEXT PRIMARY KEY NOT NULL,
+            username TEXT NOT NULL,
+            username_key TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        CREATE TABLE members (
+            board_id TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('viewer', 'editor', 'owner')),
+            version INTEGER NOT NULL,
+            PRIMARY KEY (board_id, user_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX members_by_user ON members(user_id);
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY NOT NULL,
+            user_id TEXT REFERENCES users(id) ON DELETE CASCADE,
+            data TEXT NOT NULL,
+            expires_at INTEGER NOT NULL
+        );
+        CREATE INDEX sessions_by_user ON sessions(user_id);
+        CREATE INDEX sessions_by_expiry ON sessions(expires_at);
+        ALTER TABLE writes ADD COLUMN user_id TEXT;",
+        ),
     ])
 }
 
@@ -127,6 +159,12 @@ pub struct Store {
     log_id: Uuid,
     hub: Arc<Hub>,
     write_id_ttl_ms: u64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("log_id", &self.log_id).finish_non_exhaustive()
+    }
 }
 
 /// Write ids are remembered this long unless configured otherwise (`--write-id-ttl-secs`).
@@ -242,10 +280,10 @@ const CARD_COLS: &str = "id, board_id, column_id, title, description, position, 
 
 // ---- reads -------------------------------------------------------------------------------------------------
 
-pub fn list_boards(tx: &Connection, log_id: Uuid) -> StoreResult<BoardList> {
-    let mut stmt = tx.prepare_cached(&format!("SELECT {BOARD_COLS} FROM boards ORDER BY rowid"))?;
-    let boards = stmt.query_map([], board_row)?.collect::<Result<_, _>>()?;
-    Ok(BoardList { boards, log_id, cursor: stream_head(tx, StreamId::Boards)? })
+/// The boards `user` is a member of, as of their `boards` stream's cursor.
+pub fn list_boards(tx: &Connection, user: UserId, log_id: Uuid) -> StoreResult<BoardList> {
+    let boards = access::boards_of(tx, user)?;
+    Ok(BoardList { boards, log_id, cursor: stream_head(tx, access::user_stream(user))? })
 }
 
 pub fn get_board(tx: &Connection, id: BoardId) -> StoreResult<Board> {
@@ -279,8 +317,9 @@ pub fn board_snapshot(tx: &Connection, id: BoardId, log_id: Uuid) -> StoreResult
     // Group by column in column order, keeping each column's card order.
     let column_index = |c: &Card| columns.iter().position(|col| col.id == c.column_id).unwrap_or(usize::MAX);
     cards.sort_by_key(|c| column_index(c));
+    let members = access::members_of(tx, id)?;
     let cursor = stream_head(tx, StreamId::Board(id))?;
-    Ok(BoardSnapshot { board, columns, cards, log_id, cursor })
+    Ok(BoardSnapshot { board, columns, cards, members, log_id, cursor })
 }
 
 pub fn board_summary(tx: &Connection, id: BoardId) -> StoreResult<BoardSummary> {
@@ -445,8 +484,7 @@ fn new_id(requested: Option<Uuid>, tx: &Connection, table: &str) -> StoreResult<
 // transaction. Upserts record the entity as committed, so clients can apply them without a refetch.
 
 fn board_changed(tx: &Connection, rec: &mut Recorder, board: &Board) -> StoreResult<()> {
-    record(tx, rec, StreamId::Board(board.id), ChangeOp::BoardUpserted { board: board.clone() })?;
-    record(tx, rec, StreamId::Boards, ChangeOp::BoardUpserted { board: board.clone() })
+    record(tx, rec, StreamId::Board(board.id), ChangeOp::BoardUpserted { board: board.clone() })
 }
 
 fn column_changed(tx: &Connection, rec: &mut Recorder, column: &Column) -> StoreResult<()> {
@@ -457,12 +495,14 @@ fn card_changed(tx: &Connection, rec: &mut Recorder, card: &Card) -> StoreResult
     record(tx, rec, StreamId::Board(card.board_id), ChangeOp::CardUpserted { card: card.clone() })
 }
 
-pub fn create_board(tx: &Connection, rec: &mut Recorder, req: CreateBoard) -> StoreResult<Board> {
+/// Creates a board; `creator` becomes its owner.
+pub fn create_board(tx: &Connection, rec: &mut Recorder, creator: UserId, req: CreateBoard) -> StoreResult<Board> {
     let title = title(&req.title)?;
     let id = new_id(req.id, tx, "boards")?;
     tx.execute("INSERT INTO boards (id, title, version) VALUES (?1, ?2, 1)", params![id.to_string(), title])?;
     let board = get_board(tx, id)?;
     board_changed(tx, rec, &board)?;
+    access::board_created(tx, rec, id, creator)?;
     Ok(board)
 }
 
@@ -473,6 +513,7 @@ pub fn rename_board(tx: &Connection, rec: &mut Recorder, id: BoardId, req: Renam
     tx.execute("UPDATE boards SET title = ?2, version = version + 1 WHERE id = ?1", params![id.to_string(), title])?;
     let board = get_board(tx, id)?;
     board_changed(tx, rec, &board)?;
+    access::board_renamed(tx, rec, &board)?;
     Ok(board)
 }
 
@@ -484,9 +525,9 @@ pub fn delete_board(
 ) -> StoreResult<()> {
     let current = get_board(tx, id)?;
     check_base_version("board", current.version, base_version, || serde_json::json!(current))?;
+    access::board_deleting(tx, rec, id)?;
     tx.execute("DELETE FROM boards WHERE id = ?1", [id.to_string()])?;
-    record(tx, rec, StreamId::Board(id), ChangeOp::BoardDeleted { id })?;
-    record(tx, rec, StreamId::Boards, ChangeOp::BoardDeleted { id })
+    record(tx, rec, StreamId::Board(id), ChangeOp::BoardDeleted { id })
 }
 
 pub fn create_column(tx: &Connection, rec: &mut Recorder, board: BoardId, req: CreateColumn) -> StoreResult<Column> {

@@ -7,9 +7,10 @@
 
 use axum::http::StatusCode;
 use rusqlite::{Connection, OptionalExtension, params};
-use syncline_kanban::{ErrorCode, StreamId, StreamPosition, WriteOp};
+use syncline_kanban::{ErrorCode, StreamId, StreamPosition, UserId, WriteOp};
 use uuid::Uuid;
 
+use crate::access;
 use crate::error::AppError;
 use crate::feed::{Recorder, now_ms, stream_head};
 use crate::metrics::Metrics;
@@ -81,10 +82,11 @@ pub fn made_at_ms(id: Uuid) -> Option<u64> {
     Some(secs * 1000 + u64::from(nanos) / 1_000_000)
 }
 
-/// Runs `op` once per `write_id` and publishes its changes after commit.
+/// Runs `op` as `actor` once per `write_id` and publishes its changes after commit.
 pub async fn execute(
     store: &Store,
     metrics: &Metrics,
+    actor: UserId,
     write_id: Option<Uuid>,
     op: WriteOp,
 ) -> Result<Outcome, AppError> {
@@ -92,7 +94,7 @@ pub async fn execute(
     let ttl = store.write_id_ttl_ms();
     let outcome = store
         .with_conn(move |conn| {
-            let (outcome, rec) = execute_locked(conn, write_id, op, WriteContext::now(ttl))?;
+            let (outcome, rec) = execute_locked(conn, actor, write_id, op, WriteContext::now(ttl))?;
             // Still under the connection lock: notifications leave in commit order.
             hub.publish(rec.changes());
             Ok(outcome)
@@ -105,6 +107,7 @@ pub async fn execute(
 /// [`execute`] on a connection the caller holds; returns the outcome and the changes to publish.
 pub fn execute_locked(
     conn: &mut Connection,
+    actor: UserId,
     write_id: Option<Uuid>,
     op: WriteOp,
     ctx: WriteContext,
@@ -117,15 +120,16 @@ pub fn execute_locked(
     };
     let mut remember_from = ctx.now_ms;
     if let Some(id) = write_id {
-        let earlier: Option<(String, u16, String, String)> = tx
+        let earlier: Option<(String, u16, String, String, Option<String>)> = tx
             .query_row(
-                "SELECT request, status, body, positions FROM writes WHERE write_id = ?1",
+                "SELECT request, status, body, positions, user_id FROM writes WHERE write_id = ?1",
                 [id.to_string()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        if let Some((earlier_request, status, body, positions)) = earlier {
-            if earlier_request != request {
+        if let Some((earlier_request, status, body, positions, author)) = earlier {
+            // Another account's write id (or the same id for another write): its outcome is not theirs to see.
+            if earlier_request != request || author.is_some_and(|a| a != actor.to_string()) {
                 let err = AppError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     ErrorCode::IdempotencyKeyReused,
@@ -147,7 +151,7 @@ pub fn execute_locked(
     }
     let (status, body, at) = {
         let sp = tx.savepoint()?;
-        match apply(&sp, &mut rec, op) {
+        match access::authorize_write(&sp, actor, &op).and_then(|()| apply(&sp, &mut rec, actor, op)) {
             Ok((status, body)) => {
                 sp.commit()?;
                 (status, body, StreamPosition::of(rec.changes()))
@@ -157,7 +161,7 @@ pub fn execute_locked(
                 drop(sp); // rolls the write back
                 rec.clear();
                 let at = match &refusal {
-                    StoreError::Conflict { current, .. } => positions_of(&tx, current)?,
+                    StoreError::Conflict { current, .. } => positions_of(&tx, actor, current)?,
                     _ => Vec::new(),
                 };
                 let err = AppError::from(refusal);
@@ -168,40 +172,59 @@ pub fn execute_locked(
     if let Some(id) = write_id {
         let positions = serde_json::to_string(&at).map_err(|e| StoreError::Internal(e.into()))?;
         tx.execute(
-            "INSERT INTO writes (write_id, at_ms, request, status, body, positions) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id.to_string(), remember_from as i64, request, status.as_u16(), body.to_string(), positions],
+            "INSERT INTO writes (write_id, at_ms, request, status, body, positions, user_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                id.to_string(),
+                remember_from as i64,
+                request,
+                status.as_u16(),
+                body.to_string(),
+                positions,
+                actor.to_string()
+            ],
         )?;
     }
     tx.commit()?;
     Ok((Outcome { status, body, replayed: false, at }, rec))
 }
 
-/// Where an entity's current state stands: the head of each stream it lives in (a board in `boards` and its
-/// own stream; a column or card in its board's), read in the transaction that read the entity.
-fn positions_of(tx: &Connection, entity: &serde_json::Value) -> StoreResult<Vec<StreamPosition>> {
+/// Where an entity's current state stands: the head of each stream it lives in (a board in the actor's `boards`
+/// and its own stream; a column, card or member in its board's), read in the transaction that read the entity.
+/// Streams are named as the client knows them (`boards`, not `user:<id>`).
+fn positions_of(tx: &Connection, actor: UserId, entity: &serde_json::Value) -> StoreResult<Vec<StreamPosition>> {
     let uuid = |key: &str| entity.get(key).and_then(|v| v.as_str()).and_then(|s| Uuid::parse_str(s).ok());
-    let streams = match (uuid("board_id"), uuid("id")) {
-        (Some(board), _) => vec![StreamId::Board(board)],
-        (None, Some(board)) => vec![StreamId::Boards, StreamId::Board(board)],
+    Ok(match (uuid("board_id"), uuid("id")) {
+        (Some(board), _) => {
+            vec![StreamPosition {
+                stream: StreamId::Board(board).name(),
+                cursor: stream_head(tx, StreamId::Board(board))?,
+            }]
+        }
+        (None, Some(board)) => vec![
+            StreamPosition { stream: StreamId::Boards.name(), cursor: stream_head(tx, access::user_stream(actor))? },
+            StreamPosition { stream: StreamId::Board(board).name(), cursor: stream_head(tx, StreamId::Board(board))? },
+        ],
         (None, None) => Vec::new(),
-    };
-    streams
-        .into_iter()
-        .map(|stream| Ok(StreamPosition { stream: stream.name(), cursor: stream_head(tx, stream)? }))
-        .collect()
+    })
 }
 
 fn json<T: serde::Serialize>(value: T) -> StoreResult<serde_json::Value> {
     serde_json::to_value(value).map_err(|e| StoreError::Internal(e.into()))
 }
 
-/// Applies one write on `tx`; returns its success status and body.
-pub fn apply(tx: &Connection, rec: &mut Recorder, op: WriteOp) -> StoreResult<(StatusCode, serde_json::Value)> {
+/// Applies one write by `actor` (already authorized) on `tx`; returns its success status and body.
+pub fn apply(
+    tx: &Connection,
+    rec: &mut Recorder,
+    actor: UserId,
+    op: WriteOp,
+) -> StoreResult<(StatusCode, serde_json::Value)> {
     let created = |v| Ok((StatusCode::CREATED, json(v)?));
     let ok = |v| Ok((StatusCode::OK, json(v)?));
     let deleted = || Ok((StatusCode::NO_CONTENT, serde_json::Value::Null));
     match op {
-        WriteOp::CreateBoard { body } => created(json(store::create_board(tx, rec, body)?)?),
+        WriteOp::CreateBoard { body } => created(json(store::create_board(tx, rec, actor, body)?)?),
         WriteOp::RenameBoard { id, body } => ok(json(store::rename_board(tx, rec, id, body)?)?),
         WriteOp::DeleteBoard { id, base_version } => {
             store::delete_board(tx, rec, id, base_version).and_then(|_| deleted())
@@ -217,6 +240,13 @@ pub fn apply(tx: &Connection, rec: &mut Recorder, op: WriteOp) -> StoreResult<(S
         WriteOp::MoveCard { id, body } => ok(json(store::move_card(tx, rec, id, body)?)?),
         WriteOp::DeleteCard { id, base_version } => {
             store::delete_card(tx, rec, id, base_version).and_then(|_| deleted())
+        }
+        WriteOp::AddMember { board_id, body } => created(json(access::add_member(tx, rec, board_id, body)?)?),
+        WriteOp::SetMemberRole { board_id, user_id, body } => {
+            ok(json(access::set_member_role(tx, rec, board_id, user_id, body)?)?)
+        }
+        WriteOp::RemoveMember { board_id, user_id } => {
+            access::remove_member(tx, rec, board_id, user_id).and_then(|_| deleted())
         }
     }
 }

@@ -4,6 +4,10 @@
 //! forwarded when they continue that cursor exactly, anything else (a lag, a gap, a resubscribe) is served by
 //! re-reading the log from the cursor, in pages. So a connection's memory is bounded by one page and the socket's
 //! buffers, whatever the write rate or however slowly the client reads.
+//!
+//! A connection needs a signed-in session and belongs to its user (the session authorizes each log read, and cuts
+//! a board off at its user's removal). When the session ends — sign-out, a password change, expiry — the
+//! connection closes with 4001.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,32 +26,43 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::AppState;
+use crate::access;
+use crate::auth::CurrentUser;
 use crate::error::AppError;
-use crate::feed::{Published, read_log};
+use crate::feed::Published;
+use crate::guard::Origins;
 use crate::session::{self, Session, Settings};
 
-/// Refuses cross-site WebSocket hijacking: a browser always sends `Origin`; it must be this server's own
-/// origin or one the operator allowed. Clients that are not browsers send none and are let through.
-pub fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), AppError> {
+/// Refuses cross-site WebSocket hijacking: a browser always sends `Origin`; it must be one of this server's public
+/// origins (never compared with `Host`, which a rebound DNS name controls) or one the operator allowed. Clients
+/// that are not browsers send none and are let through (they still need a session).
+pub fn check_origin(headers: &HeaderMap, origins: &Origins) -> Result<(), AppError> {
     let Some(origin) = headers.get("origin") else { return Ok(()) };
     let origin = origin.to_str().unwrap_or_default();
-    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default();
-    let same_origin = [format!("http://{host}"), format!("https://{host}")].iter().any(|o| o == origin);
-    if same_origin || allowed.iter().any(|a| a == origin || a == "*") {
+    if origins.may_open_feed(origin) {
         Ok(())
     } else {
         Err(AppError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::ForbiddenOrigin,
-            format!("origin {origin:?} may not open the feed of {host}"),
+            format!("origin {origin:?} may not open this feed"),
         ))
     }
 }
 
-pub async fn feed(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    if let Err(e) = check_origin(&headers, &state.feed.allowed_origins) {
+pub async fn feed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: Result<CurrentUser, AppError>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(e) = check_origin(&headers, &state.origins) {
         return e.into_response();
     }
+    let user = match user {
+        Ok(user) => user,
+        Err(e) => return e.into_response(),
+    };
     if !state.websockets.load(std::sync::atomic::Ordering::Relaxed) {
         return AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -65,7 +80,7 @@ pub async fn feed(State(state): State<AppState>, headers: HeaderMap, ws: WebSock
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let _open = state.metrics.websocket_open();
-            Connection::new(state.clone()).run(socket).await;
+            Connection::new(state.clone(), user).run(socket).await;
         })
 }
 
@@ -88,18 +103,37 @@ enum End {
 /// messages to the socket.
 struct Connection {
     state: AppState,
+    user: CurrentUser,
     session: Session,
     live: StreamMap<StreamName, BroadcastStream<Arc<Published>>>,
 }
 
 impl Connection {
-    fn new(state: AppState) -> Connection {
+    fn new(state: AppState, user: CurrentUser) -> Connection {
         let settings = Settings {
             max_subscriptions: state.feed.max_subscriptions,
             page_size: state.feed.page_size,
             message_target_bytes: MESSAGE_TARGET_BYTES,
         };
-        Connection { state, session: Session::new(settings), live: StreamMap::new() }
+        let session = Session::new(settings, user.id);
+        Connection { state, user, session, live: StreamMap::new() }
+    }
+
+    /// Whether this connection's session still exists and has not expired.
+    async fn session_alive(&self) -> bool {
+        let (id, now) = (self.user.session.clone(), (crate::feed::now_ms() / 1000) as i64);
+        self.state
+            .store
+            .transaction(move |tx| {
+                let alive: bool = tx.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM sessions WHERE id = ?1 AND expires_at > ?2)",
+                    rusqlite::params![id, now],
+                    |r| r.get(0),
+                )?;
+                Ok(alive)
+            })
+            .await
+            .unwrap_or(true)
     }
 
     async fn run(mut self, socket: WebSocket) {
@@ -108,6 +142,8 @@ impl Connection {
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
         let mut last_heard = Instant::now();
         let mut shutdown = self.state.shutdown.clone();
+        let mut ended = self.state.store.hub().ended_sessions();
+        let signed_out = || End::Close(close_code::SESSION_ENDED, "the session ended: sign in again".into());
         let hello = ServerMessage::Hello {
             log_id: self.state.store.log_id(),
             heartbeat_ms: heartbeat_every.as_millis() as u64,
@@ -140,10 +176,19 @@ impl Connection {
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() > heartbeat_every * 2 {
                         Err(End::Close(close_code::HEARTBEAT_TIMEOUT, "no answer to pings".into()))
+                    } else if !self.session_alive().await {
+                        // Expired (ended sessions are announced; expiry is found here, within a heartbeat).
+                        Err(signed_out())
                     } else {
                         sink.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)
                     }
                 }
+                ended_session = ended.recv() => match ended_session {
+                    Ok(id) if *id == *self.user.session => Err(signed_out()),
+                    Ok(_) => Ok(()),
+                    // Missed some announcements: look.
+                    Err(_) => if self.session_alive().await { Ok(()) } else { Err(signed_out()) },
+                },
                 _ = crate::stopped(&mut shutdown) => Err(End::Close(1001, "server shutting down".into())),
             };
             end = step.err();
@@ -177,10 +222,10 @@ impl Connection {
                 }
                 session::Output::ReadLog { stream, since, client_log_id } => {
                     let store = self.state.store.clone();
-                    let (own_log, page) = (store.log_id(), self.state.feed.page_size);
+                    let (own_log, page, me) = (store.log_id(), self.state.feed.page_size, self.user.id);
                     let s = stream.clone();
                     let read = store
-                        .transaction(move |tx| read_log(tx, own_log, &s, since, client_log_id, page))
+                        .transaction(move |tx| access::read_log_as(tx, me, own_log, &s, since, client_log_id, page))
                         .await
                         .map_err(|_| End::Close(1011, "could not read the change log".into()))?;
                     self.session.handle(session::Input::LogRead { stream, since, read });

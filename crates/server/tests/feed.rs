@@ -24,7 +24,24 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Fixture {
     server: Server,
     http: Client,
+    /// The session cookie of the signed-in test user, for WebSocket upgrades.
+    cookie: String,
     _dir: tempfile::TempDir,
+}
+
+/// Signs up `username` on a fresh client; returns a client that sends the session cookie, and the cookie.
+async fn signed_in(base: &str, username: &str) -> (Client, String) {
+    let resp = Client::new()
+        .post(format!("{base}/api/auth/signup"))
+        .json(&json!({"username": username, "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "sign-up");
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("cookie", cookie.parse().unwrap());
+    (Client::builder().default_headers(headers).build().unwrap(), cookie)
 }
 
 impl Fixture {
@@ -35,9 +52,24 @@ impl Fixture {
     async fn with(configure: impl FnOnce(&mut Config)) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_tests(dir.path().join("feed.sqlite3"));
+        config.metrics_bind = Some("127.0.0.1:0".parse().unwrap());
         configure(&mut config);
         let server = Server::start(&config).await.unwrap();
-        Fixture { server, http: Client::new(), _dir: dir }
+        let (http, cookie) = signed_in(&server.url(), "tester").await;
+        Fixture { server, http, cookie, _dir: dir }
+    }
+
+    /// The Prometheus text from the metrics address.
+    async fn metrics(&self) -> String {
+        let addr = self.server.metrics_addr.expect("metrics served");
+        self.http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// A WebSocket upgrade request for the feed, with the session cookie.
+    fn feed_request(&self) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        let mut request = format!("ws://{}/api/feed", self.server.addr).into_client_request().unwrap();
+        request.headers_mut().insert("cookie", self.cookie.parse().unwrap());
+        request
     }
 
     fn url(&self, path: &str) -> String {
@@ -71,8 +103,7 @@ impl Fixture {
     }
 
     async fn connect(&self) -> Ws {
-        let url = format!("ws://{}/api/feed", self.server.addr);
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(self.feed_request()).await.unwrap();
         match next(&mut ws).await {
             ServerMessage::Hello { .. } => ws,
             other => panic!("expected hello, got {other:?}"),
@@ -213,7 +244,7 @@ async fn the_same_write_id_sent_five_times_concurrently_is_applied_once_with_ide
         .unwrap();
     assert_eq!(resp.status(), 422);
     assert_eq!(resp.json::<Value>().await.unwrap()["error"], "idempotency_key_reused");
-    let metrics = f.http.get(f.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = f.metrics().await;
     assert!(metrics.contains("syncline_duplicate_writes_total 4"), "{metrics}");
 }
 
@@ -396,7 +427,7 @@ async fn a_forged_origin_is_refused_and_bad_frames_close_only_their_own_socket()
     let (board, _, card) = f.board().await;
     let stream = StreamId::Board(board.id).name();
 
-    let mut request = format!("ws://{}/api/feed", f.server.addr).into_client_request().unwrap();
+    let mut request = f.feed_request();
     request.headers_mut().insert("origin", "http://evil.example".parse().unwrap());
     match tokio_tungstenite::connect_async(request).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
@@ -407,7 +438,7 @@ async fn a_forged_origin_is_refused_and_bad_frames_close_only_their_own_socket()
         other => panic!("forged origin was not refused: {other:?}"),
     }
     // The server's own origin is fine.
-    let mut request = format!("ws://{}/api/feed", f.server.addr).into_client_request().unwrap();
+    let mut request = f.feed_request();
     request.headers_mut().insert("origin", format!("http://{}", f.server.addr).parse().unwrap());
     assert!(tokio_tungstenite::connect_async(request).await.is_ok());
 
@@ -572,7 +603,7 @@ async fn metrics_are_served_in_prometheus_text() {
     let mut ws = f.connect().await;
     subscribe(&mut ws, StreamId::Boards.name(), 0).await;
     f.rename_card(&card, "x").await;
-    let text = f.http.get(f.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = f.metrics().await;
     for name in [
         "syncline_websockets_open 1",
         "syncline_ws_messages_out_total",

@@ -13,11 +13,27 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
+/// Signs up `username` on a fresh client; returns a client that sends the session cookie.
+async fn signed_in(base: &str, username: &str) -> Client {
+    let resp = Client::new()
+        .post(format!("{base}/api/auth/signup"))
+        .json(&json!({"username": username, "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "sign-up");
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("cookie", cookie.parse().unwrap());
+    Client::builder().default_headers(headers).build().unwrap()
+}
+
 impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(&Config::for_tests(dir.path().join("test.sqlite3"))).await.unwrap();
-        Fixture { server, client: Client::new(), _dir: dir }
+        let client = signed_in(&server.url(), "tester").await;
+        Fixture { server, client, _dir: dir }
     }
 
     fn url(&self, path: &str) -> String {
@@ -302,7 +318,7 @@ async fn data_survives_a_restart_on_the_same_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::for_tests(dir.path().join("nested/dir/db.sqlite3"));
     let server = Server::start(&config).await.unwrap();
-    let client = Client::new();
+    let client = signed_in(&server.url(), "tester").await;
     let board: Board = client
         .post(format!("{}/api/boards", server.url()))
         .json(&json!({"title": "Durable"}))

@@ -31,9 +31,10 @@ use syncline_engine::{
     InjectedBug, LinkQuality, Load, Millis, Preferences, Priority, Role, Settled,
 };
 use syncline_kanban::{
-    BoardSnapshot, ClientMessage, CreateBoard, CreateCard, CreateColumn, Kanban, KanbanViews, MoveCard, QueryData,
-    QueryKey, UpdateCard, WriteOp,
+    AddMember, BoardSnapshot, ClientMessage, CreateBoard, CreateCard, CreateColumn, Cursor, Kanban, KanbanViews,
+    MoveCard, QueryData, QueryKey, Role as BoardRole, SetRole, UpdateCard, UserId, WriteOp,
 };
+use syncline_server::access;
 use syncline_server::feed::{Retention, prune};
 use syncline_server::session;
 use syncline_server::store;
@@ -108,6 +109,12 @@ pub enum Invariant {
     FeedGap,
     /// The feed told a socket a stream is synced at a cursor behind live changes its session had been handed.
     SyncedBehind,
+    /// A change of the board committed after a user's removal from it reached that user (socket or long-poll).
+    RevokedDelivered,
+    /// A write of a user not allowed to make it (removed, or a viewer) was applied.
+    UnauthorizedWriteApplied,
+    /// After faults stop, a removed user's tab still holds the board's data.
+    RevokedDataKept,
 }
 
 #[derive(Debug, Clone)]
@@ -324,6 +331,12 @@ pub(crate) struct World {
     violation: Option<(Invariant, String)>,
     next_tab_seed: u64,
     bug: Option<Bug>,
+    /// The user of each browser (browser 0's owns the board).
+    users: Vec<UserId>,
+    /// Each user's role on the board, as the owner set it (removed users are absent).
+    roles: BTreeMap<UserId, BoardRole>,
+    /// The board stream's cursor at which a user was removed: nothing from there on may reach them.
+    revoked_at: BTreeMap<UserId, Cursor>,
 }
 
 /// A known bug the simulation can switch on, in the engine or in the server's feed session.
@@ -339,12 +352,13 @@ pub fn run(seed: u64, trace: bool) -> Result<RunStats, Violation> {
 }
 
 /// The injected bugs by their command-line names.
-pub const INJECTED_BUGS: [(&str, Bug); 5] = [
+pub const INJECTED_BUGS: [(&str, Bug); 6] = [
     ("new-leader-drops-outbox", Bug::Engine(InjectedBug::NewLeaderDropsOutbox)),
     ("hidden-tabs-count-as-active", Bug::Engine(InjectedBug::HiddenTabsCountAsActive)),
     ("followers-fetch", Bug::Engine(InjectedBug::FollowersFetch)),
     ("follower-persists-after-broadcasting", Bug::Engine(InjectedBug::FollowerPersistsAfterBroadcasting)),
     ("feed-drops-batches-during-catch-up", Bug::Feed(session::InjectedBug::DropsBatchesDuringCatchUp)),
+    ("feed-authorizes-only-at-subscribe", Bug::Feed(session::InjectedBug::AuthorizesOnlyAtSubscribe)),
 ];
 
 pub fn bug_named(name: &str) -> Option<Bug> {
@@ -367,14 +381,30 @@ impl World {
     fn new(seed: u64, trace: bool, bug: Option<Bug>) -> World {
         let mut rng = SmallRng::seed_from_u64(seed);
         let (mut conn, log_id) = store::open_connection(Path::new(":memory:")).expect("in-memory database");
-        // The board everyone looks at: three columns, a few cards.
+        // One user per browser; the first owns the board everyone looks at, the others edit it.
+        let browsers = rng.random_range(1..=3);
+        let users: Vec<UserId> = (0..browsers)
+            .map(|b| {
+                let tx = conn.transaction().expect("sqlite");
+                let mut rec = syncline_server::feed::Recorder::new(None, SIM_EPOCH_MS);
+                let user = access::create_user(&tx, &mut rec, &format!("user{b}"), "-", SIM_EPOCH_MS).expect("user");
+                tx.commit().expect("sqlite");
+                user.id
+            })
+            .collect();
+        // The board: three columns, a few cards.
         let board = Uuid::from_u128(rng.random());
+        let owner = users[0];
         let run = |conn: &mut rusqlite::Connection, op: WriteOp| {
             let ctx = WriteContext { now_ms: SIM_EPOCH_MS, write_id_ttl_ms: WRITE_ID_TTL_MS };
-            let (outcome, _) = writes::execute_locked(conn, None, op, ctx).expect("seeding");
+            let (outcome, _) = writes::execute_locked(conn, owner, None, op, ctx).expect("seeding");
             assert!(outcome.status.is_success(), "seeding: {}", outcome.body);
         };
         run(&mut conn, WriteOp::CreateBoard { body: CreateBoard { id: Some(board), title: "Sim".into() } });
+        for b in 1..browsers {
+            let body = AddMember { username: format!("user{b}"), role: BoardRole::Editor };
+            run(&mut conn, WriteOp::AddMember { board_id: board, body });
+        }
         let mut columns = Vec::new();
         for title in ["Todo", "Doing", "Done"] {
             let id = Uuid::from_u128(rng.random());
@@ -392,7 +422,6 @@ impl World {
             };
             run(&mut conn, WriteOp::CreateCard { column_id: columns[i % 3], body });
         }
-        let browsers = rng.random_range(1..=3);
         let mut world = World {
             now: 0,
             seq: 0,
@@ -426,6 +455,13 @@ impl World {
             violation: None,
             next_tab_seed: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             bug,
+            roles: users
+                .iter()
+                .enumerate()
+                .map(|(b, u)| (*u, if b == 0 { BoardRole::Owner } else { BoardRole::Editor }))
+                .collect(),
+            users,
+            revoked_at: BTreeMap::new(),
         };
         for b in 0..browsers {
             let prefs = Preferences {
@@ -1088,7 +1124,7 @@ impl World {
         let b = self.rng.random_range(0..self.browsers.len());
         let alive = self.alive_tabs(b);
         let t = alive[self.rng.random_range(0..alive.len())];
-        match self.rng.random_range(0..108) {
+        match self.rng.random_range(0..114) {
             0..=29 => {
                 let visible = !self.browsers[b].tabs[t].visible;
                 if visible && self.browsers[b].tabs[t].frozen {
@@ -1103,6 +1139,7 @@ impl World {
                     self.schedule(SHOWN_TAKEOVER_MS, Event::CheckShownTakeover { b, t, shown_at });
                 }
             }
+            108..=113 => self.change_membership(),
             100..=107 => {
                 // The browser freezes a hidden tab (often the leader): timers and messages held, the Web Lock
                 // kept, its socket closed. Later it is resumed, or discarded.
@@ -1201,6 +1238,47 @@ impl World {
                 }
             }
         }
+    }
+
+    /// The owner (browser 0's user) changes another user's role, or removes them for good.
+    fn change_membership(&mut self) {
+        let members: Vec<usize> = (1..self.users.len()).filter(|&b| self.roles.contains_key(&self.users[b])).collect();
+        if members.is_empty() || !self.server.up {
+            return;
+        }
+        let b = members[self.rng.random_range(0..members.len())];
+        let user = self.users[b];
+        let op = match self.rng.random_range(0..3) {
+            0 => WriteOp::RemoveMember { board_id: self.board, user_id: user },
+            n => {
+                let role = if n == 1 { BoardRole::Viewer } else { BoardRole::Editor };
+                WriteOp::SetMemberRole {
+                    board_id: self.board,
+                    user_id: user,
+                    body: SetRole { role, base_version: None },
+                }
+            }
+        };
+        self.log(|| format!("the owner: {op:?}"));
+        let ctx = WriteContext { now_ms: SIM_EPOCH_MS + self.now, write_id_ttl_ms: WRITE_ID_TTL_MS };
+        let (outcome, rec) =
+            writes::execute_locked(&mut self.server.conn, self.users[0], None, op.clone(), ctx).expect("sqlite");
+        assert!(outcome.status.is_success(), "the owner's membership change: {}", outcome.body);
+        match op {
+            WriteOp::RemoveMember { .. } => {
+                self.roles.remove(&user);
+                let removed = rec.changes().iter().find(
+                    |c| matches!(c.op, syncline_kanban::ChangeOp::MemberRemoved { user_id, .. } if user_id == user),
+                );
+                self.revoked_at.insert(user, removed.expect("recorded").cursor);
+            }
+            WriteOp::SetMemberRole { body, .. } => {
+                self.roles.insert(user, body.role);
+            }
+            _ => {}
+        }
+        let changes = rec.changes().to_vec();
+        self.publish(&changes);
     }
 
     fn freeze(&mut self, b: usize, t: usize) {
@@ -1482,10 +1560,21 @@ impl World {
                 );
                 return;
             }
+            let removed = !self.roles.contains_key(&self.users[b]);
             for t in self.alive_tabs(b) {
                 let engine = &self.browsers[b].tabs[t].engine;
                 let pending = engine.pending().len();
                 let seen = engine.board_server_state(self.board).cloned();
+                if removed {
+                    // A removed user's tabs drop the board and whatever they had queued for it.
+                    if seen.is_some() || pending > 0 {
+                        let detail =
+                            format!("b{b}/t{t} was removed from the board, yet holds its data ({pending} pending)");
+                        self.fail(Invariant::RevokedDataKept, detail);
+                        return;
+                    }
+                    continue;
+                }
                 let problem = match seen {
                     None => Some("has no board data".to_owned()),
                     Some(seen) if !same_board(&seen, &truth) => {
@@ -1513,7 +1602,7 @@ impl World {
 }
 
 fn same_board(a: &BoardSnapshot, b: &BoardSnapshot) -> bool {
-    a.board == b.board && a.columns == b.columns && a.cards == b.cards
+    a.board == b.board && a.columns == b.columns && a.cards == b.cards && a.members == b.members
 }
 
 fn show(s: &BoardSnapshot) -> String {

@@ -8,9 +8,10 @@ use rand::Rng;
 use rusqlite::Connection;
 use syncline_engine::{HttpRequest, HttpResult};
 use syncline_kanban::{
-    ClientMessage, Cursor, ServerMessage, StreamCursor, StreamName, WriteBatch, WriteBatchResult, WriteOutcome,
+    ClientMessage, Cursor, Role as BoardRole, ServerMessage, StreamCursor, StreamId, StreamName, UserId, WriteBatch,
+    WriteBatchResult, WriteOp, WriteOutcome,
 };
-use syncline_server::feed::read_log;
+use syncline_server::access;
 use syncline_server::session::{self, Session, Settings};
 use syncline_server::store;
 use syncline_server::writes::{self, WriteContext};
@@ -38,7 +39,9 @@ pub(crate) struct Parked {
     pub b: usize,
     pub t: usize,
     pub id: u64,
+    /// The stream as the client named it, and as the log does.
     pub stream: StreamName,
+    pub listen: StreamName,
     pub session: Session,
     pub epoch: u64,
 }
@@ -58,10 +61,15 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    fn session(&self, message_target_bytes: usize, max_subscriptions: usize) -> Session {
+    fn session(&self, user: UserId, message_target_bytes: usize, max_subscriptions: usize) -> Session {
         let settings = Settings { max_subscriptions, page_size: PAGE, message_target_bytes };
-        Session::new(settings).with_bug(self.feed_bug)
+        Session::new(settings, user).with_bug(self.feed_bug)
     }
+}
+
+/// The stream's name for the client: a user's own list is `boards`.
+fn client_name(log: &StreamName) -> StreamName {
+    if log.as_str().starts_with("user:") { StreamId::Boards.name() } else { log.clone() }
 }
 
 /// What a session asked that the world must carry out.
@@ -94,7 +102,9 @@ impl World {
                     listening.remove(&stream);
                 }
                 session::Output::ReadLog { stream, since, client_log_id } => {
-                    let read = read_log(conn, log_id, &stream, since, client_log_id, PAGE).expect("sqlite");
+                    let user = session.user();
+                    let read =
+                        access::read_log_as(conn, user, log_id, &stream, since, client_log_id, PAGE).expect("sqlite");
                     match reads.as_deref_mut() {
                         Some(later) => later.push((stream, since, read)),
                         None => session.handle(session::Input::LogRead { stream, since, read }),
@@ -133,8 +143,30 @@ impl World {
         }
     }
 
+    /// Whether a message may reach browser `b`'s user: no change of the board at or after their removal.
+    fn check_delivery(&mut self, b: usize, msg: &ServerMessage) -> bool {
+        let ServerMessage::Changes { stream, changes } = msg else { return true };
+        let Some(&removed_at) = self.revoked_at.get(&self.users[b]) else { return true };
+        if *stream != StreamId::Board(self.board) {
+            return true;
+        }
+        if let Some(c) = changes.iter().find(|c| c.cursor >= removed_at) {
+            let detail = format!(
+                "browser {b}'s user was removed from the board at cursor {removed_at}, yet was sent cursor {}",
+                c.cursor
+            );
+            self.fail(Invariant::RevokedDelivered, detail);
+            return false;
+        }
+        true
+    }
+
     /// Sends a feed message on a socket, checking first that the feed never skips a cursor.
     fn send_on_socket(&mut self, sock: u64, msg: ServerMessage) {
+        let Some(b) = self.server.sockets.get(&sock).map(|s| s.b) else { return };
+        if !self.check_delivery(b, &msg) {
+            return;
+        }
         let Some(s) = self.server.sockets.get_mut(&sock) else { return };
         match &msg {
             ServerMessage::Changes { stream, changes } => {
@@ -162,7 +194,7 @@ impl World {
                 }
                 s.sent.insert(stream.clone(), *cursor);
             }
-            ServerMessage::Reset { stream, .. } => {
+            ServerMessage::Reset { stream, .. } | ServerMessage::Revoked { stream, .. } => {
                 s.sent.remove(stream);
             }
             _ => {}
@@ -190,7 +222,7 @@ impl World {
     pub(crate) fn accept_socket(&mut self, b: usize, t: usize) {
         let sock = self.server.next_id;
         self.server.next_id += 1;
-        let session = self.server.session(256 * 1024, 64);
+        let session = self.server.session(self.users[b], 256 * 1024, 64);
         let socket =
             ServerSocket { b, t, session, listening: BTreeSet::new(), sent: BTreeMap::new(), handed: BTreeMap::new() };
         self.server.sockets.insert(sock, socket);
@@ -230,7 +262,9 @@ impl World {
             return;
         }
         let log_id = self.server.log_id;
+        let user = self.users[b];
         let path = request.path.clone();
+        let not_found = |m: String| (404, serde_json::json!({"error": "not_found", "message": m}).to_string());
         let reply: (u16, String) = if request.method == "POST" && path == "/api/writes" {
             let batch: WriteBatch =
                 serde_json::from_str(request.body.as_deref().unwrap_or("")).expect("the engine sends valid batches");
@@ -238,8 +272,17 @@ impl World {
             let mut changes = Vec::new();
             let ctx = WriteContext { now_ms: SIM_EPOCH_MS + self.now, write_id_ttl_ms: WRITE_ID_TTL_MS };
             for w in batch.writes {
+                let allowed = matches!(w.op, WriteOp::CreateBoard { .. })
+                    || self.roles.get(&user).is_some_and(|r| *r >= BoardRole::Editor);
                 let (outcome, rec) =
-                    writes::execute_locked(&mut self.server.conn, Some(w.write_id), w.op, ctx).expect("sqlite");
+                    writes::execute_locked(&mut self.server.conn, user, Some(w.write_id), w.op, ctx).expect("sqlite");
+                if outcome.status.is_success() && !outcome.replayed && !allowed {
+                    let role = self.roles.get(&user).copied();
+                    self.fail(
+                        Invariant::UnauthorizedWriteApplied,
+                        format!("browser {b}'s write {} was applied; its user's role is {role:?}", w.write_id),
+                    );
+                }
                 changes.extend(rec.changes().iter().cloned());
                 if outcome.status.is_success() && !outcome.replayed {
                     *self.applied.entry(w.write_id).or_default() += 1;
@@ -255,8 +298,20 @@ impl World {
             let since: Cursor = q["since"].parse().expect("since");
             let wait: u64 = q.get("wait").map(|w| w.parse().expect("wait")).unwrap_or(0);
             let client_log = q.get("log_id").map(|l| Uuid::parse_str(l).expect("log id"));
+            let hidden = match StreamId::try_from(&stream) {
+                Ok(StreamId::Board(board)) => {
+                    let tx = self.server.conn.transaction().expect("sqlite");
+                    access::can(&tx, user, board, access::Action::Read).is_err()
+                }
+                _ => false,
+            };
+            if hidden {
+                let (status, body) = not_found(format!("no board {stream}"));
+                self.respond(b, t, id, status, body);
+                return;
+            }
             // A long-poll is a feed session of one stream, answered with its first page (or its reset).
-            let mut session = self.server.session(usize::MAX, 1);
+            let mut session = self.server.session(user, usize::MAX, 1);
             let subscribe = ClientMessage::Subscribe {
                 streams: vec![StreamCursor { stream: stream.clone(), since }],
                 log_id: client_log,
@@ -265,11 +320,17 @@ impl World {
             let input = session::Input::Client(subscribe);
             let said = Self::run_session(&self.server.conn, log_id, &mut session, &mut listening, input, None);
             match first_answer(said) {
-                Some(msg) => (200, serde_json::to_string(&msg).expect("json")),
+                Some(msg) => {
+                    if !self.check_delivery(b, &msg) {
+                        return;
+                    }
+                    (200, serde_json::to_string(&msg).expect("json"))
+                }
                 None if wait > 0 => {
                     let park = self.server.next_id;
                     self.server.next_id += 1;
-                    self.server.parked.insert(park, Parked { b, t, id, stream, session, epoch });
+                    let listen = session.log_name(&stream);
+                    self.server.parked.insert(park, Parked { b, t, id, stream, listen, session, epoch });
                     self.schedule(wait * 1000, Event::LongPollTimeout { park });
                     return;
                 }
@@ -284,7 +345,9 @@ impl World {
             };
             let board = Uuid::parse_str(id_part).expect("board id");
             let tx = self.server.conn.transaction().expect("sqlite");
-            let result = if summary {
+            let result = if let Err(e) = access::can(&tx, user, board, access::Action::Read) {
+                Err(e)
+            } else if summary {
                 store::board_summary(&tx, board).map(|s| serde_json::to_string(&s).expect("json"))
             } else {
                 store::board_snapshot(&tx, board, log_id).map(|s| serde_json::to_string(&s).expect("json"))
@@ -292,14 +355,12 @@ impl World {
             drop(tx);
             match result {
                 Ok(body) => (200, body),
-                Err(store::StoreError::NotFound(m)) => {
-                    (404, serde_json::json!({"error": "not_found", "message": m}).to_string())
-                }
+                Err(store::StoreError::NotFound(m)) => not_found(m),
                 Err(_) => (500, "{}".into()),
             }
         } else if path == "/api/boards" {
             let tx = self.server.conn.transaction().expect("sqlite");
-            let list = store::list_boards(&tx, log_id).expect("sqlite");
+            let list = store::list_boards(&tx, user, log_id).expect("sqlite");
             (200, serde_json::to_string(&list).expect("json"))
         } else {
             (404, "{}".into())
@@ -329,13 +390,13 @@ impl World {
                 self.server.sockets.iter().filter(|(_, s)| s.listening.contains(&stream)).map(|(k, _)| *k).collect();
             for sock in socks {
                 if let (Some(s), Some(last)) = (self.server.sockets.get_mut(&sock), batch.last()) {
-                    s.handed.insert(stream.clone(), last.cursor);
+                    s.handed.insert(client_name(&stream), last.cursor);
                 }
                 let input = session::Input::Published { stream: stream.clone(), changes: batch.clone() };
                 self.socket_session(sock, input);
             }
             let parked: Vec<u64> =
-                self.server.parked.iter().filter(|(_, p)| p.stream == stream).map(|(k, _)| *k).collect();
+                self.server.parked.iter().filter(|(_, p)| p.listen == stream).map(|(k, _)| *k).collect();
             for park in parked {
                 let mut p = self.server.parked.remove(&park).expect("listed");
                 if p.epoch != self.server.epoch {
@@ -352,7 +413,11 @@ impl World {
                     None,
                 );
                 match first_answer(said) {
-                    Some(msg) => self.respond(p.b, p.t, p.id, 200, serde_json::to_string(&msg).expect("json")),
+                    Some(msg) => {
+                        if self.check_delivery(p.b, &msg) {
+                            self.respond(p.b, p.t, p.id, 200, serde_json::to_string(&msg).expect("json"));
+                        }
+                    }
                     None => {
                         self.server.parked.insert(park, p);
                     }
@@ -362,10 +427,13 @@ impl World {
     }
 }
 
-/// The answer a long-poll gives: the first page of changes, or a reset (`None`: caught up, nothing yet).
+/// The answer a long-poll gives: the first page of changes, a reset or a revocation (`None`: caught up, nothing
+/// yet).
 fn first_answer(said: Vec<Said>) -> Option<ServerMessage> {
     said.into_iter().find_map(|s| match s {
-        Said::Message(msg @ (ServerMessage::Changes { .. } | ServerMessage::Reset { .. })) => Some(msg),
+        Said::Message(
+            msg @ (ServerMessage::Changes { .. } | ServerMessage::Reset { .. } | ServerMessage::Revoked { .. }),
+        ) => Some(msg),
         _ => None,
     })
 }

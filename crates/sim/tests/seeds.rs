@@ -56,7 +56,10 @@ fn every_injected_bug_is_caught() {
             Bug::Engine(HiddenTabsCountAsActive) => &[Invariant::HiddenTraffic],
             Bug::Engine(FollowersFetch) => &[Invariant::FollowerRequest],
             Bug::Engine(FollowerPersistsAfterBroadcasting) => &[Invariant::OutboxOutlivesWrite],
-            Bug::Feed(_) => &[Invariant::SyncedBehind],
+            Bug::Feed(syncline_server::session::InjectedBug::DropsBatchesDuringCatchUp) => &[Invariant::SyncedBehind],
+            Bug::Feed(syncline_server::session::InjectedBug::AuthorizesOnlyAtSubscribe) => {
+                &[Invariant::RevokedDelivered]
+            }
         };
         let caught = (0..500u64).find_map(|seed| {
             syncline_sim::run_with(seed, false, Some(bug))

@@ -44,6 +44,15 @@ export async function idb_delete(store, key) {
     tx.onerror = () => reject(tx.error);
   });
 }
+export async function idb_clear(store) {
+  const d = await db();
+  return new Promise((resolve, reject) => {
+    const tx = d.transaction(store, 'readwrite');
+    tx.objectStore(store).clear();
+    tx.oncomplete = () => resolve();
+    tx.onerror = () => reject(tx.error);
+  });
+}
 export async function idb_get(store, key) {
   const d = await db();
   return new Promise((resolve, reject) => {
@@ -102,6 +111,8 @@ extern "C" {
     pub async fn idb_all(store: &str) -> Result<JsValue, JsValue>;
     #[wasm_bindgen(catch)]
     pub async fn idb_get(store: &str, key: &str) -> Result<JsValue, JsValue>;
+    #[wasm_bindgen(catch)]
+    pub async fn idb_clear(store: &str) -> Result<JsValue, JsValue>;
     pub fn idb_use(db_name: &str);
     pub fn hold_lock(name: &str, steal: bool, granted: &js_sys::Function, lost: &js_sys::Function);
     pub fn connection_info() -> JsValue;

@@ -15,7 +15,7 @@
 //! results, IndexedDB answers.
 
 mod environment;
-mod http;
+pub mod http;
 mod js;
 mod leader;
 mod socket;
@@ -341,6 +341,7 @@ impl<M: Model> Runtime<M> {
         let f = Closure::<dyn Fn() -> JsValue>::new(move || {
             let engine = rt.inner.engine.borrow();
             let state = serde_json::json!({
+                "namespace": rt.inner.namespace,
                 "tab": rt.inner.tab.to_string(),
                 "leader": engine.role() == Role::Leader,
                 "status": engine.status(),

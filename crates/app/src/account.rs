@@ -77,12 +77,22 @@ pub(crate) fn sign_in_again_when_the_session_ends() {
 /// page starts over at the sign-in screen.
 pub(crate) fn sign_out() {
     SIGNING_OUT.with(|s| s.set(true));
+    // Nothing more goes out under this account from any of its tabs.
+    rt().sign_out();
     wasm_bindgen_futures::spawn_local(async {
-        let _ = request("POST", "/api/auth/signout", None).await;
+        let ended = matches!(request("POST", "/api/auth/signout", None).await, Ok((204 | 401, _)));
         rt().forget_cached_data().await;
         remember(None);
         let _ = window().location().set_hash("/");
-        let _ = window().location().reload();
+        if ended {
+            let _ = window().location().reload();
+        } else {
+            // Offline: a reload would not load; show the sign-in screen in place (signing in reloads).
+            if let Some(body) = document().body() {
+                body.set_inner_html("");
+            }
+            leptos::mount::mount_to_body(SignIn);
+        }
     });
 }
 

@@ -73,12 +73,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// One subscriber: subscribes, reports when synced, then reports the arrival time of every change message.
 async fn subscriber(
     addr: String,
+    cookie: String,
     stream: StreamId,
     since: u64,
     ready: mpsc::Sender<()>,
     arrivals: mpsc::UnboundedSender<Instant>,
 ) -> Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/feed")).await?;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/api/feed").into_client_request()?;
+    request.headers_mut().insert("cookie", cookie.parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
     let subscribe =
         ClientMessage::Subscribe { streams: vec![StreamCursor { stream: stream.into(), since }], log_id: None };
     ws.send(Message::text(serde_json::to_string(&subscribe)?)).await?;
@@ -100,7 +104,6 @@ async fn subscriber(
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let http = reqwest::Client::new();
     println!("feed fan-out on loopback: one write, N subscribers of its board; {} writes per row", args.rounds);
     println!(
         "{:>11} | {:>9} | {:>9} | {:>9} | {:>9} | {:>14}",
@@ -110,6 +113,17 @@ async fn main() -> Result<()> {
     for &n in &args.subscribers {
         let mut server = start_server(&args.server).await?;
         let base = format!("http://{}", server.addr);
+        // One account: its session is shared by every subscriber (the feed needs a signed-in session).
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/api/auth/signup"))
+            .json(&json!({"username": "bench", "password": "bench password"}))
+            .send()
+            .await?;
+        let set_cookie = resp.headers().get("set-cookie").context("a session cookie")?.to_str()?;
+        let cookie = set_cookie.split(';').next().unwrap_or_default().to_owned();
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("cookie", cookie.parse()?);
+        let http = reqwest::Client::builder().default_headers(headers).build()?;
         let board: Value =
             http.post(format!("{base}/api/boards")).json(&json!({"title": "bench"})).send().await?.json().await?;
         let board_id = board["id"].as_str().context("board id")?.to_owned();
@@ -141,6 +155,7 @@ async fn main() -> Result<()> {
         for i in 0..n {
             tasks.push(tokio::spawn(subscriber(
                 server.addr.clone(),
+                cookie.clone(),
                 stream,
                 since,
                 ready_tx.clone(),

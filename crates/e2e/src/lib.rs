@@ -114,6 +114,14 @@ impl Harness {
         &self.server().state.store
     }
 
+    /// The last cursor handed out in a stream (as the log names it: `board:<id>`, `user:<id>`).
+    pub async fn stream_head(&self, stream: syncline_kanban::StreamName) -> Result<u64> {
+        self.store()
+            .transaction(move |tx| syncline_server::feed::stream_head(tx, stream))
+            .await
+            .map_err(|e| anyhow!("{e:?}"))
+    }
+
     /// What the server saw.
     pub fn stats(&self) -> &Arc<Stats> {
         self.server().stats()

@@ -197,8 +197,20 @@ impl Chaos {
     }
 }
 
-async fn post(url: &str, body: Value) -> Value {
-    let resp = reqwest::Client::new().post(url).json(&body).send().await.expect("POST");
+/// An HTTP client signed up as the test account (the browser signs in as it too).
+async fn signed_up(base: &str) -> reqwest::Client {
+    let body = json!({"username": syncline_e2e::TEST_USER, "password": syncline_e2e::TEST_PASSWORD});
+    let resp =
+        reqwest::Client::new().post(format!("{base}/api/auth/signup")).json(&body).send().await.expect("sign-up");
+    assert_eq!(resp.status(), 201);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("cookie", cookie.parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: Value) -> Value {
+    let resp = http.post(url).json(&body).send().await.expect("POST");
     assert!(resp.status().is_success(), "{url}: {}", resp.status());
     resp.json().await.expect("JSON")
 }
@@ -219,7 +231,7 @@ async fn tab_cards(tab: &Tab) -> Vec<(String, String, String)> {
 
 async fn stored_outbox_entries(tab: &Tab) -> u64 {
     let js = r#"new Promise((resolve, reject) => {
-        const open = indexedDB.open('syncline');
+        const open = indexedDB.open(JSON.parse(window.__syncline()).namespace);
         open.onerror = () => reject(open.error);
         open.onsuccess = () => {
             const count = open.result.transaction('outbox').objectStore('outbox').count();
@@ -236,11 +248,13 @@ async fn chaos_loses_and_doubles_nothing_and_every_tab_comes_back_live() {
     let secs = env_u64("SYNCLINE_CHAOS_SECS", 75);
     let server =
         ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_syncline-server-process"))).await.expect("server process");
-    let board = post(&server.url("/api/boards"), json!({"title": "Chaos"})).await;
+    let http = signed_up(&server.url("")).await;
+    let board = post(&http, &server.url("/api/boards"), json!({"title": "Chaos"})).await;
     let board_id = board["id"].as_str().unwrap().to_owned();
     let mut columns = Vec::new();
     for title in ["Todo", "Doing", "Done"] {
-        let column = post(&server.url(&format!("/api/boards/{board_id}/columns")), json!({"title": title})).await;
+        let column =
+            post(&http, &server.url(&format!("/api/boards/{board_id}/columns")), json!({"title": title})).await;
         columns.push(column["id"].as_str().unwrap().to_owned());
     }
     let url = server.url(&format!("/#/boards/{board_id}"));

@@ -141,6 +141,7 @@ impl<M: Model> Engine<M> {
             Input::LockGranted => self.on_lock_granted(),
             Input::LockLost => self.on_lock_lost(),
             Input::Closing => self.on_closing(),
+            Input::SignOut => self.sign_out(true),
             Input::Preferences(prefs) => self.on_preferences(prefs),
             Input::OutboxLoaded { outbox } => {
                 self.outbox_loads_done += 1;

@@ -338,6 +338,8 @@ pub enum Input<M: Model> {
     LockLost,
     /// The tab is being closed (`pagehide`): last words to the other tabs, now.
     Closing,
+    /// The user signs out: stop using the network now (the session is being ended), and tell the other tabs.
+    SignOut,
     /// Preferences changed (here or in another tab).
     Preferences(Preferences),
     /// The stored outbox, as asked by `Load::Outbox`.

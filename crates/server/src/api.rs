@@ -463,6 +463,7 @@ async fn long_poll(
                 session::Output::Send(
                     msg @ (ServerMessage::Changes { .. } | ServerMessage::Reset { .. } | ServerMessage::Revoked { .. }),
                 ) => {
+                    s.stats.delivered(user.id, &msg);
                     return Ok(axum::Json(msg));
                 }
                 session::Output::Send(_) => {} // synced: nothing new yet

@@ -30,7 +30,7 @@ use tower_http::services::{ServeDir, ServeFile};
 
 pub use feed::Retention;
 pub use metrics::Metrics;
-pub use stats::{RequestRecord, Stats};
+pub use stats::{Delivery, RequestRecord, Stats};
 pub use store::Store;
 
 /// Server configuration; every flag has an environment-variable equivalent.

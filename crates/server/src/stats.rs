@@ -23,11 +23,23 @@ pub struct RequestRecord {
     pub status: u16,
 }
 
-/// Bounded log of recent requests plus running totals.
+/// Changes the feed sent a user (WebSocket or long-poll): which stream, up to which cursor, when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub user: uuid::Uuid,
+    /// The stream as the client names it.
+    pub stream: String,
+    pub first_cursor: u64,
+    pub last_cursor: u64,
+    pub at: std::time::Instant,
+}
+
+/// Bounded log of recent requests and feed deliveries, plus running totals.
 #[derive(Debug, Default)]
 pub struct Stats {
     requests_total: AtomicU64,
     recent: Mutex<std::collections::VecDeque<RequestRecord>>,
+    deliveries: Mutex<std::collections::VecDeque<Delivery>>,
 }
 
 const RECENT_CAPACITY: usize = 10_000;
@@ -40,6 +52,29 @@ impl Stats {
     /// The most recent requests (up to 10,000), oldest first.
     pub fn recent_requests(&self) -> Vec<RequestRecord> {
         self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// The most recent feed deliveries (up to 10,000), oldest first.
+    pub fn recent_deliveries(&self) -> Vec<Delivery> {
+        self.deliveries.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// Notes changes the feed sent `user`.
+    pub fn delivered(&self, user: uuid::Uuid, msg: &syncline_kanban::ServerMessage) {
+        let syncline_kanban::ServerMessage::Changes { stream, changes } = msg else { return };
+        let (Some(first), Some(last)) = (changes.first(), changes.last()) else { return };
+        let d = Delivery {
+            user,
+            stream: stream.to_string(),
+            first_cursor: first.cursor,
+            last_cursor: last.cursor,
+            at: std::time::Instant::now(),
+        };
+        let mut log = self.deliveries.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() == RECENT_CAPACITY {
+            log.pop_front();
+        }
+        log.push_back(d);
     }
 
     fn record(&self, rec: RequestRecord) {

@@ -208,6 +208,7 @@ impl Connection {
             match out {
                 session::Output::Send(msg) => {
                     let live_batch = matches!(msg, ServerMessage::Changes { .. });
+                    self.state.stats.delivered(self.user.id, &msg);
                     self.send(sink, &msg).await?;
                     if let (true, Some(at)) = (live_batch, committed_at) {
                         self.state.metrics.fanout_latency.observe(at.elapsed().as_secs_f64());

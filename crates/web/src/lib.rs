@@ -199,6 +199,11 @@ impl<M: Model> Runtime<M> {
         self.input(Input::ResolveConflict { write_id, keep_mine });
     }
 
+    /// The user signs out: the engine stops using the network and tells the other tabs.
+    pub fn sign_out(&self) {
+        self.input(Input::SignOut);
+    }
+
     pub fn retry_now(&self) {
         self.input(Input::RetryNow);
     }

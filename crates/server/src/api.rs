@@ -557,9 +557,67 @@ async fn long_poll(
         User,
         Credentials,
         ChangePassword
-    ))
+    )),
+    modifiers(&AccessResponses)
 )]
 pub struct ApiDoc;
+
+/// Documents what access control answers on every route: 401 without a session (all but sign-up, sign-in and
+/// the document itself), 403 for a role too low on writes, 421 for a foreign `Host` and 403 for a cross-site
+/// write everywhere; and the session cookie as the security scheme.
+struct AccessResponses;
+
+impl utoipa::Modify for AccessResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        let error = |text: &str| -> RefOr<utoipa::openapi::Response> {
+            ResponseBuilder::new()
+                .description(text)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name("ApiError")))
+                        .build(),
+                )
+                .build()
+                .into()
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let open =
+                matches!(path.as_str(), "/api/auth/signup" | "/api/auth/signin" | "/api/openapi.json" | "/metrics");
+            let ops = [
+                (&mut item.get, false),
+                (&mut item.post, true),
+                (&mut item.patch, true),
+                (&mut item.delete, true),
+                (&mut item.put, true),
+            ];
+            for (op, writes) in ops {
+                let Some(op) = op.as_mut() else { continue };
+                let r = &mut op.responses.responses;
+                if !open {
+                    r.entry("401".into()).or_insert_with(|| error("No session: sign in first (`unauthorized`)"));
+                    r.entry("404".into()).or_insert_with(|| {
+                        error("No such entity, or on a board you are not a member of (`not_found`)")
+                    });
+                }
+                if writes {
+                    r.entry("403".into()).or_insert_with(|| {
+                        error("A role too low on this board (`forbidden`), or a cross-site request (`cross_site_request`)")
+                    });
+                }
+                r.entry("421".into())
+                    .or_insert_with(|| error("A `Host` that is not one of the server's public origins"));
+            }
+        }
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(crate::auth::SESSION_COOKIE))),
+        );
+    }
+}
 
 /// Documentation stub for the WebSocket route, which axum serves in [`ws::feed`].
 #[utoipa::path(get, path = "/api/feed", tag = "feed",

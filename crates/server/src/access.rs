@@ -10,7 +10,8 @@
 //! changes on the board's own stream (`member_upserted`, `member_removed`): the feed session acts on a removal
 //! in-band, so nothing of the board committed after it reaches the removed user.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::args;
+use crate::db::{Conn, Row};
 use syncline_kanban::{
     AddMember, Board, BoardId, ChangeOp, Member, Role, SetRole, StreamId, StreamName, User, UserId, Version, WriteOp,
 };
@@ -47,7 +48,7 @@ impl Action {
 
 /// The authorization decision: `user`'s role on `board` if it allows `action`; otherwise `NotFound` for a
 /// non-member (or a board that does not exist — the two look the same) and `Forbidden` for a role too low.
-pub fn can(tx: &Connection, user: UserId, board: BoardId, action: Action) -> StoreResult<Role> {
+pub fn can(tx: &dyn Conn, user: UserId, board: BoardId, action: Action) -> StoreResult<Role> {
     match role_of(tx, user, board)? {
         None => Err(StoreError::NotFound(format!("no board with id {board}"))),
         Some(role) if role >= action.needs() => Ok(role),
@@ -60,17 +61,14 @@ pub fn can(tx: &Connection, user: UserId, board: BoardId, action: Action) -> Sto
 }
 
 /// `user`'s role on `board`, if a member.
-pub fn role_of(tx: &Connection, user: UserId, board: BoardId) -> StoreResult<Option<Role>> {
-    let role: Option<String> = tx
-        .prepare_cached("SELECT role FROM members WHERE board_id = ?1 AND user_id = ?2")?
-        .query_row(params![board.to_string(), user.to_string()], |r| r.get(0))
-        .optional()?;
-    Ok(role.and_then(|r| Role::parse(&r)))
+pub fn role_of(tx: &dyn Conn, user: UserId, board: BoardId) -> StoreResult<Option<Role>> {
+    let role = tx.query_opt("SELECT role FROM members WHERE board_id = ?1 AND user_id = ?2", args![board, user])?;
+    Ok(role.map(|r| r.text(0)).transpose()?.and_then(|r| Role::parse(&r)))
 }
 
 /// Authorizes a write before it runs, in its transaction: which board it touches and what it needs there.
 /// Creating a board needs only an account; leaving a board (removing oneself) only membership.
-pub fn authorize_write(tx: &Connection, user: UserId, op: &WriteOp) -> StoreResult<()> {
+pub fn authorize_write(tx: &dyn Conn, user: UserId, op: &WriteOp) -> StoreResult<()> {
     // (A column or card on a board the user may not see is "not found" either way: `can` says so for the board.)
     let board_of_column = |id: Uuid| store::get_column(tx, id).map(|c| c.board_id);
     let board_of_card = |id: Uuid| store::get_card(tx, id).map(|c| c.board_id);
@@ -96,7 +94,7 @@ pub fn authorize_write(tx: &Connection, user: UserId, op: &WriteOp) -> StoreResu
 /// [`read_log`] for `user`: a board's stream only while they may read the board (checked in the same
 /// transaction as the read), their own list always. The feed session asks for every read through this.
 pub fn read_log_as(
-    tx: &Connection,
+    tx: &dyn Conn,
     user: UserId,
     log_id: Uuid,
     stream: &StreamName,
@@ -139,13 +137,13 @@ pub fn validate_password(password: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn uuid_of(s: String) -> rusqlite::Result<Uuid> {
-    Uuid::parse_str(&s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+fn user_row(r: &Row) -> StoreResult<(User, String)> {
+    Ok((User { id: r.uuid(0)?, username: r.text(1)? }, r.text(2)?))
 }
 
 /// Creates an account; `UsernameTaken` (as `InvalidField` on `username`) if the name is in use.
 pub fn create_user(
-    tx: &Connection,
+    tx: &dyn Conn,
     rec: &mut Recorder,
     username: &str,
     password_hash: &str,
@@ -155,20 +153,25 @@ pub fn create_user(
     let id = Uuid::now_v7();
     let inserted = tx.execute(
         "INSERT INTO users (id, username, username_key, password_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(username_key) DO NOTHING",
-        params![id.to_string(), username, username.to_lowercase(), password_hash, now_ms as i64],
+         ON CONFLICT (username_key) DO NOTHING",
+        args![id, username, username.to_lowercase(), password_hash, now_ms],
     )?;
     if inserted == 0 {
         return Err(StoreError::InvalidField { field: "username", message: format!("{username:?} is taken") });
     }
     // The first account adopts the boards made before there were accounts: they were everyone's, now they are
     // someone's (who can share them).
-    let first: i64 = tx.query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))?;
+    let first = tx.query_one("SELECT COUNT(*) FROM users", &[])?.i64(0)?;
     if first == 1 {
         let ownerless: Vec<Uuid> = tx
-            .prepare("SELECT id FROM boards WHERE NOT EXISTS (SELECT 1 FROM members m WHERE m.board_id = boards.id)")?
-            .query_map([], |r| uuid_of(r.get(0)?))?
-            .collect::<Result<_, _>>()?;
+            .query(
+                "SELECT id FROM boards WHERE NOT EXISTS (SELECT 1 FROM members m WHERE m.board_id = boards.id)
+                 ORDER BY created_ms, id",
+                &[],
+            )?
+            .iter()
+            .map(|r| r.uuid(0))
+            .collect::<StoreResult<_>>()?;
         for board in ownerless {
             put_member(tx, rec, board, id, Role::Owner)?;
         }
@@ -177,88 +180,78 @@ pub fn create_user(
 }
 
 /// The account with this username (any case), with its password hash.
-pub fn user_by_name(tx: &Connection, username: &str) -> StoreResult<Option<(User, String)>> {
-    Ok(tx
-        .prepare_cached("SELECT id, username, password_hash FROM users WHERE username_key = ?1")?
-        .query_row([username.to_lowercase()], |r| {
-            Ok((User { id: uuid_of(r.get(0)?)?, username: r.get(1)? }, r.get::<_, String>(2)?))
-        })
-        .optional()?)
+pub fn user_by_name(tx: &dyn Conn, username: &str) -> StoreResult<Option<(User, String)>> {
+    tx.query_opt(
+        "SELECT id, username, password_hash FROM users WHERE username_key = ?1",
+        args![username.to_lowercase()],
+    )?
+    .map(|r| user_row(&r))
+    .transpose()
 }
 
-pub fn get_user(tx: &Connection, id: UserId) -> StoreResult<Option<(User, String)>> {
-    Ok(tx
-        .prepare_cached("SELECT id, username, password_hash FROM users WHERE id = ?1")?
-        .query_row([id.to_string()], |r| {
-            Ok((User { id: uuid_of(r.get(0)?)?, username: r.get(1)? }, r.get::<_, String>(2)?))
-        })
-        .optional()?)
+pub fn get_user(tx: &dyn Conn, id: UserId) -> StoreResult<Option<(User, String)>> {
+    tx.query_opt("SELECT id, username, password_hash FROM users WHERE id = ?1", args![id])?
+        .map(|r| user_row(&r))
+        .transpose()
 }
 
-pub fn set_password_hash(tx: &Connection, id: UserId, hash: &str) -> StoreResult<()> {
-    tx.execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![id.to_string(), hash])?;
+pub fn set_password_hash(tx: &dyn Conn, id: UserId, hash: &str) -> StoreResult<()> {
+    tx.execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", args![id, hash])?;
     Ok(())
 }
 
 // ---- boards and members ----------------------------------------------------------------------------------
 
 /// The boards `user` is a member of, in creation order.
-pub fn boards_of(tx: &Connection, user: UserId) -> StoreResult<Vec<Board>> {
-    let mut stmt = tx.prepare_cached(
+pub fn boards_of(tx: &dyn Conn, user: UserId) -> StoreResult<Vec<Board>> {
+    tx.query(
         "SELECT b.id, b.title, b.version FROM boards b JOIN members m ON m.board_id = b.id
-         WHERE m.user_id = ?1 ORDER BY b.rowid",
-    )?;
-    let boards = stmt
-        .query_map([user.to_string()], |r| {
-            Ok(Board { id: uuid_of(r.get(0)?)?, title: r.get(1)?, version: r.get::<_, i64>(2)? as Version })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(boards)
+         WHERE m.user_id = ?1 ORDER BY b.created_ms, b.id",
+        args![user],
+    )?
+    .iter()
+    .map(|r| Ok(Board { id: r.uuid(0)?, title: r.text(1)?, version: r.u64(2)? as Version }))
+    .collect()
 }
 
 /// Members of a board: owners first, then by username.
-pub fn members_of(tx: &Connection, board: BoardId) -> StoreResult<Vec<Member>> {
-    let mut stmt = tx.prepare_cached(
+pub fn members_of(tx: &dyn Conn, board: BoardId) -> StoreResult<Vec<Member>> {
+    tx.query(
         "SELECT m.user_id, u.username, m.role, m.version FROM members m JOIN users u ON u.id = m.user_id
          WHERE m.board_id = ?1 ORDER BY CASE m.role WHEN 'owner' THEN 0 WHEN 'editor' THEN 1 ELSE 2 END, u.username_key",
-    )?;
-    let members = stmt
-        .query_map([board.to_string()], |r| {
-            let user_id = uuid_of(r.get(0)?)?;
-            let role: String = r.get(2)?;
-            Ok(Member {
-                id: Member::id_of(board, user_id),
-                board_id: board,
-                user_id,
-                username: r.get(1)?,
-                role: Role::parse(&role).unwrap_or(Role::Viewer),
-                version: r.get::<_, i64>(3)? as Version,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(members)
+        args![board],
+    )?
+    .iter()
+    .map(|r| {
+        let user_id = r.uuid(0)?;
+        Ok(Member {
+            id: Member::id_of(board, user_id),
+            board_id: board,
+            user_id,
+            username: r.text(1)?,
+            role: Role::parse(&r.text(2)?).unwrap_or(Role::Viewer),
+            version: r.u64(3)? as Version,
+        })
+    })
+    .collect()
 }
 
-fn member(tx: &Connection, board: BoardId, user: UserId) -> StoreResult<Option<Member>> {
+fn member(tx: &dyn Conn, board: BoardId, user: UserId) -> StoreResult<Option<Member>> {
     Ok(members_of(tx, board)?.into_iter().find(|m| m.user_id == user))
 }
 
-fn owners(tx: &Connection, board: BoardId) -> StoreResult<i64> {
-    Ok(tx.query_row(
-        "SELECT COUNT(*) FROM members WHERE board_id = ?1 AND role = 'owner'",
-        [board.to_string()],
-        |r| r.get(0),
-    )?)
+fn owners(tx: &dyn Conn, board: BoardId) -> StoreResult<i64> {
+    tx.query_one("SELECT COUNT(*) FROM members WHERE board_id = ?1 AND role = 'owner'", args![board])?.i64(0)
 }
 
 /// Adds or updates a membership and records it: on the board's stream, and — for a new member — the board in
 /// their list.
-fn put_member(tx: &Connection, rec: &mut Recorder, board: BoardId, user: UserId, role: Role) -> StoreResult<Member> {
+fn put_member(tx: &dyn Conn, rec: &mut Recorder, board: BoardId, user: UserId, role: Role) -> StoreResult<Member> {
     let existed = role_of(tx, user, board)?.is_some();
     tx.execute(
         "INSERT INTO members (board_id, user_id, role, version) VALUES (?1, ?2, ?3, 1)
-         ON CONFLICT(board_id, user_id) DO UPDATE SET role = excluded.role, version = version + 1",
-        params![board.to_string(), user.to_string(), role.as_str()],
+         ON CONFLICT (board_id, user_id) DO UPDATE SET role = excluded.role, version = members.version + 1",
+        args![board, user, role.as_str()],
     )?;
     let member = member(tx, board, user)?.ok_or_else(|| StoreError::Internal(anyhow::anyhow!("member vanished")))?;
     record(tx, rec, StreamId::Board(board), ChangeOp::MemberUpserted { member: member.clone() })?;
@@ -270,12 +263,12 @@ fn put_member(tx: &Connection, rec: &mut Recorder, board: BoardId, user: UserId,
 }
 
 /// The creator of a new board becomes its owner.
-pub fn board_created(tx: &Connection, rec: &mut Recorder, board: BoardId, creator: UserId) -> StoreResult<()> {
+pub fn board_created(tx: &dyn Conn, rec: &mut Recorder, board: BoardId, creator: UserId) -> StoreResult<()> {
     put_member(tx, rec, board, creator, Role::Owner).map(|_| ())
 }
 
 /// A board's title changed: every member's list shows it.
-pub fn board_renamed(tx: &Connection, rec: &mut Recorder, board: &Board) -> StoreResult<()> {
+pub fn board_renamed(tx: &dyn Conn, rec: &mut Recorder, board: &Board) -> StoreResult<()> {
     for m in members_of(tx, board.id)? {
         record(tx, rec, user_stream(m.user_id), ChangeOp::BoardUpserted { board: board.clone() })?;
     }
@@ -284,14 +277,14 @@ pub fn board_renamed(tx: &Connection, rec: &mut Recorder, board: &Board) -> Stor
 
 /// A board is about to be deleted: it leaves every member's list. (Call before the delete, which removes the
 /// memberships with the board.)
-pub fn board_deleting(tx: &Connection, rec: &mut Recorder, board: BoardId) -> StoreResult<()> {
+pub fn board_deleting(tx: &dyn Conn, rec: &mut Recorder, board: BoardId) -> StoreResult<()> {
     for m in members_of(tx, board)? {
         record(tx, rec, user_stream(m.user_id), ChangeOp::BoardDeleted { id: board })?;
     }
     Ok(())
 }
 
-pub fn add_member(tx: &Connection, rec: &mut Recorder, board: BoardId, req: AddMember) -> StoreResult<Member> {
+pub fn add_member(tx: &dyn Conn, rec: &mut Recorder, board: BoardId, req: AddMember) -> StoreResult<Member> {
     let (user, _) = user_by_name(tx, &req.username)?.ok_or_else(|| StoreError::InvalidField {
         field: "username",
         message: format!("no user named {:?}", req.username),
@@ -306,7 +299,7 @@ pub fn add_member(tx: &Connection, rec: &mut Recorder, board: BoardId, req: AddM
 }
 
 pub fn set_member_role(
-    tx: &Connection,
+    tx: &dyn Conn,
     rec: &mut Recorder,
     board: BoardId,
     user: UserId,
@@ -333,7 +326,7 @@ pub fn set_member_role(
 
 /// Removes a membership: the board's stream says so (the feed session cuts the member off there), and the
 /// board leaves the user's list.
-pub fn remove_member(tx: &Connection, rec: &mut Recorder, board: BoardId, user: UserId) -> StoreResult<()> {
+pub fn remove_member(tx: &dyn Conn, rec: &mut Recorder, board: BoardId, user: UserId) -> StoreResult<()> {
     let current = member(tx, board, user)?.ok_or_else(|| StoreError::NotFound(format!("{user} is not a member")))?;
     if current.role == Role::Owner && owners(tx, board)? == 1 {
         return Err(StoreError::InvalidField {
@@ -341,10 +334,7 @@ pub fn remove_member(tx: &Connection, rec: &mut Recorder, board: BoardId, user: 
             message: "a board keeps at least one owner: make someone else owner first".into(),
         });
     }
-    tx.execute(
-        "DELETE FROM members WHERE board_id = ?1 AND user_id = ?2",
-        params![board.to_string(), user.to_string()],
-    )?;
+    tx.execute("DELETE FROM members WHERE board_id = ?1 AND user_id = ?2", args![board, user])?;
     record(tx, rec, StreamId::Board(board), ChangeOp::MemberRemoved { board_id: board, user_id: user })?;
     record(tx, rec, user_stream(user), ChangeOp::BoardDeleted { id: board })
 }

@@ -10,6 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use crate::args;
+use crate::db::Conn;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use axum::extract::{ConnectInfo, FromRequestParts, State};
@@ -18,7 +20,6 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use rusqlite::{OptionalExtension, params};
 use syncline_kanban::{ChangePassword, Credentials, ErrorCode, User, UserId};
 use tower_sessions::cookie::time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
@@ -30,7 +31,7 @@ use crate::AppState;
 use crate::access;
 use crate::error::{AppError, Json};
 use crate::feed::{Recorder, now_ms};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreResult};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "syncline_session";
@@ -76,13 +77,13 @@ impl SessionStore for SessionTable {
         let mut id = record.id;
         let id = self
             .store
-            .with_conn(move |conn| {
+            .transaction(move |conn| {
                 // A collision of 128 random bits is next to impossible; still, never overwrite a session.
                 loop {
                     let inserted = conn.execute(
                         "INSERT INTO sessions (id, user_id, data, expires_at) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT(id) DO NOTHING",
-                        params![id.to_string(), user, data, expires],
+                         ON CONFLICT (id) DO NOTHING",
+                        args![id.to_string(), user, data, expires],
                     )?;
                     if inserted == 1 {
                         return Ok(id);
@@ -100,12 +101,12 @@ impl SessionStore for SessionTable {
         let data = serde_json::to_string(&record.data).map_err(|e| session_store::Error::Encode(e.to_string()))?;
         let (id, user, expires) = (record.id.to_string(), user_of(record), record.expiry_date.unix_timestamp());
         self.store
-            .with_conn(move |conn| {
+            .transaction(move |conn| {
                 conn.execute(
                     "INSERT INTO sessions (id, user_id, data, expires_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(id) DO UPDATE SET user_id = excluded.user_id, data = excluded.data,
+                     ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, data = excluded.data,
                      expires_at = excluded.expires_at",
-                    params![id, user, data, expires],
+                    args![id, user, data, expires],
                 )?;
                 Ok(())
             })
@@ -118,14 +119,12 @@ impl SessionStore for SessionTable {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let row: Option<(String, i64)> = self
             .store
-            .with_conn(move |conn| {
-                Ok(conn
-                    .query_row(
-                        "SELECT data, expires_at FROM sessions WHERE id = ?1 AND expires_at > ?2",
-                        params![key, now],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?)
+            .transaction(move |conn| {
+                let row = conn.query_opt(
+                    "SELECT data, expires_at FROM sessions WHERE id = ?1 AND expires_at > ?2",
+                    args![key, now],
+                )?;
+                row.map(|r| Ok((r.text(0)?, r.i64(1)?))).transpose()
             })
             .await
             .map_err(backend)?;
@@ -140,8 +139,8 @@ impl SessionStore for SessionTable {
         let key = id.to_string();
         let k = key.clone();
         self.store
-            .with_conn(move |conn| {
-                conn.execute("DELETE FROM sessions WHERE id = ?1", [k])?;
+            .transaction(move |conn| {
+                conn.execute("DELETE FROM sessions WHERE id = ?1", args![k])?;
                 Ok(())
             })
             .await
@@ -154,19 +153,18 @@ impl SessionStore for SessionTable {
 /// Ends every session of `user` but `keep` (after a password change), closing their feeds.
 async fn end_other_sessions(store: &Store, user: UserId, keep: Option<String>) -> Result<(), AppError> {
     let ended: Vec<String> = store
-        .with_conn(move |conn| {
-            let tx = conn.transaction()?;
+        .transaction(move |tx| {
             let ids: Vec<String> = tx
-                .prepare("SELECT id FROM sessions WHERE user_id = ?1")?
-                .query_map([user.to_string()], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()?
+                .query("SELECT id FROM sessions WHERE user_id = ?1", args![user])?
+                .iter()
+                .map(|r| r.text(0))
+                .collect::<StoreResult<Vec<String>>>()?
                 .into_iter()
                 .filter(|id| Some(id) != keep.as_ref())
                 .collect();
             for id in &ids {
-                tx.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
+                tx.execute("DELETE FROM sessions WHERE id = ?1", args![id])?;
             }
-            tx.commit()?;
             Ok(ids)
         })
         .await?;
@@ -177,8 +175,8 @@ async fn end_other_sessions(store: &Store, user: UserId, keep: Option<String>) -
 }
 
 /// Deletes expired sessions (from the retention sweep).
-pub fn prune_sessions(tx: &rusqlite::Connection, now_unix: i64) -> Result<usize, StoreError> {
-    Ok(tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now_unix])?)
+pub fn prune_sessions(tx: &dyn Conn, now_unix: i64) -> Result<usize, StoreError> {
+    Ok(tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", args![now_unix])? as usize)
 }
 
 // ---- who is asking ---------------------------------------------------------------------------------------------
@@ -328,21 +326,16 @@ pub async fn create_account(store: &Store, username: &str, password: &str) -> Re
     access::validate_password(password).map_err(|m| invalid_field("password", m))?;
     let hash = hash_password(password.to_owned()).await?;
     let username = username.to_owned();
-    let hub = store.hub().clone();
     let created = store
-        .with_conn(move |conn| {
-            let tx = conn.transaction()?;
+        .write(move |tx| {
             let mut rec = Recorder::new(None, now_ms());
-            let user = match access::create_user(&tx, &mut rec, &username, &hash, now_ms()) {
-                Ok(u) => u,
+            match access::create_user(tx, &mut rec, &username, &hash, now_ms()) {
+                Ok(u) => Ok((Ok(u), rec.changes().to_vec())),
                 Err(StoreError::InvalidField { message, .. }) if message.ends_with("is taken") => {
-                    return Ok(Err(message));
+                    Ok((Err(message), Vec::new()))
                 }
-                Err(e) => return Err(e),
-            };
-            tx.commit()?;
-            hub.publish(rec.changes());
-            Ok(Ok(user))
+                Err(e) => Err(e),
+            }
         })
         .await?;
     created.map_err(|message| AppError::new(StatusCode::CONFLICT, ErrorCode::UsernameTaken, message))

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::args;
+use crate::db::Conn;
 use syncline_kanban::{Change, ChangeOp};
 use syncline_protocol::{Cursor, StreamName};
 use tokio::sync::broadcast;
@@ -38,6 +39,11 @@ impl Recorder {
         &self.changes
     }
 
+    /// The time the write is recorded at (Unix ms).
+    pub fn at_ms(&self) -> u64 {
+        self.at_ms
+    }
+
     /// Forgets what was recorded (the write's savepoint was rolled back).
     pub fn clear(&mut self) {
         self.changes.clear();
@@ -45,31 +51,31 @@ impl Recorder {
 }
 
 /// Appends a change to `stream`'s log, advancing the stream's head, on the caller's transaction.
-pub fn record(tx: &Connection, rec: &mut Recorder, stream: impl Into<StreamName>, op: ChangeOp) -> StoreResult<()> {
+pub fn record(tx: &dyn Conn, rec: &mut Recorder, stream: impl Into<StreamName>, op: ChangeOp) -> StoreResult<()> {
     let stream = stream.into();
     let name = stream.to_string();
     // The UPSERT takes the stream row's write lock until commit: cursors of one stream commit in order.
-    let head: i64 = tx.query_row(
-        "INSERT INTO streams (stream, head) VALUES (?1, 1)
-         ON CONFLICT(stream) DO UPDATE SET head = head + 1 RETURNING head",
-        [&name],
-        |r| r.get(0),
-    )?;
+    let head = tx
+        .query_one(
+            "INSERT INTO streams (stream, head) VALUES (?1, 1)
+             ON CONFLICT (stream) DO UPDATE SET head = streams.head + 1 RETURNING head",
+            args![name],
+        )?
+        .i64(0)?;
     let body = serde_json::to_string(&op).map_err(|e| StoreError::Internal(e.into()))?;
-    tx.prepare_cached("INSERT INTO changes (stream, seq, at_ms, write_id, body) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![name, head, rec.at_ms as i64, rec.write_id.map(|w| w.to_string()), body])?;
+    tx.execute(
+        "INSERT INTO changes (stream, seq, at_ms, write_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        args![name, head, rec.at_ms, rec.write_id, body],
+    )?;
     rec.changes.push(Change { stream, cursor: head as Cursor, at_ms: rec.at_ms, write_id: rec.write_id, op });
     Ok(())
 }
 
 /// The last cursor handed out in `stream` (0 if it has none).
-pub fn stream_head(tx: &Connection, stream: impl Into<StreamName>) -> StoreResult<Cursor> {
+pub fn stream_head(tx: &dyn Conn, stream: impl Into<StreamName>) -> StoreResult<Cursor> {
     let stream = stream.into();
-    let head: Option<i64> = tx
-        .prepare_cached("SELECT head FROM streams WHERE stream = ?1")?
-        .query_row([stream.as_str()], |r| r.get(0))
-        .optional()?;
-    Ok(head.unwrap_or(0) as Cursor)
+    let head = tx.query_opt("SELECT head FROM streams WHERE stream = ?1", args![stream.as_str()])?;
+    Ok(head.map(|r| r.u64(0)).transpose()?.unwrap_or(0))
 }
 
 /// What a reader gets for a cursor.
@@ -85,7 +91,7 @@ pub enum LogRead {
 
 /// Reads `stream` after `since`, or says why that cursor cannot be served.
 pub fn read_log(
-    tx: &Connection,
+    tx: &dyn Conn,
     log_id: Uuid,
     stream: &StreamName,
     since: Cursor,
@@ -105,8 +111,7 @@ pub fn read_log(
         return Ok(LogRead::Changes(Vec::new()));
     }
     let name = stream.to_string();
-    let oldest: Option<i64> =
-        tx.prepare_cached("SELECT MIN(seq) FROM changes WHERE stream = ?1")?.query_row([&name], |r| r.get(0))?;
+    let oldest = tx.query_one("SELECT MIN(seq) FROM changes WHERE stream = ?1", args![name])?.opt_i64(0)?;
     match oldest {
         Some(oldest) if oldest as Cursor <= since + 1 => {}
         Some(oldest) => {
@@ -116,15 +121,13 @@ pub fn read_log(
         }
         None => return Ok(LogRead::Reset(format!("cursor {since} is older than retention: refetch"))),
     }
-    let mut stmt = tx.prepare_cached(
+    let rows = tx.query(
         "SELECT seq, at_ms, write_id, body FROM changes WHERE stream = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        args![name, since, limit],
     )?;
-    let rows = stmt.query_map(params![name, since as i64, limit as i64], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, String>(3)?))
-    })?;
-    let mut changes = Vec::new();
+    let mut changes = Vec::with_capacity(rows.len());
     for row in rows {
-        let (seq, at_ms, write_id, body) = row?;
+        let (seq, at_ms, write_id, body) = (row.i64(0)?, row.i64(1)?, row.opt_text(2)?, row.text(3)?);
         let op: ChangeOp = serde_json::from_str(&body)
             .map_err(|e| StoreError::Internal(anyhow::anyhow!("corrupt change {name}@{seq}: {e}")))?;
         let write_id = write_id.and_then(|w| Uuid::parse_str(&w).ok());
@@ -146,16 +149,16 @@ pub struct Retention {
 }
 
 /// Drops what retention no longer keeps. Returns (changes, write outcomes) deleted.
-pub fn prune(tx: &Connection, retention: &Retention, now_ms: u64) -> StoreResult<(usize, usize)> {
-    let age_limit = now_ms.saturating_sub(retention.max_change_age.as_millis() as u64) as i64;
-    let mut changes = tx.execute("DELETE FROM changes WHERE at_ms < ?1", [age_limit])?;
+pub fn prune(tx: &dyn Conn, retention: &Retention, now_ms: u64) -> StoreResult<(usize, usize)> {
+    let age_limit = now_ms.saturating_sub(retention.max_change_age.as_millis() as u64);
+    let mut changes = tx.execute("DELETE FROM changes WHERE at_ms < ?1", args![age_limit])?;
     changes += tx.execute(
         "DELETE FROM changes WHERE seq <= (SELECT s.head FROM streams s WHERE s.stream = changes.stream) - ?1",
-        [retention.max_changes_per_stream as i64],
+        args![retention.max_changes_per_stream],
     )?;
-    let write_limit = now_ms.saturating_sub(retention.write_ttl.as_millis() as u64) as i64;
-    let writes = tx.execute("DELETE FROM writes WHERE at_ms < ?1", [write_limit])?;
-    Ok((changes, writes))
+    let write_limit = now_ms.saturating_sub(retention.write_ttl.as_millis() as u64);
+    let writes = tx.execute("DELETE FROM writes WHERE at_ms < ?1", args![write_limit])?;
+    Ok((changes as usize, writes as usize))
 }
 
 /// Changes of one stream, as published right after their commit.

@@ -1,15 +1,13 @@
-//! SQLite storage of the Kanban domain.
+//! Storage of the Kanban domain, on SQLite or PostgreSQL (`db.rs`; schemas in `schema.rs`).
 //!
-//! One connection behind a mutex, used from `spawn_blocking`: SQLite allows one writer at a time anyway, and
-//! every write is a single short transaction, so a pool would add nothing but contention on the file lock.
+//! SQLite: one connection behind a mutex, used from `spawn_blocking` — SQLite allows one writer at a time anyway,
+//! and every write is a single short transaction, so a pool would add nothing but contention on the file lock.
+//! PostgreSQL: a pool; writers run concurrently, a stream's head row lock keeps its cursors in commit order.
 //! Every write validates, then changes rows, inside one transaction: an error leaves nothing half-written.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-
+use crate::args;
+use crate::db::{Conn, Row};
 use fractional_index::FractionalIndex;
-use rusqlite::{Connection, OptionalExtension, params};
-use rusqlite_migration::{M, Migrations};
 use syncline_kanban::limits::{validate_description, validate_title};
 use syncline_kanban::{
     Board, BoardId, BoardList, BoardSnapshot, BoardSummary, Card, CardId, ChangeOp, Column, ColumnId, ColumnSummary,
@@ -18,7 +16,7 @@ use syncline_kanban::{
 use uuid::Uuid;
 
 use crate::access;
-use crate::feed::{Hub, Recorder, record, stream_head};
+use crate::feed::{Recorder, record, stream_head};
 
 /// What a store operation can refuse, besides an internal failure.
 #[derive(Debug)]
@@ -45,232 +43,35 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::Internal(e.into())
+    }
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
-fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(
-            "CREATE TABLE boards (
-            id TEXT PRIMARY KEY NOT NULL,
-            title TEXT NOT NULL,
-            version INTEGER NOT NULL
-        );
-        CREATE TABLE columns (
-            id TEXT PRIMARY KEY NOT NULL,
-            board_id TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
-            title TEXT NOT NULL,
-            position TEXT NOT NULL,
-            version INTEGER NOT NULL
-        );
-        CREATE INDEX columns_by_board ON columns(board_id, position);
-        CREATE TABLE cards (
-            id TEXT PRIMARY KEY NOT NULL,
-            board_id TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
-            column_id TEXT NOT NULL REFERENCES columns(id) ON DELETE CASCADE,
-            title TEXT NOT NULL,
-            description TEXT NOT NULL,
-            position TEXT NOT NULL,
-            version INTEGER NOT NULL
-        );
-        CREATE INDEX cards_by_column ON cards(column_id, position);
-        CREATE INDEX cards_by_board ON cards(board_id);",
-        ),
-        // The change log. `streams.head` is the last cursor handed out in a stream; a writer bumps it under
-        // the row's lock, so a stream's cursors commit in order. `writes` remembers the outcome of every
-        // write that carried an idempotency key.
-        M::up(
-            "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
-        CREATE TABLE streams (stream TEXT PRIMARY KEY NOT NULL, head INTEGER NOT NULL);
-        CREATE TABLE changes (
-            stream TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            at_ms INTEGER NOT NULL,
-            write_id TEXT,
-            body TEXT NOT NULL,
-            PRIMARY KEY (stream, seq)
-        ) WITHOUT ROWID;
-        CREATE INDEX changes_by_age ON changes(at_ms);
-        CREATE TABLE writes (
-            write_id TEXT PRIMARY KEY NOT NULL,
-            at_ms INTEGER NOT NULL,
-            request TEXT NOT NULL,
-            status INTEGER NOT NULL,
-            body TEXT NOT NULL
-        );
-        CREATE INDEX writes_by_age ON writes(at_ms);",
-        ),
-        // Where each outcome's entity stands in its streams (JSON `[{stream, cursor}]`), so a replayed outcome
-        // tells the client whether its copy already has it. `at_ms` is from then on the time the record is kept
-        // from (see `writes::WriteContext`).
-        M::up("ALTER TABLE writes ADD COLUMN positions TEXT NOT NULL DEFAULT '[]';"),
-        // Accounts, memberships and sessions (`access.rs`, `auth.rs`). A write's outcome is kept for its author
-        // only (`writes.user_id`): another account replaying the id learns nothing.
-        M::up(
-            "CREATE TABLE users (
-            id TEXT PRIMARY KEY NOT NULL,
-            username TEXT NOT NULL,
-            username_key TEXT NOT NULL UNIQUE,
-            password_hash TEXT NOT NULL,
-            created_at INTEGER NOT NULL
-        );
-        CREATE TABLE members (
-            board_id TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
-            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-            role TEXT NOT NULL CHECK (role IN ('viewer', 'editor', 'owner')),
-            version INTEGER NOT NULL,
-            PRIMARY KEY (board_id, user_id)
-        ) WITHOUT ROWID;
-        CREATE INDEX members_by_user ON members(user_id);
-        CREATE TABLE sessions (
-            id TEXT PRIMARY KEY NOT NULL,
-            user_id TEXT REFERENCES users(id) ON DELETE CASCADE,
-            data TEXT NOT NULL,
-            expires_at INTEGER NOT NULL
-        );
-        CREATE INDEX sessions_by_user ON sessions(user_id);
-        CREATE INDEX sessions_by_expiry ON sessions(expires_at);
-        ALTER TABLE writes ADD COLUMN user_id TEXT;",
-        ),
-    ])
-}
-
-/// Opens a database (`:memory:` for a throwaway one), applies the migrations, and returns it with its log id.
-/// [`Store`] wraps this for the server; the simulation drives the same connection synchronously.
-pub fn open_connection(path: &Path) -> anyhow::Result<(Connection, Uuid)> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    migrations().to_latest(&mut conn)?;
-    // The log's identity: created once with the database, so cursors from another database are refused.
-    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?1)", [Uuid::new_v4().to_string()])?;
-    let log_id: String = conn.query_row("SELECT value FROM meta WHERE key = 'log_id'", [], |r| r.get(0))?;
-    Ok((conn, Uuid::parse_str(&log_id)?))
-}
-
-/// The database plus the in-process fan-out of what it commits.
-#[derive(Clone)]
-pub struct Store {
-    conn: Arc<Mutex<Connection>>,
-    log_id: Uuid,
-    hub: Arc<Hub>,
-    write_id_ttl_ms: u64,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("log_id", &self.log_id).finish_non_exhaustive()
-    }
-}
-
-/// Write ids are remembered this long unless configured otherwise (`--write-id-ttl-secs`).
-pub const DEFAULT_WRITE_ID_TTL_MS: u64 = 24 * 3600 * 1000;
-
-impl Store {
-    /// Opens (creating if needed) the database file and brings its schema up to date.
-    pub fn open(path: &Path) -> anyhow::Result<Store> {
-        let (conn, log_id) = open_connection(path)?;
-        Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
-            log_id,
-            hub: Arc::new(Hub::default()),
-            write_id_ttl_ms: DEFAULT_WRITE_ID_TTL_MS,
-        })
-    }
-
-    /// The same store, remembering write ids for `ttl` (writes with older UUIDv7 ids are refused).
-    pub fn with_write_id_ttl(mut self, ttl: std::time::Duration) -> Store {
-        self.write_id_ttl_ms = ttl.as_millis() as u64;
-        self
-    }
-
-    pub fn write_id_ttl_ms(&self) -> u64 {
-        self.write_id_ttl_ms
-    }
-
-    /// Identifies this database's change log.
-    pub fn log_id(&self) -> Uuid {
-        self.log_id
-    }
-
-    /// Live notifications of committed changes.
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
-    }
-
-    /// Runs `f` on the connection in a blocking thread, inside one transaction committed on success.
-    pub async fn transaction<T, F>(&self, f: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
-    {
-        self.with_conn(move |conn| {
-            let tx = conn.transaction()?;
-            let out = f(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
-    }
-
-    /// Runs `f` with the connection locked, in a blocking thread. Whatever `f` publishes to the hub is
-    /// published while the lock is held, so notifications leave in commit order.
-    pub async fn with_conn<T, F>(&self, f: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
-    {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock poisons it; the connection itself is still sound because any
-            // transaction was rolled back when it dropped, so carry on with the inner value.
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(e.into()))?
-    }
-}
+pub use crate::schema::{DEFAULT_WRITE_ID_TTL_MS, Store, open_connection};
 
 // ---- row mapping -------------------------------------------------------------------------------------------
 
-fn uuid_col(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Uuid> {
-    let s: String = row.get(idx)?;
-    Uuid::parse_str(&s)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into()))
+fn board_row(r: &Row) -> StoreResult<Board> {
+    Ok(Board { id: r.uuid(0)?, title: r.text(1)?, version: r.u64(2)? })
 }
 
-fn version_col(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Version> {
-    Ok(row.get::<_, i64>(idx)? as Version)
+fn column_row(r: &Row) -> StoreResult<Column> {
+    Ok(Column { id: r.uuid(0)?, board_id: r.uuid(1)?, title: r.text(2)?, position: r.text(3)?, version: r.u64(4)? })
 }
 
-fn board_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Board> {
-    Ok(Board { id: uuid_col(row, 0)?, title: row.get(1)?, version: version_col(row, 2)? })
-}
-
-fn column_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Column> {
-    Ok(Column {
-        id: uuid_col(row, 0)?,
-        board_id: uuid_col(row, 1)?,
-        title: row.get(2)?,
-        position: row.get(3)?,
-        version: version_col(row, 4)?,
-    })
-}
-
-fn card_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Card> {
+fn card_row(r: &Row) -> StoreResult<Card> {
     Ok(Card {
-        id: uuid_col(row, 0)?,
-        board_id: uuid_col(row, 1)?,
-        column_id: uuid_col(row, 2)?,
-        title: row.get(3)?,
-        description: row.get(4)?,
-        position: row.get(5)?,
-        version: version_col(row, 6)?,
+        id: r.uuid(0)?,
+        board_id: r.uuid(1)?,
+        column_id: r.uuid(2)?,
+        title: r.text(3)?,
+        description: r.text(4)?,
+        position: r.text(5)?,
+        version: r.u64(6)?,
     })
 }
 
@@ -281,39 +82,44 @@ const CARD_COLS: &str = "id, board_id, column_id, title, description, position, 
 // ---- reads -------------------------------------------------------------------------------------------------
 
 /// The boards `user` is a member of, as of their `boards` stream's cursor.
-pub fn list_boards(tx: &Connection, user: UserId, log_id: Uuid) -> StoreResult<BoardList> {
+pub fn list_boards(tx: &dyn Conn, user: UserId, log_id: Uuid) -> StoreResult<BoardList> {
     let boards = access::boards_of(tx, user)?;
     Ok(BoardList { boards, log_id, cursor: stream_head(tx, access::user_stream(user))? })
 }
 
-pub fn get_board(tx: &Connection, id: BoardId) -> StoreResult<Board> {
-    tx.query_row(&format!("SELECT {BOARD_COLS} FROM boards WHERE id = ?1"), [id.to_string()], board_row)
-        .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("no board with id {id}")))
+pub fn get_board(tx: &dyn Conn, id: BoardId) -> StoreResult<Board> {
+    match tx.query_opt(&format!("SELECT {BOARD_COLS} FROM boards WHERE id = ?1"), args![id])? {
+        Some(r) => board_row(&r),
+        None => Err(StoreError::NotFound(format!("no board with id {id}"))),
+    }
 }
 
-pub fn get_column(tx: &Connection, id: ColumnId) -> StoreResult<Column> {
-    tx.query_row(&format!("SELECT {COLUMN_COLS} FROM columns WHERE id = ?1"), [id.to_string()], column_row)
-        .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("no column with id {id}")))
+pub fn get_column(tx: &dyn Conn, id: ColumnId) -> StoreResult<Column> {
+    match tx.query_opt(&format!("SELECT {COLUMN_COLS} FROM columns WHERE id = ?1"), args![id])? {
+        Some(r) => column_row(&r),
+        None => Err(StoreError::NotFound(format!("no column with id {id}"))),
+    }
 }
 
-pub fn get_card(tx: &Connection, id: CardId) -> StoreResult<Card> {
-    tx.query_row(&format!("SELECT {CARD_COLS} FROM cards WHERE id = ?1"), [id.to_string()], card_row)
-        .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("no card with id {id}")))
+pub fn get_card(tx: &dyn Conn, id: CardId) -> StoreResult<Card> {
+    match tx.query_opt(&format!("SELECT {CARD_COLS} FROM cards WHERE id = ?1"), args![id])? {
+        Some(r) => card_row(&r),
+        None => Err(StoreError::NotFound(format!("no card with id {id}"))),
+    }
 }
 
-pub fn board_snapshot(tx: &Connection, id: BoardId, log_id: Uuid) -> StoreResult<BoardSnapshot> {
+pub fn board_snapshot(tx: &dyn Conn, id: BoardId, log_id: Uuid) -> StoreResult<BoardSnapshot> {
     let board = get_board(tx, id)?;
     let columns = tx
-        .prepare_cached(&format!("SELECT {COLUMN_COLS} FROM columns WHERE board_id = ?1 ORDER BY position, id"))?
-        .query_map([id.to_string()], column_row)?
-        .collect::<Result<Vec<_>, _>>()?;
+        .query(&format!("SELECT {COLUMN_COLS} FROM columns WHERE board_id = ?1 ORDER BY position, id"), args![id])?
+        .iter()
+        .map(column_row)
+        .collect::<StoreResult<Vec<_>>>()?;
     let mut cards = tx
-        .prepare_cached(&format!("SELECT {CARD_COLS} FROM cards WHERE board_id = ?1 ORDER BY position, id"))?
-        .query_map([id.to_string()], card_row)?
-        .collect::<Result<Vec<_>, _>>()?;
+        .query(&format!("SELECT {CARD_COLS} FROM cards WHERE board_id = ?1 ORDER BY position, id"), args![id])?
+        .iter()
+        .map(card_row)
+        .collect::<StoreResult<Vec<_>>>()?;
     // Group by column in column order, keeping each column's card order.
     let column_index = |c: &Card| columns.iter().position(|col| col.id == c.column_id).unwrap_or(usize::MAX);
     cards.sort_by_key(|c| column_index(c));
@@ -322,21 +128,19 @@ pub fn board_snapshot(tx: &Connection, id: BoardId, log_id: Uuid) -> StoreResult
     Ok(BoardSnapshot { board, columns, cards, members, log_id, cursor })
 }
 
-pub fn board_summary(tx: &Connection, id: BoardId) -> StoreResult<BoardSummary> {
+pub fn board_summary(tx: &dyn Conn, id: BoardId) -> StoreResult<BoardSummary> {
     get_board(tx, id)?;
-    let mut stmt = tx.prepare_cached(
-        "SELECT c.id, c.title, COUNT(k.id) FROM columns c LEFT JOIN cards k ON k.column_id = c.id
-         WHERE c.board_id = ?1 GROUP BY c.id ORDER BY c.position, c.id",
-    )?;
-    let columns = stmt
-        .query_map([id.to_string()], |r| {
-            Ok(ColumnSummary { column_id: uuid_col(r, 0)?, title: r.get(1)?, cards: r.get::<_, i64>(2)? as u64 })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let described: i64 =
-        tx.query_row("SELECT COUNT(*) FROM cards WHERE board_id = ?1 AND description != ''", [id.to_string()], |r| {
-            r.get(0)
-        })?;
+    let columns = tx
+        .query(
+            "SELECT c.id, c.title, COUNT(k.id) FROM columns c LEFT JOIN cards k ON k.column_id = c.id
+             WHERE c.board_id = ?1 GROUP BY c.id ORDER BY c.position, c.id",
+            args![id],
+        )?
+        .iter()
+        .map(|r| Ok(ColumnSummary { column_id: r.uuid(0)?, title: r.text(1)?, cards: r.u64(2)? }))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let described =
+        tx.query_one("SELECT COUNT(*) FROM cards WHERE board_id = ?1 AND description != ''", args![id])?.i64(0)?;
     Ok(BoardSummary {
         board_id: id,
         total_cards: columns.iter().map(|c| c.cards).sum(),
@@ -412,63 +216,53 @@ impl Siblings {
         }
     }
 
-    fn query(
-        self,
-        tx: &Connection,
-        filter: &str,
-        params: &[&dyn rusqlite::ToSql],
-    ) -> StoreResult<Option<(Uuid, String)>> {
+    fn query(self, tx: &dyn Conn, filter: &str, params: &[crate::db::Value]) -> StoreResult<Option<(Uuid, String)>> {
         let (table, parent, _) = self.table_and_parent();
         let sql = format!("SELECT id, position FROM {table} WHERE {parent} = ?1 {filter} LIMIT 1");
-        Ok(tx.prepare_cached(&sql)?.query_row(params, |r| Ok((uuid_col(r, 0)?, r.get(1)?))).optional()?)
+        tx.query_opt(&sql, params)?.map(|r| Ok((r.uuid(0)?, r.text(1)?))).transpose()
     }
 
     /// Key after the last item.
-    fn last_key(self, tx: &Connection) -> StoreResult<String> {
+    fn last_key(self, tx: &dyn Conn) -> StoreResult<String> {
         let (_, _, parent) = self.table_and_parent();
-        let last = self.query(tx, "ORDER BY position DESC, id DESC", &[&parent.to_string()])?;
+        let last = self.query(tx, "ORDER BY position DESC, id DESC", args![parent])?;
         key_for(last.as_ref(), None)
     }
 
     /// Key for `moving` placed right after `after` (first when `None`); `None` when `after` is not a sibling.
-    fn key_after(self, tx: &Connection, moving: Uuid, after: Option<Uuid>) -> StoreResult<Option<String>> {
+    fn key_after(self, tx: &dyn Conn, moving: Uuid, after: Option<Uuid>) -> StoreResult<Option<String>> {
         let (_, _, parent) = self.table_and_parent();
-        let (parent, moving) = (parent.to_string(), moving.to_string());
         let lo = match after {
             None => None,
-            Some(after) => match self.query(tx, "AND id = ?2", &[&parent, &after.to_string()])? {
+            Some(after) => match self.query(tx, "AND id = ?2", args![parent, after])? {
                 None => return Ok(None),
                 found => found,
             },
         };
         let hi = match &lo {
-            None => self.query(tx, "AND id != ?2 ORDER BY position, id", &[&parent, &moving])?,
+            None => self.query(tx, "AND id != ?2 ORDER BY position, id", args![parent, moving])?,
             Some((lo_id, lo_pos)) => self.query(
                 tx,
                 "AND id != ?2 AND (position, id) > (?3, ?4) ORDER BY position, id",
-                &[&parent, &moving, lo_pos, &lo_id.to_string()],
+                args![parent, moving, lo_pos, lo_id],
             )?,
         };
         key_for(lo.as_ref(), hi.as_ref()).map(Some)
     }
 
-    fn ids(self, tx: &Connection) -> StoreResult<Vec<Uuid>> {
+    fn ids(self, tx: &dyn Conn) -> StoreResult<Vec<Uuid>> {
         let (table, parent_col, parent) = self.table_and_parent();
         let sql = format!("SELECT id FROM {table} WHERE {parent_col} = ?1 ORDER BY position, id");
-        let mut stmt = tx.prepare_cached(&sql)?;
-        let ids = stmt.query_map([parent.to_string()], |r| uuid_col(r, 0))?.collect::<Result<_, _>>()?;
-        Ok(ids)
+        tx.query(&sql, args![parent])?.iter().map(|r| r.uuid(0)).collect()
     }
 }
 
-fn new_id(requested: Option<Uuid>, tx: &Connection, table: &str) -> StoreResult<Uuid> {
+fn new_id(requested: Option<Uuid>, tx: &dyn Conn, table: &str) -> StoreResult<Uuid> {
     match requested {
         None => Ok(Uuid::now_v7()),
         Some(id) => {
-            let taken: bool =
-                tx.query_row(&format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE id = ?1)"), [id.to_string()], |r| {
-                    r.get(0)
-                })?;
+            let taken =
+                tx.query_one(&format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE id = ?1)"), args![id])?.bool(0)?;
             if taken {
                 Err(StoreError::InvalidField { field: "id", message: format!("id {id} is already in use") })
             } else {
@@ -483,78 +277,79 @@ fn new_id(requested: Option<Uuid>, tx: &Connection, table: &str) -> StoreResult<
 // Each write validates, changes rows and records its changes in the log through `rec`, all on the caller's
 // transaction. Upserts record the entity as committed, so clients can apply them without a refetch.
 
-fn board_changed(tx: &Connection, rec: &mut Recorder, board: &Board) -> StoreResult<()> {
+fn board_changed(tx: &dyn Conn, rec: &mut Recorder, board: &Board) -> StoreResult<()> {
     record(tx, rec, StreamId::Board(board.id), ChangeOp::BoardUpserted { board: board.clone() })
 }
 
-fn column_changed(tx: &Connection, rec: &mut Recorder, column: &Column) -> StoreResult<()> {
+fn column_changed(tx: &dyn Conn, rec: &mut Recorder, column: &Column) -> StoreResult<()> {
     record(tx, rec, StreamId::Board(column.board_id), ChangeOp::ColumnUpserted { column: column.clone() })
 }
 
-fn card_changed(tx: &Connection, rec: &mut Recorder, card: &Card) -> StoreResult<()> {
+fn card_changed(tx: &dyn Conn, rec: &mut Recorder, card: &Card) -> StoreResult<()> {
     record(tx, rec, StreamId::Board(card.board_id), ChangeOp::CardUpserted { card: card.clone() })
 }
 
 /// Creates a board; `creator` becomes its owner.
-pub fn create_board(tx: &Connection, rec: &mut Recorder, creator: UserId, req: CreateBoard) -> StoreResult<Board> {
+pub fn create_board(tx: &dyn Conn, rec: &mut Recorder, creator: UserId, req: CreateBoard) -> StoreResult<Board> {
     let title = title(&req.title)?;
     let id = new_id(req.id, tx, "boards")?;
-    tx.execute("INSERT INTO boards (id, title, version) VALUES (?1, ?2, 1)", params![id.to_string(), title])?;
+    tx.execute(
+        "INSERT INTO boards (id, title, version, created_ms) VALUES (?1, ?2, 1, ?3)",
+        args![id, title, rec.at_ms()],
+    )?;
     let board = get_board(tx, id)?;
     board_changed(tx, rec, &board)?;
     access::board_created(tx, rec, id, creator)?;
     Ok(board)
 }
 
-pub fn rename_board(tx: &Connection, rec: &mut Recorder, id: BoardId, req: Rename) -> StoreResult<Board> {
+pub fn rename_board(tx: &dyn Conn, rec: &mut Recorder, id: BoardId, req: Rename) -> StoreResult<Board> {
     let current = get_board(tx, id)?;
     check_base_version("board", current.version, req.base_version, || serde_json::json!(current))?;
     let title = title(&req.title)?;
-    tx.execute("UPDATE boards SET title = ?2, version = version + 1 WHERE id = ?1", params![id.to_string(), title])?;
+    tx.execute("UPDATE boards SET title = ?2, version = version + 1 WHERE id = ?1", args![id, title])?;
     let board = get_board(tx, id)?;
     board_changed(tx, rec, &board)?;
     access::board_renamed(tx, rec, &board)?;
     Ok(board)
 }
 
-pub fn delete_board(
-    tx: &Connection,
-    rec: &mut Recorder,
-    id: BoardId,
-    base_version: Option<Version>,
-) -> StoreResult<()> {
+pub fn delete_board(tx: &dyn Conn, rec: &mut Recorder, id: BoardId, base_version: Option<Version>) -> StoreResult<()> {
     let current = get_board(tx, id)?;
     check_base_version("board", current.version, base_version, || serde_json::json!(current))?;
+    // The board's stream first, then its members' lists: every write takes the board's stream before users'
+    // streams, so concurrent writers (PostgreSQL) never wait on each other in a cycle.
+    record(tx, rec, StreamId::Board(id), ChangeOp::BoardDeleted { id })?;
     access::board_deleting(tx, rec, id)?;
-    tx.execute("DELETE FROM boards WHERE id = ?1", [id.to_string()])?;
-    record(tx, rec, StreamId::Board(id), ChangeOp::BoardDeleted { id })
+    tx.execute("DELETE FROM boards WHERE id = ?1", args![id])?;
+    Ok(())
 }
 
-pub fn create_column(tx: &Connection, rec: &mut Recorder, board: BoardId, req: CreateColumn) -> StoreResult<Column> {
+pub fn create_column(tx: &dyn Conn, rec: &mut Recorder, board: BoardId, req: CreateColumn) -> StoreResult<Column> {
     get_board(tx, board)?;
     let title = title(&req.title)?;
     let id = new_id(req.id, tx, "columns")?;
     let position = Siblings::ColumnsOf(board).last_key(tx)?;
     tx.execute(
         "INSERT INTO columns (id, board_id, title, position, version) VALUES (?1, ?2, ?3, ?4, 1)",
-        params![id.to_string(), board.to_string(), title, position],
+        args![id, board, title, position],
     )?;
     let column = get_column(tx, id)?;
     column_changed(tx, rec, &column)?;
     Ok(column)
 }
 
-pub fn rename_column(tx: &Connection, rec: &mut Recorder, id: ColumnId, req: Rename) -> StoreResult<Column> {
+pub fn rename_column(tx: &dyn Conn, rec: &mut Recorder, id: ColumnId, req: Rename) -> StoreResult<Column> {
     let current = get_column(tx, id)?;
     check_base_version("column", current.version, req.base_version, || serde_json::json!(current))?;
     let title = title(&req.title)?;
-    tx.execute("UPDATE columns SET title = ?2, version = version + 1 WHERE id = ?1", params![id.to_string(), title])?;
+    tx.execute("UPDATE columns SET title = ?2, version = version + 1 WHERE id = ?1", args![id, title])?;
     let column = get_column(tx, id)?;
     column_changed(tx, rec, &column)?;
     Ok(column)
 }
 
-pub fn move_column(tx: &Connection, rec: &mut Recorder, id: ColumnId, req: MoveColumn) -> StoreResult<Column> {
+pub fn move_column(tx: &dyn Conn, rec: &mut Recorder, id: ColumnId, req: MoveColumn) -> StoreResult<Column> {
     let current = get_column(tx, id)?;
     check_base_version("column", current.version, req.base_version, || serde_json::json!(current))?;
     if req.after_column_id == Some(id) {
@@ -569,17 +364,14 @@ pub fn move_column(tx: &Connection, rec: &mut Recorder, id: ColumnId, req: MoveC
             message: format!("column {} is not on board {}", req.after_column_id.unwrap_or_default(), current.board_id),
         }
     })?;
-    tx.execute(
-        "UPDATE columns SET position = ?2, version = version + 1 WHERE id = ?1",
-        params![id.to_string(), position],
-    )?;
+    tx.execute("UPDATE columns SET position = ?2, version = version + 1 WHERE id = ?1", args![id, position])?;
     let column = get_column(tx, id)?;
     column_changed(tx, rec, &column)?;
     Ok(column)
 }
 
 pub fn delete_column(
-    tx: &Connection,
+    tx: &dyn Conn,
     rec: &mut Recorder,
     id: ColumnId,
     base_version: Option<Version>,
@@ -591,11 +383,11 @@ pub fn delete_column(
     for card in Siblings::CardsOf(id).ids(tx)? {
         record(tx, rec, StreamId::Board(board_id), ChangeOp::CardDeleted { id: card, board_id })?;
     }
-    tx.execute("DELETE FROM columns WHERE id = ?1", [id.to_string()])?;
+    tx.execute("DELETE FROM columns WHERE id = ?1", args![id])?;
     record(tx, rec, StreamId::Board(board_id), ChangeOp::ColumnDeleted { id, board_id })
 }
 
-pub fn create_card(tx: &Connection, rec: &mut Recorder, column: ColumnId, req: CreateCard) -> StoreResult<Card> {
+pub fn create_card(tx: &dyn Conn, rec: &mut Recorder, column: ColumnId, req: CreateCard) -> StoreResult<Card> {
     let col = get_column(tx, column)?;
     let title = title(&req.title)?;
     let description = validate_description(&req.description)
@@ -605,14 +397,14 @@ pub fn create_card(tx: &Connection, rec: &mut Recorder, column: ColumnId, req: C
     tx.execute(
         "INSERT INTO cards (id, board_id, column_id, title, description, position, version)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
-        params![id.to_string(), col.board_id.to_string(), column.to_string(), title, description, position],
+        args![id, col.board_id, column, title, description, position],
     )?;
     let card = get_card(tx, id)?;
     card_changed(tx, rec, &card)?;
     Ok(card)
 }
 
-pub fn update_card(tx: &Connection, rec: &mut Recorder, id: CardId, req: UpdateCard) -> StoreResult<Card> {
+pub fn update_card(tx: &dyn Conn, rec: &mut Recorder, id: CardId, req: UpdateCard) -> StoreResult<Card> {
     let current = get_card(tx, id)?;
     check_base_version("card", current.version, req.base_version, || serde_json::json!(current))?;
     if req.title.is_none() && req.description.is_none() {
@@ -631,14 +423,14 @@ pub fn update_card(tx: &Connection, rec: &mut Recorder, id: CardId, req: UpdateC
         .unwrap_or(current.description);
     tx.execute(
         "UPDATE cards SET title = ?2, description = ?3, version = version + 1 WHERE id = ?1",
-        params![id.to_string(), title, description],
+        args![id, title, description],
     )?;
     let card = get_card(tx, id)?;
     card_changed(tx, rec, &card)?;
     Ok(card)
 }
 
-pub fn move_card(tx: &Connection, rec: &mut Recorder, id: CardId, req: MoveCard) -> StoreResult<Card> {
+pub fn move_card(tx: &dyn Conn, rec: &mut Recorder, id: CardId, req: MoveCard) -> StoreResult<Card> {
     let current = get_card(tx, id)?;
     check_base_version("card", current.version, req.base_version, || serde_json::json!(current))?;
     let target = match get_column(tx, req.column_id) {
@@ -667,17 +459,17 @@ pub fn move_card(tx: &Connection, rec: &mut Recorder, id: CardId, req: MoveCard)
         })?;
     tx.execute(
         "UPDATE cards SET column_id = ?2, position = ?3, version = version + 1 WHERE id = ?1",
-        params![id.to_string(), target.id.to_string(), position],
+        args![id, target.id, position],
     )?;
     let card = get_card(tx, id)?;
     card_changed(tx, rec, &card)?;
     Ok(card)
 }
 
-pub fn delete_card(tx: &Connection, rec: &mut Recorder, id: CardId, base_version: Option<Version>) -> StoreResult<()> {
+pub fn delete_card(tx: &dyn Conn, rec: &mut Recorder, id: CardId, base_version: Option<Version>) -> StoreResult<()> {
     let current = get_card(tx, id)?;
     check_base_version("card", current.version, base_version, || serde_json::json!(current))?;
-    tx.execute("DELETE FROM cards WHERE id = ?1", [id.to_string()])?;
+    tx.execute("DELETE FROM cards WHERE id = ?1", args![id])?;
     record(tx, rec, StreamId::Board(current.board_id), ChangeOp::CardDeleted { id, board_id: current.board_id })
 }
 

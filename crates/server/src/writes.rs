@@ -5,8 +5,9 @@
 //! (404, 409, 422) are outcomes too: the write runs in a savepoint that is rolled back, and the refusal is
 //! recorded, so replaying it answers the same. Only internal failures are not recorded: those may be retried.
 
+use crate::args;
+use crate::db::Conn;
 use axum::http::StatusCode;
-use rusqlite::{Connection, OptionalExtension, params};
 use syncline_kanban::{ErrorCode, StreamId, StreamPosition, UserId, WriteOp};
 use uuid::Uuid;
 
@@ -90,78 +91,71 @@ pub async fn execute(
     write_id: Option<Uuid>,
     op: WriteOp,
 ) -> Result<Outcome, AppError> {
-    let hub = store.hub().clone();
     let ttl = store.write_id_ttl_ms();
     let outcome = store
-        .with_conn(move |conn| {
-            let (outcome, rec) = execute_locked(conn, actor, write_id, op, WriteContext::now(ttl))?;
-            // Still under the connection lock: notifications leave in commit order.
-            hub.publish(rec.changes());
-            Ok(outcome)
+        .write(move |tx| {
+            let (outcome, rec) = execute_in(tx, actor, write_id, op, WriteContext::now(ttl))?;
+            Ok((outcome, rec.changes().to_vec()))
         })
         .await?;
     metrics.record_write(&outcome);
     Ok(outcome)
 }
 
-/// [`execute`] on a connection the caller holds; returns the outcome and the changes to publish.
-pub fn execute_locked(
-    conn: &mut Connection,
+/// [`execute`] inside the caller's transaction (the caller commits, then publishes the returned changes).
+///
+/// With a write id, the id is claimed first (a row in `writes`): a second request with the same id — on another
+/// instance, at the same moment — waits on that row until this transaction ends, then finds the recorded outcome
+/// and replays it. So a write is applied at most once whichever instances its retries reach.
+pub fn execute_in(
+    tx: &dyn Conn,
     actor: UserId,
     write_id: Option<Uuid>,
     op: WriteOp,
     ctx: WriteContext,
 ) -> StoreResult<(Outcome, Recorder)> {
     let request = serde_json::to_string(&op).map_err(|e| StoreError::Internal(e.into()))?;
-    let mut tx = conn.transaction()?;
     let mut rec = Recorder::new(write_id, ctx.now_ms);
     let refused = |err: AppError, rec| {
         Ok((Outcome { status: err.status, body: err.json(), replayed: false, at: Vec::new() }, rec))
     };
-    let mut remember_from = ctx.now_ms;
     if let Some(id) = write_id {
-        let earlier: Option<(String, u16, String, String, Option<String>)> = tx
-            .query_row(
-                "SELECT request, status, body, positions, user_id FROM writes WHERE write_id = ?1",
-                [id.to_string()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .optional()?;
-        if let Some((earlier_request, status, body, positions, author)) = earlier {
-            // Another account's write id (or the same id for another write): its outcome is not theirs to see.
-            if earlier_request != request || author.is_some_and(|a| a != actor.to_string()) {
-                let err = AppError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    ErrorCode::IdempotencyKeyReused,
-                    format!("write id {id} was already used for a different write"),
-                );
+        // Not remembered: only a write id young enough that it would be remembered if it had been applied.
+        let remember_from = match ctx.check_age(id) {
+            Ok(from) => from,
+            Err(err) => {
+                if let Some(replay) = replay(tx, id, actor, &request)? {
+                    return Ok((replay, rec));
+                }
                 return refused(err, rec);
             }
-            let internal = |e: serde_json::Error| StoreError::Internal(e.into());
-            let body = serde_json::from_str(&body).map_err(internal)?;
-            let at = serde_json::from_str(&positions).map_err(internal)?;
-            let status = StatusCode::from_u16(status).map_err(|e| StoreError::Internal(e.into()))?;
-            return Ok((Outcome { status, body, replayed: true, at }, rec));
-        }
-        // Not remembered: only a write id young enough that it would be remembered if it had been applied.
-        match ctx.check_age(id) {
-            Ok(from) => remember_from = from,
-            Err(err) => return refused(err, rec),
+        };
+        let claimed = tx.execute(
+            "INSERT INTO writes (write_id, at_ms, request, status, body, positions, user_id)
+             VALUES (?1, ?2, ?3, 0, '', '[]', ?4) ON CONFLICT (write_id) DO NOTHING",
+            args![id, remember_from, request, actor],
+        )?;
+        if claimed == 0 {
+            return match replay(tx, id, actor, &request)? {
+                Some(replay) => Ok((replay, rec)),
+                None => Err(StoreError::Internal(anyhow::anyhow!("write {id} is claimed but has no outcome"))),
+            };
         }
     }
     let (status, body, at) = {
-        let sp = tx.savepoint()?;
-        match access::authorize_write(&sp, actor, &op).and_then(|()| apply(&sp, &mut rec, actor, op)) {
+        tx.execute("SAVEPOINT write_op", &[])?;
+        match access::authorize_write(tx, actor, &op).and_then(|()| apply(tx, &mut rec, actor, op)) {
             Ok((status, body)) => {
-                sp.commit()?;
+                tx.execute("RELEASE SAVEPOINT write_op", &[])?;
                 (status, body, StreamPosition::of(rec.changes()))
             }
             Err(StoreError::Internal(e)) => return Err(StoreError::Internal(e)),
             Err(refusal) => {
-                drop(sp); // rolls the write back
+                tx.execute("ROLLBACK TO SAVEPOINT write_op", &[])?; // the write changes nothing
+                tx.execute("RELEASE SAVEPOINT write_op", &[])?;
                 rec.clear();
                 let at = match &refusal {
-                    StoreError::Conflict { current, .. } => positions_of(&tx, actor, current)?,
+                    StoreError::Conflict { current, .. } => positions_of(tx, actor, current)?,
                     _ => Vec::new(),
                 };
                 let err = AppError::from(refusal);
@@ -172,27 +166,56 @@ pub fn execute_locked(
     if let Some(id) = write_id {
         let positions = serde_json::to_string(&at).map_err(|e| StoreError::Internal(e.into()))?;
         tx.execute(
-            "INSERT INTO writes (write_id, at_ms, request, status, body, positions, user_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                id.to_string(),
-                remember_from as i64,
-                request,
-                status.as_u16(),
-                body.to_string(),
-                positions,
-                actor.to_string()
-            ],
+            "UPDATE writes SET status = ?2, body = ?3, positions = ?4 WHERE write_id = ?1",
+            args![id, status.as_u16(), body.to_string(), positions],
         )?;
     }
-    tx.commit()?;
     Ok((Outcome { status, body, replayed: false, at }, rec))
+}
+
+/// [`execute_in`] in a transaction of its own on a SQLite connection the caller holds (the simulation's way).
+pub fn execute_locked(
+    conn: &mut rusqlite::Connection,
+    actor: UserId,
+    write_id: Option<Uuid>,
+    op: WriteOp,
+    ctx: WriteContext,
+) -> StoreResult<(Outcome, Recorder)> {
+    let tx = conn.transaction()?;
+    let done = execute_in(&tx, actor, write_id, op, ctx)?;
+    tx.commit()?;
+    Ok(done)
+}
+
+/// The recorded outcome of `id`, for the same author and the same write; a refusal when the id was used by
+/// another account or for another write (its outcome is not theirs to see); `None` when it is not recorded.
+fn replay(tx: &dyn Conn, id: Uuid, actor: UserId, request: &str) -> StoreResult<Option<Outcome>> {
+    let Some(row) =
+        tx.query_opt("SELECT request, status, body, positions, user_id FROM writes WHERE write_id = ?1", args![id])?
+    else {
+        return Ok(None);
+    };
+    let (earlier_request, status, body, positions, author) =
+        (row.text(0)?, row.i64(1)?, row.text(2)?, row.text(3)?, row.opt_text(4)?);
+    if earlier_request != request || author.is_some_and(|a| a != actor.to_string()) {
+        let err = AppError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::IdempotencyKeyReused,
+            format!("write id {id} was already used for a different write"),
+        );
+        return Ok(Some(Outcome { status: err.status, body: err.json(), replayed: false, at: Vec::new() }));
+    }
+    let internal = |e: serde_json::Error| StoreError::Internal(e.into());
+    let status = StatusCode::from_u16(status as u16).map_err(|e| StoreError::Internal(e.into()))?;
+    let body = serde_json::from_str(&body).map_err(internal)?;
+    let at = serde_json::from_str(&positions).map_err(internal)?;
+    Ok(Some(Outcome { status, body, replayed: true, at }))
 }
 
 /// Where an entity's current state stands: the head of each stream it lives in (a board in the actor's `boards`
 /// and its own stream; a column, card or member in its board's), read in the transaction that read the entity.
 /// Streams are named as the client knows them (`boards`, not `user:<id>`).
-fn positions_of(tx: &Connection, actor: UserId, entity: &serde_json::Value) -> StoreResult<Vec<StreamPosition>> {
+fn positions_of(tx: &dyn Conn, actor: UserId, entity: &serde_json::Value) -> StoreResult<Vec<StreamPosition>> {
     let uuid = |key: &str| entity.get(key).and_then(|v| v.as_str()).and_then(|s| Uuid::parse_str(s).ok());
     Ok(match (uuid("board_id"), uuid("id")) {
         (Some(board), _) => {
@@ -215,7 +238,7 @@ fn json<T: serde::Serialize>(value: T) -> StoreResult<serde_json::Value> {
 
 /// Applies one write by `actor` (already authorized) on `tx`; returns its success status and body.
 pub fn apply(
-    tx: &Connection,
+    tx: &dyn Conn,
     rec: &mut Recorder,
     actor: UserId,
     op: WriteOp,

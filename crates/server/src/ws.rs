@@ -125,12 +125,11 @@ impl Connection {
         self.state
             .store
             .transaction(move |tx| {
-                let alive: bool = tx.query_row(
+                tx.query_one(
                     "SELECT EXISTS(SELECT 1 FROM sessions WHERE id = ?1 AND expires_at > ?2)",
-                    rusqlite::params![id, now],
-                    |r| r.get(0),
-                )?;
-                Ok(alive)
+                    crate::args![id, now],
+                )?
+                .bool(0)
             })
             .await
             .unwrap_or(true)

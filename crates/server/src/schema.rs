@@ -1,0 +1,361 @@
+//! Opening the database, its schema, and the [`Store`] handle the server runs every transaction through.
+//!
+//! SQLite's schema grows by `rusqlite_migration` steps (the file records its `user_version`). PostgreSQL's is the
+//! same tables and columns — text for ids and strings, `BIGINT` for numbers, `COLLATE "C"` where the order is
+//! bytewise (positions) — created by its own list of steps in `schema_version`, under an advisory lock so
+//! instances starting together migrate once.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use r2d2_postgres::PostgresConnectionManager;
+use r2d2_postgres::postgres::NoTls;
+use rusqlite::Connection;
+use rusqlite_migration::{M, Migrations};
+use uuid::Uuid;
+
+use crate::args;
+use crate::db::{Conn, Dialect, PgConn, pg_error};
+use crate::feed::Hub;
+use crate::store::{StoreError, StoreResult};
+
+/// SQLite's migrations, in order (`user_version` records how far a file is).
+fn sqlite_migrations() -> Migrations<'static> {
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE boards (
+            id TEXT PRIMARY KEY NOT NULL,
+            title TEXT NOT NULL,
+            version INTEGER NOT NULL
+        );
+        CREATE TABLE columns (
+            id TEXT PRIMARY KEY NOT NULL,
+            board_id TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
+            title TEXT NOT NULL,
+            position TEXT NOT NULL,
+            version INTEGER NOT NULL
+        );
+        CREATE INDEX columns_by_board ON columns(board_id, position);
+        CREATE TABLE cards (
+            id TEXT PRIMARY KEY NOT NULL,
+            board_id TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
+            column_id TEXT NOT NULL REFERENCES columns(id) ON DELETE CASCADE,
+            title TEXT NOT NULL,
+            description TEXT NOT NULL,
+            position TEXT NOT NULL,
+            version INTEGER NOT NULL
+        );
+        CREATE INDEX cards_by_column ON cards(column_id, position);
+        CREATE INDEX cards_by_board ON cards(board_id);",
+        ),
+        // The change log. `streams.head` is the last cursor handed out in a stream; a writer bumps it under
+        // the row's lock, so a stream's cursors commit in order. `writes` remembers the outcome of every
+        // write that carried an idempotency key.
+        M::up(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+        CREATE TABLE streams (stream TEXT PRIMARY KEY NOT NULL, head INTEGER NOT NULL);
+        CREATE TABLE changes (
+            stream TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            at_ms INTEGER NOT NULL,
+            write_id TEXT,
+            body TEXT NOT NULL,
+            PRIMARY KEY (stream, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX changes_by_age ON changes(at_ms);
+        CREATE TABLE writes (
+            write_id TEXT PRIMARY KEY NOT NULL,
+            at_ms INTEGER NOT NULL,
+            request TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            body TEXT NOT NULL
+        );
+        CREATE INDEX writes_by_age ON writes(at_ms);",
+        ),
+        // Where each outcome's entity stands in its streams (JSON `[{stream, cursor}]`), so a replayed outcome
+        // tells the client whether its copy already has it. `at_ms` is from then on the time the record is kept
+        // from (see `writes::WriteContext`).
+        M::up("ALTER TABLE writes ADD COLUMN positions TEXT NOT NULL DEFAULT '[]';"),
+        // Accounts, memberships and sessions (`access.rs`, `auth.rs`). A write's outcome is kept for its author
+        // only (`writes.user_id`): another account replaying the id learns nothing.
+        M::up(
+            "CREATE TABLE users (
+            id TEXT PRIMARY KEY NOT NULL,
+            username TEXT NOT NULL,
+            username_key TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        CREATE TABLE members (
+            board_id TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
+            user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            role TEXT NOT NULL CHECK (role IN ('viewer', 'editor', 'owner')),
+            version INTEGER NOT NULL,
+            PRIMARY KEY (board_id, user_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX members_by_user ON members(user_id);
+        CREATE TABLE sessions (
+            id TEXT PRIMARY KEY NOT NULL,
+            user_id TEXT REFERENCES users(id) ON DELETE CASCADE,
+            data TEXT NOT NULL,
+            expires_at INTEGER NOT NULL
+        );
+        CREATE INDEX sessions_by_user ON sessions(user_id);
+        CREATE INDEX sessions_by_expiry ON sessions(expires_at);
+        ALTER TABLE writes ADD COLUMN user_id TEXT;",
+        ),
+        // Boards keep their creation order without `rowid` (which PostgreSQL has not).
+        M::up(
+            "ALTER TABLE boards ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
+        UPDATE boards SET created_ms = rowid;",
+        ),
+    ])
+}
+
+/// PostgreSQL's schema steps, in order; step `n` runs once, recorded in `schema_version`.
+const POSTGRES_STEPS: &[&str] = &["CREATE TABLE boards (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE columns (
+        id TEXT PRIMARY KEY,
+        board_id TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
+        title TEXT NOT NULL,
+        position TEXT COLLATE \"C\" NOT NULL,
+        version BIGINT NOT NULL
+    );
+    CREATE INDEX columns_by_board ON columns(board_id, position, id);
+    CREATE TABLE cards (
+        id TEXT PRIMARY KEY,
+        board_id TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
+        column_id TEXT NOT NULL REFERENCES columns(id) ON DELETE CASCADE,
+        title TEXT NOT NULL,
+        description TEXT NOT NULL,
+        position TEXT COLLATE \"C\" NOT NULL,
+        version BIGINT NOT NULL
+    );
+    CREATE INDEX cards_by_column ON cards(column_id, position, id);
+    CREATE INDEX cards_by_board ON cards(board_id);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE streams (stream TEXT PRIMARY KEY, head BIGINT NOT NULL);
+    CREATE TABLE changes (
+        stream TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        at_ms BIGINT NOT NULL,
+        write_id TEXT,
+        body TEXT NOT NULL,
+        PRIMARY KEY (stream, seq)
+    );
+    CREATE INDEX changes_by_age ON changes(at_ms);
+    CREATE TABLE writes (
+        write_id TEXT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        request TEXT NOT NULL,
+        status BIGINT NOT NULL,
+        body TEXT NOT NULL,
+        positions TEXT NOT NULL DEFAULT '[]',
+        user_id TEXT
+    );
+    CREATE INDEX writes_by_age ON writes(at_ms);
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL,
+        username_key TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE members (
+        board_id TEXT NOT NULL REFERENCES boards(id) ON DELETE CASCADE,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'editor', 'owner')),
+        version BIGINT NOT NULL,
+        PRIMARY KEY (board_id, user_id)
+    );
+    CREATE INDEX members_by_user ON members(user_id);
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        user_id TEXT REFERENCES users(id) ON DELETE CASCADE,
+        data TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX sessions_by_user ON sessions(user_id);
+    CREATE INDEX sessions_by_expiry ON sessions(expires_at);"];
+
+/// Opens a SQLite database (`:memory:` for a throwaway one), applies the migrations, and returns it with its log
+/// id. [`Store`] wraps this for the server; the simulation drives the same connection synchronously.
+pub fn open_connection(path: &Path) -> anyhow::Result<(Connection, Uuid)> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    sqlite_migrations().to_latest(&mut conn)?;
+    let log_id = log_id(&conn).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok((conn, log_id))
+}
+
+/// The log's identity: made once with the database, so cursors from another database are refused.
+fn log_id(conn: &dyn Conn) -> StoreResult<Uuid> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('log_id', ?1) ON CONFLICT (key) DO NOTHING",
+        args![Uuid::new_v4()],
+    )?;
+    conn.query_one("SELECT value FROM meta WHERE key = 'log_id'", &[])?.uuid(0)
+}
+
+type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(PgPool),
+}
+
+/// The database plus the in-process fan-out of what it commits.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    log_id: Uuid,
+    hub: Arc<Hub>,
+    write_id_ttl_ms: u64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("log_id", &self.log_id).field("dialect", &self.dialect()).finish_non_exhaustive()
+    }
+}
+
+/// Write ids are remembered this long unless configured otherwise (`--write-id-ttl-secs`).
+pub const DEFAULT_WRITE_ID_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// Connections per instance to PostgreSQL.
+const POOL_SIZE: u32 = 16;
+
+impl Store {
+    /// Opens (creating if needed) the SQLite file and brings its schema up to date.
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        let (conn, log_id) = open_connection(path)?;
+        Ok(Store::with_backend(Backend::Sqlite(Arc::new(Mutex::new(conn))), log_id))
+    }
+
+    /// Connects to PostgreSQL (`postgres://user@host:port/db`), brings its schema up to date, and pools
+    /// connections. Blocking: call it before the runtime serves, or from a blocking thread.
+    pub fn connect(url: &str) -> anyhow::Result<Store> {
+        let config: postgres::Config = url.parse()?;
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = r2d2::Pool::builder().max_size(POOL_SIZE).build(manager)?;
+        let mut client = pool.get()?;
+        let log_id = {
+            let tx = client.transaction()?;
+            let conn = PgConn::new(tx);
+            // One instance migrates at a time; the others wait here, then find nothing left to do.
+            conn.query("SELECT pg_advisory_xact_lock(7263533)", &[]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            migrate_postgres(&conn).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let id = log_id(&conn).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            conn.commit().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            id
+        };
+        drop(client);
+        Ok(Store::with_backend(Backend::Postgres(pool), log_id))
+    }
+
+    fn with_backend(backend: Backend, log_id: Uuid) -> Store {
+        Store { backend, log_id, hub: Arc::new(Hub::default()), write_id_ttl_ms: DEFAULT_WRITE_ID_TTL_MS }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// The same store, remembering write ids for `ttl` (writes with older UUIDv7 ids are refused).
+    pub fn with_write_id_ttl(mut self, ttl: std::time::Duration) -> Store {
+        self.write_id_ttl_ms = ttl.as_millis() as u64;
+        self
+    }
+
+    pub fn write_id_ttl_ms(&self) -> u64 {
+        self.write_id_ttl_ms
+    }
+
+    /// Identifies this database's change log.
+    pub fn log_id(&self) -> Uuid {
+        self.log_id
+    }
+
+    /// Live notifications of committed changes.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Runs `f` in one transaction in a blocking thread, committed on success, rolled back otherwise.
+    pub async fn transaction<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Conn) -> StoreResult<T> + Send + 'static,
+    {
+        self.write(move |tx| Ok((f(tx)?, Vec::new()))).await
+    }
+
+    /// Runs a write in one transaction, then publishes the changes it returns to this instance's hub once it
+    /// committed. On SQLite the connection lock is held until they are published, so notifications leave in
+    /// commit order; on PostgreSQL writers commit concurrently and a reader that sees a batch out of order fills
+    /// the gap from the log (`session.rs`).
+    pub async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Conn) -> StoreResult<(T, Vec<syncline_kanban::Change>)> + Send + 'static,
+    {
+        let backend = self.backend.clone();
+        let hub = self.hub.clone();
+        tokio::task::spawn_blocking(move || match backend {
+            Backend::Sqlite(conn) => {
+                // A panic while holding the lock poisons it; the connection itself is still sound because any
+                // transaction was rolled back when it dropped, so carry on with the inner value.
+                let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+                let tx = conn.transaction()?;
+                let (out, changes) = f(&*tx)?;
+                tx.commit()?;
+                hub.publish(&changes);
+                Ok(out)
+            }
+            Backend::Postgres(pool) => {
+                let mut client = pool.get().map_err(|e| StoreError::Internal(e.into()))?;
+                let conn = PgConn::new(client.transaction().map_err(pg_error)?);
+                let (out, changes) = f(&conn)?;
+                conn.commit()?;
+                hub.publish(&changes);
+                Ok(out)
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.into()))?
+    }
+}
+
+fn migrate_postgres(conn: &dyn Conn) -> StoreResult<()> {
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)", &[])?;
+    let done = conn.query_opt("SELECT version FROM schema_version", &[])?.map(|r| r.i64(0)).transpose()?;
+    let done = match done {
+        Some(v) => v as usize,
+        None => {
+            conn.execute("INSERT INTO schema_version (version) VALUES (0)", &[])?;
+            0
+        }
+    };
+    for (n, step) in POSTGRES_STEPS.iter().enumerate().skip(done) {
+        for statement in step.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            conn.execute(statement, &[])?;
+        }
+        conn.execute("UPDATE schema_version SET version = ?1", args![(n + 1) as i64])?;
+    }
+    Ok(())
+}

@@ -346,6 +346,7 @@ fn pg_row(row: &postgres::Row) -> StoreResult<Row> {
             Type::INT4 => row.try_get::<_, Option<i32>>(i).map(|v| v.map_or(Value::Null, |v| Value::Int(v.into()))),
             Type::INT2 => row.try_get::<_, Option<i16>>(i).map(|v| v.map_or(Value::Null, |v| Value::Int(v.into()))),
             Type::BOOL => row.try_get::<_, Option<bool>>(i).map(|v| v.map_or(Value::Null, Value::Bool)),
+            Type::VOID => Ok(Value::Null),
             _ => row.try_get::<_, Option<String>>(i).map(|v| v.map_or(Value::Null, Value::Text)),
         };
         values.push(v.map_err(pg_error)?);

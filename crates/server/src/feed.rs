@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::store::{StoreError, StoreResult};
+use crate::tail::Tailer;
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -127,13 +128,24 @@ pub fn read_log(
     )?;
     let mut changes = Vec::with_capacity(rows.len());
     for row in rows {
-        let (seq, at_ms, write_id, body) = (row.i64(0)?, row.i64(1)?, row.opt_text(2)?, row.text(3)?);
-        let op: ChangeOp = serde_json::from_str(&body)
-            .map_err(|e| StoreError::Internal(anyhow::anyhow!("corrupt change {name}@{seq}: {e}")))?;
-        let write_id = write_id.and_then(|w| Uuid::parse_str(&w).ok());
-        changes.push(Change { stream: stream.clone(), cursor: seq as Cursor, at_ms: at_ms as u64, write_id, op });
+        changes.push(read_change(stream, row.i64(0)?, row.i64(1)?, row.opt_text(2)?, &row.text(3)?)?);
     }
     Ok(LogRead::Changes(changes))
+}
+
+/// A change as the log stores it.
+pub fn read_change(
+    stream: &StreamName,
+    seq: i64,
+    at_ms: i64,
+    write_id: Option<String>,
+    body: &str,
+) -> StoreResult<Change> {
+    let name = stream.as_str();
+    let op: ChangeOp = serde_json::from_str(body)
+        .map_err(|e| StoreError::Internal(anyhow::anyhow!("corrupt change {name}@{seq}: {e}")))?;
+    let write_id = write_id.and_then(|w| Uuid::parse_str(&w).ok());
+    Ok(Change { stream: stream.clone(), cursor: seq as Cursor, at_ms: at_ms as u64, write_id, op })
 }
 
 /// How long the log keeps changes and write outcomes.
@@ -175,11 +187,13 @@ pub struct Published {
 pub struct Hub {
     channels: Mutex<HashMap<StreamName, broadcast::Sender<Arc<Published>>>>,
     ended_sessions: broadcast::Sender<Arc<str>>,
+    /// The streams this instance's clients listen to, tailed for other instances' changes (`tail.rs`).
+    tailer: Mutex<Tailer>,
 }
 
 impl Default for Hub {
     fn default() -> Self {
-        Hub { channels: Mutex::default(), ended_sessions: broadcast::channel(1024).0 }
+        Hub { channels: Mutex::default(), ended_sessions: broadcast::channel(1024).0, tailer: Mutex::default() }
     }
 }
 
@@ -190,7 +204,13 @@ impl Hub {
     /// Receives every batch published to `stream` from now on.
     pub fn subscribe(&self, stream: StreamName) -> broadcast::Receiver<Arc<Published>> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        self.tailer().follow(stream.clone());
         channels.entry(stream).or_insert_with(|| broadcast::channel(HUB_CAPACITY).0).subscribe()
+    }
+
+    /// The tail state (a round plans under it, then publishes through [`Hub::publish`]).
+    pub fn tailer(&self) -> std::sync::MutexGuard<'_, Tailer> {
+        self.tailer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Publishes committed changes, grouped by stream (in the order given, which is cursor order).
@@ -207,12 +227,21 @@ impl Hub {
             }
         }
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut tailer = self.tailer();
+            for (stream, changes) in &by_stream {
+                if let Some(last) = changes.last() {
+                    tailer.published(stream, last.cursor);
+                }
+            }
+        }
         for (stream, changes) in by_stream {
             if let Some(tx) = channels.get(&stream)
                 && tx.send(Arc::new(Published { changes, committed_at })).is_err()
             {
                 // Nobody listens any more.
                 channels.remove(&stream);
+                self.tailer().unfollow(&stream);
             }
         }
     }
@@ -227,8 +256,16 @@ impl Hub {
         self.ended_sessions.subscribe()
     }
 
-    /// Forgets channels nobody listens to.
+    /// Forgets channels nobody listens to (and stops tailing their streams).
     pub fn sweep(&self) {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, tx| tx.receiver_count() > 0);
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tailer = self.tailer();
+        channels.retain(|stream, tx| {
+            let listened = tx.receiver_count() > 0;
+            if !listened {
+                tailer.unfollow(stream);
+            }
+            listened
+        });
     }
 }

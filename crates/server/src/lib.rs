@@ -16,6 +16,8 @@ pub mod schema;
 pub mod session;
 pub mod stats;
 pub mod store;
+pub mod tail;
+pub mod testing;
 pub mod writes;
 pub mod ws;
 
@@ -42,9 +44,13 @@ pub struct Config {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "SYNCLINE_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
-    /// SQLite database file; created with its directory if missing.
+    /// SQLite database file; created with its directory if missing (unless `--database-url` is given).
     #[arg(long, env = "SYNCLINE_DB", default_value = "data/syncline.sqlite3")]
     pub db: PathBuf,
+    /// PostgreSQL instead of the SQLite file: `postgres://user@host:port/database`. Several instances may share
+    /// one database (each delivers the others' changes to its own clients).
+    #[arg(long, env = "SYNCLINE_DATABASE_URL")]
+    pub database_url: Option<String>,
     /// Directory of the built web app (index.html, pkg/).
     #[arg(long, env = "SYNCLINE_STATIC_DIR", default_value = "target/dist")]
     pub static_dir: PathBuf,
@@ -103,6 +109,7 @@ impl Config {
     pub fn for_tests(db: PathBuf) -> Config {
         Config {
             bind: "127.0.0.1:0".parse().expect("valid address"),
+            database_url: testing::database_url(),
             db,
             static_dir: PathBuf::from("/nonexistent"),
             max_body_bytes: syncline_protocol::limits::DEFAULT_MAX_BODY_BYTES,
@@ -180,12 +187,22 @@ pub fn app(state: AppState, config: &Config) -> Router {
     let sessions = auth::session_layer(&state.store, state.origins.https());
     Router::new()
         .nest("/api", api::router().layer(sessions))
+        .route("/healthz", axum::routing::get(health))
         .fallback_service(static_files)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), stats::record_requests))
         .layer(axum::middleware::from_fn_with_state(state.origins.clone(), guard::guard))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// `GET /healthz`: the instance serves and its database answers (load balancers' health check).
+async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match state.store.transaction(|tx| tx.query_one("SELECT 1", &[]).map(|_| ())).await {
+        Ok(()) => "ok".into_response(),
+        Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response(),
+    }
 }
 
 /// `/metrics` alone, for the metrics address.
@@ -206,7 +223,13 @@ pub struct Server {
 impl Server {
     /// Opens the database, binds `config.bind` and serves in a background task.
     pub async fn start(config: &Config) -> anyhow::Result<Server> {
-        let store = Store::open(&config.db)?;
+        let store = match &config.database_url {
+            Some(url) => {
+                let url = url.clone();
+                tokio::task::spawn_blocking(move || Store::connect(&url)).await??
+            }
+            None => Store::open(&config.db)?,
+        };
         let listener = TcpListener::bind(config.bind).await?;
         Self::start_on(listener, store, config)
     }
@@ -235,6 +258,7 @@ impl Server {
             origins: Arc::new(guard::Origins::new(&config.public_origins, addr, &config.allowed_origins)),
         };
         tokio::spawn(prune_periodically(state.clone(), config.retention(), config.prune_interval_secs));
+        tokio::spawn(tail::run(state.store.clone(), rx.clone()));
         let metrics_addr = match config.metrics_bind {
             None => None,
             Some(bind) => {

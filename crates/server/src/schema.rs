@@ -210,10 +210,29 @@ fn log_id(conn: &dyn Conn) -> StoreResult<Uuid> {
 
 type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
+/// The pool, dropped in a thread of its own: closing a `postgres` client blocks, which must not happen on an
+/// async worker (the last handle may go with the server's state, on the runtime).
+struct PoolHandle(Option<PgPool>);
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            std::thread::spawn(move || drop(pool));
+        }
+    }
+}
+
+impl PoolHandle {
+    fn pool(&self) -> &PgPool {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
 #[derive(Clone)]
 enum Backend {
     Sqlite(Arc<Mutex<Connection>>),
-    Postgres(PgPool),
+    /// The pool, and the URL (for the tail task's own listening connection).
+    Postgres(Arc<PoolHandle>, Arc<str>),
 }
 
 /// The database plus the in-process fan-out of what it commits.
@@ -262,7 +281,7 @@ impl Store {
             id
         };
         drop(client);
-        Ok(Store::with_backend(Backend::Postgres(pool), log_id))
+        Ok(Store::with_backend(Backend::Postgres(Arc::new(PoolHandle(Some(pool))), Arc::from(url)), log_id))
     }
 
     fn with_backend(backend: Backend, log_id: Uuid) -> Store {
@@ -272,7 +291,15 @@ impl Store {
     pub fn dialect(&self) -> Dialect {
         match self.backend {
             Backend::Sqlite(_) => Dialect::Sqlite,
-            Backend::Postgres(_) => Dialect::Postgres,
+            Backend::Postgres(..) => Dialect::Postgres,
+        }
+    }
+
+    /// The PostgreSQL URL, when that is the backend.
+    pub fn postgres_url(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Postgres(_, url) => Some(url.to_string()),
+            Backend::Sqlite(_) => None,
         }
     }
 
@@ -327,12 +354,17 @@ impl Store {
                 hub.publish(&changes);
                 Ok(out)
             }
-            Backend::Postgres(pool) => {
-                let mut client = pool.get().map_err(|e| StoreError::Internal(e.into()))?;
+            Backend::Postgres(pool, _) => {
+                let mut client = pool.pool().get().map_err(|e| StoreError::Internal(e.into()))?;
                 let conn = PgConn::new(client.transaction().map_err(pg_error)?);
                 let (out, changes) = f(&conn)?;
                 conn.commit()?;
                 hub.publish(&changes);
+                if !changes.is_empty() {
+                    // A hint to the other instances, after the commit and outside the transaction (NOTIFY inside it
+                    // would serialise every writer at commit). Lost, it costs them a tail interval, nothing more.
+                    let _ = client.batch_execute(&format!("NOTIFY {}", crate::tail::CHANNEL));
+                }
                 Ok(out)
             }
         })

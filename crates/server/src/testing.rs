@@ -1,0 +1,24 @@
+//! Test support: which database the server's own tests (and the browser harness) run on.
+//!
+//! By default a temporary SQLite file. With `SYNCLINE_TEST_POSTGRES=postgres://user@host:port` (the test command
+//! sets it, with a throwaway cluster it starts), every server a test starts gets a fresh PostgreSQL database of
+//! its own on that cluster, so the same tests run against both backends.
+
+/// A fresh database URL on the test cluster, or `None` to use SQLite.
+pub fn database_url() -> Option<String> {
+    let base = std::env::var("SYNCLINE_TEST_POSTGRES").ok().filter(|s| !s.is_empty())?;
+    let base = base.trim_end_matches('/');
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    // Blocking client: run where blocking is fine (tests build configs outside the runtime's hot path).
+    let admin = format!("{base}/postgres");
+    let create = format!("CREATE DATABASE {name}");
+    let created = std::thread::spawn(move || -> Result<(), postgres::Error> {
+        let mut client = postgres::Client::connect(&admin, postgres::NoTls)?;
+        client.batch_execute(&create)?;
+        Ok(())
+    });
+    match created.join() {
+        Ok(Ok(())) => Some(format!("{base}/{name}")),
+        other => panic!("could not create a test database on {base}: {other:?}"),
+    }
+}

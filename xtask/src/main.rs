@@ -6,10 +6,13 @@
 //! - `bench browser`: requests/min and change → DOM latency with 1, 4 and 8 tabs in a real Chromium.
 //! - `chaos [--seed N] [--duration S]`: the chaos test (real Chromium, a server process killed with SIGKILL,
 //!   offline periods, closed leaders, tab switches) with another seed or a longer run than the test command's.
+//! - `cluster [--instances N]`: a throwaway PostgreSQL cluster, N server instances on it and HAProxy in front, on
+//!   loopback; prints the URL and runs until Ctrl-C.
 //! - `build-web`: only builds the web app into `target/dist`.
 //!
 //! "What is missing" on a fresh Debian machine: the wasm32 target, the wasm-bindgen CLI at the version in
-//! Cargo.lock, and Chromium (+ chromedriver) from apt. Each step checks first, so running again is cheap.
+//! Cargo.lock, Chromium (+ chromedriver), PostgreSQL and HAProxy from apt. Each step checks first, so running
+//! again is cheap.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,13 +36,14 @@ fn main() -> Result<()> {
         "test" => test(&root, &rest),
         "bench" => bench(&rest),
         "chaos" => chaos(&root, &rest),
+        "cluster" => cluster(&root, &rest),
         "build-web" => {
             ensure_wasm_tools(&root)?;
             build_web(&root).map(|_| ())
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [server flags] | test [cargo test args] | bench feed|browser [args] | chaos [--seed N] [--duration S] | build-web>"
+                "usage: cargo xtask <run [server flags] | test [cargo test args] | bench feed|browser [args] | chaos [--seed N] [--duration S] | cluster [--instances N] | build-web>"
             );
             std::process::exit(2);
         }
@@ -83,8 +87,13 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     let started = Instant::now();
     ensure_wasm_tools(root)?;
     ensure_chromium()?;
+    syncline_devcluster::ensure_packages()?;
     lint()?;
     let dist = build_web(root)?;
+    // A throwaway PostgreSQL cluster for this run: the cluster browser test creates its database there, and the
+    // server's tests run on it a second time. Stopped when this function returns, on failure too.
+    let postgres = syncline_devcluster::Postgres::start(&root.join("target").join("cluster"))?;
+    println!("xtask: PostgreSQL for this run on port {}", postgres.port);
     // One selection for every test: the whole workspace but the wasm-only crates (the app and the browser
     // runtime, which the browser tests exercise). Changing this selection between runs costs a rebuild, so nothing else should differ.
     // One test at a time within each test binary: the browser tests each run a Chromium and a server, and
@@ -95,10 +104,97 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
             .args(["test", "--workspace", "--exclude", "syncline-app", "--exclude", "syncline-web"])
             .args(cargo_args)
             .args(["--", "--test-threads=1"])
-            .env("SYNCLINE_DIST_DIR", &dist),
+            .env("SYNCLINE_DIST_DIR", &dist)
+            .env("SYNCLINE_CLUSTER_POSTGRES", postgres.base_url()),
     )?;
-    println!("xtask: all tests passed in {:.0?}", started.elapsed());
+    println!("xtask: the server's tests again, on PostgreSQL");
+    let on_sqlite = started.elapsed();
+    status(
+        cargo()
+            .args(["test", "--package", "syncline-server", "--features", "bug-injection", "--tests"])
+            .args(cargo_args)
+            .args(["--", "--test-threads=1"])
+            .env("SYNCLINE_TEST_POSTGRES", postgres.base_url()),
+    )?;
+    drop(postgres);
+    println!(
+        "xtask: all tests passed in {:.0?} (the server's tests on PostgreSQL: {:.0?})",
+        started.elapsed(),
+        started.elapsed() - on_sqlite
+    );
     Ok(())
+}
+
+/// `cargo xtask cluster [--instances N]`: PostgreSQL, N release server instances sharing its database, HAProxy in
+/// front, all on loopback and all stopped on Ctrl-C.
+fn cluster(root: &Path, args: &[String]) -> Result<()> {
+    let instances: usize = match args.iter().position(|a| a == "--instances") {
+        Some(i) => {
+            args.get(i + 1).context("--instances takes a number")?.parse().context("--instances takes a number")?
+        }
+        None => 3,
+    };
+    if instances == 0 {
+        bail!("--instances must be at least 1");
+    }
+    ensure_wasm_tools(root)?;
+    syncline_devcluster::ensure_packages()?;
+    let dist = build_web(root)?;
+    status(cargo().args(["build", "--release", "--package", "syncline-server"]))?;
+    let dir = root.join("target").join("cluster");
+    let postgres = syncline_devcluster::Postgres::start(&dir)?;
+    let url = postgres.create_database("syncline")?;
+    let lb_port = syncline_devcluster::free_port()?;
+    let public = format!("http://127.0.0.1:{lb_port}");
+    let mut children = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..instances {
+        let port = syncline_devcluster::free_port()?;
+        let child = Command::new(root.join("target").join("release").join("syncline-server"))
+            .args(["--bind", &format!("127.0.0.1:{port}"), "--database-url", &url, "--public-origin", &public])
+            .args(["--trusted-proxy", "127.0.0.1"])
+            .arg("--static-dir")
+            .arg(&dist)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .spawn()
+            .with_context(|| format!("starting instance {i}"))?;
+        children.push(KillOnDrop(child));
+        ports.push(port);
+    }
+    for port in &ports {
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("instance on port {port} did not come up");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let _haproxy = syncline_devcluster::Haproxy::start(root, &dir, lb_port, &ports)?;
+    println!("xtask: PostgreSQL on 127.0.0.1:{} (database syncline)", postgres.port);
+    for port in &ports {
+        println!("xtask: instance on 127.0.0.1:{port}");
+    }
+    println!("xtask: syncline ({instances} instances behind HAProxy) at {public} (Ctrl-C stops everything)");
+    // Wait for Ctrl-C or SIGTERM (a terminal's Ctrl-C reaches the instances and HAProxy too); then the guards stop
+    // HAProxy, the instances and PostgreSQL, and remove the cluster's directory.
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+    let _ = rx.recv();
+    println!("xtask: stopping the cluster");
+    Ok(())
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The house style and the lints: `cargo fmt --check` (style in rustfmt.toml) and clippy with warnings as errors,

@@ -228,18 +228,30 @@ pub struct ServerProcess {
     port: u16,
     db: PathBuf,
     dir: TempDir,
+    /// More flags (e.g. `--database-url`, `--public-origin`).
+    extra: Vec<String>,
 }
 
 impl ServerProcess {
     /// Starts `program` on a free loopback port with a new SQLite file, serving the built app; returns once it
     /// answers.
     pub async fn start(program: &Path) -> Result<ServerProcess> {
+        Self::start_with(program, Vec::new()).await
+    }
+
+    /// Like [`start`](Self::start), with more flags: e.g. `--database-url` for an instance of a cluster (its
+    /// SQLite file then goes unused).
+    pub async fn start_with(program: &Path, extra: Vec<String>) -> Result<ServerProcess> {
         let dir = tempfile::tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let db = dir.path().join("syncline.sqlite3");
-        let mut server = ServerProcess { child: None, program: program.to_path_buf(), port, db, dir };
+        let mut server = ServerProcess { child: None, program: program.to_path_buf(), port, db, dir, extra };
         server.spawn().await?;
         Ok(server)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     async fn spawn(&mut self) -> Result<()> {
@@ -250,6 +262,7 @@ impl ServerProcess {
             .arg(&self.db)
             .arg("--static-dir")
             .arg(dist_dir())
+            .args(&self.extra)
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -383,7 +396,8 @@ impl TestBrowser {
     /// Signs this browser profile in on `origin` (its session cookie is then sent by every tab), creating the
     /// account first if it does not exist. Done from a page of that origin, as the app's own form does.
     pub async fn sign_in(&self, origin: &str, username: &str, password: &str) -> Result<()> {
-        let tab = self.open_page(&format!("{origin}/api/auth/me")).await?;
+        // A small same-origin page that is not the app (which would start syncing before the sign-in).
+        let tab = self.open_page(&format!("{origin}/healthz")).await?;
         let body = serde_json::json!({ "username": username, "password": password }).to_string();
         let js = format!(
             r#"(async () => {{

@@ -265,15 +265,28 @@ impl AuthLimits {
     }
 }
 
-/// The peer's address, when the server was started with connect info (not behind a proxy: then the proxy's).
+/// The client's address: the peer's, or — when the peer is a trusted proxy (`--trusted-proxy`) — the last address
+/// in the `X-Forwarded-For` it appended.
 pub struct PeerAddr(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for PeerAddr {
+impl FromRequestParts<AppState> for PeerAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(PeerAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| a.ip())))
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| a.ip());
+        Ok(PeerAddr(client_address(peer, &parts.headers, &state.trusted_proxies)))
     }
+}
+
+/// See [`PeerAddr`]. A proxy appends the address it saw to `X-Forwarded-For`, so only the last entry (of the last
+/// such header) is its word; earlier entries come from the client and prove nothing.
+pub fn client_address(peer: Option<IpAddr>, headers: &axum::http::HeaderMap, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = peer?;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = headers.get_all("x-forwarded-for").iter().next_back().and_then(|v| v.to_str().ok());
+    Some(forwarded.and_then(|v| v.rsplit(',').next()).and_then(|a| a.trim().parse().ok()).unwrap_or(peer))
 }
 
 // ---- password hashing ------------------------------------------------------------------------------------------
@@ -435,3 +448,22 @@ pub async fn change_password(
 
 /// The limits, shared by the routes.
 pub type Limits = Arc<AuthLimits>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy_and_only_its_last_entry() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.append("x-forwarded-for", "6.6.6.6, 192.0.2.7".parse().unwrap());
+        // Not a trusted proxy: the header is the client's own claim.
+        assert_eq!(client_address(Some(proxy), &headers, &[]), Some(proxy));
+        // Trusted: the entry the proxy appended, not the one the client sent.
+        assert_eq!(client_address(Some(proxy), &headers, &[proxy]), Some("192.0.2.7".parse().unwrap()));
+        headers.append("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_address(Some(proxy), &headers, &[proxy]), Some(proxy), "unparsable: the peer");
+        assert_eq!(client_address(None, &headers, &[proxy]), None);
+    }
+}

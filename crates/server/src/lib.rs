@@ -65,6 +65,11 @@ pub struct Config {
     /// Origins (besides the server's own) allowed to open the WebSocket feed, e.g. https://app.example.com.
     #[arg(long = "allowed-origin", env = "SYNCLINE_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Addresses of reverse proxies / load balancers in front of this server (repeatable). A request from one of
+    /// them is attributed to the last address its `X-Forwarded-For` names (HAProxy: `option forwardfor`), for
+    /// the per-address sign-in limit; without this every user behind the proxy would share one limit.
+    #[arg(long = "trusted-proxy", env = "SYNCLINE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Where to serve Prometheus metrics (`/metrics`), e.g. 127.0.0.1:9090; not served when unset (never on the
     /// public address).
     #[arg(long, env = "SYNCLINE_METRICS_BIND")]
@@ -99,6 +104,10 @@ pub struct Config {
     /// Refuse WebSocket upgrades; clients use the long-poll fallback.
     #[arg(long, env = "SYNCLINE_NO_WEBSOCKET")]
     pub no_websocket: bool,
+    /// With PostgreSQL: seconds between two reads of the shared log for changes other instances committed, when
+    /// no commit hint (NOTIFY) wakes the instance sooner. The most a lost hint delays a change.
+    #[arg(long, env = "SYNCLINE_TAIL_INTERVAL_SECS", default_value_t = 0.25)]
+    pub tail_interval_secs: f64,
     /// Seconds between retention sweeps.
     #[arg(long, env = "SYNCLINE_PRUNE_INTERVAL_SECS", default_value_t = 60.0)]
     pub prune_interval_secs: f64,
@@ -115,6 +124,7 @@ impl Config {
             max_body_bytes: syncline_protocol::limits::DEFAULT_MAX_BODY_BYTES,
             public_origins: Vec::new(),
             allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
             metrics_bind: None,
             signin_attempts_per_account: 5,
             signin_attempts_per_address: 30,
@@ -126,6 +136,7 @@ impl Config {
             retention_secs: 7 * 24 * 3600,
             write_id_ttl_secs: 24 * 3600,
             prune_interval_secs: 60.0,
+            tail_interval_secs: 0.25,
             no_websocket: false,
         }
     }
@@ -177,6 +188,8 @@ pub struct AppState {
     pub auth: auth::Limits,
     /// The origins this server answers as.
     pub origins: Arc<guard::Origins>,
+    /// Proxies whose `X-Forwarded-For` is believed (`--trusted-proxy`).
+    pub trusted_proxies: Arc<[std::net::IpAddr]>,
 }
 
 /// Builds the whole application: `/api/*` (with sessions) and the static web app, behind the Host / same-site
@@ -256,9 +269,14 @@ impl Server {
                 10,
             )),
             origins: Arc::new(guard::Origins::new(&config.public_origins, addr, &config.allowed_origins)),
+            trusted_proxies: config.trusted_proxies.clone().into(),
         };
         tokio::spawn(prune_periodically(state.clone(), config.retention(), config.prune_interval_secs));
-        tokio::spawn(tail::run(state.store.clone(), rx.clone()));
+        tokio::spawn(tail::run(
+            state.store.clone(),
+            Duration::from_secs_f64(config.tail_interval_secs.clamp(0.01, 60.0)),
+            rx.clone(),
+        ));
         let metrics_addr = match config.metrics_bind {
             None => None,
             Some(bind) => {

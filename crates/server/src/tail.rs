@@ -96,10 +96,14 @@ impl Tailer {
         plan
     }
 
+    /// The heads of newly followed streams, read in this round. The tail goes on from one change before the head:
+    /// a session that subscribed before the head was read may be one change behind it, or more (its log read
+    /// raced a commit), and nothing else would tell it until the stream's next change. Publishing the last change
+    /// again tells it: a session already past it ignores it, one behind by more sees a gap and reads the log.
     pub fn on_heads(&mut self, heads: Vec<(StreamName, Cursor)>) {
         for (stream, head) in heads {
             if let Some(c @ None) = self.cursors.get_mut(&stream) {
-                *c = Some(head);
+                *c = Some(head.saturating_sub(1));
             }
         }
     }
@@ -133,8 +137,11 @@ pub fn read_plan(tx: &dyn Conn, plan: &Plan) -> StoreResult<Read> {
     for stream in &plan.heads {
         heads.push((stream.clone(), crate::feed::stream_head(tx, stream.clone())?));
     }
+    // New streams are read from one change before their head, in this same round (see `Tailer::on_heads`).
+    let mut reads = plan.reads.clone();
+    reads.extend(heads.iter().map(|(s, head)| (s.clone(), head.saturating_sub(1))));
     let mut changes = Vec::new();
-    for chunk in plan.reads.chunks(STREAMS_PER_READ) {
+    for chunk in reads.chunks(STREAMS_PER_READ) {
         let mut sql = String::from("SELECT stream, seq, at_ms, write_id, body FROM changes WHERE ");
         let mut params = Vec::with_capacity(chunk.len() * 2 + 1);
         for (i, (stream, cursor)) in chunk.iter().enumerate() {
@@ -156,15 +163,12 @@ pub fn read_plan(tx: &dyn Conn, plan: &Plan) -> StoreResult<Read> {
     Ok((heads, changes))
 }
 
-/// How often an instance tails the log when no hint wakes it sooner.
-pub const TAIL_INTERVAL: Duration = Duration::from_millis(250);
-
 /// The NOTIFY channel writers hint on after they commit.
 pub const CHANNEL: &str = "syncline_changes";
 
-/// The tail task of an instance on PostgreSQL: a round on every hint and every `TAIL_INTERVAL`, until shutdown.
-/// (On SQLite there is one instance; nothing to tail.)
-pub async fn run(store: Store, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+/// The tail task of an instance on PostgreSQL: a round on every hint and every `interval` (`--tail-interval-secs`),
+/// until shutdown. (On SQLite there is one instance; nothing to tail.)
+pub async fn run(store: Store, interval: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let Some(url) = store.postgres_url() else { return };
     let wake = Arc::new(tokio::sync::Notify::new());
     let stop = Arc::new(AtomicBool::new(false));
@@ -178,7 +182,7 @@ pub async fn run(store: Store, mut shutdown: tokio::sync::watch::Receiver<bool>)
     loop {
         tokio::select! {
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(TAIL_INTERVAL) => {}
+            _ = tokio::time::sleep(interval) => {}
             _ = crate::stopped(&mut shutdown) => {
                 stop.store(true, Ordering::Relaxed);
                 return;
@@ -240,10 +244,8 @@ fn listen(url: &str, wake: &tokio::sync::Notify, stop: &AtomicBool, hub: &Hub) {
             let mut notifications = client.notifications();
             let mut hints = notifications.timeout_iter(Duration::from_millis(500));
             match hints.next() {
-                Ok(Some(_)) => {
-                    while let Ok(Some(_)) = hints.next() {}
-                    wake.notify_one();
-                }
+                // Wake at once (hints arriving meanwhile coalesce into one pending wake-up).
+                Ok(Some(_)) => wake.notify_one(),
                 Ok(None) => {}
                 Err(_) => break, // the connection dropped: reconnect
             }
@@ -268,20 +270,32 @@ mod tests {
     }
 
     #[test]
-    fn a_new_stream_starts_at_its_head_then_each_round_publishes_what_came_after_once() {
+    fn a_new_stream_starts_one_change_before_its_head_then_each_round_publishes_what_came_after_once() {
         let s = StreamId::Board(Uuid::from_u128(1)).name();
         let mut t = Tailer::default();
         t.follow(s.clone());
         assert_eq!(t.plan(), Plan { heads: vec![s.clone()], reads: vec![] });
         t.on_heads(vec![(s.clone(), 5)]);
-        assert_eq!(t.plan().reads, vec![(s.clone(), 5)]);
-        let out = t.on_read(vec![change(&s, 5), change(&s, 6), change(&s, 7)]);
+        assert_eq!(t.plan().reads, vec![(s.clone(), 4)]);
+        let out = t.on_read(vec![change(&s, 4), change(&s, 5), change(&s, 6), change(&s, 7)]);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].iter().map(|c| c.cursor).collect::<Vec<_>>(), vec![6, 7], "5 was before it followed");
+        // 5 again: a session that subscribed just before it committed (and before the head was read) would
+        // otherwise not hear of it until the stream's next change.
+        assert_eq!(out[0].iter().map(|c| c.cursor).collect::<Vec<_>>(), vec![5, 6, 7]);
         // A local write published 9 meanwhile: the tail does not publish it again.
         t.published(&s, 9);
         assert!(t.on_read(vec![change(&s, 8), change(&s, 9)]).is_empty());
         assert_eq!(t.plan().reads, vec![(s.clone(), 9)]);
+    }
+
+    #[test]
+    fn an_empty_stream_starts_at_zero() {
+        let s = StreamId::Board(Uuid::from_u128(2)).name();
+        let mut t = Tailer::default();
+        t.follow(s.clone());
+        t.on_heads(vec![(s.clone(), 0)]);
+        assert_eq!(t.plan().reads, vec![(s.clone(), 0)]);
+        assert_eq!(t.on_read(vec![change(&s, 1)])[0][0].cursor, 1);
     }
 
     #[test]
@@ -291,6 +305,6 @@ mod tests {
         t.follow(s.clone());
         t.on_heads(vec![(s.clone(), 3)]);
         t.listener_reconnected();
-        assert_eq!(t.plan().reads, vec![(s.clone(), 3)]);
+        assert_eq!(t.plan().reads, vec![(s.clone(), 2)]);
     }
 }

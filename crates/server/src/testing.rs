@@ -7,18 +7,24 @@
 /// A fresh database URL on the test cluster, or `None` to use SQLite.
 pub fn database_url() -> Option<String> {
     let base = std::env::var("SYNCLINE_TEST_POSTGRES").ok().filter(|s| !s.is_empty())?;
-    let base = base.trim_end_matches('/');
+    Some(create_database(&base))
+}
+
+/// Creates a database with a fresh name on the cluster at `base` (`postgres://user@host:port`); returns its URL.
+/// Panics when the cluster cannot be reached: this is for tests.
+pub fn create_database(base: &str) -> String {
+    let base = base.trim_end_matches('/').to_owned();
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    // Blocking client: run where blocking is fine (tests build configs outside the runtime's hot path).
     let admin = format!("{base}/postgres");
     let create = format!("CREATE DATABASE {name}");
+    // The blocking client in a thread of its own: callers may be inside an async runtime.
     let created = std::thread::spawn(move || -> Result<(), postgres::Error> {
         let mut client = postgres::Client::connect(&admin, postgres::NoTls)?;
         client.batch_execute(&create)?;
         Ok(())
     });
     match created.join() {
-        Ok(Ok(())) => Some(format!("{base}/{name}")),
+        Ok(Ok(())) => format!("{base}/{name}"),
         other => panic!("could not create a test database on {base}: {other:?}"),
     }
 }

@@ -11,17 +11,33 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{output, status};
+fn status(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("could not start {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed with {st}");
+    }
+    Ok(())
+}
+
+/// Whether this process runs as root (may install packages and switch to the `postgres` user).
+pub fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Whether PostgreSQL and HAProxy are installed.
+pub fn installed() -> bool {
+    pg_bin().is_some() && Path::new(HAPROXY).exists()
+}
+
+const HAPROXY: &str = "/usr/sbin/haproxy";
 
 /// Installs PostgreSQL and HAProxy with apt when they are missing (root only; otherwise says what to run).
 pub fn ensure_packages() -> Result<()> {
-    let have_pg = pg_bin().is_some();
-    let have_haproxy = Path::new("/usr/sbin/haproxy").exists();
-    if have_pg && have_haproxy {
+    if installed() {
         return Ok(());
     }
-    let uid = output(Command::new("id").arg("-u")).unwrap_or_default();
-    if uid.trim() != "0" {
+    if !is_root() {
         bail!("PostgreSQL or HAProxy is missing: run `sudo apt-get install -y postgresql haproxy`, then try again");
     }
     println!("xtask: installing postgresql and haproxy with apt");
@@ -44,7 +60,8 @@ fn pg_bin() -> Option<PathBuf> {
     bin.join("initdb").exists().then_some(bin)
 }
 
-fn free_port() -> Result<u16> {
+/// A free loopback port (bind, read, release).
+pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -86,9 +103,9 @@ impl Postgres {
             .arg("-o")
             // A test cluster: durability off (fsync, synchronous_commit) — it is thrown away; enough connections
             // for several instances' pools and the tests' own.
+            // TCP only (no Unix socket: its path length is limited, and nothing here uses it).
             .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400",
-                dir.display()
+                "-p {port} -c unix_socket_directories='' -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400"
             ))
             .arg("-l")
             .arg(dir.join("log"))
@@ -132,7 +149,8 @@ impl Drop for Postgres {
 }
 
 fn tempfile_dir(parent: &Path) -> Result<PathBuf> {
-    let stamp = format!("pg-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let stamp = format!("pg-{}-{nanos}", std::process::id());
     let dir = parent.join(stamp);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -145,8 +163,8 @@ pub struct Haproxy {
 }
 
 impl Haproxy {
-    pub fn start(root: &Path, dir: &Path, backends: &[u16]) -> Result<Haproxy> {
-        let port = free_port()?;
+    /// Listens on `port` (loopback), config written to `dir`; `root` is the workspace (for the template).
+    pub fn start(root: &Path, dir: &Path, port: u16, backends: &[u16]) -> Result<Haproxy> {
         let servers: String = backends
             .iter()
             .enumerate()
@@ -157,18 +175,20 @@ impl Haproxy {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config)?;
-        let child = Command::new("/usr/sbin/haproxy")
+        let log = dir.join("haproxy.log");
+        let mut child = Command::new(HAPROXY)
             .arg("-f")
             .arg(&path)
             .arg("-db")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting haproxy")?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("haproxy did not listen on {port}");
+            if Instant::now() > deadline || child.try_wait()?.is_some() {
+                let _ = child.kill();
+                bail!("haproxy did not listen on {port}: {}", std::fs::read_to_string(&log).unwrap_or_default());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -27,6 +27,9 @@ pub enum InjectedBug {
     /// After its listener connection reconnects, the instance forgets the streams it was tailing (until a client
     /// subscribes to them anew): other instances' changes stop reaching its clients.
     ForgetsStreamsOnReconnect,
+    /// A newly followed stream is tailed from its head instead of one change before it: a change that committed
+    /// between a client's subscribe and the first head read reaches nobody until the stream's next change.
+    StartsAtHead,
 }
 
 /// Streams read per statement.
@@ -66,6 +69,11 @@ impl Tailer {
         self.cursors.remove(stream);
     }
 
+    /// The streams followed.
+    pub fn followed(&self) -> impl Iterator<Item = &StreamName> {
+        self.cursors.keys()
+    }
+
     pub fn follows(&self, stream: &StreamName) -> bool {
         self.cursors.contains_key(stream)
     }
@@ -103,7 +111,8 @@ impl Tailer {
     pub fn on_heads(&mut self, heads: Vec<(StreamName, Cursor)>) {
         for (stream, head) in heads {
             if let Some(c @ None) = self.cursors.get_mut(&stream) {
-                *c = Some(head.saturating_sub(1));
+                let from = if self.bug == Some(InjectedBug::StartsAtHead) { head } else { head.saturating_sub(1) };
+                *c = Some(from);
             }
         }
     }

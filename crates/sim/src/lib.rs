@@ -70,6 +70,8 @@ pub const WRITE_ID_TTL_MS: u64 = 25_000;
 pub const STATUS_BOUND_MS: Millis = 1_000;
 /// Long-polling without the WebSocket having been refused is tolerated this long (a probe's round trip).
 pub const POLLING_GRACE_MS: Millis = 2_000;
+/// A change committed through any instance has been sent to every socket listening to its stream within this.
+pub const FRESH_BOUND_MS: Millis = 1_500;
 /// A tab shown while its leader is frozen has taken over within this bound.
 pub const SHOWN_TAKEOVER_MS: Millis = 150;
 
@@ -115,6 +117,9 @@ pub enum Invariant {
     UnauthorizedWriteApplied,
     /// After faults stop, a removed user's tab still holds the board's data.
     RevokedDataKept,
+    /// A socket listening to the board was not sent a change [`FRESH_BOUND_MS`] after it committed (while the
+    /// socket's instance and the server were up): a change stuck between instances.
+    Stale,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +141,8 @@ impl std::fmt::Display for Violation {
 #[derive(Debug, Clone, Default)]
 pub struct RunStats {
     pub browsers: usize,
+    /// Server instances sharing the store.
+    pub instances: usize,
     pub events: u64,
     pub writes_accepted: usize,
     pub writes_applied: usize,
@@ -213,6 +220,22 @@ pub(crate) enum Event {
     LongPollTimeout {
         park: u64,
     },
+    /// A commit hint reaches an instance (of the given process epoch).
+    TailWake {
+        inst: usize,
+        epoch: u64,
+    },
+    /// An instance's tail interval.
+    TailTick {
+        inst: usize,
+    },
+    /// An instance's tail read comes back.
+    TailRead {
+        inst: usize,
+        epoch: u64,
+        heads: Vec<(syncline_kanban::StreamName, syncline_kanban::Cursor)>,
+        changes: Vec<syncline_kanban::Change>,
+    },
     UserWrite {
         b: usize,
     },
@@ -235,6 +258,8 @@ enum Recover {
     Unpartition(usize),
     ServerUp,
     AllowUpgrades,
+    InstanceUp(usize),
+    ListenerBack(usize),
 }
 
 struct Queued {
@@ -344,6 +369,7 @@ pub(crate) struct World {
 pub enum Bug {
     Engine(InjectedBug),
     Feed(session::InjectedBug),
+    Tail(syncline_server::tail::InjectedBug),
 }
 
 /// Runs one seed. With `trace`, the violation (if any) carries a readable log of the whole run.
@@ -352,13 +378,15 @@ pub fn run(seed: u64, trace: bool) -> Result<RunStats, Violation> {
 }
 
 /// The injected bugs by their command-line names.
-pub const INJECTED_BUGS: [(&str, Bug); 6] = [
+pub const INJECTED_BUGS: [(&str, Bug); 8] = [
     ("new-leader-drops-outbox", Bug::Engine(InjectedBug::NewLeaderDropsOutbox)),
     ("hidden-tabs-count-as-active", Bug::Engine(InjectedBug::HiddenTabsCountAsActive)),
     ("followers-fetch", Bug::Engine(InjectedBug::FollowersFetch)),
     ("follower-persists-after-broadcasting", Bug::Engine(InjectedBug::FollowerPersistsAfterBroadcasting)),
     ("feed-drops-batches-during-catch-up", Bug::Feed(session::InjectedBug::DropsBatchesDuringCatchUp)),
     ("feed-authorizes-only-at-subscribe", Bug::Feed(session::InjectedBug::AuthorizesOnlyAtSubscribe)),
+    ("tail-forgets-streams-on-reconnect", Bug::Tail(syncline_server::tail::InjectedBug::ForgetsStreamsOnReconnect)),
+    ("tail-starts-at-head", Bug::Tail(syncline_server::tail::InjectedBug::StartsAtHead)),
 ];
 
 pub fn bug_named(name: &str) -> Option<Bug> {
@@ -422,6 +450,11 @@ impl World {
             };
             run(&mut conn, WriteOp::CreateCard { column_id: columns[i % 3], body });
         }
+        let instances = rng.random_range(1..=3);
+        let tail_bug = match bug {
+            Some(Bug::Tail(b)) => Some(b),
+            _ => None,
+        };
         let mut world = World {
             now: 0,
             seq: 0,
@@ -441,6 +474,9 @@ impl World {
                     Some(Bug::Feed(b)) => Some(b),
                     _ => None,
                 },
+                tail_bug,
+                instances: (0..instances).map(|_| server::Instance::new(tail_bug)).collect(),
+                heads: BTreeMap::new(),
             },
             browsers: Vec::new(),
             trace: trace.then(Vec::new),
@@ -451,7 +487,7 @@ impl World {
             surfaced: BTreeSet::new(),
             settled: BTreeSet::new(),
             applied: BTreeMap::new(),
-            stats: RunStats { browsers, ..RunStats::default() },
+            stats: RunStats { browsers, instances, ..RunStats::default() },
             violation: None,
             next_tab_seed: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             bug,
@@ -518,6 +554,10 @@ impl World {
         world.schedule(first_fault, Event::Fault);
         world.schedule(FAULT_MS, Event::EndFaults);
         world.schedule(5_000, Event::Prune);
+        for inst in 0..instances {
+            let first = world.rng.random_range(0..server::TAIL_INTERVAL_MS);
+            world.schedule(first, Event::TailTick { inst });
+        }
         world
     }
 
@@ -989,18 +1029,31 @@ impl World {
                 if !tab.alive || tab.socket_attempt != attempt {
                     return;
                 }
-                if !self.server.up || self.server.refuse_upgrades || self.browsers[b].partitioned {
+                let inst = self.pick_instance();
+                let Some(inst) =
+                    inst.filter(|_| self.server.up && !self.server.refuse_upgrades && !self.browsers[b].partitioned)
+                else {
                     if self.server.up && self.server.refuse_upgrades && !self.browsers[b].partitioned {
                         self.browsers[b].ws_refused_at = Some(self.now);
                     }
                     let lat = self.latency(b);
                     self.schedule(lat, Event::SocketRefused { b, t, attempt });
                     return;
-                }
-                self.accept_socket(b, t);
+                };
+                self.accept_socket(b, t, inst);
             }
             Event::SocketMsgAtServer { sock, msg } => self.server_socket_message(sock, msg),
             Event::LongPollTimeout { park } => self.long_poll_timeout(park),
+            Event::TailWake { inst, epoch } => {
+                if self.server.instances[inst].epoch == epoch && self.server.instances[inst].listening {
+                    self.tail_round(inst);
+                }
+            }
+            Event::TailTick { inst } => {
+                self.tail_round(inst);
+                self.schedule(server::TAIL_INTERVAL_MS, Event::TailTick { inst });
+            }
+            Event::TailRead { inst, epoch, heads, changes } => self.tail_read(inst, epoch, heads, changes),
             Event::LogRead { sock, stream, since, read } => {
                 self.socket_session(sock, session::Input::LogRead { stream, since, read });
             }
@@ -1124,7 +1177,25 @@ impl World {
         let b = self.rng.random_range(0..self.browsers.len());
         let alive = self.alive_tabs(b);
         let t = alive[self.rng.random_range(0..alive.len())];
-        match self.rng.random_range(0..114) {
+        match self.rng.random_range(0..126) {
+            114..=119 => {
+                // One instance crashes (SIGKILL, or a deploy): its clients reconnect through the load balancer.
+                if let Some(inst) = self.pick_instance() {
+                    self.crash_instance(inst);
+                    let d = self.rng.random_range(200..6_000);
+                    self.schedule(d, Event::Recover { what: Recover::InstanceUp(inst) });
+                }
+            }
+            120..=125 => {
+                // An instance's LISTEN connection drops: hints stop reaching it until it reconnects.
+                let inst = self.rng.random_range(0..self.server.instances.len());
+                if self.server.instances[inst].listening {
+                    self.log(|| format!("instance {inst} loses its listener connection"));
+                    self.server.instances[inst].listening = false;
+                    let d = self.rng.random_range(100..4_000);
+                    self.schedule(d, Event::Recover { what: Recover::ListenerBack(inst) });
+                }
+            }
             0..=29 => {
                 let visible = !self.browsers[b].tabs[t].visible;
                 if visible && self.browsers[b].tabs[t].frozen {
@@ -1180,6 +1251,12 @@ impl World {
                     self.log(|| "server goes down".into());
                     self.server.up = false;
                     self.server.epoch += 1;
+                    // Every process restarts.
+                    for i in &mut self.server.instances {
+                        let epoch = i.epoch + 1;
+                        *i = server::Instance::new(self.server.tail_bug);
+                        i.epoch = epoch;
+                    }
                     self.drop_sockets(|_, _| true);
                     let parked: Vec<server::Parked> = std::mem::take(&mut self.server.parked).into_values().collect();
                     for p in parked {
@@ -1246,6 +1323,7 @@ impl World {
         if members.is_empty() || !self.server.up {
             return;
         }
+        let Some(inst) = self.pick_instance() else { return };
         let b = members[self.rng.random_range(0..members.len())];
         let user = self.users[b];
         let op = match self.rng.random_range(0..3) {
@@ -1278,7 +1356,7 @@ impl World {
             _ => {}
         }
         let changes = rec.changes().to_vec();
-        self.publish(&changes);
+        self.commit(inst, &changes);
     }
 
     fn freeze(&mut self, b: usize, t: usize) {
@@ -1348,13 +1426,52 @@ impl World {
                 self.server.refuse_upgrades = false;
                 self.server.refused_until = Some(self.now);
             }
+            Recover::InstanceUp(inst) => {
+                self.log(|| format!("instance {inst} is up again"));
+                self.server.instances[inst].up = true;
+            }
+            Recover::ListenerBack(inst) => {
+                if !self.server.instances[inst].listening {
+                    self.log(|| format!("instance {inst}'s listener reconnects"));
+                    let i = &mut self.server.instances[inst];
+                    i.listening = true;
+                    i.tailer.listener_reconnected();
+                    self.tail_round(inst);
+                }
+            }
         }
+    }
+
+    /// Instance `inst` dies: its sockets reset, its waiting long-polls fail, its memory (hub, tailer) is gone.
+    fn crash_instance(&mut self, inst: usize) {
+        self.log(|| format!("instance {inst} crashes"));
+        self.drop_sockets(|_, s| s.inst == inst);
+        let parked: Vec<u64> = self.server.parked.iter().filter(|(_, p)| p.inst == inst).map(|(id, _)| *id).collect();
+        for park in parked {
+            let p = self.server.parked.remove(&park).expect("listed");
+            let lat = self.latency(p.b);
+            let input = Input::Http { id: p.id, result: HttpResult::NetworkError("reset".into()) };
+            self.schedule(lat, Event::ToTab { b: p.b, t: p.t, input });
+        }
+        let epoch = self.server.instances[inst].epoch + 1;
+        self.server.instances[inst] = server::Instance::new(self.server.tail_bug);
+        let i = &mut self.server.instances[inst];
+        i.epoch = epoch;
+        i.up = false;
     }
 
     fn end_faults(&mut self) {
         self.log(|| "faults stop; every browser is online with a visible tab".into());
         self.faults = false;
         self.server.up = true;
+        for inst in 0..self.server.instances.len() {
+            if !self.server.instances[inst].up {
+                self.recover(Recover::InstanceUp(inst));
+            }
+            if !self.server.instances[inst].listening {
+                self.recover(Recover::ListenerBack(inst));
+            }
+        }
         if self.server.refuse_upgrades {
             self.server.refused_until = Some(self.now);
         }
@@ -1480,6 +1597,8 @@ impl World {
     }
 
     fn check_sockets(&mut self) {
+        self.refresh_follows();
+        self.check_fresh();
         for b in 0..self.browsers.len() {
             let n = self.server.sockets.values().filter(|s| s.b == b).count();
             // With the "pause" preference, a browser with no visible tab lets go of its socket after the grace
@@ -1503,6 +1622,30 @@ impl World {
             } else {
                 self.browsers[b].two_sockets_since = None;
             }
+        }
+    }
+
+    /// Every socket listening to the board has been sent each change of it within [`FRESH_BOUND_MS`] of its
+    /// commit — whichever instance the change was committed through and whichever serves the socket.
+    fn check_fresh(&mut self) {
+        let stream = syncline_kanban::StreamId::Board(self.board).name();
+        let Some(&(head, at)) = self.server.heads.get(&stream) else { return };
+        if !self.server.up || self.now <= at + FRESH_BOUND_MS {
+            return;
+        }
+        let stale = self.server.sockets.iter().find(|(_, s)| {
+            s.listening.contains(&stream)
+                && s.opened_at < at
+                && self.server.instances[s.inst].up
+                && !self.revoked_at.contains_key(&self.users[s.b])
+                && s.sent.get(&stream).is_some_and(|&sent| sent < head)
+        });
+        if let Some((sock, s)) = stale {
+            let detail = format!(
+                "b{}/t{}'s socket {sock} on instance {} was sent the board up to {}; {head} committed at {at} ms",
+                s.b, s.t, s.inst, s.sent[&stream]
+            );
+            self.fail(Invariant::Stale, detail);
         }
     }
 

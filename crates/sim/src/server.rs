@@ -1,6 +1,13 @@
 //! The simulated server: the real store and write path (`writes::execute_locked` on SQLite in memory) and the
 //! real feed session (`syncline_server::session`) for every socket and long-poll. What is modelled is only what
 //! is not code: latency, loss, the server being down or refusing WebSocket upgrades.
+//!
+//! Several instances share the store, as on PostgreSQL behind a load balancer: each connection or request goes to
+//! one that is up; a write's changes reach the sessions of its own instance at once (its hub) and the others'
+//! through their real tailers (`syncline_server::tail`) — on a commit hint, which may be lost or come late, or
+//! on the tail interval — with the log read a snapshot delivered after a delay, so tails race local writes and
+//! subscribes. Instances crash (their sockets and long-polls cut, their tailer gone) and lose their listener
+//! connection.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,6 +21,7 @@ use syncline_kanban::{
 use syncline_server::access;
 use syncline_server::session::{self, Session, Settings};
 use syncline_server::store;
+use syncline_server::tail::{self, Tailer};
 use syncline_server::writes::{self, WriteContext};
 use uuid::Uuid;
 
@@ -25,6 +33,10 @@ const PAGE: usize = 500;
 pub(crate) struct ServerSocket {
     pub b: usize,
     pub t: usize,
+    /// The instance serving it.
+    pub inst: usize,
+    /// When it was accepted.
+    pub opened_at: u64,
     pub session: Session,
     /// Streams the session listens to live.
     pub listening: BTreeSet<StreamName>,
@@ -38,6 +50,7 @@ pub(crate) struct ServerSocket {
 pub(crate) struct Parked {
     pub b: usize,
     pub t: usize,
+    pub inst: usize,
     pub id: u64,
     /// The stream as the client named it, and as the log does.
     pub stream: StreamName,
@@ -58,7 +71,34 @@ pub(crate) struct Server {
     /// When the last refusal of upgrades ended.
     pub refused_until: Option<u64>,
     pub feed_bug: Option<session::InjectedBug>,
+    pub tail_bug: Option<tail::InjectedBug>,
+    /// The server instances (one to three, sharing the store).
+    pub instances: Vec<Instance>,
+    /// Per stream, the last cursor committed and when.
+    pub heads: BTreeMap<StreamName, (Cursor, u64)>,
 }
+
+/// One server process.
+pub(crate) struct Instance {
+    pub up: bool,
+    /// Bumped when it crashes: what was in flight for the old process is void.
+    pub epoch: u64,
+    pub tailer: Tailer,
+    /// Its LISTEN connection is up (hints reach it).
+    pub listening: bool,
+    /// A tail read is in flight; `again`: another round was asked for meanwhile.
+    pub reading: bool,
+    pub again: bool,
+}
+
+impl Instance {
+    pub fn new(bug: Option<tail::InjectedBug>) -> Instance {
+        Instance { up: true, epoch: 0, tailer: Tailer::with_bug(bug), listening: true, reading: false, again: false }
+    }
+}
+
+/// Between two tail rounds of an instance when no hint comes (the server's default).
+pub(crate) const TAIL_INTERVAL_MS: u64 = 250;
 
 impl Server {
     fn session(&self, user: UserId, message_target_bytes: usize, max_subscriptions: usize) -> Session {
@@ -120,6 +160,7 @@ impl World {
     pub(crate) fn socket_session(&mut self, sock: u64, input: session::Input) {
         let Some(s) = self.server.sockets.get_mut(&sock) else { return };
         let mut reads = Vec::new();
+        let before = s.listening.clone();
         let said = Self::run_session(
             &self.server.conn,
             self.server.log_id,
@@ -128,6 +169,11 @@ impl World {
             input,
             Some(&mut reads),
         );
+        // The hub's subscribe: the instance's tailer follows what its sessions start listening to.
+        let inst = s.inst;
+        for stream in s.listening.difference(&before) {
+            self.server.instances[inst].tailer.follow(stream.clone());
+        }
         for (stream, since, read) in reads {
             let delay = self.rng.random_range(0..25);
             self.schedule(delay, Event::LogRead { sock, stream, since, read });
@@ -218,13 +264,27 @@ impl World {
         self.schedule(delay, Event::ToTab { b, t, input });
     }
 
-    /// The server accepts a WebSocket: a new session, and `hello`.
-    pub(crate) fn accept_socket(&mut self, b: usize, t: usize) {
+    /// The load balancer's choice: an instance that is up, if any.
+    pub(crate) fn pick_instance(&mut self) -> Option<usize> {
+        let up: Vec<usize> = (0..self.server.instances.len()).filter(|&i| self.server.instances[i].up).collect();
+        (!up.is_empty()).then(|| up[self.rng.random_range(0..up.len())])
+    }
+
+    /// Instance `inst` accepts a WebSocket: a new session, and `hello`.
+    pub(crate) fn accept_socket(&mut self, b: usize, t: usize, inst: usize) {
         let sock = self.server.next_id;
         self.server.next_id += 1;
         let session = self.server.session(self.users[b], 256 * 1024, 64);
-        let socket =
-            ServerSocket { b, t, session, listening: BTreeSet::new(), sent: BTreeMap::new(), handed: BTreeMap::new() };
+        let socket = ServerSocket {
+            b,
+            t,
+            inst,
+            opened_at: self.now,
+            session,
+            listening: BTreeSet::new(),
+            sent: BTreeMap::new(),
+            handed: BTreeMap::new(),
+        };
         self.server.sockets.insert(sock, socket);
         self.browsers[b].tabs[t].socket = Some(sock);
         self.send_to_socket(sock, None);
@@ -255,12 +315,13 @@ impl World {
     }
 
     pub(crate) fn server_http(&mut self, b: usize, t: usize, id: u64, request: HttpRequest, epoch: u64) {
-        if !self.server.up || epoch != self.server.epoch {
+        let inst = self.pick_instance();
+        let (true, Some(inst)) = (self.server.up && epoch == self.server.epoch, inst) else {
             let lat = self.latency(b);
             let result = HttpResult::NetworkError("refused".into());
             self.schedule(lat, Event::ToTab { b, t, input: Input::Http { id, result } });
             return;
-        }
+        };
         let log_id = self.server.log_id;
         let user = self.users[b];
         let path = request.path.clone();
@@ -290,7 +351,7 @@ impl World {
                 let status = outcome.status.as_u16();
                 results.push(WriteOutcome { write_id: w.write_id, status, body: outcome.body, at: outcome.at });
             }
-            self.publish(&changes);
+            self.commit(inst, &changes);
             (200, serde_json::to_string(&WriteBatchResult { results }).expect("json"))
         } else if let Some(query) = path.strip_prefix("/api/changes?") {
             let q = parse_query(query);
@@ -330,7 +391,9 @@ impl World {
                     let park = self.server.next_id;
                     self.server.next_id += 1;
                     let listen = session.log_name(&stream);
-                    self.server.parked.insert(park, Parked { b, t, id, stream, listen, session, epoch });
+                    let epoch = self.server.instances[inst].epoch;
+                    self.server.instances[inst].tailer.follow(listen.clone());
+                    self.server.parked.insert(park, Parked { b, t, inst, id, stream, listen, session, epoch });
                     self.schedule(wait * 1000, Event::LongPollTimeout { park });
                     return;
                 }
@@ -376,8 +439,97 @@ impl World {
         }
     }
 
-    /// Committed changes reach the live sessions listening to their streams, in commit order.
-    pub(crate) fn publish(&mut self, changes: &[syncline_kanban::Change]) {
+    /// A write committed through instance `inst`: its hub publishes at once, the other instances get a hint (if
+    /// their listener is up; a hint may be lost or late).
+    pub(crate) fn commit(&mut self, inst: usize, changes: &[syncline_kanban::Change]) {
+        for c in changes {
+            self.server.heads.insert(c.stream.clone(), (c.cursor, self.now));
+        }
+        self.publish_on(inst, changes);
+        if changes.is_empty() {
+            return;
+        }
+        for other in 0..self.server.instances.len() {
+            if other == inst || !self.server.instances[other].listening {
+                continue;
+            }
+            if self.faults && self.rng.random_bool(0.05) {
+                continue; // lost
+            }
+            let delay = self.rng.random_range(0..30);
+            let epoch = self.server.instances[other].epoch;
+            self.schedule(delay, Event::TailWake { inst: other, epoch });
+        }
+    }
+
+    /// A tail round of instance `inst` (on a hint or its interval): reads the log now, as a snapshot, and hands
+    /// the result back a moment later (`TailRead`); one read at a time, a round asked for meanwhile follows it.
+    pub(crate) fn tail_round(&mut self, inst: usize) {
+        let i = &mut self.server.instances[inst];
+        if !i.up || !self.server.up {
+            return;
+        }
+        if i.reading {
+            i.again = true;
+            return;
+        }
+        let plan = i.tailer.plan();
+        if plan.heads.is_empty() && plan.reads.is_empty() {
+            return;
+        }
+        i.reading = true;
+        let epoch = i.epoch;
+        let tx = self.server.conn.transaction().expect("sqlite");
+        let (heads, changes) = tail::read_plan(&tx, &plan).expect("sqlite");
+        drop(tx);
+        let delay = self.rng.random_range(0..25);
+        self.schedule(delay, Event::TailRead { inst, epoch, heads, changes });
+    }
+
+    /// A tail read comes back: the tailer decides what to publish.
+    pub(crate) fn tail_read(
+        &mut self,
+        inst: usize,
+        epoch: u64,
+        heads: Vec<(StreamName, Cursor)>,
+        changes: Vec<syncline_kanban::Change>,
+    ) {
+        let i = &mut self.server.instances[inst];
+        if i.epoch != epoch || !i.up {
+            return;
+        }
+        i.reading = false;
+        i.tailer.on_heads(heads);
+        let batches = i.tailer.on_read(changes);
+        for batch in batches {
+            self.publish_on(inst, &batch);
+        }
+        if std::mem::take(&mut self.server.instances[inst].again) {
+            self.tail_round(inst);
+        }
+    }
+
+    /// Each instance stops following streams none of its sockets and long-polls listen to any more (the hub's
+    /// sweep). Following starts only when a session subscribes, as in the server.
+    pub(crate) fn refresh_follows(&mut self) {
+        for inst in 0..self.server.instances.len() {
+            let mut wanted: BTreeSet<&StreamName> = BTreeSet::new();
+            for s in self.server.sockets.values().filter(|s| s.inst == inst) {
+                wanted.extend(s.listening.iter());
+            }
+            for p in self.server.parked.values().filter(|p| p.inst == inst) {
+                wanted.insert(&p.listen);
+            }
+            let tailer = &self.server.instances[inst].tailer;
+            let gone: Vec<StreamName> = tailer.followed().filter(|s| !wanted.contains(s)).cloned().collect();
+            for s in gone {
+                self.server.instances[inst].tailer.unfollow(&s);
+            }
+        }
+    }
+
+    /// Changes reach the live sessions of instance `inst` listening to their streams, in the order given.
+    pub(crate) fn publish_on(&mut self, inst: usize, changes: &[syncline_kanban::Change]) {
         let mut by_stream: Vec<(StreamName, Vec<syncline_kanban::Change>)> = Vec::new();
         for c in changes {
             match by_stream.iter_mut().find(|(s, _)| *s == c.stream) {
@@ -386,8 +538,16 @@ impl World {
             }
         }
         for (stream, batch) in by_stream {
-            let socks: Vec<u64> =
-                self.server.sockets.iter().filter(|(_, s)| s.listening.contains(&stream)).map(|(k, _)| *k).collect();
+            if let Some(last) = batch.last() {
+                self.server.instances[inst].tailer.published(&stream, last.cursor);
+            }
+            let socks: Vec<u64> = self
+                .server
+                .sockets
+                .iter()
+                .filter(|(_, s)| s.inst == inst && s.listening.contains(&stream))
+                .map(|(k, _)| *k)
+                .collect();
             for sock in socks {
                 if let (Some(s), Some(last)) = (self.server.sockets.get_mut(&sock), batch.last()) {
                     s.handed.insert(client_name(&stream), last.cursor);
@@ -395,11 +555,16 @@ impl World {
                 let input = session::Input::Published { stream: stream.clone(), changes: batch.clone() };
                 self.socket_session(sock, input);
             }
-            let parked: Vec<u64> =
-                self.server.parked.iter().filter(|(_, p)| p.listen == stream).map(|(k, _)| *k).collect();
+            let parked: Vec<u64> = self
+                .server
+                .parked
+                .iter()
+                .filter(|(_, p)| p.inst == inst && p.listen == stream)
+                .map(|(k, _)| *k)
+                .collect();
             for park in parked {
                 let mut p = self.server.parked.remove(&park).expect("listed");
-                if p.epoch != self.server.epoch {
+                if p.epoch != self.server.instances[inst].epoch {
                     continue;
                 }
                 let input = session::Input::Published { stream: stream.clone(), changes: batch.clone() };

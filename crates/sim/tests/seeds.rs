@@ -60,6 +60,7 @@ fn every_injected_bug_is_caught() {
             Bug::Feed(syncline_server::session::InjectedBug::AuthorizesOnlyAtSubscribe) => {
                 &[Invariant::RevokedDelivered]
             }
+            Bug::Tail(_) => &[Invariant::Stale, Invariant::NotConverged],
         };
         let caught = (0..500u64).find_map(|seed| {
             syncline_sim::run_with(seed, false, Some(bug))

@@ -285,7 +285,9 @@ fn bench(args: &[String]) -> Result<()> {
             )
         }
         _ => {
-            bail!("usage: cargo xtask bench feed [--subscribers 1000,10000] [--rounds 20] | cargo xtask bench browser")
+            bail!(
+                "usage: cargo xtask bench feed [--subscribers 1000,10000] [--rounds 20] [--backends sqlite,postgres] [--instances 1,3] [--writes 2000] [--concurrency 16] | cargo xtask bench browser"
+            )
         }
     }
 }

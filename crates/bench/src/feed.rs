@@ -1,8 +1,14 @@
 //! Feed fan-out benchmark: N WebSocket subscribers on loopback follow one board; one write lands; how long
-//! until every subscriber has it, and how much server memory each idle subscriber costs.
+//! until every subscriber has it, and how much server memory each idle subscriber costs. Then write throughput:
+//! W card creations from C concurrent clients.
 //!
-//! The server runs as its own process (the release binary), so its resident memory is its own. Prints a
-//! table. Not a test: it asserts nothing, it measures.
+//! Side by side in one run (`--backends sqlite,postgres --instances 1,3`): the SQLite file, and PostgreSQL with
+//! one or several instances on one database — subscribers spread evenly over the instances, every write sent
+//! to the first, so with 3 instances two thirds of the subscribers get each change through the shared log
+//! (another instance's tail). PostgreSQL is a throwaway cluster this program starts (Debian's package).
+//!
+//! The servers run as their own processes (the release binary), so their resident memory is their own. Prints
+//! tables. Not a test: it asserts nothing, it measures.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -27,6 +33,25 @@ struct Args {
     /// Writes per subscriber count (each one is a fan-out sample).
     #[arg(long, default_value_t = 20)]
     rounds: usize,
+    /// Databases to compare: sqlite, postgres.
+    #[arg(long, value_delimiter = ',', default_value = "sqlite")]
+    backends: Vec<String>,
+    /// Server instances on one database (PostgreSQL only beyond 1).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    instances: Vec<usize>,
+    /// Card creations for the throughput table (0: skip it).
+    #[arg(long, default_value_t = 2000)]
+    writes: usize,
+    /// Concurrent writers for the throughput table.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+/// Where a configuration keeps its data.
+#[derive(Clone)]
+enum Database {
+    Sqlite,
+    Postgres(String),
 }
 
 struct Server {
@@ -35,12 +60,18 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-async fn start_server(binary: &std::path::Path) -> Result<Server> {
+async fn start_server(binary: &std::path::Path, database: &Database) -> Result<Server> {
     let dir = tempfile::tempdir()?;
-    let mut child = tokio::process::Command::new(binary)
-        .args(["--bind", "127.0.0.1:0", "--db"])
-        .arg(dir.path().join("bench.sqlite3"))
+    let mut command = tokio::process::Command::new(binary);
+    command.args(["--bind", "127.0.0.1:0"]);
+    match database {
+        Database::Sqlite => command.arg("--db").arg(dir.path().join("bench.sqlite3")),
+        Database::Postgres(url) => command.args(["--database-url", url]),
+    };
+    let mut child = command
         .args(["--static-dir", "/nonexistent", "--heartbeat-secs", "3600"])
+        // Every subscriber signs in from loopback with one account: no sign-in limit in the way.
+        .args(["--signin-attempts-per-address", "1000000"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -101,24 +132,30 @@ async fn subscriber(
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
-    println!("feed fan-out on loopback: one write, N subscribers of its board; {} writes per row", args.rounds);
-    println!(
-        "{:>11} | {:>9} | {:>9} | {:>9} | {:>9} | {:>14}",
-        "subscribers", "p50", "p99", "max", "connect", "server KiB/sub"
-    );
-    println!("{}", "-".repeat(76));
-    for &n in &args.subscribers {
-        let mut server = start_server(&args.server).await?;
-        let base = format!("http://{}", server.addr);
+/// The servers of one configuration and a signed-in client with a board, a column and a card.
+struct Setup {
+    servers: Vec<Server>,
+    http: reqwest::Client,
+    cookie: String,
+    board_id: String,
+    column_id: String,
+    card_id: String,
+}
+
+impl Setup {
+    async fn start(binary: &std::path::Path, database: &Database, instances: usize) -> Result<Setup> {
+        let mut servers = Vec::new();
+        for _ in 0..instances {
+            servers.push(start_server(binary, database).await?);
+        }
+        let base = format!("http://{}", servers[0].addr);
         // One account: its session is shared by every subscriber (the feed needs a signed-in session).
-        let resp = reqwest::Client::new()
-            .post(format!("{base}/api/auth/signup"))
-            .json(&json!({"username": "bench", "password": "bench password"}))
-            .send()
-            .await?;
+        let account = json!({"username": "bench", "password": "bench password"});
+        let mut resp = reqwest::Client::new().post(format!("{base}/api/auth/signup")).json(&account).send().await?;
+        if resp.status() == 409 {
+            // The database of an earlier table.
+            resp = reqwest::Client::new().post(format!("{base}/api/auth/signin")).json(&account).send().await?;
+        }
         let set_cookie = resp.headers().get("set-cookie").context("a session cookie")?.to_str()?;
         let cookie = set_cookie.split(';').next().unwrap_or_default().to_owned();
         let mut headers = reqwest::header::HeaderMap::new();
@@ -134,81 +171,188 @@ async fn main() -> Result<()> {
             .await?
             .json()
             .await?;
+        let column_id = column["id"].as_str().context("column id")?.to_owned();
         let card: Value = http
-            .post(format!("{base}/api/columns/{}/cards", column["id"].as_str().context("column id")?))
+            .post(format!("{base}/api/columns/{column_id}/cards"))
             .json(&json!({"title": "card"}))
             .send()
             .await?
             .json()
             .await?;
         let card_id = card["id"].as_str().context("card id")?.to_owned();
-        let snapshot: Value = http.get(format!("{base}/api/boards/{board_id}")).send().await?.json().await?;
-        let since = snapshot["cursor"].as_u64().context("cursor")?;
-        let stream: StreamId = format!("board:{board_id}").parse().map_err(anyhow::Error::msg)?;
+        Ok(Setup { servers, http, cookie, board_id, column_id, card_id })
+    }
 
-        let pid = server.child.id().context("server pid")?;
-        let rss_before = resident_kib(pid)?;
-        let (ready_tx, mut ready_rx) = mpsc::channel(n);
-        let (arrive_tx, mut arrive_rx) = mpsc::unbounded_channel();
-        let started = Instant::now();
-        let mut tasks = Vec::with_capacity(n);
-        for i in 0..n {
-            tasks.push(tokio::spawn(subscriber(
-                server.addr.clone(),
-                cookie.clone(),
-                stream,
-                since,
-                ready_tx.clone(),
-                arrive_tx.clone(),
-            )));
-            // Pace the handshakes a little so the accept backlog never overflows.
-            if i % 256 == 255 {
-                tokio::task::yield_now().await;
-            }
+    fn base(&self) -> String {
+        format!("http://{}", self.servers[0].addr)
+    }
+
+    fn resident_kib(&self) -> Result<u64> {
+        let mut total = 0;
+        for s in &self.servers {
+            total += resident_kib(s.child.id().context("server pid")?)?;
+        }
+        Ok(total)
+    }
+
+    async fn stop(mut self) {
+        for s in &mut self.servers {
+            s.child.kill().await.ok();
+        }
+    }
+}
+
+/// One row of the fan-out table.
+async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<String> {
+    let base = setup.base();
+    let snapshot: Value = setup.http.get(format!("{base}/api/boards/{}", setup.board_id)).send().await?.json().await?;
+    let since = snapshot["cursor"].as_u64().context("cursor")?;
+    let stream: StreamId = format!("board:{}", setup.board_id).parse().map_err(anyhow::Error::msg)?;
+    let rss_before = setup.resident_kib()?;
+    let (ready_tx, mut ready_rx) = mpsc::channel(n);
+    let (arrive_tx, mut arrive_rx) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let addr = setup.servers[i % setup.servers.len()].addr.clone();
+        tasks.push(tokio::spawn(subscriber(
+            addr,
+            setup.cookie.clone(),
+            stream,
+            since,
+            ready_tx.clone(),
+            arrive_tx.clone(),
+        )));
+        // Pace the handshakes a little so the accept backlog never overflows.
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await.context("subscribers never synced")?;
+    }
+    let connect = started.elapsed();
+    // Let allocations settle before reading the servers' memory.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per_sub = (setup.resident_kib()?.saturating_sub(rss_before)) as f64 / n as f64;
+
+    let mut latencies = Vec::with_capacity(n * rounds);
+    for round in 0..rounds {
+        let sent = Instant::now();
+        let resp = setup
+            .http
+            .patch(format!("{base}/api/cards/{}", setup.card_id))
+            .json(&json!({"title": format!("round {round}")}))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("write failed: {}", resp.status());
         }
         for _ in 0..n {
-            tokio::time::timeout(Duration::from_secs(120), ready_rx.recv())
+            let at = tokio::time::timeout(Duration::from_secs(60), arrive_rx.recv())
                 .await
-                .context("subscribers never synced")?;
+                .context("a subscriber never got the change")?;
+            latencies.push(at.context("arrivals closed")?.saturating_duration_since(sent));
         }
-        let connect = started.elapsed();
-        // Let allocations settle before reading the server's memory.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let per_sub = (resident_kib(pid)?.saturating_sub(rss_before)) as f64 / n as f64;
+    }
+    for t in tasks {
+        t.abort();
+    }
+    latencies.sort();
+    Ok(format!(
+        "{:>9.2?} | {:>9.2?} | {:>9.2?} | {:>9.2?} | {:>14.1}",
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default(),
+        connect,
+        per_sub
+    ))
+}
 
-        let mut latencies = Vec::with_capacity(n * args.rounds);
-        for round in 0..args.rounds {
-            let sent = Instant::now();
-            let resp = http
-                .patch(format!("{base}/api/cards/{card_id}"))
-                .json(&json!({"title": format!("round {round}")}))
-                .send()
-                .await?;
-            if !resp.status().is_success() {
-                bail!("write failed: {}", resp.status());
+/// One row of the throughput table: `writes` card creations from `concurrency` clients, spread over the
+/// instances.
+async fn throughput(setup: &Setup, writes: usize, concurrency: usize) -> Result<String> {
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..concurrency {
+        let (http, next) = (setup.http.clone(), next.clone());
+        let url =
+            format!("http://{}/api/columns/{}/cards", setup.servers[c % setup.servers.len()].addr, setup.column_id);
+        tasks.push(tokio::spawn(async move {
+            let mut took = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < writes {
+                let t = Instant::now();
+                let resp = http.post(&url).json(&json!({"title": "t"})).send().await?;
+                if resp.status() != 201 {
+                    bail!("write failed: {}", resp.status());
+                }
+                took.push(t.elapsed());
             }
-            for _ in 0..n {
-                let at = tokio::time::timeout(Duration::from_secs(60), arrive_rx.recv())
-                    .await
-                    .context("a subscriber never got the change")?;
-                latencies.push(at.context("arrivals closed")?.saturating_duration_since(sent));
+            Ok::<_, anyhow::Error>(took)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let wall = started.elapsed();
+    all.sort();
+    Ok(format!(
+        "{:>9.0} | {:>9.2?} | {:>9.2?}",
+        all.len() as f64 / wall.as_secs_f64(),
+        percentile(&all, 0.50),
+        percentile(&all, 0.99)
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut configs: Vec<(String, Database, usize)> = Vec::new();
+    let mut _cluster = None;
+    for backend in &args.backends {
+        match backend.as_str() {
+            "sqlite" => configs.push(("SQLite".into(), Database::Sqlite, 1)),
+            "postgres" => {
+                syncline_devcluster::ensure_packages()?;
+                let dir = std::env::temp_dir().join("syncline-bench");
+                let cluster = syncline_devcluster::Postgres::start(&dir)?;
+                for &n in &args.instances {
+                    let url = cluster.create_database(&format!("bench{}", configs.len()))?;
+                    configs.push((format!("PostgreSQL x{n}"), Database::Postgres(url), n.max(1)));
+                }
+                _cluster = Some(cluster);
             }
+            other => bail!("unknown backend {other} (sqlite, postgres)"),
         }
-        latencies.sort();
-        println!(
-            "{:>11} | {:>9.2?} | {:>9.2?} | {:>9.2?} | {:>9.2?} | {:>14.1}",
-            n,
-            percentile(&latencies, 0.50),
-            percentile(&latencies, 0.99),
-            latencies.last().copied().unwrap_or_default(),
-            connect,
-            per_sub
-        );
-        for t in tasks {
-            t.abort();
+    }
+    println!("feed fan-out on loopback: one write, N subscribers of its board; {} writes per row", args.rounds);
+    println!(
+        "{:<15} | {:>11} | {:>9} | {:>9} | {:>9} | {:>9} | {:>14}",
+        "database", "subscribers", "p50", "p99", "max", "connect", "server KiB/sub"
+    );
+    println!("{}", "-".repeat(94));
+    for (name, database, instances) in &configs {
+        for &n in &args.subscribers {
+            let setup = Setup::start(&args.server, database, *instances).await?;
+            let row = fan_out(&setup, n, args.rounds).await?;
+            println!("{name:<15} | {n:>11} | {row}");
+            setup.stop().await;
         }
-        server.child.kill().await.ok();
     }
     println!("(latency: write request sent → change message received by a subscriber; includes the HTTP write itself)");
+    if args.writes > 0 {
+        println!();
+        println!("write throughput: {} card creations from {} concurrent clients", args.writes, args.concurrency);
+        println!("{:<15} | {:>9} | {:>9} | {:>9}", "database", "writes/s", "p50", "p99");
+        println!("{}", "-".repeat(52));
+        for (name, database, instances) in &configs {
+            let setup = Setup::start(&args.server, database, *instances).await?;
+            let row = throughput(&setup, args.writes, args.concurrency).await?;
+            println!("{name:<15} | {row}");
+            setup.stop().await;
+        }
+    }
     Ok(())
 }

@@ -301,17 +301,71 @@ fn pg_sql(sql: &str) -> String {
 
 /// A PostgreSQL transaction as a [`Conn`]. (`postgres` needs `&mut` for every call; the store's functions share
 /// one connection by reference, hence the cell.)
-pub struct PgConn<'a> {
-    tx: RefCell<postgres::Transaction<'a>>,
+/// A pooled PostgreSQL connection with the statements it prepared. Written by hand: `r2d2_postgres` pools bare
+/// clients and the blocking `postgres` client has no statement cache, so every query would pay a Parse round trip
+/// (twice the round trips per statement, inside transactions that hold a stream's row lock).
+pub struct PgSession {
+    client: postgres::Client,
+    statements: HashMap<String, postgres::Statement>,
 }
 
-impl<'a> PgConn<'a> {
-    pub fn new(tx: postgres::Transaction<'a>) -> PgConn<'a> {
-        PgConn { tx: RefCell::new(tx) }
+impl PgSession {
+    /// Starts a transaction on this connection.
+    pub fn transaction(&mut self) -> StoreResult<PgConn<'_>> {
+        let tx = self.client.transaction().map_err(pg_error)?;
+        Ok(PgConn { tx: RefCell::new(tx), statements: RefCell::new(&mut self.statements) })
     }
 
+    /// A statement outside any transaction (e.g. `NOTIFY`).
+    pub fn batch_execute(&mut self, sql: &str) -> StoreResult<()> {
+        self.client.batch_execute(sql).map_err(pg_error)
+    }
+}
+
+/// The pool's connection manager: `r2d2_postgres`'s, plus a statement cache per connection.
+pub struct PgManager(pub r2d2_postgres::PostgresConnectionManager<postgres::NoTls>);
+
+impl r2d2::ManageConnection for PgManager {
+    type Connection = PgSession;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<PgSession, postgres::Error> {
+        Ok(PgSession { client: self.0.connect()?, statements: HashMap::new() })
+    }
+
+    fn is_valid(&self, conn: &mut PgSession) -> Result<(), postgres::Error> {
+        self.0.is_valid(&mut conn.client)
+    }
+
+    fn has_broken(&self, conn: &mut PgSession) -> bool {
+        self.0.has_broken(&mut conn.client)
+    }
+}
+
+/// A transaction on PostgreSQL.
+pub struct PgConn<'a> {
+    tx: RefCell<postgres::Transaction<'a>>,
+    statements: RefCell<&'a mut HashMap<String, postgres::Statement>>,
+}
+
+impl PgConn<'_> {
     pub fn commit(self) -> StoreResult<()> {
         self.tx.into_inner().commit().map_err(pg_error)
+    }
+
+    /// The prepared statement for `sql` (`?N` parameters), prepared on first use on this connection.
+    fn statement(&self, sql: &str) -> StoreResult<postgres::Statement> {
+        if let Some(statement) = self.statements.borrow().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.tx.borrow_mut().prepare(pg_sql(sql).as_str()).map_err(pg_error)?;
+        let mut statements = self.statements.borrow_mut();
+        // Statements built per call (batched reads with a varying number of streams) must not grow it forever.
+        if statements.len() >= 512 {
+            statements.clear();
+        }
+        statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
     }
 }
 
@@ -329,11 +383,13 @@ impl Conn for PgConn<'_> {
     }
 
     fn execute(&self, sql: &str, params: &[Value]) -> StoreResult<u64> {
-        self.tx.borrow_mut().execute(pg_sql(sql).as_str(), &pg_params(params)).map_err(pg_error)
+        let statement = self.statement(sql)?;
+        self.tx.borrow_mut().execute(&statement, &pg_params(params)).map_err(pg_error)
     }
 
     fn query(&self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
-        let rows = self.tx.borrow_mut().query(pg_sql(sql).as_str(), &pg_params(params)).map_err(pg_error)?;
+        let statement = self.statement(sql)?;
+        let rows = self.tx.borrow_mut().query(&statement, &pg_params(params)).map_err(pg_error)?;
         rows.iter().map(pg_row).collect()
     }
 }

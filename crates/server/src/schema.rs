@@ -15,7 +15,7 @@ use rusqlite_migration::{M, Migrations};
 use uuid::Uuid;
 
 use crate::args;
-use crate::db::{Conn, Dialect, PgConn, pg_error};
+use crate::db::{Conn, Dialect};
 use crate::feed::Hub;
 use crate::store::{StoreError, StoreResult};
 
@@ -208,7 +208,7 @@ fn log_id(conn: &dyn Conn) -> StoreResult<Uuid> {
     conn.query_one("SELECT value FROM meta WHERE key = 'log_id'", &[])?.uuid(0)
 }
 
-type PgPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type PgPool = r2d2::Pool<crate::db::PgManager>;
 
 /// The pool, dropped in a thread of its own: closing a `postgres` client blocks, which must not happen on an
 /// async worker (the last handle may go with the server's state, on the runtime).
@@ -267,12 +267,11 @@ impl Store {
     /// connections. Blocking: call it before the runtime serves, or from a blocking thread.
     pub fn connect(url: &str) -> anyhow::Result<Store> {
         let config: postgres::Config = url.parse()?;
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let manager = crate::db::PgManager(PostgresConnectionManager::new(config, NoTls));
         let pool = r2d2::Pool::builder().max_size(POOL_SIZE).build(manager)?;
         let mut client = pool.get()?;
         let log_id = {
-            let tx = client.transaction()?;
-            let conn = PgConn::new(tx);
+            let conn = client.transaction().map_err(|e| anyhow::anyhow!("{e:?}"))?;
             // One instance migrates at a time; the others wait here, then find nothing left to do.
             conn.query("SELECT pg_advisory_xact_lock(7263533)", &[]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             migrate_postgres(&conn).map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -356,7 +355,7 @@ impl Store {
             }
             Backend::Postgres(pool, _) => {
                 let mut client = pool.pool().get().map_err(|e| StoreError::Internal(e.into()))?;
-                let conn = PgConn::new(client.transaction().map_err(pg_error)?);
+                let conn = client.transaction()?;
                 let (out, changes) = f(&conn)?;
                 conn.commit()?;
                 hub.publish(&changes);

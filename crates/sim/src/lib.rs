@@ -360,6 +360,8 @@ pub(crate) struct World {
     users: Vec<UserId>,
     /// Each user's role on the board, as the owner set it (removed users are absent).
     roles: BTreeMap<UserId, BoardRole>,
+    /// The board's stream name.
+    board_stream: syncline_kanban::StreamName,
     /// The board stream's cursor at which a user was removed: nothing from there on may reach them.
     revoked_at: BTreeMap<UserId, Cursor>,
 }
@@ -477,10 +479,12 @@ impl World {
                 tail_bug,
                 instances: (0..instances).map(|_| server::Instance::new(tail_bug)).collect(),
                 heads: BTreeMap::new(),
+                commits: 0,
             },
             browsers: Vec::new(),
             trace: trace.then(Vec::new),
             board,
+            board_stream: syncline_kanban::StreamId::Board(board).name(),
             faults: true,
             written: BTreeMap::new(),
             superseded: BTreeMap::new(),
@@ -1628,11 +1632,12 @@ impl World {
     /// Every socket listening to the board has been sent each change of it within [`FRESH_BOUND_MS`] of its
     /// commit — whichever instance the change was committed through and whichever serves the socket.
     fn check_fresh(&mut self) {
-        let stream = syncline_kanban::StreamId::Board(self.board).name();
-        let Some(&(head, at)) = self.server.heads.get(&stream) else { return };
+        // (Runs after every event: the cheap tests first.)
+        let Some(&(head, at)) = self.server.heads.get(&self.board_stream) else { return };
         if !self.server.up || self.now <= at + FRESH_BOUND_MS {
             return;
         }
+        let stream = self.board_stream.clone();
         let stale = self.server.sockets.iter().find(|(_, s)| {
             s.listening.contains(&stream)
                 && s.opened_at < at

@@ -20,6 +20,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod web;
+
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
 const WASM_PROFILE: &str = "wasm-release";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -349,25 +351,104 @@ fn ensure_chromium() -> Result<()> {
     )
 }
 
-/// Builds the app for wasm32, runs wasm-bindgen, copies the static files. Returns the dist directory.
+/// Builds the app for wasm32, runs wasm-bindgen and wasm-opt, and lays out the static files for serving:
+/// `index.html` at the top, everything else under `assets/<content hash>/` (served `immutable`: a new build is a
+/// new directory), each file with precompressed `.br` and `.gz` siblings (served by content negotiation).
+/// Returns the dist directory.
 fn build_web(root: &Path) -> Result<PathBuf> {
     let started = Instant::now();
     status(cargo().args(["build", "--package", "syncline-app", "--target", WASM_TARGET, "--profile", WASM_PROFILE]))?;
     let wasm = root.join("target").join(WASM_TARGET).join(WASM_PROFILE).join("syncline_app.wasm");
-    let dist = dist_dir(root);
-    std::fs::create_dir_all(dist.join("pkg"))?;
+    let staging = root.join("target").join("web-bindgen");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)?;
     status(
         Command::new(wasm_bindgen_path())
             .args(["--target", "web", "--no-typescript", "--out-dir"])
-            .arg(dist.join("pkg"))
+            .arg(&staging)
             .arg(&wasm),
     )?;
+    let module = staging.join("syncline_app_bg.wasm");
+    let bound = std::fs::metadata(&module)?.len();
+    optimize_wasm(root, &module)?;
     let static_dir = root.join("crates").join("app").join("static");
-    for entry in std::fs::read_dir(&static_dir)? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), dist.join(entry.file_name()))?;
+    for name in ["boot.js", "style.css"] {
+        std::fs::copy(static_dir.join(name), staging.join(name))?;
     }
-    let size = std::fs::metadata(dist.join("pkg").join("syncline_app_bg.wasm"))?.len();
-    println!("xtask: web app built into {} in {:.0?} ({} KiB of wasm)", dist.display(), started.elapsed(), size / 1024);
+    let hash = web::content_hash(&staging)?;
+    let dist = dist_dir(root);
+    // A fresh layout each build (old hashed directories would pile up otherwise).
+    let _ = std::fs::remove_dir_all(&dist);
+    let assets = dist.join("assets").join(&hash);
+    web::copy_tree(&staging, &assets)?;
+    let index =
+        std::fs::read_to_string(static_dir.join("index.html"))?.replace("{{assets}}", &format!("/assets/{hash}"));
+    std::fs::write(dist.join("index.html"), index)?;
+    let compressed = web::precompress(&dist)?;
+    let size = std::fs::metadata(assets.join("syncline_app_bg.wasm"))?.len();
+    let br = std::fs::metadata(assets.join("syncline_app_bg.wasm.br"))?.len();
+    println!(
+        "xtask: web app built into {} in {:.0?} (wasm {} KiB from wasm-bindgen, {} KiB optimised, {} KiB brotli; {} files precompressed)",
+        dist.display(),
+        started.elapsed(),
+        bound / 1024,
+        size / 1024,
+        br / 1024,
+        compressed
+    );
     Ok(dist)
+}
+
+/// `wasm-opt -Oz` from the npm package `binaryen@132` (Debian's binaryen 108 breaks the module: see
+/// TOOLCHAIN.md), installed under `target/tools/` with npm — which is installed with apt when missing and we are
+/// root. The result is kept by the input's hash: an unchanged module is not optimised again (it takes ~20 s).
+fn optimize_wasm(root: &Path, module: &Path) -> Result<()> {
+    let tools = root.join("target").join("tools").join("binaryen");
+    let wasm_opt = tools.join("node_modules").join(".bin").join("wasm-opt");
+    if !wasm_opt.exists() {
+        if output(Command::new("npm").arg("--version")).is_none() {
+            let uid = output(Command::new("id").arg("-u")).unwrap_or_default();
+            if uid.trim() != "0" {
+                bail!("npm is missing (for wasm-opt): run `sudo apt-get install -y nodejs npm`, then try again");
+            }
+            println!("xtask: installing nodejs and npm with apt (for wasm-opt)");
+            status(Command::new("apt-get").arg("update"))?;
+            status(
+                Command::new("apt-get")
+                    .args(["install", "-y", "nodejs", "npm"])
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )?;
+        }
+        std::fs::create_dir_all(&tools)?;
+        status(
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&tools)
+                .arg("binaryen@132"),
+        )?;
+    }
+    let input = std::fs::read(module)?;
+    let key = web::hex_digest(&input);
+    let cache = root.join("target").join("tools").join(format!("wasm-opt-{key}.wasm"));
+    if !cache.exists() {
+        // Clear older results: one is enough.
+        for entry in std::fs::read_dir(root.join("target").join("tools"))? {
+            let path = entry?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("wasm-opt-")) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let partial = cache.with_extension("partial");
+        status(
+            Command::new(&wasm_opt)
+                .args(["-Oz", "--enable-bulk-memory", "--enable-nontrapping-float-to-int", "--enable-sign-ext"])
+                .args(["--enable-mutable-globals", "--strip-debug", "--strip-producers"])
+                .arg(module)
+                .arg("-o")
+                .arg(&partial),
+        )?;
+        std::fs::rename(&partial, &cache)?;
+    }
+    std::fs::copy(&cache, module)?;
+    Ok(())
 }

@@ -63,7 +63,7 @@ impl Harness {
     /// Starts the server on a free loopback port with a new SQLite file, serving the built app.
     pub async fn start() -> Result<Harness> {
         let dist = dist_dir();
-        if !dist.join("index.html").exists() || !dist.join("pkg").exists() {
+        if !dist.join("index.html").exists() || !dist.join("assets").exists() {
             bail!("the web app is not built in {}: run `cargo xtask test`", dist.display());
         }
         let dir = tempfile::tempdir()?;
@@ -632,6 +632,26 @@ impl Tab {
     /// refetch under way) stay on screen long enough to be seen.
     pub async fn set_latency(&self, latency_ms: f64) -> Result<()> {
         self.emulate_network(false, latency_ms).await
+    }
+
+    /// Emulates a link: added latency, and download/upload throughput in kbit/s (Chromium's network emulation;
+    /// the method CDP marks deprecated, as `emulate_network` below).
+    #[allow(deprecated)]
+    pub async fn set_link(&self, latency_ms: f64, down_kbps: f64, up_kbps: f64) -> Result<()> {
+        self.page.execute(EnableParams::default()).await?;
+        self.page
+            .execute(EmulateNetworkConditionsParams {
+                offline: false,
+                latency: latency_ms,
+                download_throughput: down_kbps * 1000.0 / 8.0,
+                upload_throughput: up_kbps * 1000.0 / 8.0,
+                connection_type: None,
+                packet_loss: None,
+                packet_queue_length: None,
+                packet_reordering: None,
+            })
+            .await?;
+        Ok(())
     }
 
     // The CDP method is marked deprecated in favour of per-rule conditions, but it is the one verified to

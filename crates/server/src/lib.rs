@@ -196,7 +196,13 @@ pub struct AppState {
 /// guard and the security headers.
 pub fn app(state: AppState, config: &Config) -> Router {
     let index = config.static_dir.join("index.html");
-    let static_files = ServeDir::new(&config.static_dir).not_found_service(ServeFile::new(index));
+    // Precompressed copies (`.br`, `.gz`, written by the build) by content negotiation; cache headers by path.
+    let static_files = ServeDir::new(&config.static_dir)
+        .precompressed_br()
+        .precompressed_gzip()
+        .not_found_service(ServeFile::new(index).precompressed_br().precompressed_gzip());
+    let static_files =
+        tower::ServiceBuilder::new().layer(axum::middleware::from_fn(cache_headers)).service(static_files);
     let sessions = auth::session_layer(&state.store, state.origins.https());
     Router::new()
         .nest("/api", api::router().layer(sessions))
@@ -207,6 +213,21 @@ pub fn app(state: AppState, config: &Config) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.origins.clone(), guard::guard))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Cache headers for the web app: files under `/assets/` are content-addressed (a new build is a new directory),
+/// so they are `immutable` for a year; everything else (`index.html`, which names the current directory) is
+/// revalidated on every load (`no-cache`: a 304 when unchanged, thanks to `Last-Modified`).
+async fn cache_headers(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let immutable = request.uri().path().starts_with("/assets/");
+    let mut response = next.run(request).await;
+    let value =
+        if immutable && response.status().is_success() { "public, max-age=31536000, immutable" } else { "no-cache" };
+    let headers = response.headers_mut();
+    headers.insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static(value));
+    // The body depends on Accept-Encoding (precompressed copies): shared caches must key on it.
+    headers.insert(axum::http::header::VARY, axum::http::HeaderValue::from_static("accept-encoding"));
+    response
 }
 
 /// `GET /healthz`: the instance serves and its database answers (load balancers' health check).

@@ -372,3 +372,60 @@ async fn the_openapi_document_describes_every_route() {
         assert!(doc["components"]["schemas"][schema].is_object(), "schema {schema} missing");
     }
 }
+
+#[tokio::test]
+async fn the_web_app_is_served_precompressed_with_immutable_assets_and_a_revalidated_index() {
+    // A build's layout: index.html at the top, the rest under assets/<hash>/, each with .br and .gz copies.
+    let dir = tempfile::tempdir().unwrap();
+    let static_dir = dir.path().join("dist");
+    let assets = static_dir.join("assets").join("0123abcd");
+    std::fs::create_dir_all(&assets).unwrap();
+    for (path, body) in [(static_dir.join("index.html"), "<!doctype html>index"), (assets.join("app.wasm"), "wasm!")] {
+        std::fs::write(&path, body).unwrap();
+        std::fs::write(format!("{}.br", path.display()), format!("br:{body}")).unwrap();
+        std::fs::write(format!("{}.gz", path.display()), format!("gz:{body}")).unwrap();
+    }
+    let mut config = Config::for_tests(dir.path().join("test.sqlite3"));
+    config.static_dir = static_dir;
+    let server = Server::start(&config).await.unwrap();
+    let http = Client::new();
+    let get = |path: &str, encoding: Option<&str>| {
+        let mut request = http.get(format!("{}{path}", server.url()));
+        if let Some(e) = encoding {
+            request = request.header("accept-encoding", e);
+        }
+        request.send()
+    };
+    let header = |resp: &Response, name: &str| {
+        resp.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+    };
+
+    let wasm = get("/assets/0123abcd/app.wasm", Some("gzip, deflate, br")).await.unwrap();
+    assert_eq!(wasm.status(), 200);
+    assert_eq!(header(&wasm, "content-encoding"), "br");
+    assert_eq!(header(&wasm, "content-type"), "application/wasm");
+    assert_eq!(header(&wasm, "cache-control"), "public, max-age=31536000, immutable");
+    assert_eq!(header(&wasm, "vary"), "accept-encoding");
+    assert_eq!(wasm.text().await.unwrap(), "br:wasm!");
+    let gzip = get("/assets/0123abcd/app.wasm", Some("gzip")).await.unwrap();
+    assert_eq!(header(&gzip, "content-encoding"), "gzip");
+    assert_eq!(gzip.text().await.unwrap(), "gz:wasm!");
+    let plain = get("/assets/0123abcd/app.wasm", None).await.unwrap();
+    assert_eq!(header(&plain, "content-encoding"), "");
+    assert_eq!(plain.text().await.unwrap(), "wasm!");
+
+    // index.html names the current build: revalidated on every load, 304 when unchanged.
+    let index = get("/", Some("br")).await.unwrap();
+    assert_eq!(index.status(), 200);
+    assert_eq!(header(&index, "cache-control"), "no-cache");
+    assert_eq!(header(&index, "content-encoding"), "br");
+    let modified = header(&index, "last-modified");
+    assert!(!modified.is_empty(), "a validator to revalidate with");
+    let again = http.get(server.url()).header("if-modified-since", modified).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+    // An unknown asset is not cached for a year.
+    let missing = get("/assets/0123abcd/nope.js", None).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(header(&missing, "cache-control"), "no-cache");
+    server.stop(Duration::from_secs(1)).await;
+}

@@ -37,6 +37,10 @@ const OBSERVE: &str = r#"(() => {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    // `BENCH_ONLY=first-load` measures only the first load.
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "first-load") {
+        return first_load().await;
+    }
     println!("browser sync: 1 change/s for {seconds} s; one browser, N tabs, the first visible, the rest hidden");
     println!(
         "{:>4} | {:>13} | {:>10} | {:>22} | {:>22}",
@@ -101,7 +105,65 @@ async fn main() -> anyhow::Result<()> {
         h.stop().await;
     }
     println!("(hidden tabs render when the browser lets them; their latency includes background timer throttling)");
+    first_load().await?;
     big_board().await
+}
+
+/// Records when the boards list first appears, from the start of the navigation.
+const SHOWN: &str = r#"(() => {
+  new MutationObserver((_, obs) => {
+    if (document.querySelector('.board-list')) { window.__shownAt = performance.now(); obs.disconnect(); }
+  }).observe(document, { subtree: true, childList: true });
+})()"#;
+
+/// Bytes over the network for this page (navigation + resources; 0 for a cache hit) and requests that went out.
+const TRANSFER: &str = r#"JSON.stringify((() => {
+  const all = [...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource')];
+  const assets = all.filter(e => e.initiatorType !== 'fetch' && e.initiatorType !== 'xmlhttprequest');
+  const sum = list => list.reduce((n, e) => n + e.transferSize, 0);
+  return [sum(assets), sum(all), all.filter(e => e.transferSize > 0).length, window.__shownAt || -1];
+})())"#;
+
+/// First load of the boards screen on emulated links: cold (empty cache) and a repeat visit.
+async fn first_load() -> anyhow::Result<()> {
+    println!();
+    println!("first load of the boards screen (fresh profile, then a repeat visit), Chromium network emulation");
+    println!(
+        "{:>22} | {:>17} | {:>8} | {:>9} | {:>17} | {:>8} | {:>9}",
+        "link", "cold KB asset/all", "requests", "shown ms", "again KB asset/all", "requests", "shown ms"
+    );
+    println!("{}", "-".repeat(108));
+    for (name, latency, down, up) in [
+        ("loopback", 0.0, -1.0, -1.0),
+        ("9 Mbit/s, 40 ms", 40.0, 9_000.0, 9_000.0),
+        ("1.6 Mbit/s, 150 ms", 150.0, 1_600.0, 750.0),
+    ] {
+        let h = Harness::start().await?;
+        for i in 0..3 {
+            h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: format!("Board {i}") } }).await?;
+        }
+        let browser = TestBrowser::launch().await?;
+        // Signs in (on a small page of the origin), then the measured navigations.
+        let tab = browser.open(&h.url("/healthz")).await?;
+        if down > 0.0 {
+            tab.set_link(latency, down, up).await?;
+        }
+        tab.page().evaluate_on_new_document(SHOWN).await?;
+        let mut row = Vec::new();
+        for _ in 0..2 {
+            tab.goto("about:blank").await?;
+            tab.goto(&h.url("/")).await?;
+            tab.wait_for("window.__shownAt", Duration::from_secs(60)).await?;
+            let text: String = tab.eval(TRANSFER).await?;
+            let (assets, all, requests, shown): (f64, f64, u32, f64) = serde_json::from_str(&text)?;
+            row.push(format!("{:>8.1} / {:>6.1} | {:>8} | {:>9.0}", assets / 1000.0, all / 1000.0, requests, shown));
+        }
+        println!("{name:>22} | {} | {}", row[0], row[1]);
+        browser.close().await;
+        h.stop().await;
+    }
+    println!("(KB: bytes on the wire incl. headers, from the page's Resource Timing; a cache hit counts 0)");
+    Ok(())
 }
 
 /// Chromium's cumulative main-thread task and script time of the page, in ms.

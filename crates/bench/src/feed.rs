@@ -72,6 +72,8 @@ async fn start_server(binary: &std::path::Path, database: &Database) -> Result<S
         .args(["--static-dir", "/nonexistent", "--heartbeat-secs", "3600"])
         // Every subscriber signs in from loopback with one account: no sign-in limit in the way.
         .args(["--signin-attempts-per-address", "1000000"])
+        // Every subscriber comes from one loopback address.
+        .args(["--max-connections", "1000000", "--max-connections-per-address", "1000000"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

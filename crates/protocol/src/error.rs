@@ -49,6 +49,10 @@ pub enum ErrorCode {
     RateLimited,
     /// The WebSocket feed is turned off; long-poll instead.
     WebsocketUnavailable,
+    /// `/api/feed` is a WebSocket: the request must ask for the upgrade.
+    UpgradeRequired,
+    /// The request (its body) took longer than the server waits.
+    RequestTimeout,
     /// Something failed on the server; the request may be retried.
     Internal,
 }
@@ -75,6 +79,8 @@ impl ErrorCode {
             ErrorCode::UsernameTaken => "username_taken",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UpgradeRequired => "upgrade_required",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::WebsocketUnavailable => "websocket_unavailable",
             ErrorCode::Internal => "internal",
         }

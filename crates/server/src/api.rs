@@ -6,6 +6,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::error::Query as JsonQuery;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -288,7 +289,7 @@ async fn delete_board(
     user: CurrentUser,
     Path(id): Path<BoardId>,
     headers: HeaderMap,
-    Query(q): Query<BaseVersion>,
+    JsonQuery(q): JsonQuery<BaseVersion>,
 ) -> ApiResult<Outcome> {
     write(&s, &user, &headers, WriteOp::DeleteBoard { id, base_version: q.base_version }).await
 }
@@ -332,7 +333,7 @@ async fn delete_column(
     user: CurrentUser,
     Path(id): Path<ColumnId>,
     headers: HeaderMap,
-    Query(q): Query<BaseVersion>,
+    JsonQuery(q): JsonQuery<BaseVersion>,
 ) -> ApiResult<Outcome> {
     write(&s, &user, &headers, WriteOp::DeleteColumn { id, base_version: q.base_version }).await
 }
@@ -376,7 +377,7 @@ async fn delete_card(
     user: CurrentUser,
     Path(id): Path<CardId>,
     headers: HeaderMap,
-    Query(q): Query<BaseVersion>,
+    JsonQuery(q): JsonQuery<BaseVersion>,
 ) -> ApiResult<Outcome> {
     write(&s, &user, &headers, WriteOp::DeleteCard { id, base_version: q.base_version }).await
 }
@@ -622,7 +623,7 @@ impl utoipa::Modify for AccessResponses {
 /// Documentation stub for the WebSocket route, which axum serves in [`ws::feed`].
 #[utoipa::path(get, path = "/api/feed", tag = "feed",
     description = "Upgrade to a WebSocket. The client sends `ClientMessage`s, the server `ServerMessage`s, as JSON text frames. A browser Origin other than the server's own (or an allowed one) is refused with 403.",
-    responses((status = 101, description = "Switching to the feed"), (status = 403, description = "Origin not allowed", body = ApiError)))]
+    responses((status = 101, description = "Switching to the feed"), (status = 401, description = "No session", body = ApiError), (status = 403, description = "Origin not allowed", body = ApiError), (status = 426, description = "Not a WebSocket upgrade request", body = ApiError), (status = 503, description = "WebSockets turned off here; long-poll instead", body = ApiError)))]
 #[allow(dead_code)]
 fn feed_doc() {}
 

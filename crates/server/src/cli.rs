@@ -15,8 +15,21 @@ pub async fn serve() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let config = Config::parse();
+    // Every connection is a descriptor: raise the soft limit to the hard one (a default of 1,024 would be the
+    // real connection cap).
+    if let Some(limit) = crate::serve::raise_descriptor_limit() {
+        tracing::info!(open_files = limit, max_connections = config.max_connections, "open-file limit raised");
+        if (limit as usize) < config.max_connections + 64 {
+            tracing::warn!(
+                "the open-file limit is below --max-connections; connections past it will be refused by the OS"
+            );
+        }
+    }
     let server = Server::start(&config).await?;
-    tracing::info!(db = %config.db.display(), "database ready");
+    match &config.database_url {
+        Some(_) => tracing::info!("PostgreSQL database ready"),
+        None => tracing::info!(db = %config.db.display(), "database ready"),
+    }
     println!("syncline is serving on {}", server.url());
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -4,7 +4,7 @@
 //! with its cause, never with the cause in the body.
 
 use axum::extract::FromRequest;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use syncline_protocol::{ApiError, ErrorCode};
@@ -95,6 +95,9 @@ impl From<JsonRejection> for AppError {
             JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
             }
+            JsonRejection::BytesRejection(b) if is_timeout(b) => {
+                (StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout)
+            }
             _ => (StatusCode::BAD_REQUEST, ErrorCode::InvalidBody),
         };
         AppError::new(status, code, r.body_text())
@@ -124,3 +127,67 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
 pub struct Path<T>(pub T);
 
 use axum::extract::FromRequestParts;
+
+/// `axum::extract::Query` whose rejections are [`AppError`]s (400 `invalid_parameter`).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(AppError))]
+pub struct Query<T>(pub T);
+
+impl From<QueryRejection> for AppError {
+    fn from(r: QueryRejection) -> Self {
+        AppError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter, r.body_text())
+    }
+}
+
+/// Whether a body failed because the client sent it too slowly (`RequestBodyTimeoutLayer`).
+fn is_timeout(rejection: &axum::extract::rejection::BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A handler that panics answers a JSON 500 with no detail; the panic is logged once (the process goes on).
+pub fn catch_panic() -> tower_http::catch_panic::CatchPanicLayer<fn(Box<dyn std::any::Any + Send>) -> Response> {
+    tower_http::catch_panic::CatchPanicLayer::custom(panic_response as fn(Box<dyn std::any::Any + Send>) -> Response)
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = %what, "a request handler panicked");
+    AppError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error; try again").into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    async fn boom() -> &'static str {
+        panic!("secret internals")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_json_500_and_the_service_goes_on() {
+        let app = axum::Router::new()
+            .route("/boom", axum::routing::get(boom))
+            .route("/fine", axum::routing::get(|| async { "ok" }))
+            .layer(catch_panic());
+        let request = |path: &str| axum::http::Request::builder().uri(path).body(axum::body::Body::empty()).unwrap();
+        let resp = app.clone().oneshot(request("/boom")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "internal");
+        assert!(!body.to_string().contains("secret"), "no internals in the body");
+        assert_eq!(app.oneshot(request("/fine")).await.unwrap().status(), StatusCode::OK);
+    }
+}

@@ -13,6 +13,7 @@ pub mod feed;
 pub mod guard;
 pub mod metrics;
 pub mod schema;
+pub mod serve;
 pub mod session;
 pub mod stats;
 pub mod store;
@@ -70,6 +71,21 @@ pub struct Config {
     /// the per-address sign-in limit; without this every user behind the proxy would share one limit.
     #[arg(long = "trusted-proxy", env = "SYNCLINE_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Open connections at most (each is a file descriptor; the server raises its own limit to the hard limit).
+    #[arg(long, env = "SYNCLINE_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+    /// Open connections from one client address at most (a trusted proxy's are not counted as one client's).
+    #[arg(long, env = "SYNCLINE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 4_096)]
+    pub max_connections_per_address: usize,
+    /// Seconds a client may take to send a request's headers; also how long an idle keep-alive connection stays.
+    #[arg(long, env = "SYNCLINE_HEADER_READ_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub header_read_timeout_secs: f64,
+    /// Largest request head (request line and headers), in bytes; larger gets 431.
+    #[arg(long, env = "SYNCLINE_MAX_HEADER_BYTES", default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Seconds a client may take to send a request's body.
+    #[arg(long, env = "SYNCLINE_BODY_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub body_timeout_secs: f64,
     /// Where to serve Prometheus metrics (`/metrics`), e.g. 127.0.0.1:9090; not served when unset (never on the
     /// public address).
     #[arg(long, env = "SYNCLINE_METRICS_BIND")]
@@ -125,6 +141,11 @@ impl Config {
             public_origins: Vec::new(),
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
+            max_connections: 50_000,
+            max_connections_per_address: 4_096,
+            header_read_timeout_secs: 10.0,
+            max_header_bytes: 32 * 1024,
+            body_timeout_secs: 30.0,
             metrics_bind: None,
             signin_attempts_per_account: 5,
             signin_attempts_per_address: 30,
@@ -209,6 +230,10 @@ pub fn app(state: AppState, config: &Config) -> Router {
         .route("/healthz", axum::routing::get(health))
         .fallback_service(static_files)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(Duration::from_secs_f64(
+            config.body_timeout_secs.clamp(0.1, 3600.0),
+        )))
+        .layer(error::catch_panic())
         .layer(axum::middleware::from_fn_with_state(state.clone(), stats::record_requests))
         .layer(axum::middleware::from_fn_with_state(state.origins.clone(), guard::guard))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -275,7 +300,7 @@ impl Server {
         if !config.static_dir.join("index.html").exists() {
             tracing::warn!(dir = %config.static_dir.display(), "no index.html in the static directory; only /api is served");
         }
-        let (shutdown, mut rx) = watch::channel(false);
+        let (shutdown, rx) = watch::channel(false);
         let state = AppState {
             store,
             stats: Arc::new(Stats::default()),
@@ -316,12 +341,16 @@ impl Server {
             }
         };
         let app = app(state.clone(), config);
+        let limits = serve::Limits {
+            max_connections: config.max_connections.max(1),
+            max_connections_per_address: config.max_connections_per_address.max(1),
+            header_read_timeout: Duration::from_secs_f64(config.header_read_timeout_secs.clamp(0.1, 3600.0)),
+            max_header_bytes: config.max_header_bytes.clamp(8 * 1024, 1 << 20),
+            trusted_proxies: state.trusted_proxies.clone(),
+        };
         let task = tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                })
-                .await
+            serve::serve(listener, app, limits, rx).await;
+            Ok(())
         });
         Ok(Server { addr, metrics_addr, state, shutdown, task })
     }

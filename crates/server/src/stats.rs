@@ -87,13 +87,39 @@ impl Stats {
     }
 }
 
+/// Longest string a record keeps (path, query, client header): the log's memory is bounded whatever clients send
+/// (10,000 records × 3 × 256 bytes at most).
+const MAX_FIELD_BYTES: usize = 256;
+
+fn bounded(s: &str) -> String {
+    let mut end = s.len().min(MAX_FIELD_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 pub async fn record_requests(State(state): State<crate::AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().map(str::to_owned);
-    let client = req.headers().get(CLIENT_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let method = bounded(req.method().as_str());
+    let path = bounded(req.uri().path());
+    let query = req.uri().query().map(bounded);
+    let client = req.headers().get(CLIENT_HEADER).and_then(|v| v.to_str().ok()).map(bounded);
     let response = next.run(req).await;
     state.metrics.http_requests.inc();
     state.stats.record(RequestRecord { method, path, query, client, status: response.status().as_u16() });
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_strings_are_cut_at_a_bound_on_a_character_boundary() {
+        assert_eq!(bounded("short"), "short");
+        let long = "é".repeat(400);
+        let cut = bounded(&long);
+        assert!(cut.len() <= MAX_FIELD_BYTES && cut.len() >= MAX_FIELD_BYTES - 1);
+        assert!(long.starts_with(&cut));
+    }
 }

@@ -54,7 +54,7 @@ pub async fn feed(
     State(state): State<AppState>,
     headers: HeaderMap,
     user: Result<CurrentUser, AppError>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     if let Err(e) = check_origin(&headers, &state.origins) {
         return e.into_response();
@@ -71,6 +71,13 @@ pub async fn feed(
         )
         .into_response();
     }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            let message = format!("the feed is a WebSocket: {}", rejection.body_text());
+            return AppError::new(StatusCode::UPGRADE_REQUIRED, ErrorCode::UpgradeRequired, message).into_response();
+        }
+    };
     let max = state.feed.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)

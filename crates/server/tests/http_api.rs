@@ -429,3 +429,125 @@ async fn the_web_app_is_served_precompressed_with_immutable_assets_and_a_revalid
     assert_eq!(header(&missing, "cache-control"), "no-cache");
     server.stop(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn every_refusal_is_json_even_from_extractors_and_the_feed_route() {
+    let f = Fixture::new().await;
+    let (board, _, _, _) = f.board().await;
+    // A query parameter that does not parse, on DELETE.
+    let bad = f.client.delete(f.url(&format!("/api/boards/{}?base_version=abc", board.id))).send().await.unwrap();
+    assert_error(bad, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    // The feed without an upgrade.
+    let plain = f.get("/api/feed").await;
+    assert_error(plain, StatusCode::UPGRADE_REQUIRED, "upgrade_required").await;
+    // Absurd long-poll waits are capped, not a panic; nonsense is a 400.
+    for wait in ["-1", "NaN", "inf", "1e400"] {
+        let resp = f.get(&format!("/api/changes?stream=boards&since=0&wait={wait}")).await;
+        assert_error(resp, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    }
+    let capped = tokio::time::timeout(
+        Duration::from_secs(5),
+        f.get(&format!("/api/changes?stream=board:{}&since=0&wait=1e20", board.id)),
+    )
+    .await
+    .expect("changes exist: answered at once");
+    assert_eq!(capped.status(), 200);
+}
+
+#[tokio::test]
+async fn a_client_that_dribbles_its_headers_is_cut_off_and_oversized_headers_get_431() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path().join("test.sqlite3"));
+    config.header_read_timeout_secs = 1.0;
+    config.max_header_bytes = 8 * 1024;
+    let server = Server::start(&config).await.unwrap();
+    // Slowloris: one header byte every 300 ms never completes the request; the server closes the connection.
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /api/auth/me HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for _ in 0..20 {
+        if slow.write_all(b"a").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(300), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => {} // a 408 before the close
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "the dribbling connection was closed");
+    assert!(started.elapsed() < Duration::from_secs(4), "within the header timeout: {:?}", started.elapsed());
+    // An idle keep-alive connection is closed too.
+    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(4), idle.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "idle connection closed: {read:?}");
+    // A 20 KB header: 431.
+    let resp = Client::new()
+        .get(format!("{}/api/auth/me", server.url()))
+        .header("x-big", "a".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    server.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_refused_with_json_while_others_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path().join("test.sqlite3"));
+    config.max_connections = 50;
+    config.max_connections_per_address = 40;
+    let server = Server::start(&config).await.unwrap();
+    // 40 idle connections from one address fill its share.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = Client::new().get(format!("{}/api/auth/me", server.url())).send().await.unwrap();
+    assert_error(refused, StatusCode::SERVICE_UNAVAILABLE, "too_many_connections").await;
+    // Their owner goes away: everyone is answered again.
+    drop(idle);
+    let mut answered = false;
+    for _ in 0..50 {
+        let resp = Client::new().get(format!("{}/api/auth/me", server.url())).send().await.unwrap();
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered, "answered once the idle connections closed");
+    server.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_body_sent_too_slowly_gets_a_json_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path().join("test.sqlite3"));
+    config.body_timeout_secs = 1.0;
+    let server = Server::start(&config).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /api/auth/signin HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"user",
+        server.addr
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut response)).await;
+    assert!(read.is_ok(), "answered and closed within the body timeout");
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(r#""error":"request_timeout""#), "{text}");
+    server.stop(Duration::from_secs(1)).await;
+}

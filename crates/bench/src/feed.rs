@@ -45,6 +45,9 @@ struct Args {
     /// Concurrent writers for the throughput table.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Cards on the big board of the reads-versus-writes table (0: skip it).
+    #[arg(long, default_value_t = 0)]
+    big_board: usize,
 }
 
 /// Where a configuration keeps its data.
@@ -308,6 +311,70 @@ async fn throughput(setup: &Setup, writes: usize, concurrency: usize) -> Result<
     ))
 }
 
+/// Rows of the reads-versus-writes table: small writes alone, then while 4 clients re-read a big board.
+async fn reads_versus_writes(setup: &Setup, cards: usize) -> Result<Vec<String>> {
+    let base = setup.base();
+    for chunk in 0..cards.div_ceil(100) {
+        let writes: Vec<Value> = (0..100.min(cards - chunk * 100))
+            .map(|i| {
+                json!({"write_id": uuid::Uuid::new_v4(), "op": {"type": "create_card", "column_id": setup.column_id,
+                       "title": format!("card {}", chunk * 100 + i), "description": "a short description"}})
+            })
+            .collect();
+        let resp = setup.http.post(format!("{base}/api/writes")).json(&json!({ "writes": writes })).send().await?;
+        if !resp.status().is_success() {
+            bail!("seeding failed: {}", resp.status());
+        }
+    }
+    let snapshot = setup.http.get(format!("{base}/api/boards/{}", setup.board_id)).send().await?.bytes().await?;
+    let mut rows = Vec::new();
+    for readers in [0usize, 4] {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..readers {
+            let (http, stop, reads) = (setup.http.clone(), stop.clone(), reads.clone());
+            let url = format!("{base}/api/boards/{}", setup.board_id);
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(resp) = http.get(&url).send().await {
+                        let _ = resp.bytes().await;
+                        reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut took = Vec::new();
+        for i in 0..200 {
+            let t = Instant::now();
+            let resp = setup
+                .http
+                .patch(format!("{base}/api/cards/{}", setup.card_id))
+                .json(&json!({"title": format!("w{i}")}))
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                bail!("write failed: {}", resp.status());
+            }
+            took.push(t.elapsed());
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            let _ = t.await;
+        }
+        took.sort();
+        rows.push(format!(
+            "{:>14} | {:>9.2?} | {:>9.2?} | {:>12}",
+            format!("{readers} ({} KB)", snapshot.len() / 1000),
+            percentile(&took, 0.5),
+            percentile(&took, 0.99),
+            reads.load(std::sync::atomic::Ordering::Relaxed)
+        ));
+    }
+    Ok(rows)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -344,6 +411,23 @@ async fn main() -> Result<()> {
         }
     }
     println!("(latency: write request sent → change message received by a subscriber; includes the HTTP write itself)");
+    if args.big_board > 0 {
+        println!();
+        println!(
+            "small writes (200 card renames, one at a time) alone and while 4 clients re-read a {}-card board",
+            args.big_board
+        );
+        println!("{:<15} | {:>14} | {:>9} | {:>9} | {:>12}", "database", "readers", "p50", "p99", "reads done");
+        println!("{}", "-".repeat(70));
+        for (name, database, instances) in &configs {
+            let setup = Setup::start(&args.server, database, *instances).await?;
+            let rows = reads_versus_writes(&setup, args.big_board).await?;
+            for row in rows {
+                println!("{name:<15} | {row}");
+            }
+            setup.stop().await;
+        }
+    }
     if args.writes > 0 {
         println!();
         println!("write throughput: {} card creations from {} concurrent clients", args.writes, args.concurrency);

@@ -113,7 +113,7 @@ async fn list_boards(State(s): State<AppState>, user: CurrentUser, headers: Head
     let me = user.id;
     let (tag, list) = s
         .store
-        .transaction(move |tx| {
+        .read(move |tx| {
             let tag = etag(log_id, stream_head(tx, access::user_stream(me))?);
             let list = if not_modified(&known, &tag) { None } else { Some(store::list_boards(tx, me, log_id)?) };
             Ok((tag, list))
@@ -133,7 +133,7 @@ async fn get_board(
     let known = headers;
     let (tag, snapshot) = s
         .store
-        .transaction(move |tx| {
+        .read(move |tx| {
             access::can(tx, user.id, id, Action::Read)?;
             let tag = etag(log_id, stream_head(tx, StreamId::Board(id))?);
             let snapshot = if not_modified(&known, &tag) { None } else { Some(store::board_snapshot(tx, id, log_id)?) };
@@ -153,7 +153,7 @@ async fn get_summary(
     let log_id = s.store.log_id();
     let (tag, summary) = s
         .store
-        .transaction(move |tx| {
+        .read(move |tx| {
             access::can(tx, user.id, id, Action::Read)?;
             let tag = format!("\"{log_id}-{}-summary\"", stream_head(tx, StreamId::Board(id))?);
             let summary = if not_modified(&headers, &tag) { None } else { Some(store::board_summary(tx, id)?) };
@@ -167,7 +167,7 @@ async fn get_summary(
 async fn get_card(State(s): State<AppState>, user: CurrentUser, Path(id): Path<CardId>) -> ApiResult<axum::Json<Card>> {
     let card = s
         .store
-        .transaction(move |tx| {
+        .read(move |tx| {
             let card = store::get_card(tx, id)?;
             access::can(tx, user.id, card.board_id, Action::Read)
                 .map_err(|_| store::StoreError::NotFound(format!("no card with id {id}")))?;
@@ -187,7 +187,7 @@ async fn list_members(
 ) -> ApiResult<axum::Json<Vec<Member>>> {
     let members = s
         .store
-        .transaction(move |tx| {
+        .read(move |tx| {
             access::can(tx, user.id, id, Action::Read)?;
             access::members_of(tx, id)
         })
@@ -436,7 +436,7 @@ async fn long_poll(
     let stream: StreamName = stream_id.name();
     // A board the user may not see does not exist (as on every other route).
     if let StreamId::Board(board) = stream_id {
-        s.store.transaction(move |tx| access::can(tx, user.id, board, Action::Read)).await?;
+        s.store.read(move |tx| access::can(tx, user.id, board, Action::Read)).await?;
     }
     let mut ended = s.store.hub().ended_sessions();
     if !q.wait.is_finite() || q.wait < 0.0 {
@@ -476,7 +476,7 @@ async fn long_poll(
                     let own_log = store.log_id();
                     let st = stream.clone();
                     let read = store
-                        .transaction(move |tx| access::read_log_as(tx, me, own_log, &st, since, client_log_id, page))
+                        .read(move |tx| access::read_log_as(tx, me, own_log, &st, since, client_log_id, page))
                         .await?;
                     session.handle(session::Input::LogRead { stream, since, read });
                 }

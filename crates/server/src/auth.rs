@@ -385,7 +385,7 @@ pub async fn signin(
 ) -> Result<axum::Json<User>, AppError> {
     s.auth.attempt(Some(&body.username), peer)?;
     let name = body.username.clone();
-    let found = s.store.transaction(move |tx| access::user_by_name(tx, &name)).await?;
+    let found = s.store.read(move |tx| access::user_by_name(tx, &name)).await?;
     let hash = match &found {
         Some((_, h)) => h.clone(),
         None => dummy_hash().await?,
@@ -412,7 +412,7 @@ pub async fn signout(session: Session) -> Result<StatusCode, AppError> {
     responses((status = 200, body = User), (status = 401, description = "Not signed in", body = syncline_kanban::ApiError)))]
 pub async fn me(State(s): State<AppState>, user: CurrentUser) -> Result<axum::Json<User>, AppError> {
     let id = user.id;
-    let found = s.store.transaction(move |tx| access::get_user(tx, id)).await?;
+    let found = s.store.read(move |tx| access::get_user(tx, id)).await?;
     found.map(|(u, _)| axum::Json(u)).ok_or_else(AppError::unauthorized)
 }
 
@@ -429,7 +429,7 @@ pub async fn change_password(
     Json(body): Json<ChangePassword>,
 ) -> Result<StatusCode, AppError> {
     let id = user.id;
-    let found = s.store.transaction(move |tx| access::get_user(tx, id)).await?;
+    let found = s.store.read(move |tx| access::get_user(tx, id)).await?;
     let Some((account, hash)) = found else { return Err(AppError::unauthorized()) };
     s.auth.attempt(Some(&account.username), peer)?;
     if !verify_password(body.current_password, hash).await {

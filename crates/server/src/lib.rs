@@ -258,7 +258,7 @@ async fn cache_headers(request: axum::extract::Request, next: axum::middleware::
 /// `GET /healthz`: the instance serves and its database answers (load balancers' health check).
 async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match state.store.transaction(|tx| tx.query_one("SELECT 1", &[]).map(|_| ())).await {
+    match state.store.read(|tx| tx.query_one("SELECT 1", &[]).map(|_| ())).await {
         Ok(()) => "ok".into_response(),
         Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response(),
     }

@@ -228,9 +228,41 @@ impl PoolHandle {
     }
 }
 
+/// Read-only SQLite connections beside the one writer: in WAL mode they read a consistent snapshot while it
+/// writes, so a big snapshot read never holds up a write (nor a write a read).
+struct Readers {
+    /// `None` for an in-memory database (a second connection would see another database): reads use the writer.
+    path: Option<std::path::PathBuf>,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// Idle read connections kept (more are opened under load, and closed when returned past this).
+const IDLE_READERS: usize = 8;
+
+impl Readers {
+    fn take(&self) -> Option<Connection> {
+        let path = self.path.as_ref()?;
+        if let Some(conn) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Some(conn);
+        }
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags).ok()?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).ok()?;
+        Some(conn)
+    }
+
+    fn give(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+}
+
 #[derive(Clone)]
 enum Backend {
-    Sqlite(Arc<Mutex<Connection>>),
+    Sqlite(Arc<Mutex<Connection>>, Arc<Readers>),
     /// The pool, and the URL (for the tail task's own listening connection).
     Postgres(Arc<PoolHandle>, Arc<str>),
 }
@@ -260,7 +292,9 @@ impl Store {
     /// Opens (creating if needed) the SQLite file and brings its schema up to date.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
         let (conn, log_id) = open_connection(path)?;
-        Ok(Store::with_backend(Backend::Sqlite(Arc::new(Mutex::new(conn))), log_id))
+        let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
+        let readers = Readers { path: (!in_memory).then(|| path.to_path_buf()), idle: Mutex::new(Vec::new()) };
+        Ok(Store::with_backend(Backend::Sqlite(Arc::new(Mutex::new(conn)), Arc::new(readers)), log_id))
     }
 
     /// Connects to PostgreSQL (`postgres://user@host:port/db`), brings its schema up to date, and pools
@@ -289,7 +323,7 @@ impl Store {
 
     pub fn dialect(&self) -> Dialect {
         match self.backend {
-            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Sqlite(..) => Dialect::Sqlite,
             Backend::Postgres(..) => Dialect::Postgres,
         }
     }
@@ -298,7 +332,7 @@ impl Store {
     pub fn postgres_url(&self) -> Option<String> {
         match &self.backend {
             Backend::Postgres(_, url) => Some(url.to_string()),
-            Backend::Sqlite(_) => None,
+            Backend::Sqlite(..) => None,
         }
     }
 
@@ -331,6 +365,39 @@ impl Store {
         self.write(move |tx| Ok((f(tx)?, Vec::new()))).await
     }
 
+    /// Runs a read in one transaction (a consistent snapshot) in a blocking thread: on SQLite on a read-only
+    /// connection beside the writer, so it neither waits for writes nor holds them up; on PostgreSQL on the pool.
+    /// Nothing it does is committed.
+    pub async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Conn) -> StoreResult<T> + Send + 'static,
+    {
+        let Backend::Sqlite(writer, readers) = &self.backend else {
+            return self.transaction(f).await;
+        };
+        let (writer, readers) = (writer.clone(), readers.clone());
+        tokio::task::spawn_blocking(move || match readers.take() {
+            Some(mut conn) => {
+                let out = {
+                    let tx = conn.transaction()?;
+                    f(&*tx)
+                    // dropped: rolled back (it changed nothing)
+                };
+                readers.give(conn);
+                out
+            }
+            // In memory (or the file could not be opened again): the writer's connection.
+            None => {
+                let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+                let tx = conn.transaction()?;
+                f(&*tx)
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.into()))?
+    }
+
     /// Runs a write in one transaction, then publishes the changes it returns to this instance's hub once it
     /// committed. On SQLite the connection lock is held until they are published, so notifications leave in
     /// commit order; on PostgreSQL writers commit concurrently and a reader that sees a batch out of order fills
@@ -343,7 +410,7 @@ impl Store {
         let backend = self.backend.clone();
         let hub = self.hub.clone();
         tokio::task::spawn_blocking(move || match backend {
-            Backend::Sqlite(conn) => {
+            Backend::Sqlite(conn, _) => {
                 // A panic while holding the lock poisons it; the connection itself is still sound because any
                 // transaction was rolled back when it dropped, so carry on with the inner value.
                 let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());

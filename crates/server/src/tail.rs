@@ -217,7 +217,7 @@ pub async fn round(store: &Store) -> StoreResult<usize> {
     if plan.heads.is_empty() && plan.reads.is_empty() {
         return Ok(0);
     }
-    let (heads, changes) = store.transaction(move |tx| read_plan(tx, &plan)).await?;
+    let (heads, changes) = store.read(move |tx| read_plan(tx, &plan)).await?;
     let read = changes.len();
     let batches = {
         let mut tailer = store.hub().tailer();

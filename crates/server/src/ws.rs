@@ -131,7 +131,7 @@ impl Connection {
         let (id, now) = (self.user.session.clone(), (crate::feed::now_ms() / 1000) as i64);
         self.state
             .store
-            .transaction(move |tx| {
+            .read(move |tx| {
                 tx.query_one(
                     "SELECT EXISTS(SELECT 1 FROM sessions WHERE id = ?1 AND expires_at > ?2)",
                     crate::args![id, now],
@@ -232,7 +232,7 @@ impl Connection {
                     let (own_log, page, me) = (store.log_id(), self.state.feed.page_size, self.user.id);
                     let s = stream.clone();
                     let read = store
-                        .transaction(move |tx| access::read_log_as(tx, me, own_log, &s, since, client_log_id, page))
+                        .read(move |tx| access::read_log_as(tx, me, own_log, &s, since, client_log_id, page))
                         .await
                         .map_err(|_| End::Close(1011, "could not read the change log".into()))?;
                     self.session.handle(session::Input::LogRead { stream, since, read });

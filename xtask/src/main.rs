@@ -111,11 +111,15 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     )?;
     println!("xtask: the server's tests again, on PostgreSQL");
     let on_sqlite = started.elapsed();
+    // The same selection narrowed to the server's test targets (no feature re-resolution, so nothing is rebuilt;
+    // `access` also names the browser access tests, whose in-process server then runs on PostgreSQL too).
     status(
         cargo()
-            .args(["test", "--package", "syncline-server", "--features", "bug-injection", "--tests"])
+            .args(["test", "--workspace", "--exclude", "syncline-app", "--exclude", "syncline-web"])
+            .args(["--test", "access", "--test", "feed", "--test", "http_api", "--test", "instances"])
             .args(cargo_args)
             .args(["--", "--test-threads=1"])
+            .env("SYNCLINE_DIST_DIR", &dist)
             .env("SYNCLINE_TEST_POSTGRES", postgres.base_url()),
     )?;
     drop(postgres);

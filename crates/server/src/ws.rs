@@ -299,6 +299,9 @@ fn read_error(e: &axum::Error) -> End {
         End::Close(close_code::MESSAGE_TOO_BIG, truncate(format!("message too big: {text}")))
     } else if text.contains("UTF-8") || text.contains("utf-8") {
         End::Close(close_code::INVALID_PAYLOAD, "text frame is not valid UTF-8".into())
+    } else if text.contains("protocol error") {
+        // An unmasked frame, reserved bits, a bad opcode...: say so (1002) before closing.
+        End::Close(1002, truncate(text))
     } else {
         End::Gone
     }

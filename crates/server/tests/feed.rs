@@ -617,3 +617,73 @@ async fn metrics_are_served_in_prometheus_text() {
         assert!(text.contains(name), "missing {name} in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_frame_that_breaks_the_websocket_protocol_gets_a_1002_close_frame() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::new().await;
+    let mut tcp = tokio::net::TcpStream::connect(f.server.addr).await.unwrap();
+    let handshake = format!(
+        "GET /api/feed HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nCookie: {}\r\n\r\n",
+        f.server.addr, f.cookie
+    );
+    tcp.write_all(handshake.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the server closed during the handshake");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got));
+    // A client frame must be masked: an unmasked text frame is a protocol error.
+    tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    // Read frames until the close frame (the hello comes first).
+    let mut frames = got[got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..].to_vec();
+    let close = loop {
+        // Parse what we have: server frames are unmasked, lengths < 65536 here.
+        let mut at = 0;
+        let mut found = None;
+        while frames.len() >= at + 2 {
+            let opcode = frames[at] & 0x0f;
+            let (len, head) = match frames[at + 1] & 0x7f {
+                126 if frames.len() >= at + 4 => (u16::from_be_bytes([frames[at + 2], frames[at + 3]]) as usize, 4),
+                126 => break,
+                n => (n as usize, 2),
+            };
+            if frames.len() < at + head + len {
+                break;
+            }
+            if opcode == 0x8 {
+                found = Some(frames[at + head..at + head + len].to_vec());
+                break;
+            }
+            at += head + len;
+        }
+        if let Some(payload) = found {
+            break payload;
+        }
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await.expect("a close frame in time").unwrap();
+        assert!(n > 0, "the connection was cut without a close frame");
+        frames.extend_from_slice(&buf[..n]);
+    };
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1002, "{}", String::from_utf8_lossy(&close[2..]));
+}
+
+#[tokio::test]
+async fn an_abandoned_long_poll_is_no_longer_counted_as_waiting() {
+    let f = Fixture::new().await;
+    let (board, _, _) = f.board().await;
+    let since = f.cursor(&board).await;
+    let url = f.url(&format!("/api/changes?stream=board:{}&since={since}&wait=20", board.id));
+    // The client gives up after 300 ms (a tab closed, a network change).
+    let abandoned = f.http.get(url).timeout(Duration::from_millis(300)).send().await;
+    assert!(abandoned.is_err(), "the long-poll was still waiting");
+    let waiting = || f.server.metrics().longpolls_waiting.get();
+    let started = std::time::Instant::now();
+    while waiting() != 0 && started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(waiting(), 0, "the gauge went back down when the client left");
+}

@@ -15,6 +15,14 @@ pub async fn serve() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let config = Config::parse();
+    if let Some(crate::Command::Backup { to }) = &config.command {
+        if config.database_url.is_some() {
+            anyhow::bail!("backup copies the SQLite file; for PostgreSQL use pg_dump");
+        }
+        crate::schema::backup(&config.db, to)?;
+        println!("backed up {} to {}", config.db.display(), to.display());
+        return Ok(());
+    }
     // Every connection is a descriptor: raise the soft limit to the hard one (a default of 1,024 would be the
     // real connection cap).
     if let Some(limit) = crate::serve::raise_descriptor_limit() {

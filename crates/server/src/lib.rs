@@ -48,6 +48,10 @@ pub struct Config {
     /// SQLite database file; created with its directory if missing (unless `--database-url` is given).
     #[arg(long, env = "SYNCLINE_DB", default_value = "data/syncline.sqlite3")]
     pub db: PathBuf,
+    /// How hard SQLite syncs each commit: `normal` (survives the process being killed; a power loss may lose the
+    /// last commits) or `full` (survives a power loss; slower writes).
+    #[arg(long, env = "SYNCLINE_SYNCHRONOUS", value_enum, default_value_t = schema::Synchronous::Normal)]
+    pub synchronous: schema::Synchronous,
     /// PostgreSQL instead of the SQLite file: `postgres://user@host:port/database`. Several instances may share
     /// one database (each delivers the others' changes to its own clients).
     #[arg(long, env = "SYNCLINE_DATABASE_URL")]
@@ -124,9 +128,23 @@ pub struct Config {
     /// no commit hint (NOTIFY) wakes the instance sooner. The most a lost hint delays a change.
     #[arg(long, env = "SYNCLINE_TAIL_INTERVAL_SECS", default_value_t = 0.25)]
     pub tail_interval_secs: f64,
+    /// Instead of serving: `backup --to <file>` copies the SQLite database while a server may be running.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Seconds between retention sweeps.
     #[arg(long, env = "SYNCLINE_PRUNE_INTERVAL_SECS", default_value_t = 60.0)]
     pub prune_interval_secs: f64,
+}
+
+/// What the program does instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Copies the SQLite database (`--db`) into a new file, consistently, while the server keeps running.
+    Backup {
+        /// The file to write (must not exist).
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 impl Config {
@@ -135,6 +153,8 @@ impl Config {
         Config {
             bind: "127.0.0.1:0".parse().expect("valid address"),
             database_url: testing::database_url(),
+            synchronous: schema::Synchronous::Normal,
+            command: None,
             db,
             static_dir: PathBuf::from("/nonexistent"),
             max_body_bytes: syncline_protocol::limits::DEFAULT_MAX_BODY_BYTES,
@@ -287,7 +307,7 @@ impl Server {
                 let url = url.clone();
                 tokio::task::spawn_blocking(move || Store::connect(&url)).await??
             }
-            None => Store::open(&config.db)?,
+            None => Store::open_with(&config.db, config.synchronous)?,
         };
         let listener = TcpListener::bind(config.bind).await?;
         Self::start_on(listener, store, config)

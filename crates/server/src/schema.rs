@@ -183,15 +183,34 @@ const POSTGRES_STEPS: &[&str] = &["CREATE TABLE boards (
     CREATE INDEX sessions_by_user ON sessions(user_id);
     CREATE INDEX sessions_by_expiry ON sessions(expires_at);"];
 
+/// How hard SQLite syncs commits to disk (`--synchronous`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Synchronous {
+    /// In WAL mode: a commit survives the process being killed, not necessarily a power loss or an OS crash (the
+    /// last commits may roll back; the database stays consistent). Fast.
+    #[default]
+    Normal,
+    /// Every commit is synced to disk before it is acknowledged: survives a power loss too. Slower writes.
+    Full,
+}
+
 /// Opens a SQLite database (`:memory:` for a throwaway one), applies the migrations, and returns it with its log
 /// id. [`Store`] wraps this for the server; the simulation drives the same connection synchronously.
 pub fn open_connection(path: &Path) -> anyhow::Result<(Connection, Uuid)> {
+    open_connection_with(path, Synchronous::Normal)
+}
+
+pub fn open_connection_with(path: &Path, synchronous: Synchronous) -> anyhow::Result<(Connection, Uuid)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
     let mut conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let level = match synchronous {
+        Synchronous::Normal => "NORMAL",
+        Synchronous::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", level)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     sqlite_migrations().to_latest(&mut conn)?;
@@ -291,7 +310,12 @@ const POOL_SIZE: u32 = 16;
 impl Store {
     /// Opens (creating if needed) the SQLite file and brings its schema up to date.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
-        let (conn, log_id) = open_connection(path)?;
+        Store::open_with(path, Synchronous::Normal)
+    }
+
+    /// [`open`](Store::open) with a chosen durability.
+    pub fn open_with(path: &Path, synchronous: Synchronous) -> anyhow::Result<Store> {
+        let (conn, log_id) = open_connection_with(path, synchronous)?;
         let in_memory = path.as_os_str() == ":memory:" || path.as_os_str().is_empty();
         let readers = Readers { path: (!in_memory).then(|| path.to_path_buf()), idle: Mutex::new(Vec::new()) };
         Ok(Store::with_backend(Backend::Sqlite(Arc::new(Mutex::new(conn)), Arc::new(readers)), log_id))
@@ -454,6 +478,29 @@ fn migrate_postgres(conn: &dyn Conn) -> StoreResult<()> {
             conn.execute(statement, &[])?;
         }
         conn.execute("UPDATE schema_version SET version = ?1", args![(n + 1) as i64])?;
+    }
+    Ok(())
+}
+
+/// Copies the SQLite database at `db` into a new file `to`, consistently, while the server may be writing to it:
+/// SQLite's online backup in one step, under a read transaction (in WAL mode that never blocks the writer).
+/// Refuses to overwrite an existing file.
+pub fn backup(db: &Path, to: &Path) -> anyhow::Result<()> {
+    use rusqlite::OpenFlags;
+    if to.exists() {
+        anyhow::bail!("{} exists; choose a new file", to.display());
+    }
+    let source = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    source.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mut target = Connection::open(to)?;
+    {
+        let backup = rusqlite::backup::Backup::new(&source, &mut target)?;
+        // All pages in one step: one consistent snapshot.
+        backup.step(-1)?;
+    }
+    let check: String = target.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        anyhow::bail!("the copy failed its integrity check: {check}");
     }
     Ok(())
 }

@@ -551,3 +551,35 @@ async fn a_body_sent_too_slowly_gets_a_json_408() {
     assert!(text.contains(r#""error":"request_timeout""#), "{text}");
     server.stop(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn an_online_backup_is_consistent_while_writes_go_on() {
+    let f = Fixture::new().await;
+    if f.server.state.store.postgres_url().is_some() {
+        return; // a SQLite feature (PostgreSQL has pg_dump)
+    }
+    let (_, todo, _, _) = f.board().await;
+    let db = f._dir.path().join("test.sqlite3");
+    let (client, url) = (f.client.clone(), f.url(&format!("/api/columns/{}/cards", todo.id)));
+    let writer = tokio::spawn(async move {
+        for i in 0..150 {
+            let resp = client.post(&url).json(&json!({ "title": format!("c{i}") })).send().await.unwrap();
+            assert_eq!(resp.status(), 201);
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let to = f._dir.path().join("backup.sqlite3");
+    let (from, copy) = (db.clone(), to.clone());
+    tokio::task::spawn_blocking(move || syncline_server::schema::backup(&from, &copy)).await.unwrap().unwrap();
+    writer.await.unwrap();
+    // The copy is a database of its own, consistent: every card's column exists, cursors match the log.
+    let conn = rusqlite::Connection::open(&to).unwrap();
+    let cards: i64 = conn.query_row("SELECT COUNT(*) FROM cards", [], |r| r.get(0)).unwrap();
+    let orphans: i64 = conn
+        .query_row("SELECT COUNT(*) FROM cards WHERE column_id NOT IN (SELECT id FROM columns)", [], |r| r.get(0))
+        .unwrap();
+    assert!(cards >= 1, "the copy has the data written before it");
+    assert_eq!(orphans, 0);
+    // It does not overwrite.
+    assert!(syncline_server::schema::backup(&db, &to).is_err());
+}

@@ -610,6 +610,27 @@ impl utoipa::Modify for AccessResponses {
                 }
                 r.entry("421".into())
                     .or_insert_with(|| error("A `Host` that is not one of the server's public origins"));
+                // What any route may answer: a parameter that does not parse, a body that is not acceptable, the
+                // connection cap, an internal failure.
+                let has_params = path.contains('{') || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                if has_params || writes {
+                    r.entry("400".into()).or_insert_with(|| {
+                        error("A path or query parameter (`invalid_parameter`) or a body (`malformed_json`) that does not parse")
+                    });
+                }
+                if writes {
+                    r.entry("408".into()).or_insert_with(|| error("The body came too slowly (`request_timeout`)"));
+                    r.entry("413".into()).or_insert_with(|| error("The body is too large (`payload_too_large`)"));
+                    r.entry("415".into())
+                        .or_insert_with(|| error("The body is not `application/json` (`unsupported_media_type`)"));
+                    r.entry("422".into()).or_insert_with(|| {
+                        error("The body is JSON of the wrong shape (`invalid_body`) or a refused value")
+                    });
+                }
+                r.entry("500".into()).or_insert_with(|| error("An internal failure (`internal`); may be retried"));
+                r.entry("503".into()).or_insert_with(|| {
+                    error("Too many open connections (`too_many_connections`, `Retry-After`), or a feed turned off")
+                });
             }
         }
         let components = doc.components.get_or_insert_with(Default::default);

@@ -583,3 +583,78 @@ async fn an_online_backup_is_consistent_while_writes_go_on() {
     // It does not overwrite.
     assert!(syncline_server::schema::backup(&db, &to).is_err());
 }
+
+/// Every status a route answers is in the OpenAPI document: each documented operation is sent a battery of bad
+/// requests (anonymous, foreign Host, cross-site, unknown and malformed ids, bad query, malformed, mis-shaped,
+/// non-JSON and oversized bodies) and a good-looking one; any status the document does not list for it fails.
+#[tokio::test]
+async fn every_status_a_route_answers_is_documented() {
+    let f = Fixture::new().await;
+    let (board, todo, _, card) = f.board().await;
+    let doc: Value = f.get("/api/openapi.json").await.json().await.unwrap();
+    let anonymous = Client::new();
+    let mut undocumented = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/api/") || path == "/api/openapi.json" {
+            continue;
+        }
+        for (method, op) in ops.as_object().unwrap() {
+            let documented: Vec<&str> = op["responses"].as_object().unwrap().keys().map(String::as_str).collect();
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let writes = method != reqwest::Method::GET;
+            let with = |ids: &[(&str, String)]| {
+                let mut p = path.clone();
+                for (name, value) in ids {
+                    p = p.replace(name, value);
+                }
+                f.url(&p)
+            };
+            // The entity the path names is real where the route is about the board, card or column we made.
+            let real_id = if path.starts_with("/api/cards") {
+                card.id.to_string()
+            } else if path.starts_with("/api/columns") {
+                todo.id.to_string()
+            } else {
+                board.id.to_string()
+            };
+            let real = with(&[("{id}", real_id), ("{user_id}", uuid::Uuid::nil().to_string())]);
+            let unknown =
+                with(&[("{id}", uuid::Uuid::new_v4().to_string()), ("{user_id}", uuid::Uuid::new_v4().to_string())]);
+            let malformed = with(&[("{id}", "not-a-uuid".into()), ("{user_id}", "nope".into())]);
+            let mut requests: Vec<reqwest::RequestBuilder> = vec![
+                anonymous.request(method.clone(), &real),
+                f.client.request(method.clone(), &real).header("host", "evil.example"),
+                f.client.request(method.clone(), &unknown),
+                f.client.request(method.clone(), &malformed),
+                f.client.request(method.clone(), format!("{real}?base_version=x&since=x&wait=x&stream=x")),
+            ];
+            if writes {
+                let big = "x".repeat(2 * 1024 * 1024);
+                requests.extend([
+                    f.client.request(method.clone(), &real).header("origin", "https://evil.example").json(&json!({})),
+                    f.client.request(method.clone(), &real).header("content-type", "application/json").body("{"),
+                    f.client.request(method.clone(), &real).json(&json!({"unexpected": [1, 2]})),
+                    f.client.request(method.clone(), &real).header("content-type", "text/plain").body("hello"),
+                    f.client.request(method.clone(), &real).header("content-type", "application/json").body(big),
+                    f.client.request(method.clone(), &real).json(
+                        &json!({"title": "ok", "username": "nobody", "role": "viewer",
+                        "password": "x", "current_password": "x", "new_password": "y", "column_id": todo.id,
+                        "writes": [], "before": null, "after": null}),
+                    ),
+                ]);
+            } else {
+                requests.push(f.client.request(method.clone(), &real));
+            }
+            for request in requests {
+                let resp = request.send().await.unwrap();
+                let status = resp.status().as_u16().to_string();
+                if !documented.contains(&status.as_str()) {
+                    undocumented.push(format!("{method} {path} answered {status}"));
+                }
+            }
+        }
+    }
+    undocumented.sort();
+    undocumented.dedup();
+    assert!(undocumented.is_empty(), "statuses the OpenAPI document does not list:\n{}", undocumented.join("\n"));
+}

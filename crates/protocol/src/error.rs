@@ -49,6 +49,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The WebSocket feed is turned off; long-poll instead.
     WebsocketUnavailable,
+    /// A quota (boards per user, columns or cards per board) would be exceeded; `field` names the limit.
+    QuotaExceeded,
     /// `/api/feed` is a WebSocket: the request must ask for the upgrade.
     UpgradeRequired,
     /// The request (its body) took longer than the server waits.
@@ -80,6 +82,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::UpgradeRequired => "upgrade_required",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::WebsocketUnavailable => "websocket_unavailable",
             ErrorCode::Internal => "internal",

@@ -76,6 +76,11 @@ impl From<StoreError> for AppError {
                 err.current = Some(current);
                 err
             }
+            StoreError::QuotaExceeded { limit, message } => {
+                let mut err = AppError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::QuotaExceeded, message);
+                err.body.field = Some(limit.into());
+                err
+            }
             StoreError::Internal(cause) => {
                 tracing::error!(error = %cause, "internal error");
                 AppError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error; try again")

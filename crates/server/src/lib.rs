@@ -131,6 +131,15 @@ pub struct Config {
     /// Instead of serving: `backup --to <file>` copies the SQLite database while a server may be running.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Boards one user may own.
+    #[arg(long, env = "SYNCLINE_MAX_BOARDS_PER_USER", default_value_t = 1_000)]
+    pub max_boards_per_user: u64,
+    /// Columns on one board.
+    #[arg(long, env = "SYNCLINE_MAX_COLUMNS_PER_BOARD", default_value_t = 200)]
+    pub max_columns_per_board: u64,
+    /// Cards on one board.
+    #[arg(long, env = "SYNCLINE_MAX_CARDS_PER_BOARD", default_value_t = 50_000)]
+    pub max_cards_per_board: u64,
     /// Seconds between retention sweeps.
     #[arg(long, env = "SYNCLINE_PRUNE_INTERVAL_SECS", default_value_t = 60.0)]
     pub prune_interval_secs: f64,
@@ -155,6 +164,9 @@ impl Config {
             database_url: testing::database_url(),
             synchronous: schema::Synchronous::Normal,
             command: None,
+            max_boards_per_user: 1_000,
+            max_columns_per_board: 200,
+            max_cards_per_board: 50_000,
             db,
             static_dir: PathBuf::from("/nonexistent"),
             max_body_bytes: syncline_protocol::limits::DEFAULT_MAX_BODY_BYTES,
@@ -316,7 +328,11 @@ impl Server {
     /// Serves on an already-bound listener (e.g. to restart on the same port).
     pub fn start_on(listener: TcpListener, store: Store, config: &Config) -> anyhow::Result<Server> {
         let addr = listener.local_addr()?;
-        let store = store.with_write_id_ttl(config.retention().write_ttl);
+        let store = store.with_write_id_ttl(config.retention().write_ttl).with_quotas(writes::Quotas {
+            boards_per_user: config.max_boards_per_user,
+            columns_per_board: config.max_columns_per_board,
+            cards_per_board: config.max_cards_per_board,
+        });
         if !config.static_dir.join("index.html").exists() {
             tracing::warn!(dir = %config.static_dir.display(), "no index.html in the static directory; only /api is served");
         }

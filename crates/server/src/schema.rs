@@ -293,6 +293,7 @@ pub struct Store {
     log_id: Uuid,
     hub: Arc<Hub>,
     write_id_ttl_ms: u64,
+    quotas: crate::writes::Quotas,
 }
 
 impl std::fmt::Debug for Store {
@@ -342,7 +343,13 @@ impl Store {
     }
 
     fn with_backend(backend: Backend, log_id: Uuid) -> Store {
-        Store { backend, log_id, hub: Arc::new(Hub::default()), write_id_ttl_ms: DEFAULT_WRITE_ID_TTL_MS }
+        Store {
+            backend,
+            log_id,
+            hub: Arc::new(Hub::default()),
+            write_id_ttl_ms: DEFAULT_WRITE_ID_TTL_MS,
+            quotas: crate::writes::Quotas::default(),
+        }
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -364,6 +371,16 @@ impl Store {
     pub fn with_write_id_ttl(mut self, ttl: std::time::Duration) -> Store {
         self.write_id_ttl_ms = ttl.as_millis() as u64;
         self
+    }
+
+    /// The same store, with these creation quotas.
+    pub fn with_quotas(mut self, quotas: crate::writes::Quotas) -> Store {
+        self.quotas = quotas;
+        self
+    }
+
+    pub fn quotas(&self) -> crate::writes::Quotas {
+        self.quotas
     }
 
     pub fn write_id_ttl_ms(&self) -> u64 {

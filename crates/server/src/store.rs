@@ -34,6 +34,11 @@ pub enum StoreError {
         message: String,
         current: serde_json::Value,
     },
+    /// A quota would be exceeded (`limit` names it, e.g. `cards_per_board`).
+    QuotaExceeded {
+        limit: &'static str,
+        message: String,
+    },
     Internal(anyhow::Error),
 }
 

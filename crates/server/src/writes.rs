@@ -36,11 +36,65 @@ pub struct WriteContext {
     pub now_ms: u64,
     /// How long write ids are remembered (`--write-id-ttl-secs`).
     pub write_id_ttl_ms: u64,
+    pub quotas: Quotas,
+}
+
+/// How much one user may create (`--max-boards-per-user`, `--max-columns-per-board`, `--max-cards-per-board`):
+/// generous for a team, bounded for a hostile client. Checked in the write's transaction; over a quota the write
+/// is refused with 422 `quota_exceeded` naming the limit (a recorded outcome, like any refusal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    pub boards_per_user: u64,
+    pub columns_per_board: u64,
+    pub cards_per_board: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Quotas {
+        Quotas { boards_per_user: 1_000, columns_per_board: 200, cards_per_board: 50_000 }
+    }
+}
+
+/// Refuses a creation that would exceed a quota.
+fn check_quota(tx: &dyn Conn, actor: UserId, op: &WriteOp, quotas: &Quotas) -> StoreResult<()> {
+    let over = |limit: &'static str, max: u64, what: &str| StoreError::QuotaExceeded {
+        limit,
+        message: format!("at most {max} {what}"),
+    };
+    match op {
+        WriteOp::CreateBoard { .. } => {
+            let owned = tx
+                .query_one("SELECT COUNT(*) FROM members WHERE user_id = ?1 AND role = 'owner'", args![actor])?
+                .i64(0)?;
+            if owned as u64 >= quotas.boards_per_user {
+                return Err(over("boards_per_user", quotas.boards_per_user, "boards owned by one user"));
+            }
+        }
+        WriteOp::CreateColumn { board_id, .. } => {
+            let n = tx.query_one("SELECT COUNT(*) FROM columns WHERE board_id = ?1", args![*board_id])?.i64(0)?;
+            if n as u64 >= quotas.columns_per_board {
+                return Err(over("columns_per_board", quotas.columns_per_board, "columns on a board"));
+            }
+        }
+        WriteOp::CreateCard { column_id, .. } => {
+            let n = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM cards WHERE board_id = (SELECT board_id FROM columns WHERE id = ?1)",
+                    args![*column_id],
+                )?
+                .i64(0)?;
+            if n as u64 >= quotas.cards_per_board {
+                return Err(over("cards_per_board", quotas.cards_per_board, "cards on a board"));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 impl WriteContext {
-    pub fn now(write_id_ttl_ms: u64) -> WriteContext {
-        WriteContext { now_ms: now_ms(), write_id_ttl_ms }
+    pub fn now(write_id_ttl_ms: u64, quotas: Quotas) -> WriteContext {
+        WriteContext { now_ms: now_ms(), write_id_ttl_ms, quotas }
     }
 
     /// Refuses a UUIDv7 write id whose timestamp lies outside the window in which this server remembers write
@@ -91,10 +145,10 @@ pub async fn execute(
     write_id: Option<Uuid>,
     op: WriteOp,
 ) -> Result<Outcome, AppError> {
-    let ttl = store.write_id_ttl_ms();
+    let (ttl, quotas) = (store.write_id_ttl_ms(), store.quotas());
     let outcome = store
         .write(move |tx| {
-            let (outcome, rec) = execute_in(tx, actor, write_id, op, WriteContext::now(ttl))?;
+            let (outcome, rec) = execute_in(tx, actor, write_id, op, WriteContext::now(ttl, quotas))?;
             Ok((outcome, rec.changes().to_vec()))
         })
         .await?;
@@ -144,7 +198,8 @@ pub fn execute_in(
     }
     let (status, body, at) = {
         tx.execute("SAVEPOINT write_op", &[])?;
-        match access::authorize_write(tx, actor, &op).and_then(|()| apply(tx, &mut rec, actor, op)) {
+        let allowed = access::authorize_write(tx, actor, &op).and_then(|()| check_quota(tx, actor, &op, &ctx.quotas));
+        match allowed.and_then(|()| apply(tx, &mut rec, actor, op)) {
             Ok((status, body)) => {
                 tx.execute("RELEASE SAVEPOINT write_op", &[])?;
                 (status, body, StreamPosition::of(rec.changes()))

@@ -658,3 +658,53 @@ async fn every_status_a_route_answers_is_documented() {
     undocumented.dedup();
     assert!(undocumented.is_empty(), "statuses the OpenAPI document does not list:\n{}", undocumented.join("\n"));
 }
+
+#[tokio::test]
+async fn creations_past_a_quota_are_refused_with_the_limit_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path().join("test.sqlite3"));
+    config.max_boards_per_user = 2;
+    config.max_columns_per_board = 2;
+    config.max_cards_per_board = 3;
+    let server = Server::start(&config).await.unwrap();
+    let client = signed_in(&server.url(), "quota").await;
+    let post = |path: String, body: Value| {
+        let client = client.clone();
+        let url = format!("{}{path}", server.url());
+        async move { client.post(url).json(&body).send().await.unwrap() }
+    };
+    let board: Board = post("/api/boards".into(), json!({"title": "one"})).await.json().await.unwrap();
+    assert_eq!(post("/api/boards".into(), json!({"title": "two"})).await.status(), 201);
+    let third = post("/api/boards".into(), json!({"title": "three"})).await;
+    let body = assert_error(third, StatusCode::UNPROCESSABLE_ENTITY, "quota_exceeded").await;
+    assert_eq!(body["field"], "boards_per_user");
+    let column: Column =
+        post(format!("/api/boards/{}/columns", board.id), json!({"title": "a"})).await.json().await.unwrap();
+    assert_eq!(post(format!("/api/boards/{}/columns", board.id), json!({"title": "b"})).await.status(), 201);
+    let body = assert_error(
+        post(format!("/api/boards/{}/columns", board.id), json!({"title": "c"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "quota_exceeded",
+    )
+    .await;
+    assert_eq!(body["field"], "columns_per_board");
+    let mut cards = Vec::new();
+    for i in 0..3 {
+        let card: Card = post(format!("/api/columns/{}/cards", column.id), json!({"title": format!("c{i}")}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        cards.push(card);
+    }
+    // Through the batch endpoint too: refused as that write's outcome.
+    let batch = json!({"writes": [{"write_id": uuid::Uuid::new_v4(), "op": {"type": "create_card", "column_id": column.id, "title": "c3"}}]});
+    let result: Value = post("/api/writes".into(), batch).await.json().await.unwrap();
+    assert_eq!(result["results"][0]["status"], 422);
+    assert_eq!(result["results"][0]["body"]["field"], "cards_per_board");
+    // Deleting one makes room.
+    let deleted = client.delete(format!("{}/api/cards/{}", server.url(), cards[0].id)).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(post(format!("/api/columns/{}/cards", column.id), json!({"title": "c4"})).await.status(), 201);
+    server.stop(Duration::from_secs(1)).await;
+}

@@ -426,7 +426,8 @@ impl World {
         let board = Uuid::from_u128(rng.random());
         let owner = users[0];
         let run = |conn: &mut rusqlite::Connection, op: WriteOp| {
-            let ctx = WriteContext { now_ms: SIM_EPOCH_MS, write_id_ttl_ms: WRITE_ID_TTL_MS };
+            let ctx =
+                WriteContext { now_ms: SIM_EPOCH_MS, write_id_ttl_ms: WRITE_ID_TTL_MS, quotas: Default::default() };
             let (outcome, _) = writes::execute_locked(conn, owner, None, op, ctx).expect("seeding");
             assert!(outcome.status.is_success(), "seeding: {}", outcome.body);
         };
@@ -1342,7 +1343,11 @@ impl World {
             }
         };
         self.log(|| format!("the owner: {op:?}"));
-        let ctx = WriteContext { now_ms: SIM_EPOCH_MS + self.now, write_id_ttl_ms: WRITE_ID_TTL_MS };
+        let ctx = WriteContext {
+            now_ms: SIM_EPOCH_MS + self.now,
+            write_id_ttl_ms: WRITE_ID_TTL_MS,
+            quotas: Default::default(),
+        };
         let (outcome, rec) =
             writes::execute_locked(&mut self.server.conn, self.users[0], None, op.clone(), ctx).expect("sqlite");
         assert!(outcome.status.is_success(), "the owner's membership change: {}", outcome.body);

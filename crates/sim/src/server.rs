@@ -343,7 +343,11 @@ impl World {
                 serde_json::from_str(request.body.as_deref().unwrap_or("")).expect("the engine sends valid batches");
             let mut results = Vec::new();
             let mut changes = Vec::new();
-            let ctx = WriteContext { now_ms: SIM_EPOCH_MS + self.now, write_id_ttl_ms: WRITE_ID_TTL_MS };
+            let ctx = WriteContext {
+                now_ms: SIM_EPOCH_MS + self.now,
+                write_id_ttl_ms: WRITE_ID_TTL_MS,
+                quotas: Default::default(),
+            };
             for w in batch.writes {
                 let allowed = matches!(w.op, WriteOp::CreateBoard { .. })
                     || self.roles.get(&user).is_some_and(|r| *r >= BoardRole::Editor);

@@ -112,7 +112,7 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     println!("xtask: the server's tests again, on PostgreSQL");
     let on_sqlite = started.elapsed();
     // The same selection narrowed to the server's test targets (no feature re-resolution, so nothing is rebuilt;
-    // `access` also names the browser access tests, whose in-process server then runs on PostgreSQL too).
+    // `access` also names the browser access tests, which keep their SQLite file: they read it).
     status(
         cargo()
             .args(["test", "--workspace", "--exclude", "syncline-app", "--exclude", "syncline-web"])
@@ -342,17 +342,7 @@ fn ensure_chromium() -> Result<()> {
     if Path::new(CHROMIUM).exists() {
         return Ok(());
     }
-    let uid = output(Command::new("id").arg("-u")).unwrap_or_default();
-    if uid.trim() != "0" {
-        bail!("Chromium is missing: run `sudo apt-get install -y chromium chromium-driver`, then try again");
-    }
-    println!("xtask: installing chromium and chromium-driver with apt");
-    status(Command::new("apt-get").arg("update"))?;
-    status(
-        Command::new("apt-get")
-            .args(["install", "-y", "chromium", "chromium-driver"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    syncline_devcluster::apt_install(&["chromium", "chromium-driver"], "Chromium")
 }
 
 /// Builds the app for wasm32, runs wasm-bindgen and wasm-opt, and lays out the static files for serving:
@@ -411,17 +401,7 @@ fn optimize_wasm(root: &Path, module: &Path) -> Result<()> {
     let wasm_opt = tools.join("node_modules").join(".bin").join("wasm-opt");
     if !wasm_opt.exists() {
         if output(Command::new("npm").arg("--version")).is_none() {
-            let uid = output(Command::new("id").arg("-u")).unwrap_or_default();
-            if uid.trim() != "0" {
-                bail!("npm is missing (for wasm-opt): run `sudo apt-get install -y nodejs npm`, then try again");
-            }
-            println!("xtask: installing nodejs and npm with apt (for wasm-opt)");
-            status(Command::new("apt-get").arg("update"))?;
-            status(
-                Command::new("apt-get")
-                    .args(["install", "-y", "nodejs", "npm"])
-                    .env("DEBIAN_FRONTEND", "noninteractive"),
-            )?;
+            syncline_devcluster::apt_install(&["nodejs", "npm"], "npm (for wasm-opt)")?;
         }
         std::fs::create_dir_all(&tools)?;
         status(

@@ -37,16 +37,18 @@ pub fn ensure_packages() -> Result<()> {
     if installed() {
         return Ok(());
     }
+    apt_install(&["postgresql", "haproxy"], "PostgreSQL or HAProxy")
+}
+
+/// Installs Debian packages with apt (`what` says what is missing); when not root, says what to run instead.
+pub fn apt_install(packages: &[&str], what: &str) -> Result<()> {
+    let list = packages.join(" ");
     if !is_root() {
-        bail!("PostgreSQL or HAProxy is missing: run `sudo apt-get install -y postgresql haproxy`, then try again");
+        bail!("{what} is missing: run `sudo apt-get install -y {list}`, then try again");
     }
-    println!("xtask: installing postgresql and haproxy with apt");
+    println!("xtask: installing {list} with apt");
     status(Command::new("apt-get").arg("update"))?;
-    status(
-        Command::new("apt-get")
-            .args(["install", "-y", "postgresql", "haproxy"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    status(Command::new("apt-get").args(["install", "-y"]).args(packages).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 /// `/usr/lib/postgresql/<version>/bin`, the newest installed.

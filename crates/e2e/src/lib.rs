@@ -68,6 +68,9 @@ impl Harness {
         }
         let dir = tempfile::tempdir()?;
         let mut config = Config::for_tests(dir.path().join("syncline.sqlite3"));
+        // Always the SQLite file, even when the test run points the server's tests at PostgreSQL: browser tests
+        // check what was stored by reading this file (the cluster test is the browser test on PostgreSQL).
+        config.database_url = None;
         config.static_dir = dist;
         let server = Server::start(&config).await?;
         // Restarts bind the same port.
@@ -634,37 +637,27 @@ impl Tab {
         self.emulate_network(false, latency_ms).await
     }
 
-    /// Emulates a link: added latency, and download/upload throughput in kbit/s (Chromium's network emulation;
-    /// the method CDP marks deprecated, as `emulate_network` below).
-    #[allow(deprecated)]
+    /// Emulates a link: added latency, and download/upload throughput in kbit/s (Chromium's network emulation).
     pub async fn set_link(&self, latency_ms: f64, down_kbps: f64, up_kbps: f64) -> Result<()> {
-        self.page.execute(EnableParams::default()).await?;
-        self.page
-            .execute(EmulateNetworkConditionsParams {
-                offline: false,
-                latency: latency_ms,
-                download_throughput: down_kbps * 1000.0 / 8.0,
-                upload_throughput: up_kbps * 1000.0 / 8.0,
-                connection_type: None,
-                packet_loss: None,
-                packet_queue_length: None,
-                packet_reordering: None,
-            })
-            .await?;
-        Ok(())
+        self.emulate(false, latency_ms, down_kbps * 1000.0 / 8.0, up_kbps * 1000.0 / 8.0).await
     }
 
-    // The CDP method is marked deprecated in favour of per-rule conditions, but it is the one verified to
-    // fire real offline/online events in this Chromium (see shared/TOOLCHAIN.md).
-    #[allow(deprecated)]
     async fn emulate_network(&self, offline: bool, latency: f64) -> Result<()> {
+        self.emulate(offline, latency, -1.0, -1.0).await
+    }
+
+    /// Throughputs in bytes/s, -1 for no limit. The CDP method is marked deprecated in favour of per-rule
+    /// conditions, but it is the one verified to fire real offline/online events in this Chromium (see
+    /// shared/TOOLCHAIN.md).
+    #[allow(deprecated)]
+    async fn emulate(&self, offline: bool, latency: f64, download: f64, upload: f64) -> Result<()> {
         self.page.execute(EnableParams::default()).await?;
         self.page
             .execute(EmulateNetworkConditionsParams {
                 offline,
                 latency,
-                download_throughput: -1.0,
-                upload_throughput: -1.0,
+                download_throughput: download,
+                upload_throughput: upload,
                 connection_type: None,
                 packet_loss: None,
                 packet_queue_length: None,

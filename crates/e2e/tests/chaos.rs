@@ -9,6 +9,8 @@
 //! — `cargo xtask chaos --seed N --duration S` runs it with others. It prints the faults, the writes and the
 //! recovery time per kind of fault.
 
+mod common;
+use common::{post, signed_up};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -195,24 +197,6 @@ impl Chaos {
             self.recoveries.entry(kind).or_default().push(d);
         }
     }
-}
-
-/// An HTTP client signed up as the test account (the browser signs in as it too).
-async fn signed_up(base: &str) -> reqwest::Client {
-    let body = json!({"username": syncline_e2e::TEST_USER, "password": syncline_e2e::TEST_PASSWORD});
-    let resp =
-        reqwest::Client::new().post(format!("{base}/api/auth/signup")).json(&body).send().await.expect("sign-up");
-    assert_eq!(resp.status(), 201);
-    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("cookie", cookie.parse().unwrap());
-    reqwest::Client::builder().default_headers(headers).build().unwrap()
-}
-
-async fn post(http: &reqwest::Client, url: &str, body: Value) -> Value {
-    let resp = http.post(url).json(&body).send().await.expect("POST");
-    assert!(resp.status().is_success(), "{url}: {}", resp.status());
-    resp.json().await.expect("JSON")
 }
 
 fn db_cards(db: &Path) -> Vec<(String, String, String)> {

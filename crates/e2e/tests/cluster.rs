@@ -9,6 +9,8 @@
 //! PostgreSQL: the cluster the test command started (`SYNCLINE_CLUSTER_POSTGRES`), else one of its own (needs
 //! root, PostgreSQL and HAProxy installed: `cargo xtask test` sees to all three).
 
+mod common;
+use common::{post, signed_up};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -92,23 +94,6 @@ async fn wait_shown(tab: &Tab, title: &str, bound: Duration) -> Option<Duration>
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     None
-}
-
-async fn signed_up(base: &str) -> reqwest::Client {
-    let body = json!({"username": syncline_e2e::TEST_USER, "password": syncline_e2e::TEST_PASSWORD});
-    let resp =
-        reqwest::Client::new().post(format!("{base}/api/auth/signup")).json(&body).send().await.expect("sign-up");
-    assert_eq!(resp.status(), 201);
-    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("cookie", cookie.parse().unwrap());
-    reqwest::Client::builder().default_headers(headers).build().unwrap()
-}
-
-async fn post(http: &reqwest::Client, url: &str, body: Value) -> Value {
-    let resp = http.post(url).json(&body).send().await.expect("POST");
-    assert!(resp.status().is_success(), "{url}: {}", resp.status());
-    resp.json().await.expect("JSON")
 }
 
 /// Which instance holds each browser's feed: the instance whose open-WebSocket count went up when it connected.

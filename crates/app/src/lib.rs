@@ -108,14 +108,23 @@ impl FrameBatch {
             return;
         }
         let this = self.clone();
+        let f = std::rc::Rc::new(std::cell::Cell::new(Some(f)));
+        // Runs once, whichever of the frame and the fallback timer comes first.
         let run = move || {
-            this.scheduled.set(false);
-            f();
+            if let Some(f) = f.take() {
+                this.scheduled.set(false);
+                f();
+            }
         };
         if document().hidden() {
             set_timeout(run, std::time::Duration::ZERO);
         } else {
+            // A page hidden before its next frame gets no frame until it is shown again: without the timer, a
+            // render asked for just before the tab was hidden would hold back every later one (a hidden follower
+            // kept applying changes but showed the old board).
+            let timer = run.clone();
             request_animation_frame(run);
+            set_timeout(timer, std::time::Duration::from_millis(200));
         }
     }
 }

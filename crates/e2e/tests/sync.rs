@@ -139,7 +139,16 @@ async fn hidden_followers_make_no_requests_while_changes_stream_in() {
     for f in &followers {
         let s = state(f).await;
         assert_eq!(s["leader"], false);
-        f.wait_for(&shows(board.card, "change 29"), WAIT).await.unwrap();
+        if let Err(e) = f.wait_for(&shows(board.card, "change 29"), WAIT).await {
+            let title: String = f
+                .eval(&format!(
+                    "document.querySelector('[data-card-id=\"{}\"] .card-title')?.textContent ?? 'none'",
+                    board.card
+                ))
+                .await
+                .unwrap_or_default();
+            panic!("a hidden follower did not catch up: shows {title:?}; state {}; {e}", state(f).await);
+        }
     }
     browser.close().await;
     h.stop().await;

@@ -14,7 +14,7 @@ pub async fn serve() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
-    let config = Config::parse();
+    let mut config = Config::parse();
     if let Some(crate::Command::Backup { to }) = &config.command {
         if config.database_url.is_some() {
             anyhow::bail!("backup copies the SQLite file; for PostgreSQL use pg_dump");
@@ -26,12 +26,13 @@ pub async fn serve() -> anyhow::Result<()> {
     // Every connection is a descriptor: raise the soft limit to the hard one (a default of 1,024 would be the
     // real connection cap).
     if let Some(limit) = crate::serve::raise_descriptor_limit() {
-        tracing::info!(open_files = limit, max_connections = config.max_connections, "open-file limit raised");
-        if (limit as usize) < config.max_connections + 64 {
-            tracing::warn!(
-                "the open-file limit is below --max-connections; connections past it will be refused by the OS"
-            );
+        // Keep the cap under the limit (with room for the database and log files), so that a flood is refused
+        // with a clear 503 rather than by failing accepts.
+        let fits = (limit as usize).saturating_sub(64).max(1);
+        if config.max_connections > fits {
+            config.max_connections = fits;
         }
+        tracing::info!(open_files = limit, max_connections = config.max_connections, "open-file limit raised");
     }
     let server = Server::start(&config).await?;
     match &config.database_url {

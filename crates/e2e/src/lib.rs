@@ -558,9 +558,19 @@ impl Tab {
     }
 
     /// Clicks the element's centre with a real mouse event.
+    /// Clicks the element (found again if a re-render replaced it between finding and clicking).
     pub async fn click(&self, selector: &str) -> Result<()> {
-        self.page.find_element(selector).await?.click().await?;
-        Ok(())
+        let mut attempt = 0;
+        loop {
+            let clicked = async { self.page.find_element(selector).await?.click().await.map(|_| ()) }.await;
+            match clicked {
+                Err(e) if attempt < 3 && e.to_string().contains("Could not find node") => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return Ok(other?),
+            }
+        }
     }
 
     /// Moves the mouse over the element's centre (real `mouseenter`/`mouseover`).

@@ -88,6 +88,10 @@ pub fn authorize_write(tx: &dyn Conn, user: UserId, op: &WriteOp) -> StoreResult
         WriteOp::RemoveMember { board_id, user_id } if *user_id == user => (*board_id, Action::Read),
         WriteOp::RemoveMember { board_id, .. } => (*board_id, Action::Manage),
     };
+    // Writes to one board are serialised on its stream row, held until commit: on PostgreSQL two concurrent
+    // writes would otherwise both pass a base-version check (a lost update). (SQLite has one writer anyway.)
+    let stream = syncline_kanban::StreamId::Board(board).name();
+    tx.execute("UPDATE streams SET head = head WHERE stream = ?1", crate::args![stream.as_str()])?;
     can(tx, user, board, action).map(|_| ())
 }
 

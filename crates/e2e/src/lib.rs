@@ -560,10 +560,19 @@ impl Tab {
     /// Clicks the element's centre with a real mouse event.
     /// Clicks the element (found again if a re-render replaced it between finding and clicking).
     pub async fn click(&self, selector: &str) -> Result<()> {
+        self.retrying(|| async { self.page.find_element(selector).await?.click().await.map(|_| ()) }).await
+    }
+
+    /// Runs an action on a found element again (up to 3 times) when a re-render replaced the element between
+    /// finding it and acting on it (CDP "Could not find node").
+    async fn retrying<F, Fut>(&self, action: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<(), chromiumoxide::error::CdpError>>,
+    {
         let mut attempt = 0;
         loop {
-            let clicked = async { self.page.find_element(selector).await?.click().await.map(|_| ()) }.await;
-            match clicked {
+            match action().await {
                 Err(e) if attempt < 3 && e.to_string().contains("Could not find node") => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -575,14 +584,12 @@ impl Tab {
 
     /// Moves the mouse over the element's centre (real `mouseenter`/`mouseover`).
     pub async fn hover(&self, selector: &str) -> Result<()> {
-        self.page.find_element(selector).await?.hover().await?;
-        Ok(())
+        self.retrying(|| async { self.page.find_element(selector).await?.hover().await.map(|_| ()) }).await
     }
 
     /// Gives the element keyboard focus.
     pub async fn focus(&self, selector: &str) -> Result<()> {
-        self.page.find_element(selector).await?.focus().await?;
-        Ok(())
+        self.retrying(|| async { self.page.find_element(selector).await?.focus().await.map(|_| ()) }).await
     }
 
     /// Lays the page out as on a phone `width` CSS pixels wide (Emulation.setDeviceMetricsOverride).
@@ -600,10 +607,12 @@ impl Tab {
 
     /// Focuses the element and types `text` with real key events.
     pub async fn type_into(&self, selector: &str, text: &str) -> Result<()> {
-        let el = self.page.find_element(selector).await?;
-        el.focus().await?;
-        el.type_str(text).await?;
-        Ok(())
+        self.retrying(|| async {
+            let el = self.page.find_element(selector).await?;
+            el.focus().await?;
+            el.type_str(text).await.map(|_| ())
+        })
+        .await
     }
 
     /// Presses a key (by its `KeyboardEvent.key` name, e.g. "ArrowRight", " ", "Enter") on the focused element.

@@ -360,6 +360,8 @@ async fn a_change_updates_every_view_from_its_own_data_and_refetches_only_the_se
     let board_path = format!("/api/boards/{}", board.id);
     let summary_path = format!("/api/boards/{}/summary", board.id);
     let count = |h: &Harness, path: &str| h.stats().recent_requests().iter().filter(|r| r.path == path).count();
+    // (The socket can be live before the board's fetch has been answered.)
+    eventually("the board fetched", WAIT, || count(&h, &board_path) >= 1).await;
     assert_eq!(count(&h, &board_path), 1);
 
     // Without the summary open, a change is applied from its own data: no HTTP request at all.

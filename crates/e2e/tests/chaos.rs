@@ -55,9 +55,7 @@ struct ChaosTab {
 
 impl Chaos {
     async fn state(tab: &Tab) -> Value {
-        let text: String =
-            tab.eval("window.__syncline ? window.__syncline() : 'null'").await.unwrap_or_else(|_| "null".into());
-        serde_json::from_str(&text).unwrap_or(Value::Null)
+        common::state(tab).await
     }
 
     /// Every open tab says "live" (followers show their leader's state).
@@ -99,18 +97,7 @@ impl Chaos {
         let i = self.rng.random_range(0..self.tabs.len());
         let column = self.columns[self.rng.random_range(0..self.columns.len())].clone();
         let title = format!("chaos {}", self.accepted.len());
-        let js = format!(
-            r#"(() => {{
-                const input = document.querySelector('#new-card-{column}');
-                if (!input) return false;
-                input.value = {title};
-                input.dispatchEvent(new Event('input', {{ bubbles: true }}));
-                input.form.requestSubmit();
-                return true;
-            }})()"#,
-            title = serde_json::to_string(&title).unwrap()
-        );
-        if self.tabs[i].tab.eval::<bool>(&js).await.unwrap_or(false) {
+        if common::add_card(&self.tabs[i].tab, &column, &title).await {
             self.accepted.push(title);
             self.tabs[i].last_write = Instant::now();
         }

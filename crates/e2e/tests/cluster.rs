@@ -10,7 +10,7 @@
 //! root, PostgreSQL and HAProxy installed: `cargo xtask test` sees to all three).
 
 mod common;
-use common::{post, signed_up};
+use common::{add_card, post, signed_up, state};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -40,12 +40,6 @@ impl Instance {
     }
 }
 
-async fn state(tab: &Tab) -> Value {
-    let text: String =
-        tab.eval("window.__syncline ? window.__syncline() : 'null'").await.unwrap_or_else(|_| "null".into());
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
 async fn wait_live(tabs: &[&Tab], bound: Duration) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < bound {
@@ -59,22 +53,6 @@ async fn wait_live(tabs: &[&Tab], bound: Duration) -> Option<Duration> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
-}
-
-/// Types a card into a column's form, as a user would. Returns whether the form was there to take it.
-async fn add_card(tab: &Tab, column: &str, title: &str) -> bool {
-    let js = format!(
-        r#"(() => {{
-            const input = document.querySelector('#new-card-{column}');
-            if (!input) return false;
-            input.value = {title};
-            input.dispatchEvent(new Event('input', {{ bubbles: true }}));
-            input.form.requestSubmit();
-            return true;
-        }})()"#,
-        title = serde_json::to_string(title).unwrap()
-    );
-    tab.eval::<bool>(&js).await.unwrap_or(false)
 }
 
 async fn shown_titles(tab: &Tab) -> Vec<String> {

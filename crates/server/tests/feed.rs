@@ -1,8 +1,10 @@
 //! The change feed over real loopback sockets: WebSocket (tokio-tungstenite) and HTTP (reqwest) clients
 //! against the real server and SQLite file.
 
+mod common;
 use std::time::{Duration, Instant};
 
+use common::signed_in;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -27,21 +29,6 @@ struct Fixture {
     /// The session cookie of the signed-in test user, for WebSocket upgrades.
     cookie: String,
     _dir: tempfile::TempDir,
-}
-
-/// Signs up `username` on a fresh client; returns a client that sends the session cookie, and the cookie.
-async fn signed_in(base: &str, username: &str) -> (Client, String) {
-    let resp = Client::new()
-        .post(format!("{base}/api/auth/signup"))
-        .json(&json!({"username": username, "password": "correct horse battery"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "sign-up");
-    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("cookie", cookie.parse().unwrap());
-    (Client::builder().default_headers(headers).build().unwrap(), cookie)
 }
 
 impl Fixture {

@@ -1,7 +1,9 @@
 //! The HTTP API over a real loopback socket against a real SQLite file.
 
+mod common;
 use std::time::Duration;
 
+use common::signed_in;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 use syncline_kanban::{Board, BoardList, BoardSnapshot, Card, Column};
@@ -13,26 +15,11 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-/// Signs up `username` on a fresh client; returns a client that sends the session cookie.
-async fn signed_in(base: &str, username: &str) -> Client {
-    let resp = Client::new()
-        .post(format!("{base}/api/auth/signup"))
-        .json(&json!({"username": username, "password": "correct horse battery"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "sign-up");
-    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("cookie", cookie.parse().unwrap());
-    Client::builder().default_headers(headers).build().unwrap()
-}
-
 impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let server = Server::start(&Config::for_tests(dir.path().join("test.sqlite3"))).await.unwrap();
-        let client = signed_in(&server.url(), "tester").await;
+        let client = signed_in(&server.url(), "tester").await.0;
         Fixture { server, client, _dir: dir }
     }
 
@@ -318,7 +305,7 @@ async fn data_survives_a_restart_on_the_same_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::for_tests(dir.path().join("nested/dir/db.sqlite3"));
     let server = Server::start(&config).await.unwrap();
-    let client = signed_in(&server.url(), "tester").await;
+    let client = signed_in(&server.url(), "tester").await.0;
     let board: Board = client
         .post(format!("{}/api/boards", server.url()))
         .json(&json!({"title": "Durable"}))
@@ -667,7 +654,7 @@ async fn creations_past_a_quota_are_refused_with_the_limit_named() {
     config.max_columns_per_board = 2;
     config.max_cards_per_board = 3;
     let server = Server::start(&config).await.unwrap();
-    let client = signed_in(&server.url(), "quota").await;
+    let client = signed_in(&server.url(), "quota").await.0;
     let post = |path: String, body: Value| {
         let client = client.clone();
         let url = format!("{}{path}", server.url());

@@ -2,8 +2,10 @@
 //! `SYNCLINE_TEST_POSTGRES`): a client of one instance receives every change written through any other, in cursor
 //! order with no gap; a write id sent to two instances at once is applied once; sessions work on every instance.
 
+mod common;
 use std::time::Duration;
 
+use common::signed_in;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::Client;
 use serde_json::{Value, json};
@@ -31,27 +33,13 @@ async fn two_instances_with(tweak: impl FnOnce(&mut Config)) -> Option<(Server, 
     Some((a, b, dir))
 }
 
-async fn sign_up(base: &str, username: &str) -> (Client, String) {
-    let resp = Client::new()
-        .post(format!("{base}/api/auth/signup"))
-        .json(&json!({"username": username, "password": "correct horse battery"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("cookie", cookie.parse().unwrap());
-    (Client::builder().default_headers(headers).build().unwrap(), cookie)
-}
-
 #[tokio::test]
 async fn a_client_of_one_instance_gets_every_change_written_through_another_in_order() {
     let Some((a, b, _dir)) = two_instances().await else {
         eprintln!("no SYNCLINE_TEST_POSTGRES: skipped (the test command runs it on a PostgreSQL cluster)");
         return;
     };
-    let (http_a, cookie) = sign_up(&a.url(), "olivia").await;
+    let (http_a, cookie) = signed_in(&a.url(), "olivia").await;
     // The same session is good on the other instance: sessions live in the database.
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("cookie", cookie.parse().unwrap());
@@ -137,7 +125,7 @@ async fn the_commit_hint_wakes_the_other_instances_and_a_lost_listener_costs_lat
         eprintln!("no SYNCLINE_TEST_POSTGRES: skipped (the test command runs it on a PostgreSQL cluster)");
         return;
     };
-    let (http, cookie) = sign_up(&a.url(), "hinted").await;
+    let (http, cookie) = signed_in(&a.url(), "hinted").await;
     let board: Value = http
         .post(format!("{}/api/boards", a.url()))
         .json(&json!({"title": "B"}))

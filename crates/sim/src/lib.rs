@@ -1257,10 +1257,9 @@ impl World {
                     self.server.up = false;
                     self.server.epoch += 1;
                     // Every process restarts.
+                    let bug = self.server.tail_bug;
                     for i in &mut self.server.instances {
-                        let epoch = i.epoch + 1;
-                        *i = server::Instance::new(self.server.tail_bug);
-                        i.epoch = epoch;
+                        i.restart(bug);
                     }
                     self.drop_sockets(|_, _| true);
                     let parked: Vec<server::Parked> = std::mem::take(&mut self.server.parked).into_values().collect();
@@ -1462,10 +1461,9 @@ impl World {
             let input = Input::Http { id: p.id, result: HttpResult::NetworkError("reset".into()) };
             self.schedule(lat, Event::ToTab { b: p.b, t: p.t, input });
         }
-        let epoch = self.server.instances[inst].epoch + 1;
-        self.server.instances[inst] = server::Instance::new(self.server.tail_bug);
+        let bug = self.server.tail_bug;
         let i = &mut self.server.instances[inst];
-        i.epoch = epoch;
+        i.restart(bug);
         i.up = false;
     }
 

@@ -107,6 +107,13 @@ impl Instance {
             read_at: None,
         }
     }
+
+    /// A new process in its place: nothing of this one's memory, and what was in flight for it is void.
+    pub fn restart(&mut self, bug: Option<tail::InjectedBug>) {
+        let epoch = self.epoch + 1;
+        *self = Instance::new(bug);
+        self.epoch = epoch;
+    }
 }
 
 /// Between two tail rounds of an instance when no hint comes (the server's default).

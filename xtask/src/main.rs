@@ -8,6 +8,7 @@
 //!   offline periods, closed leaders, tab switches) with another seed or a longer run than the test command's.
 //! - `cluster [--instances N]`: a throwaway PostgreSQL cluster, N server instances on it and HAProxy in front, on
 //!   loopback; prints the URL and runs until Ctrl-C.
+//! - `schemathesis`: only the schema fuzzer run of `test` (against the server binary the last test run built).
 //! - `build-web`: only builds the web app into `target/dist`.
 //!
 //! "What is missing" on a fresh Debian machine: the wasm32 target, the wasm-bindgen CLI at the version in
@@ -20,6 +21,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod fuzz;
 mod web;
 
 const WASM_TARGET: &str = "wasm32-unknown-unknown";
@@ -39,13 +41,14 @@ fn main() -> Result<()> {
         "bench" => bench(&rest),
         "chaos" => chaos(&root, &rest),
         "cluster" => cluster(&root, &rest),
+        "schemathesis" => fuzz::schemathesis(&root),
         "build-web" => {
             ensure_wasm_tools(&root)?;
             build_web(&root).map(|_| ())
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [server flags] | test [cargo test args] | bench feed|browser [args] | chaos [--seed N] [--duration S] | cluster [--instances N] | build-web>"
+                "usage: cargo xtask <run [server flags] | test [cargo test args] | bench feed|browser [args] | chaos [--seed N] [--duration S] | cluster [--instances N] | schemathesis | build-web>"
             );
             std::process::exit(2);
         }
@@ -109,6 +112,8 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
             .env("SYNCLINE_DIST_DIR", &dist)
             .env("SYNCLINE_CLUSTER_POSTGRES", postgres.base_url()),
     )?;
+    // The schema fuzzer, against the server binary that run built.
+    fuzz::schemathesis(root)?;
     println!("xtask: the server's tests again, on PostgreSQL");
     let on_sqlite = started.elapsed();
     // The same selection narrowed to the server's test targets (no feature re-resolution, so nothing is rebuilt;

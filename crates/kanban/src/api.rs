@@ -12,6 +12,23 @@ pub type CardId = Uuid;
 /// Entity version: starts at 1, +1 on every write.
 pub type Version = u64;
 
+/// Reads an optional `base_version`: a JSON integer, or a number with no fraction (`3.0`, which JSON Schema
+/// counts as the integer 3 and some encoders write), from 0 to 2^63 − 1 (what the databases store). serde's
+/// `u64` alone refuses `3.0` and accepts values no version reaches.
+pub fn optional_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Version>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
+    let value = match (n.as_u64(), n.as_f64()) {
+        (Some(v), _) => Some(v),
+        (None, Some(f)) if f.fract() == 0.0 && (0.0..9.223_372_036_854_775e18).contains(&f) => Some(f as u64),
+        _ => None,
+    };
+    match value {
+        Some(v) if v <= i64::MAX as u64 => Ok(Some(v)),
+        _ => Err(D::Error::custom(format_args!("base_version must be an integer from 0 to 2^63-1, not {n}"))),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Board {
@@ -112,7 +129,9 @@ pub struct User {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_.-]{3,32}$"))]
     pub username: String,
+    #[cfg_attr(feature = "openapi", schema(min_length = 8, max_length = 256))]
     pub password: String,
 }
 
@@ -122,6 +141,7 @@ pub struct Credentials {
 #[serde(deny_unknown_fields)]
 pub struct ChangePassword {
     pub current_password: String,
+    #[cfg_attr(feature = "openapi", schema(min_length = 8, max_length = 256))]
     pub new_password: String,
 }
 
@@ -130,6 +150,7 @@ pub struct ChangePassword {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_.-]{3,32}$"))]
     pub username: String,
     pub role: Role,
 }
@@ -140,7 +161,7 @@ pub struct AddMember {
 #[serde(deny_unknown_fields)]
 pub struct SetRole {
     pub role: Role,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "optional_version", skip_serializing_if = "Option::is_none")]
     pub base_version: Option<Version>,
 }
 
@@ -210,6 +231,7 @@ pub struct CreateBoard {
     /// Client-chosen id (lets an offline client refer to what it created); the server picks one if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 200))]
     pub title: String,
 }
 
@@ -218,9 +240,10 @@ pub struct CreateBoard {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Rename {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 200))]
     pub title: String,
     /// When present, the write is refused with 409 unless the entity is still at this version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "optional_version", skip_serializing_if = "Option::is_none")]
     pub base_version: Option<Version>,
 }
 
@@ -231,6 +254,7 @@ pub struct Rename {
 pub struct CreateColumn {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 200))]
     pub title: String,
 }
 
@@ -241,7 +265,7 @@ pub struct CreateColumn {
 pub struct MoveColumn {
     #[serde(default)]
     pub after_column_id: Option<Uuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "optional_version", skip_serializing_if = "Option::is_none")]
     pub base_version: Option<Version>,
 }
 
@@ -252,8 +276,10 @@ pub struct MoveColumn {
 pub struct CreateCard {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 200))]
     pub title: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 10000))]
     pub description: String,
 }
 
@@ -263,10 +289,12 @@ pub struct CreateCard {
 #[serde(deny_unknown_fields)]
 pub struct UpdateCard {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S", max_length = 200))]
     pub title: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 10000))]
     pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "optional_version", skip_serializing_if = "Option::is_none")]
     pub base_version: Option<Version>,
 }
 
@@ -279,7 +307,7 @@ pub struct MoveCard {
     pub column_id: Uuid,
     #[serde(default)]
     pub after_card_id: Option<Uuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "optional_version", skip_serializing_if = "Option::is_none")]
     pub base_version: Option<Version>,
 }
 
@@ -291,6 +319,24 @@ mod tests {
     fn unknown_fields_are_refused() {
         let err = serde_json::from_str::<CreateBoard>(r#"{"title":"x","titel":"y"}"#).unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn a_base_version_may_be_written_as_an_integral_number_and_stays_within_what_is_stored() {
+        let v = |json: &str| serde_json::from_str::<UpdateCard>(json).map(|u| u.base_version);
+        assert_eq!(v(r#"{"base_version": 3}"#).unwrap(), Some(3));
+        assert_eq!(v(r#"{"base_version": 3.0}"#).unwrap(), Some(3));
+        assert_eq!(v(r#"{"base_version": null}"#).unwrap(), None);
+        assert_eq!(v(r#"{}"#).unwrap(), None);
+        assert_eq!(v(r#"{"base_version": 9223372036854775807}"#).unwrap(), Some(i64::MAX as u64));
+        for refused in ["3.5", "-1", "9223372036854775808", "1e300", "\"3\""] {
+            assert!(v(&format!(r#"{{"base_version": {refused}}}"#)).is_err(), "{refused} was accepted");
+        }
+        let op: crate::WriteOp = serde_json::from_str(
+            r#"{"type":"delete_card","id":"6f1c0c39-3a53-4b8e-9d1e-3b8a2b1c0d11","base_version":2.0}"#,
+        )
+        .unwrap();
+        assert!(matches!(op, crate::WriteOp::DeleteCard { base_version: Some(2), .. }));
     }
 
     #[test]

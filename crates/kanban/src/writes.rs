@@ -24,7 +24,7 @@ pub enum WriteOp {
     },
     DeleteBoard {
         id: Uuid,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default, deserialize_with = "crate::api::optional_version", skip_serializing_if = "Option::is_none")]
         base_version: Option<Version>,
     },
     CreateColumn {
@@ -44,7 +44,7 @@ pub enum WriteOp {
     },
     DeleteColumn {
         id: Uuid,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default, deserialize_with = "crate::api::optional_version", skip_serializing_if = "Option::is_none")]
         base_version: Option<Version>,
     },
     CreateCard {
@@ -64,7 +64,7 @@ pub enum WriteOp {
     },
     DeleteCard {
         id: Uuid,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(default, deserialize_with = "crate::api::optional_version", skip_serializing_if = "Option::is_none")]
         base_version: Option<Version>,
     },
     /// An owner adds a member (owners only).

@@ -15,8 +15,13 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// The body is larger than the server accepts.
     PayloadTooLarge,
-    /// A field has a value the server refuses (empty title, move across boards, ...).
+    /// A field's value is not of the accepted form (an empty or too long title, a malformed username); `field`
+    /// names it.
     InvalidField,
+    /// The request is well-formed, but what it names or the current state does not allow it: an id already in
+    /// use, no such user or already a member, the last owner stepping down, a card placed in a column of another
+    /// board or after a card of another column. `field` names the field.
+    Refused,
     /// A path or query parameter is not of the expected form (e.g. an id that is not a UUID).
     InvalidParameter,
     /// No such route, or no entity with that id.
@@ -67,6 +72,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::Refused => "refused",
             ErrorCode::InvalidParameter => "invalid_parameter",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",

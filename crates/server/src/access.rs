@@ -289,12 +289,12 @@ pub fn board_deleting(tx: &dyn Conn, rec: &mut Recorder, board: BoardId) -> Stor
 }
 
 pub fn add_member(tx: &dyn Conn, rec: &mut Recorder, board: BoardId, req: AddMember) -> StoreResult<Member> {
-    let (user, _) = user_by_name(tx, &req.username)?.ok_or_else(|| StoreError::InvalidField {
+    let (user, _) = user_by_name(tx, &req.username)?.ok_or_else(|| StoreError::Refused {
         field: "username",
         message: format!("no user named {:?}", req.username),
     })?;
     if let Some(existing) = member(tx, board, user.id)? {
-        return Err(StoreError::InvalidField {
+        return Err(StoreError::Refused {
             field: "username",
             message: format!("{} is already a member ({})", existing.username, existing.role.as_str()),
         });
@@ -317,7 +317,7 @@ pub fn set_member_role(
         });
     }
     if current.role == Role::Owner && req.role != Role::Owner && owners(tx, board)? == 1 {
-        return Err(StoreError::InvalidField {
+        return Err(StoreError::Refused {
             field: "role",
             message: "a board keeps at least one owner: make someone else owner first".into(),
         });
@@ -333,7 +333,7 @@ pub fn set_member_role(
 pub fn remove_member(tx: &dyn Conn, rec: &mut Recorder, board: BoardId, user: UserId) -> StoreResult<()> {
     let current = member(tx, board, user)?.ok_or_else(|| StoreError::NotFound(format!("{user} is not a member")))?;
     if current.role == Role::Owner && owners(tx, board)? == 1 {
-        return Err(StoreError::InvalidField {
+        return Err(StoreError::Refused {
             field: "user_id",
             message: "a board keeps at least one owner: make someone else owner first".into(),
         });

@@ -63,7 +63,7 @@ pub fn router() -> Router<AppState> {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+/// `GET /metrics` on `--metrics-bind` only (never the public address, so not in the API document).
 pub async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
 }
@@ -195,7 +195,7 @@ async fn list_members(
     Ok(axum::Json(members))
 }
 
-#[utoipa::path(post, path = "/api/boards/{id}/members", tag = "members", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = AddMember, responses((status = 201, body = Member), (status = 401, body = ApiError), (status = 403, description = "Only owners manage members", body = ApiError), (status = 404, description = "No such board, or not a member", body = ApiError), (status = 422, description = "No such user, or already a member", body = ApiError)))]
+#[utoipa::path(post, path = "/api/boards/{id}/members", tag = "members", params(("id" = Uuid, Path)), request_body = AddMember, responses((status = 201, body = Member), (status = 401, body = ApiError), (status = 403, description = "Only owners manage members", body = ApiError), (status = 404, description = "No such board, or not a member", body = ApiError), (status = 422, description = "No such user, or already a member", body = ApiError)))]
 async fn add_member(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -206,7 +206,7 @@ async fn add_member(
     write(&s, &user, &headers, WriteOp::AddMember { board_id, body }).await
 }
 
-#[utoipa::path(patch, path = "/api/boards/{id}/members/{user_id}", tag = "members", params(("id" = Uuid, Path), ("user_id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = SetRole, responses((status = 200, body = Member), (status = 401, body = ApiError), (status = 403, description = "Only owners manage members", body = ApiError), (status = 404, body = ApiError), (status = 409, description = "Stale base_version", body = ApiError), (status = 422, description = "The last owner cannot step down", body = ApiError)))]
+#[utoipa::path(patch, path = "/api/boards/{id}/members/{user_id}", tag = "members", params(("id" = Uuid, Path), ("user_id" = Uuid, Path)), request_body = SetRole, responses((status = 200, body = Member), (status = 401, body = ApiError), (status = 403, description = "Only owners manage members", body = ApiError), (status = 404, body = ApiError), (status = 409, description = "Stale base_version", body = ApiError), (status = 422, description = "The last owner cannot step down", body = ApiError)))]
 async fn set_member_role(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -217,7 +217,7 @@ async fn set_member_role(
     write(&s, &user, &headers, WriteOp::SetMemberRole { board_id, user_id, body }).await
 }
 
-#[utoipa::path(delete, path = "/api/boards/{id}/members/{user_id}", tag = "members", params(("id" = Uuid, Path), ("user_id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), responses((status = 204, description = "Removed (or left); their feeds stop receiving the board at once"), (status = 401, body = ApiError), (status = 403, description = "Only owners remove others", body = ApiError), (status = 404, body = ApiError), (status = 422, description = "The last owner cannot leave", body = ApiError)))]
+#[utoipa::path(delete, path = "/api/boards/{id}/members/{user_id}", tag = "members", params(("id" = Uuid, Path), ("user_id" = Uuid, Path)), responses((status = 204, description = "Removed (or left); their feeds stop receiving the board at once"), (status = 401, body = ApiError), (status = 403, description = "Only owners remove others", body = ApiError), (status = 404, body = ApiError), (status = 422, description = "The last owner cannot leave", body = ApiError)))]
 async fn remove_member(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -262,7 +262,7 @@ struct BaseVersion {
     base_version: Option<Version>,
 }
 
-#[utoipa::path(post, path = "/api/boards", tag = "boards", params(("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = CreateBoard, responses((status = 201, body = Board), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
+#[utoipa::path(post, path = "/api/boards", tag = "boards", request_body = CreateBoard, responses((status = 201, body = Board)))]
 async fn create_board(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -272,7 +272,7 @@ async fn create_board(
     write(&s, &user, &headers, WriteOp::CreateBoard { body }).await
 }
 
-#[utoipa::path(patch, path = "/api/boards/{id}", tag = "boards", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = Rename, responses((status = 200, body = Board), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
+#[utoipa::path(patch, path = "/api/boards/{id}", tag = "boards", params(("id" = Uuid, Path)), request_body = Rename, responses((status = 200, body = Board), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
 async fn rename_board(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -283,7 +283,7 @@ async fn rename_board(
     write(&s, &user, &headers, WriteOp::RenameBoard { id, body }).await
 }
 
-#[utoipa::path(delete, path = "/api/boards/{id}", tag = "boards", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), responses((status = 204, description = "Deleted"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
+#[utoipa::path(delete, path = "/api/boards/{id}", tag = "boards", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query)), responses((status = 204, description = "Deleted"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
 async fn delete_board(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -294,7 +294,7 @@ async fn delete_board(
     write(&s, &user, &headers, WriteOp::DeleteBoard { id, base_version: q.base_version }).await
 }
 
-#[utoipa::path(post, path = "/api/boards/{id}/columns", tag = "columns", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = CreateColumn, responses((status = 201, body = Column), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
+#[utoipa::path(post, path = "/api/boards/{id}/columns", tag = "columns", params(("id" = Uuid, Path)), request_body = CreateColumn, responses((status = 201, body = Column)))]
 async fn create_column(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -305,7 +305,7 @@ async fn create_column(
     write(&s, &user, &headers, WriteOp::CreateColumn { board_id, body }).await
 }
 
-#[utoipa::path(patch, path = "/api/columns/{id}", tag = "columns", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = Rename, responses((status = 200, body = Column), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
+#[utoipa::path(patch, path = "/api/columns/{id}", tag = "columns", params(("id" = Uuid, Path)), request_body = Rename, responses((status = 200, body = Column), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
 async fn rename_column(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -316,7 +316,7 @@ async fn rename_column(
     write(&s, &user, &headers, WriteOp::RenameColumn { id, body }).await
 }
 
-#[utoipa::path(post, path = "/api/columns/{id}/move", tag = "columns", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = MoveColumn, responses((status = 200, body = Column), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
+#[utoipa::path(post, path = "/api/columns/{id}/move", tag = "columns", params(("id" = Uuid, Path)), request_body = MoveColumn, responses((status = 200, body = Column), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
 async fn move_column(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -327,7 +327,7 @@ async fn move_column(
     write(&s, &user, &headers, WriteOp::MoveColumn { id, body }).await
 }
 
-#[utoipa::path(delete, path = "/api/columns/{id}", tag = "columns", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), responses((status = 204, description = "Deleted with its cards"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
+#[utoipa::path(delete, path = "/api/columns/{id}", tag = "columns", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query)), responses((status = 204, description = "Deleted with its cards"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
 async fn delete_column(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -338,7 +338,7 @@ async fn delete_column(
     write(&s, &user, &headers, WriteOp::DeleteColumn { id, base_version: q.base_version }).await
 }
 
-#[utoipa::path(post, path = "/api/columns/{id}/cards", tag = "cards", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = CreateCard, responses((status = 201, body = Card), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
+#[utoipa::path(post, path = "/api/columns/{id}/cards", tag = "cards", params(("id" = Uuid, Path)), request_body = CreateCard, responses((status = 201, body = Card)))]
 async fn create_card(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -349,7 +349,7 @@ async fn create_card(
     write(&s, &user, &headers, WriteOp::CreateCard { column_id, body }).await
 }
 
-#[utoipa::path(patch, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = UpdateCard, responses((status = 200, body = Card), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
+#[utoipa::path(patch, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path)), request_body = UpdateCard, responses((status = 200, body = Card), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
 async fn update_card(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -360,7 +360,7 @@ async fn update_card(
     write(&s, &user, &headers, WriteOp::UpdateCard { id, body }).await
 }
 
-#[utoipa::path(post, path = "/api/cards/{id}/move", tag = "cards", params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), request_body = MoveCard, responses((status = 200, body = Card), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
+#[utoipa::path(post, path = "/api/cards/{id}/move", tag = "cards", params(("id" = Uuid, Path)), request_body = MoveCard, responses((status = 200, body = Card), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
 async fn move_card(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -371,7 +371,7 @@ async fn move_card(
     write(&s, &user, &headers, WriteOp::MoveCard { id, body }).await
 }
 
-#[utoipa::path(delete, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query), ("Idempotency-Key" = Option<String>, Header, description = "UUID; replays return the first outcome and apply nothing twice")), responses((status = 204, description = "Deleted"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError), (status = 400, description = "Malformed JSON or parameter", body = ApiError), (status = 404, description = "Unknown id", body = ApiError), (status = 413, description = "Body too large", body = ApiError), (status = 415, description = "Not JSON", body = ApiError), (status = 422, description = "Invalid field or body", body = ApiError)))]
+#[utoipa::path(delete, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query)), responses((status = 204, description = "Deleted"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
 async fn delete_card(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -425,7 +425,7 @@ struct LongPollQuery {
 
 /// `GET /api/changes?stream=&since=&wait=`: the changes after `since` at once if there are any, otherwise as
 /// soon as one lands (or an empty list after `wait`). Answers `changes` or `reset`, as on the WebSocket.
-#[utoipa::path(get, path = "/api/changes", tag = "feed", params(("stream" = String, Query, description = "`boards` or `board:<uuid>`"), ("since" = u64, Query, description = "Last cursor applied"), ("wait" = Option<f64>, Query, description = "Seconds to wait for a change (capped by the server)"), ("log_id" = Option<Uuid>, Query, description = "Log the cursor belongs to")), responses((status = 200, description = "`changes` (possibly empty) or `reset`", body = ServerMessage), (status = 400, body = ApiError)))]
+#[utoipa::path(get, path = "/api/changes", tag = "feed", params(("stream" = String, Query, description = "`boards` or `board:<uuid>`", pattern = r"^(boards|board:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"), ("since" = u64, Query, description = "Last cursor applied"), ("wait" = Option<f64>, Query, minimum = 0, description = "Seconds to wait for a change (capped by the server)"), ("log_id" = Option<Uuid>, Query, description = "Log the cursor belongs to")), responses((status = 200, description = "`changes` (possibly empty) or `reset`", body = ServerMessage), (status = 400, body = ApiError)))]
 async fn long_poll(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -439,6 +439,9 @@ async fn long_poll(
         s.store.read(move |tx| access::can(tx, user.id, board, Action::Read)).await?;
     }
     let mut ended = s.store.hub().ended_sessions();
+    if q.since > i64::MAX as Cursor {
+        return Err(bad_parameter("since is a cursor, from 0 to 2^63-1"));
+    }
     if !q.wait.is_finite() || q.wait < 0.0 {
         return Err(bad_parameter("wait must be a non-negative number of seconds"));
     }
@@ -513,7 +516,7 @@ async fn long_poll(
 #[openapi(
     info(
         title = "syncline",
-        description = "Kanban API with a gap-free change feed. The WebSocket feed (`GET /api/feed`) is described in docs/protocol.md."
+        description = "Kanban API with a gap-free change feed. The WebSocket feed (`GET /api/feed`) is described in docs/protocol.md. Prometheus `/metrics` is served only on `--metrics-bind`."
     ),
     paths(
         list_boards,
@@ -542,7 +545,6 @@ async fn long_poll(
         auth::signout,
         auth::me,
         auth::change_password,
-        metrics,
         feed_doc
     ),
     components(schemas(
@@ -584,9 +586,21 @@ impl utoipa::Modify for AccessResponses {
                 .build()
                 .into()
         };
+        let idempotency_key = utoipa::openapi::path::ParameterBuilder::new()
+            .name("Idempotency-Key")
+            .parameter_in(utoipa::openapi::path::ParameterIn::Header)
+            .required(utoipa::openapi::Required::False)
+            .description(Some("A UUID naming the write: a replay returns the first outcome and applies nothing twice"))
+            .schema(Some(
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::Type::String)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Uuid))),
+            ))
+            .build();
         for (path, item) in doc.paths.paths.iter_mut() {
-            let open =
-                matches!(path.as_str(), "/api/auth/signup" | "/api/auth/signin" | "/api/openapi.json" | "/metrics");
+            let open = matches!(path.as_str(), "/api/auth/signup" | "/api/auth/signin" | "/api/openapi.json");
+            // The Kanban REST writes take an idempotency key (the batch route carries one per write instead).
+            let keyed = ["/api/boards", "/api/columns", "/api/cards"].iter().any(|p| path.starts_with(p));
             let ops = [
                 (&mut item.get, false),
                 (&mut item.post, true),
@@ -596,6 +610,9 @@ impl utoipa::Modify for AccessResponses {
             ];
             for (op, writes) in ops {
                 let Some(op) = op.as_mut() else { continue };
+                if writes && keyed {
+                    op.parameters.get_or_insert_with(Vec::new).push(idempotency_key.clone());
+                }
                 let r = &mut op.responses.responses;
                 if !open {
                     r.entry("401".into()).or_insert_with(|| error("No session: sign in first (`unauthorized`)"));
@@ -633,12 +650,139 @@ impl utoipa::Modify for AccessResponses {
                 });
             }
         }
+        add_links(doc);
         let components = doc.components.get_or_insert_with(Default::default);
+        close_write_ops(components);
         components.add_security_scheme(
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(crate::auth::SESSION_COOKIE))),
         );
     }
+}
+
+/// Links from what a write creates to the operations on it (OpenAPI `links`): what lets a client — and
+/// Schemathesis' stateful phase — follow a created board to its columns, cards and members.
+fn add_links(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::link::LinkBuilder;
+    const BODY_ID: &str = "$response.body#/id";
+    /// An operation reached from a created entity, with its parameters (name, runtime expression).
+    type Linked = (&'static str, &'static [(&'static str, &'static str)]);
+    let table: [(&str, &[Linked]); 4] = [
+        (
+            "/api/boards",
+            &[
+                ("get_board", &[("id", BODY_ID)]),
+                ("get_summary", &[("id", BODY_ID)]),
+                ("rename_board", &[("id", BODY_ID)]),
+                ("delete_board", &[("id", BODY_ID)]),
+                ("create_column", &[("id", BODY_ID)]),
+                ("list_members", &[("id", BODY_ID)]),
+                ("add_member", &[("id", BODY_ID)]),
+            ],
+        ),
+        (
+            "/api/boards/{id}/columns",
+            &[
+                ("rename_column", &[("id", BODY_ID)]),
+                ("move_column", &[("id", BODY_ID)]),
+                ("delete_column", &[("id", BODY_ID)]),
+                ("create_card", &[("id", BODY_ID)]),
+            ],
+        ),
+        (
+            "/api/columns/{id}/cards",
+            &[
+                ("get_card", &[("id", BODY_ID)]),
+                ("update_card", &[("id", BODY_ID)]),
+                ("move_card", &[("id", BODY_ID)]),
+                ("delete_card", &[("id", BODY_ID)]),
+            ],
+        ),
+        (
+            "/api/boards/{id}/members",
+            &[
+                ("set_member_role", &[("id", "$request.path.id"), ("user_id", "$response.body#/user_id")]),
+                ("remove_member", &[("id", "$request.path.id"), ("user_id", "$response.body#/user_id")]),
+            ],
+        ),
+    ];
+    for (path, links) in table {
+        let Some(RefOr::T(created)) = doc
+            .paths
+            .paths
+            .get_mut(path)
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.responses.responses.get_mut("201"))
+        else {
+            panic!("{path} documents no 201 to link from");
+        };
+        for (operation, parameters) in links {
+            let link = parameters
+                .iter()
+                .fold(LinkBuilder::new().operation_id(*operation), |l, (name, value)| l.parameter(*name, *value));
+            created.links.insert((*operation).to_string(), RefOr::T(link.build()));
+        }
+    }
+}
+
+/// `WriteOp` is an internally tagged enum whose variants flatten a request body: utoipa documents those as
+/// `allOf` of the body (closed to other fields) and the tag, which no object satisfies, and leaves the inline
+/// variants open to other fields, which the server refuses. Each variant becomes one closed object.
+fn close_write_ops(components: &mut utoipa::openapi::Components) {
+    use utoipa::openapi::schema::{AdditionalProperties, Object, Schema};
+    use utoipa::openapi::{RefOr, Type};
+    let lookup = |r: &RefOr<Schema>| -> Option<Schema> {
+        match r {
+            RefOr::T(s) => Some(s.clone()),
+            RefOr::Ref(r) => {
+                let name = r.ref_location.rsplit('/').next()?;
+                match components.schemas.get(name)? {
+                    RefOr::T(s) => Some(s.clone()),
+                    RefOr::Ref(_) => None,
+                }
+            }
+        }
+    };
+    let Some(RefOr::T(Schema::OneOf(write_op))) = components.schemas.get("WriteOp") else {
+        panic!("WriteOp is documented as oneOf");
+    };
+    let mut variants = Vec::new();
+    for variant in &write_op.items {
+        let parts = match lookup(variant) {
+            Some(Schema::AllOf(all)) => all.items.iter().filter_map(&lookup).collect(),
+            Some(other) => vec![other],
+            None => panic!("a WriteOp variant refers to an undocumented schema"),
+        };
+        let mut merged = Object::with_type(Type::Object);
+        for part in parts {
+            let Schema::Object(part) = part else { panic!("a WriteOp variant has a part that is not an object") };
+            // In a batch a value of the wrong form (an empty title, a malformed username) is refused per write —
+            // its outcome is a 422 — not the batch: the batch's schema has no form constraints to break.
+            let properties = part.properties.into_iter().map(|(name, property)| match property {
+                RefOr::T(Schema::Object(mut p)) => {
+                    (p.pattern, p.max_length, p.min_length) = (None, None, None);
+                    (name, RefOr::T(Schema::Object(p)))
+                }
+                other => (name, other),
+            });
+            merged.properties.extend(properties);
+            merged.required.extend(part.required);
+            if merged.description.is_none() {
+                merged.description = part.description;
+            }
+        }
+        merged.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        variants.push(RefOr::T(Schema::Object(merged)));
+    }
+    let mut closed = write_op.clone();
+    closed.items = variants;
+    components.schemas.insert("WriteOp".into(), RefOr::T(Schema::OneOf(closed)));
+    // The batch's `Write<WriteOp>` is documented with its own inlined copy of the enum: point it at this one.
+    let Some(RefOr::T(Schema::Object(write))) = components.schemas.get_mut("Write_WriteOp") else {
+        panic!("the batch's Write<WriteOp> is documented as an object");
+    };
+    write.properties.insert("op".into(), RefOr::Ref(utoipa::openapi::Ref::from_schema_name("WriteOp")));
 }
 
 /// Documentation stub for the WebSocket route, which axum serves in [`ws::feed`].
@@ -648,7 +792,36 @@ impl utoipa::Modify for AccessResponses {
 #[allow(dead_code)]
 fn feed_doc() {}
 
-async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+async fn openapi() -> axum::Json<serde_json::Value> {
+    axum::Json(api_document())
+}
+
+/// The OpenAPI document as served. utoipa 5.5 writes a link's fields in snake case (`operation_id`), which no
+/// OpenAPI reader knows; they are renamed here.
+pub fn api_document() -> serde_json::Value {
     use utoipa::OpenApi;
-    axum::Json(ApiDoc::openapi())
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serialises");
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        let responses = paths
+            .values_mut()
+            .filter_map(|item| item.as_object_mut())
+            .flat_map(|item| item.values_mut())
+            .filter_map(|op| op.get_mut("responses").and_then(|r| r.as_object_mut()))
+            .flat_map(|r| r.values_mut());
+        for response in responses {
+            let links = response.get_mut("links").and_then(|l| l.as_object_mut());
+            for link in links.into_iter().flat_map(|l| l.values_mut()).filter_map(|l| l.as_object_mut()) {
+                for (from, to) in [
+                    ("operation_id", "operationId"),
+                    ("operation_ref", "operationRef"),
+                    ("request_body", "requestBody"),
+                ] {
+                    if let Some(v) = link.remove(from) {
+                        link.insert(to.into(), v);
+                    }
+                }
+            }
+        }
+    }
+    doc
 }

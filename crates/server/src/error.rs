@@ -71,6 +71,11 @@ impl From<StoreError> for AppError {
                 err.body.field = Some(field.into());
                 err
             }
+            StoreError::Refused { field, message } => {
+                let mut err = AppError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::Refused, message);
+                err.body.field = Some(field.into());
+                err
+            }
             StoreError::Conflict { message, current } => {
                 let mut err = AppError::new(StatusCode::CONFLICT, ErrorCode::Conflict, message);
                 err.current = Some(current);

@@ -105,7 +105,6 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, mut shutd
         let limits = limits.clone();
         let mut stop = shutdown.clone();
         connections.spawn(async move {
-            let _slot = slot;
             // HTTP/1 (browsers speak HTTP/2 only over TLS, which a proxy in front terminates). hyper's own builder:
             // hyper-util's automatic one first waits for the first bytes, with no timeout at all.
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -113,7 +112,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, mut shutd
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_header_size(limits.max_header_bytes);
-            let io = TokioIo::new(stream);
+            let io = TokioIo::new(Lingering { stream: Some(stream), slot: Some(slot) });
             let connection = builder.serve_connection(io, TowerToHyperService::new(service)).with_upgrades();
             tokio::pin!(connection);
             tokio::select! {
@@ -126,6 +125,99 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, mut shutd
         });
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// A connection's socket, closed the way nginx's `lingering_close` does: when the connection ends with bytes
+/// from the client still unread (a WebSocket closed for an oversized frame whose payload is still arriving, a
+/// request refused before its body was read), closing the socket at once would make the kernel send a reset and
+/// drop what was just written — the client would never see the close frame or the error. Instead its sending
+/// side is shut (what was written goes out, then FIN) and what the client still sends is read and discarded, up to
+/// [`LINGER_BYTES`] or [`LINGER_TIME`]. The connection keeps its place under the connection cap meanwhile.
+struct Lingering {
+    stream: Option<tokio::net::TcpStream>,
+    slot: Option<Slot>,
+}
+
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+impl Lingering {
+    fn stream(&mut self) -> &mut tokio::net::TcpStream {
+        self.stream.as_mut().expect("present until dropped")
+    }
+}
+
+impl tokio::io::AsyncRead for Lingering {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(self.stream()).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(self.stream()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(self.stream()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(self.stream()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(self.stream()).poll_shutdown(cx)
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let (Some(mut stream), slot) = (self.stream.take(), self.slot.take()) else { return };
+        // Nothing unread (or the client is gone): a plain close.
+        if !matches!(stream.try_read(&mut [0u8; 512]), Ok(n) if n > 0) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let _slot = slot;
+            let _ = stream.shutdown().await;
+            let drain = async {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut read = 0;
+                while read < LINGER_BYTES {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+        });
+    }
 }
 
 /// A connection over the cap: its request head is read (bounded: 16 KiB, 2 s), answered with a 503 with a JSON

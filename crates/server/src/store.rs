@@ -25,7 +25,13 @@ pub enum StoreError {
     /// A member whose role does not allow the write (a non-member gets `NotFound`: a board's existence is not
     /// revealed to those who may not see it).
     Forbidden(String),
+    /// A value not of the accepted form (`invalid_field`).
     InvalidField {
+        field: &'static str,
+        message: String,
+    },
+    /// A well-formed value that what it names or the current state does not allow (`refused`).
+    Refused {
         field: &'static str,
         message: String,
     },
@@ -269,7 +275,7 @@ fn new_id(requested: Option<Uuid>, tx: &dyn Conn, table: &str) -> StoreResult<Uu
             let taken =
                 tx.query_one(&format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE id = ?1)"), args![id])?.bool(0)?;
             if taken {
-                Err(StoreError::InvalidField { field: "id", message: format!("id {id} is already in use") })
+                Err(StoreError::Refused { field: "id", message: format!("id {id} is already in use") })
             } else {
                 Ok(id)
             }
@@ -358,13 +364,13 @@ pub fn move_column(tx: &dyn Conn, rec: &mut Recorder, id: ColumnId, req: MoveCol
     let current = get_column(tx, id)?;
     check_base_version("column", current.version, req.base_version, || serde_json::json!(current))?;
     if req.after_column_id == Some(id) {
-        return Err(StoreError::InvalidField {
+        return Err(StoreError::Refused {
             field: "after_column_id",
             message: "a column cannot be placed after itself".into(),
         });
     }
     let position = Siblings::ColumnsOf(current.board_id).key_after(tx, id, req.after_column_id)?.ok_or_else(|| {
-        StoreError::InvalidField {
+        StoreError::Refused {
             field: "after_column_id",
             message: format!("column {} is not on board {}", req.after_column_id.unwrap_or_default(), current.board_id),
         }
@@ -413,10 +419,8 @@ pub fn update_card(tx: &dyn Conn, rec: &mut Recorder, id: CardId, req: UpdateCar
     let current = get_card(tx, id)?;
     check_base_version("card", current.version, req.base_version, || serde_json::json!(current))?;
     if req.title.is_none() && req.description.is_none() {
-        return Err(StoreError::InvalidField {
-            field: "title",
-            message: "nothing to change: give a title, a description or both".into(),
-        });
+        // An empty patch changes nothing (as a role set to the role a member has): the card as it is.
+        return Ok(current);
     }
     let title = req.title.as_deref().map(title).transpose()?.unwrap_or(current.title);
     let description = req
@@ -441,24 +445,24 @@ pub fn move_card(tx: &dyn Conn, rec: &mut Recorder, id: CardId, req: MoveCard) -
     let target = match get_column(tx, req.column_id) {
         Ok(c) => c,
         Err(StoreError::NotFound(message)) => {
-            return Err(StoreError::InvalidField { field: "column_id", message });
+            return Err(StoreError::Refused { field: "column_id", message });
         }
         Err(e) => return Err(e),
     };
     if target.board_id != current.board_id {
-        return Err(StoreError::InvalidField {
+        return Err(StoreError::Refused {
             field: "column_id",
             message: format!("column {} is on another board; cards move only within their board", target.id),
         });
     }
     if req.after_card_id == Some(id) {
-        return Err(StoreError::InvalidField {
+        return Err(StoreError::Refused {
             field: "after_card_id",
             message: "a card cannot be placed after itself".into(),
         });
     }
     let position =
-        Siblings::CardsOf(target.id).key_after(tx, id, req.after_card_id)?.ok_or_else(|| StoreError::InvalidField {
+        Siblings::CardsOf(target.id).key_after(tx, id, req.after_card_id)?.ok_or_else(|| StoreError::Refused {
             field: "after_card_id",
             message: format!("card {} is not in column {}", req.after_card_id.unwrap_or_default(), target.id),
         })?;

@@ -235,12 +235,13 @@ async fn invalid_fields_are_422_and_write_nothing() {
     .await;
     assert_eq!(body["field"], "title");
 
+    // Well-formed writes that what they name does not allow are `refused` (still 422, and the field named).
     // A move into a column of another board.
     let (_other_board, other_col, _, _) = f.board().await;
     let body = assert_error(
         f.post(&format!("/api/cards/{}/move", card.id), json!({"column_id": other_col.id})).await,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_field",
+        "refused",
     )
     .await;
     assert_eq!(body["field"], "column_id");
@@ -253,7 +254,7 @@ async fn invalid_fields_are_422_and_write_nothing() {
         )
         .await,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_field",
+        "refused",
     )
     .await;
     assert_eq!(body["field"], "after_card_id");
@@ -262,12 +263,19 @@ async fn invalid_fields_are_422_and_write_nothing() {
     let body = assert_error(
         f.post("/api/boards", json!({"id": board.id, "title": "dup"})).await,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_field",
+        "refused",
     )
     .await;
     assert_eq!(body["field"], "id");
 
     assert_eq!(f.snapshot(&board).await, before, "refused writes change nothing");
+
+    // An empty patch changes nothing and is not an error: the card as it is, at the same version.
+    let same = f.patch(&format!("/api/cards/{}", card.id), json!({})).await;
+    assert_eq!(same.status(), StatusCode::OK);
+    let same: serde_json::Value = same.json().await.unwrap();
+    assert_eq!(same["version"], card.version, "{same}");
+    assert_eq!(f.snapshot(&board).await, before, "an empty patch changes nothing");
 }
 
 #[tokio::test]
@@ -348,11 +356,27 @@ async fn the_openapi_document_describes_every_route() {
         ("post", "/api/writes"),
         ("get", "/api/changes"),
         ("get", "/api/feed"),
-        ("get", "/metrics"),
     ];
     for (method, path) in routes {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} is not documented");
     }
+    assert!(doc["paths"]["/metrics"].is_null(), "/metrics is served on --metrics-bind only, not here");
+    // What a generated client (or a fuzzer) needs to be right: links from a created board to what uses its id,
+    // idempotency keys that are UUIDs, write ops closed to fields the server refuses.
+    let link = &doc["paths"]["/api/boards"]["post"]["responses"]["201"]["links"]["get_board"];
+    assert_eq!(link["operationId"], "get_board", "{link}");
+    assert_eq!(link["parameters"]["id"], "$response.body#/id");
+    let params = doc["paths"]["/api/cards/{id}"]["patch"]["parameters"].as_array().unwrap();
+    let key = params.iter().find(|p| p["name"] == "Idempotency-Key").expect("the idempotency key is documented");
+    assert_eq!(key["schema"]["format"], "uuid");
+    for variant in doc["components"]["schemas"]["WriteOp"]["oneOf"].as_array().unwrap() {
+        assert_eq!(variant["additionalProperties"], false, "{variant}");
+        assert!(variant["properties"]["type"].is_object(), "{variant}");
+    }
+    assert_eq!(
+        doc["components"]["schemas"]["Write_WriteOp"]["properties"]["op"]["$ref"],
+        "#/components/schemas/WriteOp"
+    );
     for schema in
         ["Board", "BoardSnapshot", "Card", "ApiError", "ErrorCode", "ServerMessage", "ClientMessage", "WriteOp"]
     {
@@ -432,6 +456,9 @@ async fn every_refusal_is_json_even_from_extractors_and_the_feed_route() {
         let resp = f.get(&format!("/api/changes?stream=boards&since=0&wait={wait}")).await;
         assert_error(resp, StatusCode::BAD_REQUEST, "invalid_parameter").await;
     }
+    // A cursor no log reaches (the databases store them as 63-bit integers).
+    let resp = f.get("/api/changes?stream=boards&since=9223372036854775808").await;
+    assert_error(resp, StatusCode::BAD_REQUEST, "invalid_parameter").await;
     let capped = tokio::time::timeout(
         Duration::from_secs(5),
         f.get(&format!("/api/changes?stream=board:{}&since=0&wait=1e20", board.id)),

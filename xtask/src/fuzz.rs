@@ -35,14 +35,16 @@ pub fn schemathesis(root: &Path) -> Result<()> {
     let port = syncline_devcluster::free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(data.join("server.log"))?;
-    // The sign-in limits are raised (every generated request signs up or in from one address; the limits have
-    // tests of their own) and long-polls cut to a second (the fuzzer waits for each answer).
+    // The sign-in and write-rate limits are raised (the fuzzer signs up and writes from one address far faster
+    // than people do; the limits have tests of their own) and long-polls cut to a second (it waits for each).
     let _server = KillOnDrop(
         Command::new(&server_bin)
             .arg("--db")
             .arg(data.join("fuzz.sqlite3"))
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .args(["--signin-attempts-per-address", "1000000", "--signin-attempts-per-account", "1000000"])
+            .args(["--writes-per-second-per-user", "1000000", "--write-burst-per-user", "1000000"])
+            .args(["--writes-per-second-per-address", "1000000", "--write-burst-per-address", "1000000"])
             .args(["--longpoll-max-wait-secs", "1"])
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -77,6 +77,10 @@ async fn start_server(binary: &std::path::Path, database: &Database) -> Result<S
         .args(["--signin-attempts-per-address", "1000000"])
         // Every subscriber comes from one loopback address.
         .args(["--max-connections", "1000000", "--max-connections-per-address", "1000000"])
+        // ...and one user: no per-user socket cap or write rate in the way of measuring fan-out and throughput.
+        .args(["--max-sockets-per-user", "1000000", "--max-longpolls-per-user", "1000000"])
+        .args(["--writes-per-second-per-user", "1000000", "--write-burst-per-user", "1000000"])
+        .args(["--writes-per-second-per-address", "1000000", "--write-burst-per-address", "1000000"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -673,6 +673,29 @@ fn a_confirmed_write_leaves_the_outbox() {
 }
 
 #[test]
+fn a_batch_refused_for_its_rate_is_kept_and_sent_again_later_with_the_same_ids() {
+    // The server refuses a whole batch over the write rate (429) before applying any of it: nothing is settled,
+    // nothing dropped; it goes again after a backoff.
+    let (mut d, rid, write_id) =
+        one_write(ConflictPolicy::default(), UpdateCard { title: Some("mine".into()), ..Default::default() });
+    let body = json!({"error": "rate_limited", "message": "more than 30 writes per second per user"}).to_string();
+    let out = d.reply(rid, 429, body);
+    assert!(posted(&out).is_none(), "not sent again at once: {out:?}");
+    assert!(!out.iter().any(|o| matches!(o, Output::Persist(PersistOp::OutboxDelete { .. }))), "{out:?}");
+    assert_eq!(d.e.pending().len(), 1, "still pending");
+    let mut again = None;
+    for _ in 0..60 {
+        let out = d.advance(1_000);
+        if let Some((_, batch)) = posted(&out) {
+            again = Some(batch);
+            break;
+        }
+    }
+    let again = again.expect("sent again within a minute");
+    assert_eq!(again.writes[0].write_id, write_id, "the same write, so the server applies it once");
+}
+
+#[test]
 fn a_conflict_on_other_fields_is_rebased_and_resent_on_the_current_version() {
     let (mut d, rid, write_id) =
         one_write(ConflictPolicy::RebaseOrAsk, UpdateCard { title: Some("mine".into()), ..Default::default() });

@@ -25,10 +25,11 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::access::{self, Action};
-use crate::auth::{self, CurrentUser};
+use crate::auth::{self, CurrentUser, PeerAddr};
 use crate::error::{AppError, Json, Path};
 use crate::feed::stream_head;
 use crate::session::{self, Session, Settings};
+use crate::usage::Held;
 use crate::writes::{self, Outcome};
 use crate::{store, ws};
 
@@ -200,10 +201,10 @@ async fn add_member(
     State(s): State<AppState>,
     user: CurrentUser,
     Path(board_id): Path<BoardId>,
-    headers: HeaderMap,
+    meta: WriteMeta,
     Json(body): Json<AddMember>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::AddMember { board_id, body }).await
+    write(&s, &user, meta, WriteOp::AddMember { board_id, body }).await
 }
 
 #[utoipa::path(patch, path = "/api/boards/{id}/members/{user_id}", tag = "members", params(("id" = Uuid, Path), ("user_id" = Uuid, Path)), request_body = SetRole, responses((status = 200, body = Member), (status = 401, body = ApiError), (status = 403, description = "Only owners manage members", body = ApiError), (status = 404, body = ApiError), (status = 409, description = "Stale base_version", body = ApiError), (status = 422, description = "The last owner cannot step down", body = ApiError)))]
@@ -211,10 +212,10 @@ async fn set_member_role(
     State(s): State<AppState>,
     user: CurrentUser,
     Path((board_id, user_id)): Path<(BoardId, UserId)>,
-    headers: HeaderMap,
+    meta: WriteMeta,
     Json(body): Json<SetRole>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::SetMemberRole { board_id, user_id, body }).await
+    write(&s, &user, meta, WriteOp::SetMemberRole { board_id, user_id, body }).await
 }
 
 #[utoipa::path(delete, path = "/api/boards/{id}/members/{user_id}", tag = "members", params(("id" = Uuid, Path), ("user_id" = Uuid, Path)), responses((status = 204, description = "Removed (or left); their feeds stop receiving the board at once"), (status = 401, body = ApiError), (status = 403, description = "Only owners remove others", body = ApiError), (status = 404, body = ApiError), (status = 422, description = "The last owner cannot leave", body = ApiError)))]
@@ -222,23 +223,35 @@ async fn remove_member(
     State(s): State<AppState>,
     user: CurrentUser,
     Path((board_id, user_id)): Path<(BoardId, UserId)>,
-    headers: HeaderMap,
+    meta: WriteMeta,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::RemoveMember { board_id, user_id }).await
+    write(&s, &user, meta, WriteOp::RemoveMember { board_id, user_id }).await
 }
 
 // ---- writes --------------------------------------------------------------------------------------------------
 
-/// The `Idempotency-Key` header, if any; it must be a UUID.
-fn write_id(headers: &HeaderMap) -> ApiResult<Option<Uuid>> {
-    match headers.get(IDEMPOTENCY_KEY) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|v| Uuid::parse_str(v.trim()).ok())
-            .map(Some)
-            .ok_or_else(|| bad_parameter("the Idempotency-Key header must be a UUID")),
+/// What a REST write brings besides its body: its `Idempotency-Key` (a UUID, if any) and the client's address
+/// (for the per-address write rate).
+struct WriteMeta {
+    write_id: Option<Uuid>,
+    address: Option<std::net::IpAddr>,
+}
+
+impl axum::extract::FromRequestParts<AppState> for WriteMeta {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &AppState) -> Result<Self, AppError> {
+        let write_id = match parts.headers.get(IDEMPOTENCY_KEY) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| Uuid::parse_str(v.trim()).ok())
+                    .ok_or_else(|| bad_parameter("the Idempotency-Key header must be a UUID"))?,
+            ),
+        };
+        let Ok(crate::auth::PeerAddr(address)) = crate::auth::PeerAddr::from_request_parts(parts, state).await;
+        Ok(WriteMeta { write_id, address })
     }
 }
 
@@ -252,8 +265,9 @@ impl IntoResponse for Outcome {
     }
 }
 
-async fn write(s: &AppState, user: &CurrentUser, headers: &HeaderMap, op: WriteOp) -> ApiResult<Outcome> {
-    writes::execute(&s.store, &s.metrics, user.id, write_id(headers)?, op).await
+async fn write(s: &AppState, user: &CurrentUser, meta: WriteMeta, op: WriteOp) -> ApiResult<Outcome> {
+    s.usage.writes(user.id, meta.address, 1)?;
+    writes::execute(&s.store, &s.metrics, user.id, meta.write_id, op).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,10 +280,10 @@ struct BaseVersion {
 async fn create_board(
     State(s): State<AppState>,
     user: CurrentUser,
-    headers: HeaderMap,
+    meta: WriteMeta,
     Json(body): Json<CreateBoard>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::CreateBoard { body }).await
+    write(&s, &user, meta, WriteOp::CreateBoard { body }).await
 }
 
 #[utoipa::path(patch, path = "/api/boards/{id}", tag = "boards", params(("id" = Uuid, Path)), request_body = Rename, responses((status = 200, body = Board), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
@@ -277,10 +291,10 @@ async fn rename_board(
     State(s): State<AppState>,
     user: CurrentUser,
     Path(id): Path<BoardId>,
-    headers: HeaderMap,
+    meta: WriteMeta,
     Json(body): Json<Rename>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::RenameBoard { id, body }).await
+    write(&s, &user, meta, WriteOp::RenameBoard { id, body }).await
 }
 
 #[utoipa::path(delete, path = "/api/boards/{id}", tag = "boards", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query)), responses((status = 204, description = "Deleted"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
@@ -288,10 +302,10 @@ async fn delete_board(
     State(s): State<AppState>,
     user: CurrentUser,
     Path(id): Path<BoardId>,
-    headers: HeaderMap,
+    meta: WriteMeta,
     JsonQuery(q): JsonQuery<BaseVersion>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::DeleteBoard { id, base_version: q.base_version }).await
+    write(&s, &user, meta, WriteOp::DeleteBoard { id, base_version: q.base_version }).await
 }
 
 #[utoipa::path(post, path = "/api/boards/{id}/columns", tag = "columns", params(("id" = Uuid, Path)), request_body = CreateColumn, responses((status = 201, body = Column)))]
@@ -299,10 +313,10 @@ async fn create_column(
     State(s): State<AppState>,
     user: CurrentUser,
     Path(board_id): Path<BoardId>,
-    headers: HeaderMap,
+    meta: WriteMeta,
     Json(body): Json<CreateColumn>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::CreateColumn { board_id, body }).await
+    write(&s, &user, meta, WriteOp::CreateColumn { board_id, body }).await
 }
 
 #[utoipa::path(patch, path = "/api/columns/{id}", tag = "columns", params(("id" = Uuid, Path)), request_body = Rename, responses((status = 200, body = Column), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
@@ -310,10 +324,10 @@ async fn rename_column(
     State(s): State<AppState>,
     user: CurrentUser,
     Path(id): Path<ColumnId>,
-    headers: HeaderMap,
+    meta: WriteMeta,
     Json(body): Json<Rename>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::RenameColumn { id, body }).await
+    write(&s, &user, meta, WriteOp::RenameColumn { id, body }).await
 }
 
 #[utoipa::path(post, path = "/api/columns/{id}/move", tag = "columns", params(("id" = Uuid, Path)), request_body = MoveColumn, responses((status = 200, body = Column), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
@@ -321,10 +335,10 @@ async fn move_column(
     State(s): State<AppState>,
     user: CurrentUser,
     Path(id): Path<ColumnId>,
-    headers: HeaderMap,
+    meta: WriteMeta,
     Json(body): Json<MoveColumn>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::MoveColumn { id, body }).await
+    write(&s, &user, meta, WriteOp::MoveColumn { id, body }).await
 }
 
 #[utoipa::path(delete, path = "/api/columns/{id}", tag = "columns", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query)), responses((status = 204, description = "Deleted with its cards"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
@@ -332,10 +346,10 @@ async fn delete_column(
     State(s): State<AppState>,
     user: CurrentUser,
     Path(id): Path<ColumnId>,
-    headers: HeaderMap,
+    meta: WriteMeta,
     JsonQuery(q): JsonQuery<BaseVersion>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::DeleteColumn { id, base_version: q.base_version }).await
+    write(&s, &user, meta, WriteOp::DeleteColumn { id, base_version: q.base_version }).await
 }
 
 #[utoipa::path(post, path = "/api/columns/{id}/cards", tag = "cards", params(("id" = Uuid, Path)), request_body = CreateCard, responses((status = 201, body = Card)))]
@@ -343,10 +357,10 @@ async fn create_card(
     State(s): State<AppState>,
     user: CurrentUser,
     Path(column_id): Path<ColumnId>,
-    headers: HeaderMap,
+    meta: WriteMeta,
     Json(body): Json<CreateCard>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::CreateCard { column_id, body }).await
+    write(&s, &user, meta, WriteOp::CreateCard { column_id, body }).await
 }
 
 #[utoipa::path(patch, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path)), request_body = UpdateCard, responses((status = 200, body = Card), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
@@ -354,10 +368,10 @@ async fn update_card(
     State(s): State<AppState>,
     user: CurrentUser,
     Path(id): Path<CardId>,
-    headers: HeaderMap,
+    meta: WriteMeta,
     Json(body): Json<UpdateCard>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::UpdateCard { id, body }).await
+    write(&s, &user, meta, WriteOp::UpdateCard { id, body }).await
 }
 
 #[utoipa::path(post, path = "/api/cards/{id}/move", tag = "cards", params(("id" = Uuid, Path)), request_body = MoveCard, responses((status = 200, body = Card), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
@@ -365,10 +379,10 @@ async fn move_card(
     State(s): State<AppState>,
     user: CurrentUser,
     Path(id): Path<CardId>,
-    headers: HeaderMap,
+    meta: WriteMeta,
     Json(body): Json<MoveCard>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::MoveCard { id, body }).await
+    write(&s, &user, meta, WriteOp::MoveCard { id, body }).await
 }
 
 #[utoipa::path(delete, path = "/api/cards/{id}", tag = "cards", params(("id" = Uuid, Path), ("base_version" = Option<u64>, Query)), responses((status = 204, description = "Deleted"), (status = 409, description = "Stale base_version; body has `current`", body = ApiError)))]
@@ -376,10 +390,10 @@ async fn delete_card(
     State(s): State<AppState>,
     user: CurrentUser,
     Path(id): Path<CardId>,
-    headers: HeaderMap,
+    meta: WriteMeta,
     JsonQuery(q): JsonQuery<BaseVersion>,
 ) -> ApiResult<Outcome> {
-    write(&s, &user, &headers, WriteOp::DeleteCard { id, base_version: q.base_version }).await
+    write(&s, &user, meta, WriteOp::DeleteCard { id, base_version: q.base_version }).await
 }
 
 /// `POST /api/writes`: queued writes in order; each has its own outcome.
@@ -387,6 +401,7 @@ async fn delete_card(
 async fn write_batch(
     State(s): State<AppState>,
     user: CurrentUser,
+    PeerAddr(address): PeerAddr,
     Json(batch): Json<WriteBatch>,
 ) -> ApiResult<axum::Json<WriteBatchResult>> {
     if batch.writes.len() > MAX_BATCH_WRITES {
@@ -396,6 +411,8 @@ async fn write_batch(
             format!("{} writes in one batch; the limit is {MAX_BATCH_WRITES}", batch.writes.len()),
         ));
     }
+    // The whole batch or none of it: a refused batch is retried later by the client, nothing half-applied.
+    s.usage.writes(user.id, address, batch.writes.len())?;
     let mut results = Vec::with_capacity(batch.writes.len());
     for w in batch.writes {
         let outcome = writes::execute(&s.store, &s.metrics, user.id, Some(w.write_id), w.op).await?;
@@ -425,7 +442,7 @@ struct LongPollQuery {
 
 /// `GET /api/changes?stream=&since=&wait=`: the changes after `since` at once if there are any, otherwise as
 /// soon as one lands (or an empty list after `wait`). Answers `changes` or `reset`, as on the WebSocket.
-#[utoipa::path(get, path = "/api/changes", tag = "feed", params(("stream" = String, Query, description = "`boards` or `board:<uuid>`", pattern = r"^(boards|board:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"), ("since" = u64, Query, description = "Last cursor applied"), ("wait" = Option<f64>, Query, minimum = 0, description = "Seconds to wait for a change (capped by the server)"), ("log_id" = Option<Uuid>, Query, description = "Log the cursor belongs to")), responses((status = 200, description = "`changes` (possibly empty) or `reset`", body = ServerMessage), (status = 400, body = ApiError)))]
+#[utoipa::path(get, path = "/api/changes", tag = "feed", params(("stream" = String, Query, description = "`boards` or `board:<uuid>`", pattern = r"^(boards|board:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"), ("since" = u64, Query, description = "Last cursor applied"), ("wait" = Option<f64>, Query, minimum = 0, description = "Seconds to wait for a change (capped by the server)"), ("log_id" = Option<Uuid>, Query, description = "Log the cursor belongs to")), responses((status = 200, description = "`changes` (possibly empty) or `reset`", body = ServerMessage), (status = 400, body = ApiError), (status = 429, description = "Too many long-polls of this user waiting (`rate_limited`)", body = ApiError)))]
 async fn long_poll(
     State(s): State<AppState>,
     user: CurrentUser,
@@ -490,6 +507,7 @@ async fn long_poll(
             return Ok(axum::Json(ServerMessage::Changes { stream, changes: Vec::new() }));
         };
         let _waiting = s.metrics.longpoll_waiting();
+        let _held = s.usage.hold(Held::LongPoll, user.id)?;
         let log_stream = session.log_name(&stream);
         input = tokio::select! {
             r = rx.recv() => Some(match r {
@@ -633,6 +651,11 @@ impl utoipa::Modify for AccessResponses {
                 if has_params || writes {
                     r.entry("400".into()).or_insert_with(|| {
                         error("A path or query parameter (`invalid_parameter`) or a body (`malformed_json`) that does not parse")
+                    });
+                }
+                if writes && (keyed || path == "/api/writes") {
+                    r.entry("429".into()).or_insert_with(|| {
+                        error("Over the write rate for this user or address (`rate_limited`, `Retry-After`); nothing was applied")
                     });
                 }
                 if writes {
@@ -788,7 +811,7 @@ fn close_write_ops(components: &mut utoipa::openapi::Components) {
 /// Documentation stub for the WebSocket route, which axum serves in [`ws::feed`].
 #[utoipa::path(get, path = "/api/feed", tag = "feed",
     description = "Upgrade to a WebSocket. The client sends `ClientMessage`s, the server `ServerMessage`s, as JSON text frames. A browser Origin other than the server's own (or an allowed one) is refused with 403.",
-    responses((status = 101, description = "Switching to the feed"), (status = 401, description = "No session", body = ApiError), (status = 403, description = "Origin not allowed", body = ApiError), (status = 426, description = "Not a WebSocket upgrade request", body = ApiError), (status = 503, description = "WebSockets turned off here; long-poll instead", body = ApiError)))]
+    responses((status = 101, description = "Switching to the feed"), (status = 401, description = "No session", body = ApiError), (status = 403, description = "Origin not allowed", body = ApiError), (status = 426, description = "Not a WebSocket upgrade request", body = ApiError), (status = 429, description = "Too many feed sockets of this user open (`rate_limited`)", body = ApiError), (status = 503, description = "WebSockets turned off here; long-poll instead", body = ApiError)))]
 #[allow(dead_code)]
 fn feed_doc() {}
 

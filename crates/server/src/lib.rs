@@ -19,6 +19,7 @@ pub mod stats;
 pub mod store;
 pub mod tail;
 pub mod testing;
+pub mod usage;
 pub mod writes;
 pub mod ws;
 
@@ -140,6 +141,24 @@ pub struct Config {
     /// Cards on one board.
     #[arg(long, env = "SYNCLINE_MAX_CARDS_PER_BOARD", default_value_t = 50_000)]
     pub max_cards_per_board: u64,
+    /// Writes one user may make per second, sustained (REST writes and batch entries alike; 429 beyond).
+    #[arg(long, env = "SYNCLINE_WRITES_PER_SECOND_PER_USER", default_value_t = 30)]
+    pub writes_per_second_per_user: u32,
+    /// Writes one user may make at once before the per-second rate applies (a batch counts each write).
+    #[arg(long, env = "SYNCLINE_WRITE_BURST_PER_USER", default_value_t = 500)]
+    pub write_burst_per_user: u32,
+    /// Writes per second from one client address, all its users together.
+    #[arg(long, env = "SYNCLINE_WRITES_PER_SECOND_PER_ADDRESS", default_value_t = 100)]
+    pub writes_per_second_per_address: u32,
+    /// Writes at once from one client address before its per-second rate applies.
+    #[arg(long, env = "SYNCLINE_WRITE_BURST_PER_ADDRESS", default_value_t = 2_000)]
+    pub write_burst_per_address: u32,
+    /// Feed WebSockets one user may hold open (one per browser is the norm).
+    #[arg(long, env = "SYNCLINE_MAX_SOCKETS_PER_USER", default_value_t = 64)]
+    pub max_sockets_per_user: usize,
+    /// Long-polls one user may have waiting at once.
+    #[arg(long, env = "SYNCLINE_MAX_LONGPOLLS_PER_USER", default_value_t = 64)]
+    pub max_longpolls_per_user: usize,
     /// Seconds between retention sweeps.
     #[arg(long, env = "SYNCLINE_PRUNE_INTERVAL_SECS", default_value_t = 60.0)]
     pub prune_interval_secs: f64,
@@ -167,6 +186,14 @@ impl Config {
             max_boards_per_user: 1_000,
             max_columns_per_board: 200,
             max_cards_per_board: 50_000,
+            // Tests write in bursts far beyond a person (10,000 cards in seconds); the tests of these limits set
+            // their own.
+            writes_per_second_per_user: 1_000_000,
+            write_burst_per_user: 1_000_000,
+            writes_per_second_per_address: 1_000_000,
+            write_burst_per_address: 1_000_000,
+            max_sockets_per_user: 64,
+            max_longpolls_per_user: 64,
             db,
             static_dir: PathBuf::from("/nonexistent"),
             max_body_bytes: syncline_protocol::limits::DEFAULT_MAX_BODY_BYTES,
@@ -239,6 +266,8 @@ pub struct AppState {
     pub websockets: Arc<std::sync::atomic::AtomicBool>,
     /// Sign-in attempt limits.
     pub auth: auth::Limits,
+    /// Write rates, open sockets and long-polls per user and address.
+    pub usage: Arc<usage::Usage>,
     /// The origins this server answers as.
     pub origins: Arc<guard::Origins>,
     /// Proxies whose `X-Forwarded-For` is believed (`--trusted-proxy`).
@@ -350,6 +379,14 @@ impl Server {
                 config.signin_attempts_per_address,
                 10,
             )),
+            usage: usage::Usage::new(usage::UsageSettings {
+                writes_per_second_per_user: config.writes_per_second_per_user,
+                write_burst_per_user: config.write_burst_per_user,
+                writes_per_second_per_address: config.writes_per_second_per_address,
+                write_burst_per_address: config.write_burst_per_address,
+                sockets_per_user: config.max_sockets_per_user,
+                longpolls_per_user: config.max_longpolls_per_user,
+            }),
             origins: Arc::new(guard::Origins::new(&config.public_origins, addr, &config.allowed_origins)),
             trusted_proxies: config.trusted_proxies.clone().into(),
         };
@@ -434,6 +471,7 @@ async fn prune_periodically(state: AppState, retention: Retention, every_secs: f
             tracing::warn!(error = ?e, "could not prune expired sessions");
         }
         state.auth.sweep();
+        state.usage.sweep();
         match state.store.transaction(move |tx| feed::prune(tx, &retention, now)).await {
             Ok((changes, writes)) => {
                 state.metrics.changes_pruned.inc_by(changes as u64);

@@ -78,6 +78,10 @@ pub async fn feed(
             return AppError::new(StatusCode::UPGRADE_REQUIRED, ErrorCode::UpgradeRequired, message).into_response();
         }
     };
+    let held = match state.usage.hold(crate::usage::Held::Socket, user.id) {
+        Ok(held) => held,
+        Err(e) => return e.into_response(),
+    };
     let max = state.feed.max_frame_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -87,6 +91,7 @@ pub async fn feed(
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let _open = state.metrics.websocket_open();
+            let _held = held;
             Connection::new(state.clone(), user).run(socket).await;
         })
 }

@@ -722,3 +722,124 @@ async fn creations_past_a_quota_are_refused_with_the_limit_named() {
     assert_eq!(post(format!("/api/columns/{}/cards", column.id), json!({"title": "c4"})).await.status(), 201);
     server.stop(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn writes_past_the_rate_get_429_and_a_refused_batch_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path().join("test.sqlite3"));
+    config.writes_per_second_per_user = 1;
+    config.write_burst_per_user = 5;
+    let server = Server::start(&config).await.unwrap();
+    let (client, _) = signed_in(&server.url(), "hasty").await;
+    let url = |path: &str| format!("{}{path}", server.url());
+    let board: Board =
+        client.post(url("/api/boards")).json(&json!({"title": "b"})).send().await.unwrap().json().await.unwrap();
+    let column: Column = client
+        .post(url(&format!("/api/boards/{}/columns", board.id)))
+        .json(&json!({"title": "c"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Two writes so far; a batch of four would make six: refused whole, before any of it runs.
+    let batch: Vec<Value> = (0..4)
+        .map(|i| json!({"write_id": uuid::Uuid::new_v4(), "op": {"type": "create_card", "column_id": column.id, "title": format!("t{i}")}}))
+        .collect();
+    let refused = client.post(url("/api/writes")).json(&json!({ "writes": batch })).send().await.unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    let body = assert_error(refused, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert!(body["message"].as_str().unwrap().contains("per user"), "{body}");
+    let snap: BoardSnapshot =
+        client.get(url(&format!("/api/boards/{}", board.id))).send().await.unwrap().json().await.unwrap();
+    assert!(snap.cards.is_empty(), "a refused batch applied nothing");
+    // Three more single writes fit in the burst; the next one is refused, with the same JSON.
+    for i in 0..3 {
+        let ok = client
+            .post(url(&format!("/api/columns/{}/cards", column.id)))
+            .json(&json!({"title": format!("s{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 201);
+    }
+    let over = client
+        .post(url(&format!("/api/columns/{}/cards", column.id)))
+        .json(&json!({"title": "over"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(over, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Another user has a bucket of their own; reads are not limited.
+    let (other, _) = signed_in(&server.url(), "calm").await;
+    assert_eq!(other.post(url("/api/boards")).json(&json!({"title": "mine"})).send().await.unwrap().status(), 201);
+    assert_eq!(client.get(url("/api/boards")).send().await.unwrap().status(), 200);
+    // The rate refills: one write a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = client
+        .post(url(&format!("/api/columns/{}/cards", column.id)))
+        .json(&json!({"title": "later"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 201);
+}
+
+#[tokio::test]
+async fn one_user_may_hold_only_so_many_sockets_and_waiting_long_polls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests(dir.path().join("test.sqlite3"));
+    config.max_sockets_per_user = 2;
+    config.max_longpolls_per_user = 1;
+    let server = Server::start(&config).await.unwrap();
+    let (client, cookie) = signed_in(&server.url(), "hoarder").await;
+    let open = || {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{}/api/feed", server.addr).into_client_request().unwrap();
+        request.headers_mut().insert("cookie", cookie.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    let first = open().await.unwrap().0;
+    let _second = open().await.unwrap().0;
+    match open().await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"], "rate_limited", "{body}");
+        }
+        other => panic!("a third socket was not refused: {:?}", other.map(|_| ())),
+    }
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..50 {
+        if let Ok((ws, _)) = open().await {
+            reopened = Some(ws);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reopened.is_some(), "a closed socket gives its place back");
+
+    // Long-polls: one may wait; a second, while it waits, is refused.
+    let cursor = client
+        .get(format!("{}/api/boards", server.url()))
+        .send()
+        .await
+        .unwrap()
+        .json::<BoardList>()
+        .await
+        .unwrap()
+        .cursor;
+    let waiting_url = format!("{}/api/changes?stream=boards&since={cursor}&wait=3", server.url());
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        let url = waiting_url.clone();
+        async move { client.get(url).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = client.get(&waiting_url).send().await.unwrap();
+    assert_error(second, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(waiting.await.unwrap(), StatusCode::OK);
+}

@@ -76,8 +76,11 @@ pub struct Engine<M: Model> {
     /// The session ended (401, or the feed closed with 4001): no more requests.
     pub(crate) signed_out: bool,
     pub(crate) out: VecDeque<Output<M>>,
-    /// Queries whose views must re-read, told at the end of the reconcile.
+    /// Queries whose views must re-read, told at the end of the reconcile — or, while the tab is hidden, when it
+    /// is shown (with the latest connection status and outbox count held back meanwhile).
     pub(crate) to_notify: BTreeSet<M::Key>,
+    held_connection: Option<ConnectionStatus>,
+    held_outbox: Option<usize>,
     /// Server commit time (epoch ms) of the oldest change applied since the UI last said it rendered.
     pub(crate) unrendered_since: Option<u64>,
     /// The deadline the driver was last given (`Output::Timeout`).
@@ -121,6 +124,8 @@ impl<M: Model> Engine<M> {
             signed_out: false,
             out: VecDeque::new(),
             to_notify: BTreeSet::new(),
+            held_connection: None,
+            held_outbox: None,
             unrendered_since: None,
             promised_deadline: Millis::MAX,
         };
@@ -463,6 +468,39 @@ impl<M: Model> Engine<M> {
             self.seek_leadership();
         }
         self.update_status();
+        self.notify_views();
+    }
+
+    /// Tells the views what changed. Nobody looks at a hidden tab: its data is kept current (the sync work goes
+    /// on), but its views are told nothing until it is shown, and then once — one render for however many
+    /// changes came meanwhile, instead of one per change. Events a user must hear of (a refused write, a
+    /// conflict, a revocation, the end of the session) are not held.
+    fn notify_views(&mut self) {
+        if !self.env.visible {
+            let (mut connection, mut outbox) = (None, None);
+            self.out.retain(|o| match o {
+                Output::Notify(Notification::Connection { status }) => {
+                    connection = Some(status.clone());
+                    false
+                }
+                Output::Notify(Notification::Outbox { pending }) => {
+                    outbox = Some(*pending);
+                    false
+                }
+                _ => true,
+            });
+            self.held_connection = connection.or(self.held_connection.take());
+            self.held_outbox = outbox.or(self.held_outbox.take());
+            // What is applied while nobody looks is no change → screen latency.
+            self.unrendered_since = None;
+            return;
+        }
+        if let Some(status) = self.held_connection.take() {
+            self.out.push_back(Output::Notify(Notification::Connection { status }));
+        }
+        if let Some(pending) = self.held_outbox.take() {
+            self.out.push_back(Output::Notify(Notification::Outbox { pending }));
+        }
         let keys = std::mem::take(&mut self.to_notify);
         for key in keys {
             self.out.push_back(Output::Notify(Notification::Query { key }));

@@ -1002,6 +1002,51 @@ fn a_follower_makes_no_requests_and_routes_its_writes_through_the_leader() {
 }
 
 #[test]
+fn a_hidden_tab_keeps_its_data_current_but_tells_its_views_only_once_it_is_shown() {
+    let mut d = Driver::new(Preferences::default());
+    let key = QueryKey::Board(id(BOARD));
+    d.input(Input::Subscribe(key.clone()));
+    d.input(Input::Tab(TabMessage::Data { key: key.clone(), data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
+    d.input(Input::Visibility { visible: false });
+    let stream = StreamId::Board(id(BOARD)).name();
+    let mut out = Vec::new();
+    for i in 0..30u64 {
+        out.extend(d.input(Input::Tab(TabMessage::Changes {
+            stream: stream.clone(),
+            changes: vec![Change {
+                stream: stream.clone(),
+                cursor: 4 + i,
+                at_ms: 0,
+                write_id: None,
+                op: ChangeOp::CardUpserted { card: card(2, 20, &format!("change {i}"), 2 + i) },
+            }],
+        })));
+        out.extend(d.advance(1_000));
+    }
+    assert!(
+        !out.iter().any(|o| matches!(
+            o,
+            Output::Notify(Notification::Query { .. } | Notification::Connection { .. } | Notification::Outbox { .. })
+        )),
+        "a hidden tab's views are told nothing: {:?}",
+        out.iter().filter(|o| matches!(o, Output::Notify(_))).collect::<Vec<_>>()
+    );
+    assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[1].title, "change 29", "its data is current");
+    // Shown: its views hear of the board once, and read it current.
+    let out = d.input(Input::Visibility { visible: true });
+    let told = out.iter().filter(|o| matches!(o, Output::Notify(Notification::Query { key: k }) if *k == key)).count();
+    assert_eq!(told, 1, "{out:?}");
+    // A refused write is told at once, hidden or not.
+    d.input(Input::Visibility { visible: false });
+    let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
+    let write_id = d.e.write_at(d.now, op, Priority::UserVisible, ConflictPolicy::default());
+    d.input(Input::Persisted { write_id });
+    let settled = Settled::Rejected { status: 422, body: json!({"error": "refused", "message": "no"}) };
+    let out = d.input(Input::Tab(TabMessage::WriteSettled { write_id, settled }));
+    assert!(out.iter().any(|o| matches!(o, Output::Notify(Notification::WriteRejected { .. }))), "{out:?}");
+}
+
+#[test]
 fn a_new_leader_sends_the_persisted_outbox_with_the_same_write_ids() {
     let mut d = Driver::leader();
     d.live_on_board(3);

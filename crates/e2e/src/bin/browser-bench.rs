@@ -41,6 +41,10 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "first-load") {
         return first_load().await;
     }
+    // `BENCH_ONLY=hidden` measures only what hidden tabs cost.
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "hidden") {
+        return hidden_tabs(seconds).await;
+    }
     println!("browser sync: 1 change/s for {seconds} s; one browser, N tabs, the first visible, the rest hidden");
     println!(
         "{:>4} | {:>13} | {:>10} | {:>22} | {:>22}",
@@ -106,7 +110,111 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("(hidden tabs render when the browser lets them; their latency includes background timer throttling)");
     first_load().await?;
+    hidden_tabs(seconds).await?;
     big_board().await
+}
+
+/// What a hidden follower costs per change (Chromium's main-thread task time of that tab, 4 tabs, one change a
+/// second on a one-card board and on a 1,000-card board), and how soon a hidden tab shows the current board once
+/// it is shown.
+async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
+    println!();
+    println!("hidden followers: 4 tabs (1 visible leader, 3 hidden followers), 1 change/s for {seconds} s");
+    println!(
+        "{:>12} | {:>20} | {:>20} | {:>20} | {:>16}",
+        "board", "hidden ms/change", "idle-subtracted", "visible ms/change", "shown → current"
+    );
+    println!("{}", "-".repeat(102));
+    for cards_n in [1usize, 1000] {
+        let h = Harness::start().await?;
+        let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
+        let board =
+            id(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: "Hidden".into() } }).await?);
+        let mut cards = Vec::new();
+        let columns = if cards_n == 1 { 1 } else { 5 };
+        for c in 0..columns {
+            let column = id(h
+                .write(WriteOp::CreateColumn {
+                    board_id: board,
+                    body: CreateColumn { id: None, title: format!("C{c}") },
+                })
+                .await?);
+            for i in 0..cards_n / columns {
+                let body = CreateCard { id: None, title: format!("card {c}-{i}"), description: String::new() };
+                cards.push(id(h.write(WriteOp::CreateCard { column_id: column, body }).await?));
+            }
+        }
+        let browser = TestBrowser::launch().await?;
+        let url = h.url(&format!("/#/boards/{board}"));
+        let mut tabs = Vec::new();
+        for i in 0..4 {
+            let tab = browser.open(&url).await?;
+            tab.wait_for(&format!("document.querySelectorAll('.card').length === {cards_n}"), Duration::from_secs(30))
+                .await?;
+            tab.page().execute(EnableParams::default()).await?;
+            if i > 0 {
+                tab.hide().await?;
+            }
+            tabs.push(tab);
+        }
+        tabs[0].show().await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let watched = &tabs[3];
+        // The same span with no changes: what the page costs doing nothing (clock, heartbeats).
+        let (i0, _) = busy_ms(watched).await?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (i1, _) = busy_ms(watched).await?;
+        let idle_per_s = (i1 - i0) / 10.0;
+        let (h0, _) = busy_ms(watched).await?;
+        let (v0, _) = busy_ms(&tabs[0]).await?;
+        let started = std::time::Instant::now();
+        let card = cards[cards.len() / 2];
+        for i in 0..seconds {
+            let body = UpdateCard { title: Some(format!("hidden bench {i}")), ..Default::default() };
+            h.write(WriteOp::UpdateCard { id: card, body }).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let last = format!("hidden bench {}", seconds - 1);
+        tabs[0]
+            .wait_for(
+                &format!("[...document.querySelectorAll('.card-title')].some(e => e.textContent === {last:?})"),
+                Duration::from_secs(10),
+            )
+            .await?;
+        let secs = started.elapsed().as_secs_f64();
+        let (h1, _) = busy_ms(watched).await?;
+        let (v1, _) = busy_ms(&tabs[0]).await?;
+        let hidden = (h1 - h0) / seconds as f64;
+        let subtracted = ((h1 - h0) - idle_per_s * secs).max(0.0) / seconds as f64;
+        // Shown: how long until it shows the last change.
+        watched.exec("window.__shownWait = null").await?;
+        let shown_at = std::time::Instant::now();
+        watched.show().await?;
+        watched
+            .wait_for(
+                &format!("[...document.querySelectorAll('.card-title')].some(e => e.textContent === {last:?})"),
+                Duration::from_secs(10),
+            )
+            .await?;
+        let to_current = shown_at.elapsed().as_secs_f64() * 1000.0;
+        println!(
+            "{:>12} | {:>20.3} | {:>20.3} | {:>20.3} | {:>13.0} ms",
+            format!("{cards_n} cards"),
+            hidden,
+            subtracted,
+            (v1 - v0) / seconds as f64,
+            to_current
+        );
+        browser.close().await;
+        h.stop().await;
+    }
+    println!(
+        "(ms/change: the tab's main-thread task time over the run / changes; idle-subtracted: minus what it costs"
+    );
+    println!(
+        " with no changes; shown → current includes the CDP round trip of showing the window and polling the DOM)"
+    );
+    Ok(())
 }
 
 /// Records when the boards list first appears, from the start of the navigation.

@@ -1005,8 +1005,8 @@ fn a_follower_makes_no_requests_and_routes_its_writes_through_the_leader() {
 fn a_hidden_tab_keeps_its_data_current_but_tells_its_views_only_once_it_is_shown() {
     let mut d = Driver::new(Preferences::default());
     let key = QueryKey::Board(id(BOARD));
-    d.input(Input::Subscribe(key.clone()));
-    d.input(Input::Tab(TabMessage::Data { key: key.clone(), data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
+    d.input(Input::Subscribe(key));
+    d.input(Input::Tab(TabMessage::Data { key, data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
     d.input(Input::Visibility { visible: false });
     let stream = StreamId::Board(id(BOARD)).name();
     let mut out = Vec::new();

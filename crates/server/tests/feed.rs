@@ -4,7 +4,7 @@
 mod common;
 use std::time::{Duration, Instant};
 
-use common::signed_in;
+use common::{resident_bytes, signed_in};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -311,13 +311,6 @@ async fn a_long_poll_returns_within_100_ms_of_a_write_landing() {
     let bad = f.http.get(f.url("/api/changes?stream=cards&since=0")).send().await.unwrap();
     assert_eq!(bad.status(), 400);
     assert_eq!(bad.json::<Value>().await.unwrap()["error"], "invalid_parameter");
-}
-
-fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 =
-        status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 mod common;
 use std::time::Duration;
 
-use common::signed_in;
+use common::{resident_bytes, signed_in};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 use syncline_kanban::{Board, BoardList, BoardSnapshot, Card, Column};
@@ -842,4 +842,27 @@ async fn one_user_may_hold_only_so_many_sockets_and_waiting_long_polls() {
     let second = client.get(&waiting_url).send().await.unwrap();
     assert_error(second, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     assert_eq!(waiting.await.unwrap(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_thousand_requests_with_400_kb_headers_get_431_and_leave_memory_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::new().await;
+    let addr = f.server.addr;
+    let header = "x".repeat(400 * 1024);
+    let rss_before = resident_bytes();
+    for i in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET /api/boards HTTP/1.1\r\nHost: {addr}\r\nX-Big-{i}: {header}\r\n\r\n");
+        // The server answers once the head passes its cap and stops reading: the rest may not be taken.
+        let _ = s.write_all(request.as_bytes()).await;
+        let mut answer = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer)).await.unwrap().unwrap_or(0);
+        let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 431"), "request {i}: {answer:?}");
+    }
+    let growth = resident_bytes().saturating_sub(rss_before);
+    assert!(growth < 32 * 1024 * 1024, "memory grew by {} MB over 1,000 requests with 400 KB headers", growth >> 20);
+    // And the server still answers.
+    assert_eq!(f.get("/api/boards").await.status(), 200);
 }

@@ -18,3 +18,12 @@ pub async fn signed_in(base: &str, username: &str) -> (Client, String) {
     headers.insert("cookie", cookie.parse().unwrap());
     (Client::builder().default_headers(headers).build().unwrap(), cookie)
 }
+
+/// This process's resident memory, in bytes (the server under test runs in it).
+#[allow(dead_code)] // not every test binary measures memory
+pub fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 =
+        status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}

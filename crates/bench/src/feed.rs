@@ -111,7 +111,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// One subscriber: subscribes, reports when synced, then reports the arrival time of every change message.
+/// Client connections come from this many loopback addresses (127.0.0.1, .2, …): one source address has ~28,000
+/// ephemeral ports towards one server port, so 100,000 subscribers need several.
+const SOURCE_ADDRESSES: usize = 8;
+
 async fn subscriber(
+    i: usize,
     addr: String,
     cookie: String,
     stream: StreamId,
@@ -122,7 +127,10 @@ async fn subscriber(
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut request = format!("ws://{addr}/api/feed").into_client_request()?;
     request.headers_mut().insert("cookie", cookie.parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1 + (i % SOURCE_ADDRESSES) as u8], 0)))?;
+    let tcp = socket.connect(addr.parse()?).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await?;
     let subscribe =
         ClientMessage::Subscribe { streams: vec![StreamCursor { stream: stream.into(), since }], log_id: None };
     ws.send(Message::text(serde_json::to_string(&subscribe)?)).await?;
@@ -225,6 +233,7 @@ async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<String> {
     for i in 0..n {
         let addr = setup.servers[i % setup.servers.len()].addr.clone();
         tasks.push(tokio::spawn(subscriber(
+            i,
             addr,
             setup.cookie.clone(),
             stream,
@@ -382,6 +391,15 @@ async fn reads_versus_writes(setup: &Setup, cards: usize) -> Result<Vec<String>>
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // Every subscriber is a descriptor here and one in the server (which inherits this limit and raises its own
+    // soft limit to it): as root, raise the hard limit for 100k+ subscribers; otherwise use what the hard limit
+    // allows.
+    let want = (*args.subscribers.iter().max().unwrap_or(&0) as u64 + 10_000).max(20_000);
+    if rlimit::setrlimit(rlimit::Resource::NOFILE, want, want).is_err() {
+        let _ = rlimit::increase_nofile_limit(want);
+    }
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    println!("open-file limit: {soft} (hard {hard}); subscribers connect from {SOURCE_ADDRESSES} loopback addresses");
     let mut configs: Vec<(String, Database, usize)> = Vec::new();
     let mut _cluster = None;
     for backend in &args.backends {

@@ -107,6 +107,32 @@ fn apply_to_board(snap: &mut BoardSnapshot, op: &ChangeOp) -> Applied {
             }
             changed(upsert(&mut snap.cards, card, |c| c.id, |c| c.version))
         }
+        ChangeOp::CardPatched { id, version, title, description, column_id, position } => {
+            if column_id.is_some_and(|col| !snap.columns.iter().any(|c| c.id == col)) {
+                return Applied::CannotApply;
+            }
+            let Some(card) = snap.cards.iter_mut().find(|c| c.id == *id) else { return Applied::CannotApply };
+            if card.version >= *version {
+                return Applied::Unchanged; // already there (the write's own answer came first)
+            }
+            if card.version + 1 != *version {
+                return Applied::CannotApply; // a change of this card is missing from this copy
+            }
+            card.version = *version;
+            if let Some(title) = title {
+                card.title.clone_from(title);
+            }
+            if let Some(description) = description {
+                card.description.clone_from(description);
+            }
+            if let Some(column_id) = column_id {
+                card.column_id = *column_id;
+            }
+            if let Some(position) = position {
+                card.position.clone_from(position);
+            }
+            Applied::Changed
+        }
         ChangeOp::CardDeleted { id, .. } => changed(remove(&mut snap.cards, *id, |c| c.id)),
         ChangeOp::MemberUpserted { member } if member.board_id == snap.board.id => {
             changed(upsert(&mut snap.members, member, |m| m.id, |m| m.version))
@@ -410,6 +436,47 @@ mod tests {
         );
         moved.version = 1;
         assert_eq!(apply_change(&mut data, &change(7, ChangeOp::CardUpserted { card: moved })), Applied::Unchanged);
+    }
+
+    fn patch(id_: u128, version: u64) -> ChangeOp {
+        ChangeOp::CardPatched { id: id(id_), version, title: None, description: None, column_id: None, position: None }
+    }
+
+    #[test]
+    fn a_card_patch_changes_only_its_fields_and_only_on_the_version_before_it() {
+        let mut data = QueryData::Board(board());
+        let mut renamed = patch(1, 2);
+        if let ChangeOp::CardPatched { title, .. } = &mut renamed {
+            *title = Some("renamed".into());
+        }
+        assert_eq!(apply_change(&mut data, &change(6, renamed.clone())), Applied::Changed);
+        let QueryData::Board(snap) = &data else { panic!() };
+        let card = snap.cards.iter().find(|c| c.id == id(1)).unwrap();
+        assert_eq!((card.title.as_str(), card.version, card.column_id), ("renamed", 2, id(10)));
+        // Already at that version (the write's own answer came first): nothing to do.
+        let mut again = data.clone();
+        if let QueryData::Board(s) = &mut again {
+            s.cursor = 6;
+        }
+        assert_eq!(apply_change(&mut again, &change(7, renamed)), Applied::Unchanged);
+        // A move: column and position, re-sorted.
+        let mut moved = patch(1, 3);
+        if let ChangeOp::CardPatched { column_id, position, .. } = &mut moved {
+            *column_id = Some(id(20));
+            *position = Some("7f".into());
+        }
+        assert_eq!(apply_change(&mut data, &change(7, moved)), Applied::Changed);
+        let QueryData::Board(snap) = &data else { panic!() };
+        assert_eq!(titles(snap), vec!["card 2", "renamed", "card 3"]);
+        // A version skipped (a change of the card missing here), an unknown card, an unknown column: refetch.
+        assert_eq!(apply_change(&mut data, &change(8, patch(1, 5))), Applied::CannotApply);
+        let mut data = QueryData::Board(board());
+        assert_eq!(apply_change(&mut data, &change(6, patch(42, 2))), Applied::CannotApply);
+        let mut elsewhere = patch(1, 2);
+        if let ChangeOp::CardPatched { column_id, .. } = &mut elsewhere {
+            *column_id = Some(id(99));
+        }
+        assert_eq!(apply_change(&mut data, &change(6, elsewhere)), Applied::CannotApply);
     }
 
     #[test]

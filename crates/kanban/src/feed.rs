@@ -78,8 +78,24 @@ pub enum ChangeOp {
         id: Uuid,
         board_id: Uuid,
     },
+    /// A card created (or, from older servers, changed): the whole card.
     CardUpserted {
         card: Card,
+    },
+    /// A card changed: only the fields that changed, and its new `version` (the copy it applies to must be at
+    /// `version - 1`, else it cannot be applied and the board is refetched). A title edit of a card with a long
+    /// description does not send the description to every subscriber. (Its board is the stream's.)
+    CardPatched {
+        id: Uuid,
+        version: crate::Version,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        column_id: Option<Uuid>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<String>,
     },
     CardDeleted {
         id: Uuid,

@@ -300,6 +300,21 @@ fn card_changed(tx: &dyn Conn, rec: &mut Recorder, card: &Card) -> StoreResult<(
     record(tx, rec, StreamId::Board(card.board_id), ChangeOp::CardUpserted { card: card.clone() })
 }
 
+/// A card's change as the fields that differ from `before` (compact changes: a title edit does not carry the
+/// description).
+fn card_patched(tx: &dyn Conn, rec: &mut Recorder, before: &Card, after: &Card) -> StoreResult<()> {
+    let differs = |a: &String, b: &String| (a != b).then(|| b.clone());
+    let op = ChangeOp::CardPatched {
+        id: after.id,
+        version: after.version,
+        title: differs(&before.title, &after.title),
+        description: differs(&before.description, &after.description),
+        column_id: (before.column_id != after.column_id).then_some(after.column_id),
+        position: differs(&before.position, &after.position),
+    };
+    record(tx, rec, StreamId::Board(after.board_id), op)
+}
+
 /// Creates a board; `creator` becomes its owner.
 pub fn create_board(tx: &dyn Conn, rec: &mut Recorder, creator: UserId, req: CreateBoard) -> StoreResult<Board> {
     let title = title(&req.title)?;
@@ -417,6 +432,7 @@ pub fn create_card(tx: &dyn Conn, rec: &mut Recorder, column: ColumnId, req: Cre
 
 pub fn update_card(tx: &dyn Conn, rec: &mut Recorder, id: CardId, req: UpdateCard) -> StoreResult<Card> {
     let current = get_card(tx, id)?;
+    let before = current.clone();
     check_base_version("card", current.version, req.base_version, || serde_json::json!(current))?;
     if req.title.is_none() && req.description.is_none() {
         // An empty patch changes nothing (as a role set to the role a member has): the card as it is.
@@ -435,12 +451,13 @@ pub fn update_card(tx: &dyn Conn, rec: &mut Recorder, id: CardId, req: UpdateCar
         args![id, title, description],
     )?;
     let card = get_card(tx, id)?;
-    card_changed(tx, rec, &card)?;
+    card_patched(tx, rec, &before, &card)?;
     Ok(card)
 }
 
 pub fn move_card(tx: &dyn Conn, rec: &mut Recorder, id: CardId, req: MoveCard) -> StoreResult<Card> {
     let current = get_card(tx, id)?;
+    let before = current.clone();
     check_base_version("card", current.version, req.base_version, || serde_json::json!(current))?;
     let target = match get_column(tx, req.column_id) {
         Ok(c) => c,
@@ -471,7 +488,7 @@ pub fn move_card(tx: &dyn Conn, rec: &mut Recorder, id: CardId, req: MoveCard) -
         args![id, target.id, position],
     )?;
     let card = get_card(tx, id)?;
-    card_changed(tx, rec, &card)?;
+    card_patched(tx, rec, &before, &card)?;
     Ok(card)
 }
 

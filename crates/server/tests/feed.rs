@@ -179,7 +179,12 @@ async fn a_client_resumes_from_its_cursor_and_gets_exactly_what_it_missed_in_ord
     assert_eq!(got.len(), 100);
     for (i, change) in got.iter().enumerate() {
         match &change.op {
-            ChangeOp::CardUpserted { card } => assert_eq!(card.title, format!("title {i}")),
+            // A rename carries the title alone.
+            ChangeOp::CardPatched {
+                title: Some(title), description: None, column_id: None, position: None, ..
+            } => {
+                assert_eq!(*title, format!("title {i}"))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -188,7 +193,7 @@ async fn a_client_resumes_from_its_cursor_and_gets_exactly_what_it_missed_in_ord
     // And it is live afterwards: the next write arrives without asking.
     f.rename_card(&card, "live").await;
     let live = changes_until(&mut ws, stream.clone(), since + 100, since + 101).await;
-    assert!(matches!(&live[0].op, ChangeOp::CardUpserted { card } if card.title == "live"));
+    assert!(matches!(&live[0].op, ChangeOp::CardPatched { title: Some(t), .. } if t == "live"));
 }
 
 #[tokio::test]
@@ -457,7 +462,7 @@ async fn a_forged_origin_is_refused_and_bad_frames_close_only_their_own_socket()
 
     f.rename_card(&card, "still served").await;
     let got = changes_until(&mut bystander, stream.clone(), since, since + 1).await;
-    assert!(matches!(&got[0].op, ChangeOp::CardUpserted { card } if card.title == "still served"));
+    assert!(matches!(&got[0].op, ChangeOp::CardPatched { title: Some(t), .. } if t == "still served"));
     assert!(CloseCode::from(1007) != CloseCode::Normal);
 }
 
@@ -666,4 +671,28 @@ async fn an_abandoned_long_poll_is_no_longer_counted_as_waiting() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(waiting(), 0, "the gauge went back down when the client left");
+}
+
+#[tokio::test]
+async fn a_title_edit_of_a_card_with_a_long_description_is_a_small_message() {
+    let f = Fixture::new().await;
+    let (board, column, _) = f.board().await;
+    let card: Card = f
+        .post(&format!("/api/columns/{}/cards", column.id), json!({"title": "long", "description": "d".repeat(10_000)}))
+        .await;
+    let stream = StreamId::Board(board.id).name();
+    let since = f.cursor(&board).await;
+    let mut ws = f.connect().await;
+    subscribe(&mut ws, stream.clone(), since).await;
+    assert_eq!(next(&mut ws).await, ServerMessage::Synced { stream: stream.clone(), cursor: since });
+    f.rename_card(&card, "short").await;
+    // The message as it travels, byte for byte.
+    let text = loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap() {
+            Message::Text(t) if t.contains("\"changes\"") => break t,
+            _ => {}
+        }
+    };
+    assert!(text.len() <= 300, "a title edit took {} bytes: {}", text.len(), &text[..text.len().min(400)]);
+    assert!(!text.contains("dddd"), "the description travelled again");
 }

@@ -290,15 +290,8 @@ fn random_frames_get_only_documented_close_codes_and_the_server_keeps_serving() 
         config.max_subscriptions = MAX_SUBSCRIPTIONS;
         let server = Server::start(&config).await.unwrap();
         let (http, cookie) = common::signed_in(&server.url(), "fuzzer").await;
-        let board: Board = http
-            .post(format!("{}/api/boards", server.url()))
-            .json(&json!({"title": "Fuzzed"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let board: Board =
+            common::post_json(&http, &format!("{}/api/boards", server.url()), json!({"title": "Fuzzed"})).await;
         Live { server, cookie, board }
     });
     // A fixed seed: the same sequences every run (a failure prints the shrunk sequence).

@@ -3,7 +3,7 @@
 mod common;
 use std::time::Duration;
 
-use common::{resident_bytes, signed_in};
+use common::{post_json, post_status, resident_bytes, signed_in};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
 use syncline_kanban::{Board, BoardList, BoardSnapshot, Card, Column};
@@ -732,17 +732,10 @@ async fn writes_past_the_rate_get_429_and_a_refused_batch_applies_nothing() {
     let server = Server::start(&config).await.unwrap();
     let (client, _) = signed_in(&server.url(), "hasty").await;
     let url = |path: &str| format!("{}{path}", server.url());
-    let board: Board =
-        client.post(url("/api/boards")).json(&json!({"title": "b"})).send().await.unwrap().json().await.unwrap();
-    let column: Column = client
-        .post(url(&format!("/api/boards/{}/columns", board.id)))
-        .json(&json!({"title": "c"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let board: Board = post_json(&client, &url("/api/boards"), json!({"title": "b"})).await;
+    let column: Column =
+        post_json(&client, &url(&format!("/api/boards/{}/columns", board.id)), json!({"title": "c"})).await;
+    let cards = url(&format!("/api/columns/{}/cards", column.id));
     // Two writes so far; a batch of four would make six: refused whole, before any of it runs.
     let batch: Vec<Value> = (0..4)
         .map(|i| json!({"write_id": uuid::Uuid::new_v4(), "op": {"type": "create_card", "column_id": column.id, "title": format!("t{i}")}}))
@@ -757,34 +750,17 @@ async fn writes_past_the_rate_get_429_and_a_refused_batch_applies_nothing() {
     assert!(snap.cards.is_empty(), "a refused batch applied nothing");
     // Three more single writes fit in the burst; the next one is refused, with the same JSON.
     for i in 0..3 {
-        let ok = client
-            .post(url(&format!("/api/columns/{}/cards", column.id)))
-            .json(&json!({"title": format!("s{i}")}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(ok.status(), 201);
+        assert_eq!(post_status(&client, &cards, json!({"title": format!("s{i}")})).await, 201);
     }
-    let over = client
-        .post(url(&format!("/api/columns/{}/cards", column.id)))
-        .json(&json!({"title": "over"}))
-        .send()
-        .await
-        .unwrap();
+    let over = client.post(&cards).json(&json!({"title": "over"})).send().await.unwrap();
     assert_error(over, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     // Another user has a bucket of their own; reads are not limited.
     let (other, _) = signed_in(&server.url(), "calm").await;
-    assert_eq!(other.post(url("/api/boards")).json(&json!({"title": "mine"})).send().await.unwrap().status(), 201);
+    assert_eq!(post_status(&other, &url("/api/boards"), json!({"title": "mine"})).await, 201);
     assert_eq!(client.get(url("/api/boards")).send().await.unwrap().status(), 200);
     // The rate refills: one write a second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let again = client
-        .post(url(&format!("/api/columns/{}/cards", column.id)))
-        .json(&json!({"title": "later"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 201);
+    assert_eq!(post_status(&client, &cards, json!({"title": "later"})).await, 201);
 }
 
 #[tokio::test]

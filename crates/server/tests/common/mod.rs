@@ -27,3 +27,15 @@ pub fn resident_bytes() -> u64 {
         status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
     kb * 1024
 }
+
+/// POSTs `body` as JSON and returns the JSON answer (a test helper: panics on any failure).
+#[allow(dead_code)] // not every test binary posts
+pub async fn post_json<T: serde::de::DeserializeOwned>(client: &Client, url: &str, body: serde_json::Value) -> T {
+    client.post(url).json(&body).send().await.unwrap().json().await.unwrap()
+}
+
+/// POSTs `body` as JSON and returns the status.
+#[allow(dead_code)]
+pub async fn post_status(client: &Client, url: &str, body: serde_json::Value) -> reqwest::StatusCode {
+    client.post(url).json(&body).send().await.unwrap().status()
+}

@@ -250,7 +250,7 @@ impl axum::extract::FromRequestParts<AppState> for WriteMeta {
                     .ok_or_else(|| bad_parameter("the Idempotency-Key header must be a UUID"))?,
             ),
         };
-        let Ok(crate::auth::PeerAddr(address)) = crate::auth::PeerAddr::from_request_parts(parts, state).await;
+        let Ok(PeerAddr(address)) = PeerAddr::from_request_parts(parts, state).await;
         Ok(WriteMeta { write_id, address })
     }
 }

@@ -432,32 +432,30 @@ pub fn create_card(tx: &dyn Conn, rec: &mut Recorder, column: ColumnId, req: Cre
 
 pub fn update_card(tx: &dyn Conn, rec: &mut Recorder, id: CardId, req: UpdateCard) -> StoreResult<Card> {
     let current = get_card(tx, id)?;
-    let before = current.clone();
     check_base_version("card", current.version, req.base_version, || serde_json::json!(current))?;
     if req.title.is_none() && req.description.is_none() {
         // An empty patch changes nothing (as a role set to the role a member has): the card as it is.
         return Ok(current);
     }
-    let title = req.title.as_deref().map(title).transpose()?.unwrap_or(current.title);
+    let title = req.title.as_deref().map(title).transpose()?.unwrap_or_else(|| current.title.clone());
     let description = req
         .description
         .as_deref()
         .map(validate_description)
         .transpose()
         .map_err(|message| StoreError::InvalidField { field: "description", message })?
-        .unwrap_or(current.description);
+        .unwrap_or_else(|| current.description.clone());
     tx.execute(
         "UPDATE cards SET title = ?2, description = ?3, version = version + 1 WHERE id = ?1",
         args![id, title, description],
     )?;
     let card = get_card(tx, id)?;
-    card_patched(tx, rec, &before, &card)?;
+    card_patched(tx, rec, &current, &card)?;
     Ok(card)
 }
 
 pub fn move_card(tx: &dyn Conn, rec: &mut Recorder, id: CardId, req: MoveCard) -> StoreResult<Card> {
     let current = get_card(tx, id)?;
-    let before = current.clone();
     check_base_version("card", current.version, req.base_version, || serde_json::json!(current))?;
     let target = match get_column(tx, req.column_id) {
         Ok(c) => c,
@@ -488,7 +486,7 @@ pub fn move_card(tx: &dyn Conn, rec: &mut Recorder, id: CardId, req: MoveCard) -
         args![id, target.id, position],
     )?;
     let card = get_card(tx, id)?;
-    card_patched(tx, rec, &before, &card)?;
+    card_patched(tx, rec, &current, &card)?;
     Ok(card)
 }
 

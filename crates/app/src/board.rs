@@ -33,8 +33,10 @@ struct Ctx {
     dragging: RwSignal<Option<CardId>>,
     /// The board as the runtime has it (with this browser's pending writes applied).
     board: Memo<Option<BoardSnapshot>>,
-    /// The signed-in user's role on it (`None`: not a member, or not known yet).
-    role: Memo<Option<Role>>,
+    /// The signed-in user's role on it (`None`: not a member, or not known yet). A signal set only when the role
+    /// changes, not a memo of the board: every card reads it, and a memo would make each change to the board
+    /// visit all of them (the reactive graph marks a memo's readers to be checked whenever its source changes).
+    role: RwSignal<Option<Role>>,
     /// Each card's own signals, kept in step with the board by `sync_cells`: a change to one card sets the
     /// signals of that card only, so rendering a change costs the same on a 1,000-card board as on a small one.
     cells: StoredValue<HashMap<CardId, CardCell>>,
@@ -49,6 +51,12 @@ struct CardCell {
     pending: ArcRwSignal<usize>,
     /// A write of this card is in a conflict that waits for the user.
     conflicted: ArcRwSignal<bool>,
+    /// What the signals were last set from, as plain values: `sync_cells` visits every mounted card and compares
+    /// these (a number, not strings; no signal read) — the card's version (with no pending write of the card, an
+    /// unchanged version means unchanged text), its pending writes and whether it is in a conflict.
+    version: u64,
+    pending_count: usize,
+    in_conflict: bool,
 }
 
 impl CardCell {
@@ -57,14 +65,10 @@ impl CardCell {
             text: ArcRwSignal::new(card.map(|c| (c.title.clone(), c.description.clone())).unwrap_or_default()),
             pending: ArcRwSignal::new(0),
             conflicted: ArcRwSignal::new(false),
+            version: card.map_or(0, |c| c.version),
+            pending_count: 0,
+            in_conflict: false,
         }
-    }
-}
-
-/// Sets a signal only when the value differs (setting notifies even when equal).
-fn set_if_changed<T: PartialEq + Send + Sync + 'static>(signal: &ArcRwSignal<T>, value: T) {
-    if signal.with_untracked(|v| *v != value) {
-        signal.set(value);
     }
 }
 
@@ -109,12 +113,25 @@ impl Ctx {
         self.cells.update_value(|cells| {
             cells.retain(|id, cell| {
                 let Some(card) = by_id.get(id) else { return false };
-                let text_changed = cell.text.with_untracked(|(t, d)| *t != card.title || *d != card.description);
-                if text_changed {
-                    cell.text.set((card.title.clone(), card.description.clone()));
+                let pending_count = pending.get(id).copied().unwrap_or(0);
+                // A pending write shows over the card (the overlay) without changing its version: compare the text
+                // while one is pending and once after.
+                if card.version != cell.version || pending_count > 0 || cell.pending_count > 0 {
+                    let text_changed = cell.text.with_untracked(|(t, d)| *t != card.title || *d != card.description);
+                    if text_changed {
+                        cell.text.set((card.title.clone(), card.description.clone()));
+                    }
+                    cell.version = card.version;
                 }
-                set_if_changed(&cell.pending, pending.get(id).copied().unwrap_or(0));
-                set_if_changed(&cell.conflicted, conflicted.contains(id));
+                if pending_count != cell.pending_count {
+                    cell.pending_count = pending_count;
+                    cell.pending.set(pending_count);
+                }
+                let in_conflict = conflicted.contains(id);
+                if in_conflict != cell.in_conflict {
+                    cell.in_conflict = in_conflict;
+                    cell.conflicted.set(in_conflict);
+                }
                 true
             });
         });
@@ -129,8 +146,11 @@ impl Ctx {
             .board
             .with_untracked(|b| CardCell::new(b.as_ref().and_then(|b| b.cards.iter().find(|c| c.id == card))));
         let runtime = rt();
-        cell.pending.set(runtime.pending_for(card));
-        cell.conflicted.set(runtime.conflicts().iter().any(|(_, entity, _)| *entity == card));
+        let mut cell = cell;
+        cell.pending_count = runtime.pending_for(card);
+        cell.in_conflict = runtime.conflicts().iter().any(|(_, entity, _)| *entity == card);
+        cell.pending.set(cell.pending_count);
+        cell.conflicted.set(cell.in_conflict);
         self.cells.update_value(|cells| {
             cells.insert(card, cell.clone());
         });
@@ -160,10 +180,10 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
     let me = crate::account::me().id;
     // A board always has an owner on the server; one with no members yet is one this browser just created (its
     // memberships are on their way): its creator owns it. (The server decides in the end.)
-    let role = Memo::new(move |_| {
-        board_memo
-            .with(|b| b.as_ref().and_then(|b| b.role_of(me).or_else(|| b.members.is_empty().then_some(Role::Owner))))
-    });
+    let role_in = move |b: &Option<BoardSnapshot>| {
+        b.as_ref().and_then(|b| b.role_of(me).or_else(|| b.members.is_empty().then_some(Role::Owner)))
+    };
+    let role = RwSignal::new(board_memo.with_untracked(role_in));
     let revoked = RwSignal::new(false);
     let ctx = Ctx {
         id,
@@ -178,7 +198,13 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
     };
     Effect::new(move |_| {
         version.get();
-        board_memo.with(|b| ctx.sync_cells(b.as_ref()));
+        board_memo.with(|b| {
+            let now = role_in(b);
+            if role.get_untracked() != now {
+                role.set(now);
+            }
+            ctx.sync_cells(b.as_ref())
+        });
     });
     let runtime = rt();
     // A burst of changes re-renders once per frame, not once per change.

@@ -121,10 +121,16 @@ impl FrameBatch {
         } else {
             // A page hidden before its next frame gets no frame until it is shown again: without the timer, a
             // render asked for just before the tab was hidden would hold back every later one (a hidden follower
-            // kept applying changes but showed the old board).
+            // kept applying changes but showed the old board). The frame clears the timer: a timer left to fire
+            // is one more task per change.
             let timer = run.clone();
-            request_animation_frame(run);
-            set_timeout(timer, std::time::Duration::from_millis(200));
+            let handle = set_timeout_with_handle(timer, std::time::Duration::from_millis(200)).ok();
+            request_animation_frame(move || {
+                if let Some(handle) = handle {
+                    handle.clear();
+                }
+                run();
+            });
         }
     }
 }
@@ -134,8 +140,9 @@ fn measure_change_to_screen() {
     let batch = FrameBatch::new();
     rt().on_notify(move |n| {
         if matches!(n, syncline_engine::Notification::Query { .. }) {
-            // First frame: the views have re-rendered (they re-read in the same frame); second: it was painted.
-            batch.schedule(|| request_animation_frame(|| rt().rendered()));
+            // In the frame the views re-render (they re-read in the same frame); a task queued then runs once that
+            // frame is painted (asking for a second frame instead would make the browser draw one more frame).
+            batch.schedule(|| set_timeout(|| rt().rendered(), std::time::Duration::ZERO));
         }
     });
 }

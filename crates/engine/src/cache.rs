@@ -1,6 +1,6 @@
 //! The persistent cache (IndexedDB in a browser) as the query cache sees it: a query with no data reads its saved
 //! copy back once (only what a view needs, never every query ever saved); changed queries are saved a second after
-//! their first unsaved change; queries nobody reads for `gc_time` are dropped from memory and from disk, so the
+//! their first unsaved change and at most once every ten seconds; queries nobody reads for `gc_time` are dropped from memory and from disk, so the
 //! store stays as bounded as the cache in memory. Only the leader writes to it.
 
 use crate::engine::Engine;
@@ -8,8 +8,10 @@ use crate::model::Model;
 use crate::types::*;
 
 /// Queries changed by a fetch or by deltas are saved to the persistent cache this long after their first unsaved
-/// change.
+/// change ...
 pub(crate) const CACHE_SAVE_DELAY_MS: Millis = 1_000;
+/// ... and no sooner than this after their previous save (`Queries::mark_unsaved`).
+pub(crate) const CACHE_SAVE_INTERVAL_MS: Millis = 10_000;
 
 impl<M: Model> Engine<M> {
     /// Asks for the persisted copy of a query that has no data yet (once): it renders at once, stale until
@@ -58,6 +60,7 @@ impl<M: Model> Engine<M> {
         for key in dropped {
             self.queries.map.remove(&key);
             self.queries.unsaved.remove(&key);
+            self.queries.saved_at.remove(&key);
             if leader && M::options(&key).persisted {
                 self.out.push_back(Output::Persist(PersistOp::CacheDelete { key }));
             }
@@ -68,15 +71,11 @@ impl<M: Model> Engine<M> {
     /// changes to a big query is one IndexedDB write, not hundreds of serialisations of all its data).
     pub(crate) fn save_cache(&mut self) {
         let now = self.now;
-        let due: Vec<M::Key> = self
-            .queries
-            .unsaved
-            .iter()
-            .filter(|(_, since)| now >= **since + CACHE_SAVE_DELAY_MS)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let due: Vec<M::Key> =
+            self.queries.unsaved.iter().filter(|(_, due)| now >= **due).map(|(k, _)| k.clone()).collect();
         for key in due {
             self.queries.unsaved.remove(&key);
+            self.queries.saved_at.insert(key.clone(), now);
             if let Some(data) = self.queries.map.get(&key).and_then(|q| q.data.clone()) {
                 let op =
                     if M::is_gone(&data) { PersistOp::CacheDelete { key } } else { PersistOp::CachePut { key, data } };

@@ -10,7 +10,7 @@ use serde_json::Value;
 use syncline_protocol::{Change, Cursor, StreamName, StreamPosition};
 use uuid::Uuid;
 
-use crate::cache::CACHE_SAVE_DELAY_MS;
+use crate::cache::{CACHE_SAVE_DELAY_MS, CACHE_SAVE_INTERVAL_MS};
 use crate::engine::{Engine, Purpose, error_message};
 use crate::model::{Applied, Model};
 use crate::policy::{self, PollContext};
@@ -91,17 +91,30 @@ impl<M: Model> Query<M> {
 #[derive(Debug)]
 pub(crate) struct Queries<M: Model> {
     pub map: BTreeMap<M::Key, Query<M>>,
-    /// Queries changed and not yet saved to the persistent cache, with when they first changed.
+    /// Queries changed and not yet saved to the persistent cache, with when their save is due.
     pub unsaved: BTreeMap<M::Key, Millis>,
+    /// When each query was last saved (kept while the query is in memory).
+    pub saved_at: BTreeMap<M::Key, Millis>,
 }
 
 impl<M: Model> Default for Queries<M> {
     fn default() -> Self {
-        Queries { map: BTreeMap::new(), unsaved: BTreeMap::new() }
+        Queries { map: BTreeMap::new(), unsaved: BTreeMap::new(), saved_at: BTreeMap::new() }
     }
 }
 
 impl<M: Model> Queries<M> {
+    /// The query changed and its saved copy is now behind: save it `CACHE_SAVE_DELAY_MS` after this first unsaved
+    /// change, and no sooner than `CACHE_SAVE_INTERVAL_MS` after its last save (a steady stream of changes to a
+    /// big board is one serialisation every ten seconds, not one per change). The copy on disk only warms the
+    /// next page load, which catches up from its cursor: being seconds behind costs nothing.
+    pub fn mark_unsaved(&mut self, key: &M::Key, now: Millis) {
+        if !self.unsaved.contains_key(key) {
+            let after_last = self.saved_at.get(key).map_or(0, |t| t + CACHE_SAVE_INTERVAL_MS);
+            self.unsaved.insert(key.clone(), (now + CACHE_SAVE_DELAY_MS).max(after_last));
+        }
+    }
+
     pub fn keys_of(&self, stream: &StreamName) -> Vec<M::Key> {
         self.map.keys().filter(|k| M::stream(k) == *stream).cloned().collect()
     }
@@ -113,8 +126,8 @@ impl<M: Model> Queries<M> {
 
     /// When the query cache next needs the engine (`leader`: timed refetches and retries are the leader's).
     pub fn poll_timeout(&self, leader: bool, gc_time: Millis, soonest: &mut Soonest) {
-        for since in self.unsaved.values() {
-            soonest.at(since + CACHE_SAVE_DELAY_MS, Timer::CacheSave);
+        for due in self.unsaved.values() {
+            soonest.at(*due, Timer::CacheSave);
         }
         for q in self.map.values() {
             soonest.maybe(q.unused_since.map(|t| t + gc_time), Timer::Gc);
@@ -319,15 +332,15 @@ impl<M: Model> Engine<M> {
                     break;
                 }
             }
+            q.current_at = Some(self.now);
             if changed {
                 touched = true;
                 self.to_notify.insert(key.clone());
                 if leader && M::options(key).persisted {
-                    // Saved for the next page load at most once a second per query, not once per change.
-                    self.queries.unsaved.entry(key.clone()).or_insert(self.now);
+                    // Saved for the next page load a while later, not once per change.
+                    self.queries.mark_unsaved(key, self.now);
                 }
             }
-            q.current_at = Some(self.now);
         }
         if touched || !changes.is_empty() {
             // Everything that depends on this stream's data and cannot follow it by deltas.
@@ -493,7 +506,7 @@ impl<M: Model> Engine<M> {
                     self.out.push_back(Output::Persist(PersistOp::CacheDelete { key: key.clone() }));
                 } else {
                     // Saved a moment later, off the path from answer to screen.
-                    self.queries.unsaved.entry(key.clone()).or_insert(self.now);
+                    self.queries.mark_unsaved(&key, self.now);
                 }
             }
         } else {

@@ -1466,6 +1466,25 @@ fn a_burst_of_changes_is_saved_to_the_persistent_cache_once() {
     assert_eq!(cache_puts(&d.advance(5_000)), 0, "nothing more until the next change");
 }
 
+#[test]
+fn a_steady_stream_of_changes_is_saved_to_the_persistent_cache_every_ten_seconds_not_every_change() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let cache_puts =
+        |out: &[Output]| out.iter().filter(|o| matches!(o, Output::Persist(PersistOp::CachePut { .. }))).count();
+    // One change a second for a minute: serialising a 1,000-card board once a second would cost every change.
+    let mut puts = 0;
+    for i in 0..60u64 {
+        d.server(changes(4 + i, vec![ChangeOp::CardUpserted { card: card(2, 10, &format!("t{i}"), 2 + i) }]));
+        puts += cache_puts(&d.advance(1_000));
+    }
+    assert!((5..=7).contains(&puts), "saved {puts} times in a minute");
+    // The last change is saved (10 s at most after the previous save), and nothing more after it.
+    let mut later = d.advance(10_000);
+    later.extend(d.advance(10_000));
+    assert_eq!(cache_puts(&later), 1, "{later:?}");
+}
+
 // ---- access ------------------------------------------------------------------------------------------------
 
 #[test]

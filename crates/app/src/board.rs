@@ -4,6 +4,7 @@
 //! saved), press Space or Escape to put it down; Enter opens the card editor.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use leptos::prelude::*;
 use syncline_kanban::moves::Direction;
@@ -27,6 +28,10 @@ struct Ctx {
     error: RwSignal<Option<String>>,
     /// The card picked up for keyboard moves.
     picked: RwSignal<Option<CardId>>,
+    /// Whether a card is `picked` / `editing`, per card: a card's view reads only its own answer, so picking up
+    /// or opening one card re-renders that card (and the one before), not every card on the board.
+    picked_card: StoredValue<Selector<Option<CardId>>>,
+    editing_card: StoredValue<Selector<Option<CardId>>>,
     /// The card whose editor is open.
     editing: RwSignal<Option<CardId>>,
     /// The card being dragged.
@@ -39,7 +44,18 @@ struct Ctx {
     role: RwSignal<Option<Role>>,
     /// Each card's own signals, kept in step with the board by `sync_cells`: a change to one card sets the
     /// signals of that card only, so rendering a change costs the same on a 1,000-card board as on a small one.
-    cells: StoredValue<HashMap<CardId, CardCell>>,
+    cells: StoredValue<Cells>,
+}
+
+/// The mounted cards' cells and what they were last brought in line with.
+#[derive(Default)]
+struct Cells {
+    by_id: HashMap<CardId, CardCell>,
+    /// The board's cards at the last `sync_cells` (shared with the board, not copied) and where each is.
+    last: Vec<Arc<Card>>,
+    index: HashMap<CardId, usize>,
+    /// Cards that had pending writes or a conflict at the last pass.
+    marked: HashSet<CardId>,
 }
 
 /// What one card's view reads.
@@ -51,23 +67,44 @@ struct CardCell {
     pending: ArcRwSignal<usize>,
     /// A write of this card is in a conflict that waits for the user.
     conflicted: ArcRwSignal<bool>,
-    /// What the signals were last set from, as plain values: `sync_cells` visits every mounted card and compares
-    /// these (a number, not strings; no signal read) — the card's version (with no pending write of the card, an
-    /// unchanged version means unchanged text), its pending writes and whether it is in a conflict.
-    version: u64,
+    /// What the signals were last set from, as plain values, so that bringing a cell in line reads no signal:
+    /// the card (shared with the board: the same pointer is the same card), its pending writes, its conflict.
+    card: Option<Arc<Card>>,
     pending_count: usize,
     in_conflict: bool,
 }
 
 impl CardCell {
-    fn new(card: Option<&Card>) -> CardCell {
+    fn new(card: Option<&Arc<Card>>) -> CardCell {
         CardCell {
             text: ArcRwSignal::new(card.map(|c| (c.title.clone(), c.description.clone())).unwrap_or_default()),
             pending: ArcRwSignal::new(0),
             conflicted: ArcRwSignal::new(false),
-            version: card.map_or(0, |c| c.version),
+            card: card.cloned(),
             pending_count: 0,
             in_conflict: false,
+        }
+    }
+
+    /// Sets the text from `card` if it is not the card the text came from and says something else.
+    fn show(&mut self, card: &Arc<Card>) {
+        if self.card.as_ref().is_some_and(|c| Arc::ptr_eq(c, card)) {
+            return;
+        }
+        if self.text.with_untracked(|(t, d)| *t != card.title || *d != card.description) {
+            self.text.set((card.title.clone(), card.description.clone()));
+        }
+        self.card = Some(card.clone());
+    }
+
+    fn mark(&mut self, pending_count: usize, in_conflict: bool) {
+        if pending_count != self.pending_count {
+            self.pending_count = pending_count;
+            self.pending.set(pending_count);
+        }
+        if in_conflict != self.in_conflict {
+            self.in_conflict = in_conflict;
+            self.conflicted.set(in_conflict);
         }
     }
 }
@@ -76,6 +113,14 @@ impl Ctx {
     /// Whether the signed-in user may change the board (editors and owners; viewers only look).
     fn can_edit(self) -> bool {
         self.role.get().is_some_and(|r| r >= Role::Editor)
+    }
+
+    fn is_picked(self, card: CardId) -> bool {
+        self.picked_card.with_value(|s| s.selected(&Some(card)))
+    }
+
+    fn is_editing(self, card: CardId) -> bool {
+        self.editing_card.with_value(|s| s.selected(&Some(card)))
     }
 
     fn is_owner(self) -> bool {
@@ -98,9 +143,11 @@ impl Ctx {
         }
     }
 
-    /// Brings the cells of the mounted cards in line with the board and the outbox: one plain pass, signals set
-    /// only for the cards that changed. (Cells are made when a card mounts, so a long column that is still
-    /// filling does not pay for the cards it has not shown yet.)
+    /// Brings the cells of the mounted cards in line with the board and the outbox, setting signals only for the
+    /// cards that changed. When the board has the same cards in the same places as at the last pass (a change to
+    /// one card's text or marks: nearly every change), what changed is found by comparing pointers, with no
+    /// lookup or string compare for the rest; otherwise (a card added, moved or removed) every cell is checked.
+    /// Cells are made when a card mounts, so a long column still filling does not pay for cards not yet shown.
     fn sync_cells(self, board: Option<&BoardSnapshot>) {
         let runtime = rt();
         let mut pending: HashMap<Uuid, usize> = HashMap::new();
@@ -108,54 +155,82 @@ impl Ctx {
             *pending.entry(entity).or_default() += 1;
         }
         let conflicted: HashSet<Uuid> = runtime.conflicts().into_iter().map(|(_, entity, _)| entity).collect();
-        let by_id: HashMap<CardId, &Card> =
-            board.map(|b| b.cards.iter().map(|c| (c.id, c)).collect()).unwrap_or_default();
+        let cards: &[Arc<Card>] = board.map_or(&[], |b| &b.cards);
         self.cells.update_value(|cells| {
-            cells.retain(|id, cell| {
-                let Some(card) = by_id.get(id) else { return false };
-                let pending_count = pending.get(id).copied().unwrap_or(0);
-                // A pending write shows over the card (the overlay) without changing its version: compare the text
-                // while one is pending and once after.
-                if card.version != cell.version || pending_count > 0 || cell.pending_count > 0 {
-                    let text_changed = cell.text.with_untracked(|(t, d)| *t != card.title || *d != card.description);
-                    if text_changed {
-                        cell.text.set((card.title.clone(), card.description.clone()));
+            let same_places = cells.last.len() == cards.len()
+                && cells.last.iter().zip(cards).all(|(was, now)| Arc::ptr_eq(was, now) || was.id == now.id);
+            if same_places {
+                for (was, now) in cells.last.iter().zip(cards) {
+                    if !Arc::ptr_eq(was, now)
+                        && let Some(cell) = cells.by_id.get_mut(&now.id)
+                    {
+                        cell.show(now);
                     }
-                    cell.version = card.version;
                 }
-                if pending_count != cell.pending_count {
-                    cell.pending_count = pending_count;
-                    cell.pending.set(pending_count);
+            } else {
+                cells.index = cards.iter().enumerate().map(|(i, c)| (c.id, i)).collect();
+                let index = &cells.index;
+                cells.by_id.retain(|id, cell| match index.get(id) {
+                    Some(&i) => {
+                        cell.show(&cards[i]);
+                        true
+                    }
+                    None => false,
+                });
+            }
+            cells.last = cards.to_vec();
+            let marked: HashSet<CardId> = pending.keys().chain(&conflicted).copied().collect();
+            for id in marked.union(&cells.marked) {
+                if let Some(cell) = cells.by_id.get_mut(id) {
+                    cell.mark(pending.get(id).copied().unwrap_or(0), conflicted.contains(id));
                 }
-                let in_conflict = conflicted.contains(id);
-                if in_conflict != cell.in_conflict {
-                    cell.in_conflict = in_conflict;
-                    cell.conflicted.set(in_conflict);
-                }
-                true
-            });
+            }
+            cells.marked = marked;
         });
     }
 
     /// The card's cell, made on first use from the board as it is now.
     fn cell(self, card: CardId) -> CardCell {
-        if let Some(cell) = self.cells.with_value(|cells| cells.get(&card).cloned()) {
+        if let Some(cell) = self.cells.with_value(|cells| cells.by_id.get(&card).cloned()) {
             return cell;
         }
-        let cell = self
-            .board
-            .with_untracked(|b| CardCell::new(b.as_ref().and_then(|b| b.cards.iter().find(|c| c.id == card))));
+        let known = self.cells.with_value(|cells| {
+            cells.index.get(&card).and_then(|&i| cells.last.get(i)).filter(|c| c.id == card).cloned()
+        });
+        let mut cell = match known {
+            Some(c) => CardCell::new(Some(&c)),
+            None => self
+                .board
+                .with_untracked(|b| CardCell::new(b.as_ref().and_then(|b| b.cards.iter().find(|c| c.id == card)))),
+        };
         let runtime = rt();
-        let mut cell = cell;
-        cell.pending_count = runtime.pending_for(card);
-        cell.in_conflict = runtime.conflicts().iter().any(|(_, entity, _)| *entity == card);
-        cell.pending.set(cell.pending_count);
-        cell.conflicted.set(cell.in_conflict);
+        cell.mark(runtime.pending_for(card), runtime.conflicts().iter().any(|(_, entity, _)| *entity == card));
         self.cells.update_value(|cells| {
-            cells.insert(card, cell.clone());
+            cells.by_id.insert(card, cell.clone());
         });
         cell
     }
+}
+
+thread_local! {
+    /// How many times each card's view re-ran a part of itself (title, marks, body, classes): what the tests
+    /// count to show that one change re-renders one card (`window.__cardRenders()`).
+    static CARD_RENDERS: std::cell::RefCell<HashMap<CardId, u32>> = Default::default();
+}
+
+fn rendered(card: CardId) {
+    CARD_RENDERS.with_borrow_mut(|r| *r.entry(card).or_default() += 1);
+}
+
+/// `window.__cardRenders()` returns `{card id: renders}` since the last call (and starts counting afresh).
+pub(crate) fn expose_render_counts() {
+    let f = wasm_bindgen::closure::Closure::<dyn Fn() -> wasm_bindgen::JsValue>::new(|| {
+        let counts: HashMap<String, u32> =
+            CARD_RENDERS.with_borrow_mut(std::mem::take).into_iter().map(|(id, n)| (id.to_string(), n)).collect();
+        wasm_bindgen::JsValue::from_str(&serde_json::to_string(&counts).unwrap_or_default())
+    });
+    let _ = js_sys::Reflect::set(&window(), &wasm_bindgen::JsValue::from_str("__cardRenders"), f.as_ref());
+    f.forget();
 }
 
 /// Puts keyboard focus back on a card after the board re-rendered.
@@ -185,16 +260,19 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
     };
     let role = RwSignal::new(board_memo.with_untracked(role_in));
     let revoked = RwSignal::new(false);
+    let (picked, editing) = (RwSignal::new(None), RwSignal::new(None));
     let ctx = Ctx {
         id,
         version,
         error: RwSignal::new(None),
-        picked: RwSignal::new(None),
-        editing: RwSignal::new(None),
+        picked,
+        editing,
+        picked_card: StoredValue::new(Selector::new(move || picked.get())),
+        editing_card: StoredValue::new(Selector::new(move || editing.get())),
         dragging: RwSignal::new(None),
         board: board_memo,
         role,
-        cells: StoredValue::new(HashMap::new()),
+        cells: StoredValue::new(Cells::default()),
     };
     Effect::new(move |_| {
         version.get();
@@ -519,14 +597,22 @@ fn card_view(ctx: Ctx, column_id: ColumnId, card_id: CardId) -> impl IntoView {
     // The card's own signals: only the cards whose data or marks changed update their DOM.
     // (Copy handles owned by this view; the cell itself lives in `ctx.cells` while the card exists.)
     let cell = ctx.cell(card_id);
+    on_cleanup(move || {
+        ctx.picked_card.with_value(|s| s.remove(&Some(card_id)));
+        ctx.editing_card.with_value(|s| s.remove(&Some(card_id)));
+    });
     let text = RwSignal::from(cell.text);
     let pending = RwSignal::from(cell.pending);
     let conflicted = RwSignal::from(cell.conflicted);
-    let title = move || text.with(|(t, _)| t.clone());
+    let title = move || {
+        rendered(card_id);
+        text.with(|(t, _)| t.clone())
+    };
     let description = move || text.with(|(_, d)| d.clone());
     let pending = move || pending.get();
     let conflicted = move || conflicted.get();
     let class = move || {
+        rendered(card_id);
         let mut class = String::from("card");
         if pending() > 0 {
             class.push_str(" pending");
@@ -534,7 +620,7 @@ fn card_view(ctx: Ctx, column_id: ColumnId, card_id: CardId) -> impl IntoView {
         if conflicted() {
             class.push_str(" conflicted");
         }
-        if ctx.picked.get() == Some(card_id) {
+        if ctx.is_picked(card_id) {
             class.push_str(" picked");
         }
         class
@@ -544,19 +630,21 @@ fn card_view(ctx: Ctx, column_id: ColumnId, card_id: CardId) -> impl IntoView {
         <li class=class tabindex="0" draggable=move || if ctx.can_edit() { "true" } else { "false" }
             data-card-id=card_id.to_string()
             data-pending=move || pending().to_string()
-            aria-grabbed=move || (ctx.picked.get() == Some(card_id)).to_string()
+            aria-grabbed=move || ctx.is_picked(card_id).to_string()
             aria-label=move || format!("Card: {}", title())
             on:keydown=keydown on:dragstart=drag_start
             on:dragover=|ev: leptos::ev::DragEvent| ev.prevent_default()
             on:drop=drop_here
             on:dragend=move |_| ctx.dragging.set(None)>
-            {move || if ctx.editing.get() == Some(card_id) {
+            {move || if ctx.is_editing(card_id) {
+                rendered(card_id);
                 card_editor(ctx, card_id, title(), description()).into_any()
             } else {
                 view! {
                     <div class="card-body">
                         <span class="card-title">{title}</span>
                         {move || {
+                            rendered(card_id);
                             let (class, text) = if conflicted() {
                                 ("card-mark conflict-mark", "Conflict — choose above")
                             } else if pending() > 0 {
@@ -566,7 +654,7 @@ fn card_view(ctx: Ctx, column_id: ColumnId, card_id: CardId) -> impl IntoView {
                             };
                             Some(view! { <span class=class>{text}</span> })
                         }}
-                        {move || { let d = description(); (!d.is_empty()).then(|| view! { <p class="card-description">{d}</p> }) }}
+                        {move || { rendered(card_id); let d = description(); (!d.is_empty()).then(|| view! { <p class="card-description">{d}</p> }) }}
                     </div>
                     <Show when=move || ctx.can_edit()>
                         <div class="card-actions">

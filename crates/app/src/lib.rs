@@ -156,6 +156,7 @@ fn App() -> impl IntoView {
     on_hash.forget();
     sync_ui::provide();
     measure_change_to_screen();
+    board::expose_render_counts();
     let prefs_open = RwSignal::new(false);
     let metrics_open = RwSignal::new(false);
 

@@ -50,7 +50,7 @@ fn snapshot(cursor: u64) -> BoardSnapshot {
     BoardSnapshot {
         board: Board { id: id(BOARD), title: "b".into(), version: 1 },
         columns: vec![col(10), col(20)],
-        cards: vec![card(1, 10, "one", 1), card(2, 10, "two", 1)],
+        cards: vec![card(1, 10, "one", 1).into(), card(2, 10, "two", 1).into()],
         members: vec![],
         log_id: id(LOG),
         cursor,

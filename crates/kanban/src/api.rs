@@ -3,6 +3,8 @@
 //! Every entity carries a `version`: 1 when created, +1 on every write. Columns and cards carry a `position`,
 //! a fractional-index key: ordering is by `(position, id)` in byte order, so moving an item rewrites one row.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -172,7 +174,11 @@ pub struct SetRole {
 pub struct BoardSnapshot {
     pub board: Board,
     pub columns: Vec<Column>,
-    pub cards: Vec<Card>,
+    /// Shared, not copied: a copy of a snapshot (a view with pending writes over it, a memo's previous value)
+    /// shares its cards with the original, and a change copies only the card it changes (`Arc::make_mut`).
+    /// Comparing two copies compares pointers first (`Arc<T: Eq>`), so an unchanged card costs no string compare.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Card>))]
+    pub cards: Vec<Arc<Card>>,
     /// Who may see the board, and do what (by username).
     #[serde(default)]
     pub members: Vec<Member>,
@@ -219,7 +225,7 @@ impl BoardSnapshot {
 
     /// The cards of one column, in order.
     pub fn cards_in(&self, column: Uuid) -> impl Iterator<Item = &Card> {
-        self.cards.iter().filter(move |c| c.column_id == column)
+        self.cards.iter().map(|c| &**c).filter(move |c| c.column_id == column)
     }
 }
 

@@ -7,6 +7,8 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
+use std::sync::Arc;
+
 use syncline_engine::Applied;
 use uuid::Uuid;
 
@@ -105,7 +107,17 @@ fn apply_to_board(snap: &mut BoardSnapshot, op: &ChangeOp) -> Applied {
             if !snap.columns.iter().any(|c| c.id == card.column_id) {
                 return Applied::CannotApply;
             }
-            changed(upsert(&mut snap.cards, card, |c| c.id, |c| c.version))
+            match snap.cards.iter_mut().find(|c| c.id == card.id) {
+                Some(existing) if existing.version >= card.version => Applied::Unchanged,
+                Some(existing) => {
+                    *existing = Arc::new(card.clone());
+                    Applied::Changed
+                }
+                None => {
+                    snap.cards.push(Arc::new(card.clone()));
+                    Applied::Changed
+                }
+            }
         }
         ChangeOp::CardPatched { id, version, title, description, column_id, position } => {
             if column_id.is_some_and(|col| !snap.columns.iter().any(|c| c.id == col)) {
@@ -118,6 +130,8 @@ fn apply_to_board(snap: &mut BoardSnapshot, op: &ChangeOp) -> Applied {
             if card.version + 1 != *version {
                 return Applied::CannotApply; // a change of this card is missing from this copy
             }
+            // This card alone is copied, if another copy of the snapshot shares it.
+            let card = Arc::make_mut(card);
             card.version = *version;
             if let Some(title) = title {
                 card.title.clone_from(title);
@@ -142,7 +156,9 @@ fn apply_to_board(snap: &mut BoardSnapshot, op: &ChangeOp) -> Applied {
         }
         _ => Applied::Unchanged,
     };
-    if result == Applied::Changed {
+    // A patch of a card's text leaves the order as it was: no need to sort thousands of cards for it.
+    let keeps_order = matches!(op, ChangeOp::CardPatched { column_id: None, position: None, .. });
+    if result == Applied::Changed && !keeps_order {
         normalize(snap);
     }
     result
@@ -296,11 +312,12 @@ pub fn overlay_board(snap: &BoardSnapshot, pending: &[&WriteOp]) -> Option<Board
                     };
                     let at =
                         view.cards.iter().rposition(|c| c.column_id == *column_id).map_or(view.cards.len(), |i| i + 1);
-                    view.cards.insert(at, card);
+                    view.cards.insert(at, Arc::new(card));
                 }
             }
             WriteOp::UpdateCard { id, body } => {
                 if let Some(c) = view.cards.iter_mut().find(|c| c.id == *id) {
+                    let c = Arc::make_mut(c);
                     if let Some(t) = &body.title {
                         c.title = t.clone();
                     }
@@ -315,7 +332,7 @@ pub fn overlay_board(snap: &BoardSnapshot, pending: &[&WriteOp]) -> Option<Board
                 }
                 if let Some(i) = view.cards.iter().position(|c| c.id == *id) {
                     let mut card = view.cards.remove(i);
-                    card.column_id = body.column_id;
+                    Arc::make_mut(&mut card).column_id = body.column_id;
                     let at = match body.after_card_id {
                         Some(after) => view.cards.iter().position(|c| c.id == after).map(|i| i + 1),
                         None => None,
@@ -400,7 +417,7 @@ mod tests {
         BoardSnapshot {
             board: Board { id: id(100), title: "b".into(), version: 1 },
             columns: vec![col(10, "80"), col(20, "81")],
-            cards: vec![card(1, 10, "80"), card(2, 10, "81"), card(3, 20, "80")],
+            cards: vec![card(1, 10, "80").into(), card(2, 10, "81").into(), card(3, 20, "80").into()],
             members: vec![],
             log_id: id(0),
             cursor: 5,
@@ -418,7 +435,7 @@ mod tests {
     #[test]
     fn a_card_change_is_applied_in_place_and_reordered() {
         let mut data = QueryData::Board(board());
-        let mut moved = board().cards[0].clone();
+        let mut moved = Card::clone(&board().cards[0]);
         moved.column_id = id(20);
         moved.position = "7f".into();
         moved.version = 2;
@@ -482,7 +499,7 @@ mod tests {
     #[test]
     fn a_card_in_an_unknown_column_cannot_be_applied() {
         let mut data = QueryData::Board(board());
-        let mut card = board().cards[0].clone();
+        let mut card = Card::clone(&board().cards[0]);
         card.column_id = id(99);
         card.version = 2;
         assert_eq!(apply_change(&mut data, &change(6, ChangeOp::CardUpserted { card })), Applied::CannotApply);
@@ -529,7 +546,7 @@ mod tests {
     #[test]
     fn conflicts_compare_the_fields_each_side_changed() {
         let base = serde_json::to_value(&board().cards[0]).unwrap();
-        let mut theirs = board().cards[0].clone();
+        let mut theirs = Card::clone(&board().cards[0]);
         theirs.description = "theirs".into();
         theirs.version = 2;
         let current = serde_json::to_value(&theirs).unwrap();

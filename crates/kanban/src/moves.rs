@@ -96,7 +96,7 @@ mod tests {
         BoardSnapshot {
             board: Board { id: id(100), title: "b".into(), version: 1 },
             columns: vec![col(10, "80"), col(20, "81")],
-            cards: vec![card(1, 10, "80"), card(2, 10, "81"), card(3, 10, "82"), card(4, 20, "80")],
+            cards: [card(1, 10, "80"), card(2, 10, "81"), card(3, 10, "82"), card(4, 20, "80")].map(Into::into).into(),
             members: vec![],
             log_id: id(0),
             cursor: 0,

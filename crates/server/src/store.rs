@@ -136,6 +136,7 @@ pub fn board_snapshot(tx: &dyn Conn, id: BoardId, log_id: Uuid) -> StoreResult<B
     cards.sort_by_key(|c| column_index(c));
     let members = access::members_of(tx, id)?;
     let cursor = stream_head(tx, StreamId::Board(id))?;
+    let cards = cards.into_iter().map(std::sync::Arc::new).collect();
     Ok(BoardSnapshot { board, columns, cards, members, log_id, cursor })
 }
 

@@ -169,6 +169,14 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let (i1, _) = busy_ms(watched).await?;
         let idle_per_s = (i1 - i0) / 10.0;
+        // `BENCH_PROFILE=FILE`: a CPU profile of the hidden follower on the 1,000-card board.
+        let profile = std::env::var("BENCH_PROFILE").ok().filter(|_| cards_n == 1000);
+        if profile.is_some() {
+            use chromiumoxide::cdp::js_protocol::profiler;
+            watched.page().execute(profiler::EnableParams::default()).await?;
+            watched.page().execute(profiler::SetSamplingIntervalParams::new(100)).await?;
+            watched.page().execute(profiler::StartParams::default()).await?;
+        }
         let (h0, _) = busy_ms(watched).await?;
         let (v0, _) = busy_ms(&tabs[0]).await?;
         let started = std::time::Instant::now();
@@ -188,6 +196,11 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
         let secs = started.elapsed().as_secs_f64();
         let (h1, _) = busy_ms(watched).await?;
         let (v1, _) = busy_ms(&tabs[0]).await?;
+        if let Some(file) = &profile {
+            let stopped =
+                watched.page().execute(chromiumoxide::cdp::js_protocol::profiler::StopParams::default()).await?;
+            std::fs::write(file, serde_json::to_vec(&stopped.result.profile)?)?;
+        }
         let hidden = (h1 - h0) / seconds as f64;
         let subtracted = ((h1 - h0) - idle_per_s * secs).max(0.0) / seconds as f64;
         // Shown: how long until it shows the last change.

@@ -295,12 +295,72 @@ fn bench(args: &[String]) -> Result<()> {
                     .env("SYNCLINE_DIST_DIR", &dist),
             )
         }
+        Some("peers") => bench_peers(&args[1..]),
         _ => {
             bail!(
-                "usage: cargo xtask bench feed [--subscribers 1000,10000] [--rounds 20] [--backends sqlite,postgres] [--instances 1,3] [--writes 2000] [--concurrency 16] | cargo xtask bench browser"
+                "usage: cargo xtask bench feed [--subscribers 1000,10000] [--rounds 20] [--backends sqlite,postgres] [--instances 1,3] [--writes 2000] [--concurrency 16] | cargo xtask bench browser | cargo xtask bench peers [--subscribers 1000,10000]"
             )
         }
     }
+}
+
+/// `cargo xtask bench peers`: syncline side by side with its peers in one run — in Chromium, the app against a
+/// page kept fresh by TanStack Query v5 (same server, same board); on the server, the feed's fan-out against
+/// socket.io 4 on Node. The peers are the npm packages pinned in `crates/bench/peers/package-lock.json`, installed
+/// under `target/tools/` (Node and npm from apt when missing and root).
+fn bench_peers(args: &[String]) -> Result<()> {
+    let root = workspace_root();
+    ensure_wasm_tools(&root)?;
+    ensure_chromium()?;
+    let dist = build_web(&root)?;
+    let sources = root.join("crates").join("bench").join("peers");
+    let lock = std::fs::read(sources.join("package-lock.json"))?;
+    let tools = root.join("target").join("tools").join(format!("peers-{}", web::hex_digest(&lock)));
+    if !tools.join("node_modules").join(".package-lock.json").exists() {
+        if output(Command::new("npm").arg("--version")).is_none() {
+            syncline_devcluster::apt_install(&["nodejs", "npm"], "Node and npm (for the peers)")?;
+        }
+        std::fs::create_dir_all(&tools)?;
+        for name in ["package.json", "package-lock.json"] {
+            std::fs::copy(sources.join(name), tools.join(name))?;
+        }
+        status(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&tools))?;
+    }
+    // The socket.io server runs from the tools directory, where its packages are.
+    std::fs::copy(sources.join("socketio-server.js"), tools.join("socketio-server.js"))?;
+    // The app's files plus the TanStack page (bundled by esbuild), served by the same server.
+    let peers_dist = root.join("target").join("peers-dist");
+    let _ = std::fs::remove_dir_all(&peers_dist);
+    web::copy_tree(&dist, &peers_dist)?;
+    std::fs::create_dir_all(peers_dist.join("peers"))?;
+    std::fs::copy(sources.join("tanstack.html"), peers_dist.join("peers").join("tanstack.html"))?;
+    status(
+        Command::new(tools.join("node_modules").join(".bin").join("esbuild"))
+            .arg(sources.join("tanstack.js"))
+            .args(["--bundle", "--minify", "--format=iife", "--target=es2020"])
+            .arg(format!("--outfile={}", peers_dist.join("peers").join("tanstack.js").display()))
+            .env("NODE_PATH", tools.join("node_modules")),
+    )?;
+    status(
+        cargo()
+            .args(["run", "--release", "--package", "syncline-e2e", "--bin", "browser-bench"])
+            .env("SYNCLINE_DIST_DIR", &peers_dist)
+            .env("BENCH_ONLY", "peers"),
+    )?;
+    status(cargo().args(["build", "--release", "--package", "syncline-server", "--package", "syncline-bench"]))?;
+    let release = root.join("target").join("release");
+    let subscribers = match args {
+        [flag, counts, ..] if flag == "--subscribers" => counts.clone(),
+        _ => "1000,10000".to_owned(),
+    };
+    status(
+        Command::new(release.join("feed-bench"))
+            .arg("--server")
+            .arg(release.join("syncline-server"))
+            .args(["--subscribers", &subscribers, "--rounds", "10", "--writes", "0"])
+            .arg("--peer-socketio")
+            .arg(tools.join("socketio-server.js")),
+    )
 }
 
 /// wasm32 target and the wasm-bindgen CLI at exactly the version Cargo.lock uses.

@@ -45,6 +45,9 @@ struct Args {
     /// Concurrent writers for the throughput table.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Compare with socket.io 4: the peer server script (`cargo xtask bench peers` installs and passes it).
+    #[arg(long)]
+    peer_socketio: Option<std::path::PathBuf>,
     /// Cards on the big board of the reads-versus-writes table (0: skip it).
     #[arg(long, default_value_t = 0)]
     big_board: usize,
@@ -219,8 +222,32 @@ impl Setup {
     }
 }
 
+/// What one fan-out run measured.
+struct FanOut {
+    latencies: Vec<Duration>,
+    connect: Duration,
+    kib_per_subscriber: f64,
+}
+
+impl FanOut {
+    fn p(&self, p: f64) -> Duration {
+        percentile(&self.latencies, p)
+    }
+
+    fn row(&self) -> String {
+        format!(
+            "{:>9.2?} | {:>9.2?} | {:>9.2?} | {:>9.2?} | {:>14.1}",
+            self.p(0.50),
+            self.p(0.99),
+            self.latencies.last().copied().unwrap_or_default(),
+            self.connect,
+            self.kib_per_subscriber
+        )
+    }
+}
+
 /// One row of the fan-out table.
-async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<String> {
+async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<FanOut> {
     let base = setup.base();
     let snapshot: Value = setup.http.get(format!("{base}/api/boards/{}", setup.board_id)).send().await?.json().await?;
     let since = snapshot["cursor"].as_u64().context("cursor")?;
@@ -277,14 +304,111 @@ async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<String> {
         t.abort();
     }
     latencies.sort();
-    Ok(format!(
-        "{:>9.2?} | {:>9.2?} | {:>9.2?} | {:>9.2?} | {:>14.1}",
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or_default(),
-        connect,
-        per_sub
-    ))
+    Ok(FanOut { latencies, connect, kib_per_subscriber: per_sub })
+}
+
+/// The peer: socket.io 4 on Node (`crates/bench/peers/socketio-server.js`), every client in one room.
+struct SocketIo {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl SocketIo {
+    async fn start(script: &std::path::Path) -> Result<SocketIo> {
+        let mut child = tokio::process::Command::new("node")
+            .arg(script)
+            .current_dir(script.parent().context("the script's directory")?)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting node (the socket.io peer)")?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        while let Some(line) = lines.next_line().await? {
+            if let Some(port) = line.strip_prefix("listening on ") {
+                return Ok(SocketIo { child, port: port.trim().parse()? });
+            }
+        }
+        bail!("the socket.io server exited before it said where it listens")
+    }
+}
+
+/// One socket.io client, speaking Engine.IO v4 over a WebSocket (what `socket.io-client` does with
+/// `transports: ['websocket']`): open, connect to the default namespace, answer pings; reports when connected
+/// and the arrival time of every `change` event.
+async fn socketio_subscriber(
+    i: usize,
+    port: u16,
+    ready: mpsc::Sender<()>,
+    arrivals: mpsc::UnboundedSender<Instant>,
+) -> Result<()> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1 + (i % SOURCE_ADDRESSES) as u8], 0)))?;
+    let tcp = socket.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let url = format!("ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
+    while let Some(frame) = ws.next().await {
+        let Message::Text(text) = frame? else { continue };
+        let text = text.as_str();
+        if text.starts_with("42") {
+            let _ = arrivals.send(Instant::now());
+        } else if text.starts_with("40") {
+            let _ = ready.send(()).await;
+        } else if text.starts_with('0') {
+            ws.send(Message::text("40")).await?;
+        } else if text == "2" {
+            ws.send(Message::text("3")).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The fan-out run against socket.io: the same clients, the same rounds; a round is one `POST /emit`.
+async fn fan_out_socketio(script: &std::path::Path, n: usize, rounds: usize) -> Result<FanOut> {
+    let mut peer = SocketIo::start(script).await?;
+    let pid = peer.child.id().context("node pid")?;
+    let rss_before = resident_kib(pid)?;
+    let (ready_tx, mut ready_rx) = mpsc::channel(n);
+    let (arrive_tx, mut arrive_rx) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        tasks.push(tokio::spawn(socketio_subscriber(i, peer.port, ready_tx.clone(), arrive_tx.clone())));
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await.context("clients never connected")?;
+    }
+    let connect = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per_sub = resident_kib(pid)?.saturating_sub(rss_before) as f64 / n as f64;
+    let http = reqwest::Client::new();
+    let mut latencies = Vec::with_capacity(n * rounds);
+    for round in 0..rounds {
+        let sent = Instant::now();
+        let resp = http
+            .post(format!("http://127.0.0.1:{}/emit", peer.port))
+            .json(&json!({"title": format!("round {round}")}))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("emit failed: {}", resp.status());
+        }
+        for _ in 0..n {
+            let at = tokio::time::timeout(Duration::from_secs(60), arrive_rx.recv())
+                .await
+                .context("a client never got the event")?;
+            latencies.push(at.context("arrivals closed")?.saturating_duration_since(sent));
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    peer.child.kill().await.ok();
+    latencies.sort();
+    Ok(FanOut { latencies, connect, kib_per_subscriber: per_sub })
 }
 
 /// One row of the throughput table: `writes` card creations from `concurrency` clients, spread over the
@@ -419,20 +543,67 @@ async fn main() -> Result<()> {
         }
     }
     println!("feed fan-out on loopback: one write, N subscribers of its board; {} writes per row", args.rounds);
-    println!(
-        "{:<15} | {:>11} | {:>9} | {:>9} | {:>9} | {:>9} | {:>14}",
-        "database", "subscribers", "p50", "p99", "max", "connect", "server KiB/sub"
-    );
-    println!("{}", "-".repeat(94));
-    for (name, database, instances) in &configs {
+    if args.peer_socketio.is_none() {
+        println!(
+            "{:<15} | {:>11} | {:>9} | {:>9} | {:>9} | {:>9} | {:>14}",
+            "database", "subscribers", "p50", "p99", "max", "connect", "server KiB/sub"
+        );
+        println!("{}", "-".repeat(94));
+    }
+    // With a peer to compare with, the side-by-side table below is the fan-out table.
+    let plain = if args.peer_socketio.is_some() { &[][..] } else { &configs[..] };
+    for (name, database, instances) in plain {
         for &n in &args.subscribers {
             let setup = Setup::start(&args.server, database, *instances).await?;
-            let row = fan_out(&setup, n, args.rounds).await?;
+            let row = fan_out(&setup, n, args.rounds).await?.row();
             println!("{name:<15} | {n:>11} | {row}");
             setup.stop().await;
         }
     }
-    println!("(latency: write request sent → change message received by a subscriber; includes the HTTP write itself)");
+    if args.peer_socketio.is_none() {
+        println!(
+            "(latency: write request sent → change message received by a subscriber; includes the HTTP write itself)"
+        );
+    }
+    if let Some(script) = &args.peer_socketio {
+        println!();
+        println!(
+            "side by side: syncline's feed (SQLite) and socket.io 4 (Node), one event to N clients, same client code"
+        );
+        println!(
+            "{:>11} | {:>21} | {:>21} | {:>21} | {:>9} | {:>9}",
+            "subscribers",
+            "syncline p50 / p99",
+            "socket.io p50 / p99",
+            "KiB/conn syncline/s.io",
+            "p99 ratio",
+            "KiB ratio"
+        );
+        println!("{}", "-".repeat(108));
+        for &n in &args.subscribers {
+            let setup = Setup::start(&args.server, &Database::Sqlite, 1).await?;
+            let ours = fan_out(&setup, n, args.rounds).await?;
+            setup.stop().await;
+            let peer = fan_out_socketio(script, n, args.rounds).await?;
+            println!(
+                "{n:>11} | {:>9.1?} / {:>9.1?} | {:>9.1?} / {:>9.1?} | {:>10.1} / {:>8.1} | {:>9.2} | {:>9.2}",
+                ours.p(0.5),
+                ours.p(0.99),
+                peer.p(0.5),
+                peer.p(0.99),
+                ours.kib_per_subscriber,
+                peer.kib_per_subscriber,
+                ours.p(0.99).as_secs_f64() / peer.p(0.99).as_secs_f64().max(1e-9),
+                ours.kib_per_subscriber / peer.kib_per_subscriber.max(1e-9),
+            );
+        }
+        println!(
+            "(syncline's latency includes its write: an authorised HTTP PATCH committed to SQLite, then the fan-out;"
+        );
+        println!(
+            " socket.io's is an HTTP POST that emits at once, nothing stored. Ratios: syncline / socket.io, lower is better)"
+        );
+    }
     if args.big_board > 0 {
         println!();
         println!(

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use syncline_protocol::StreamName;
+use syncline_protocol::{Change, StreamName};
 use uuid::Uuid;
 
 use crate::config::{EngineConfig, InjectedBug, Preferences};
@@ -81,6 +81,11 @@ pub struct Engine<M: Model> {
     pub(crate) to_notify: BTreeSet<M::Key>,
     held_connection: Option<ConnectionStatus>,
     held_outbox: Option<usize>,
+    /// Changes the leader shared while this tab was a hidden follower, not yet applied (`tabs.rs`
+    /// `hold_changes`), and whether some were dropped for being too many.
+    pub(crate) held_changes: Vec<(StreamName, Vec<Change<M::Change>>)>,
+    pub(crate) held_dropped: BTreeSet<StreamName>,
+    pub(crate) held_count: usize,
     /// Server commit time (epoch ms) of the oldest change applied since the UI last said it rendered.
     pub(crate) unrendered_since: Option<u64>,
     /// The deadline the driver was last given (`Output::Timeout`).
@@ -125,6 +130,9 @@ impl<M: Model> Engine<M> {
             out: VecDeque::new(),
             to_notify: BTreeSet::new(),
             held_connection: None,
+            held_changes: Vec::new(),
+            held_dropped: BTreeSet::new(),
+            held_count: 0,
             held_outbox: None,
             unrendered_since: None,
             promised_deadline: Millis::MAX,
@@ -451,6 +459,11 @@ impl<M: Model> Engine<M> {
     }
 
     fn reconcile(&mut self) {
+        // Leading now (a hidden follower that took over): what it held is applied before the data is used.
+        // (A tab that is shown applies it in `on_visibility`, before it checks what is stale.)
+        if self.is_leader() {
+            self.apply_held_changes();
+        }
         self.presence_and_peers();
         self.gc();
         if self.signed_out {

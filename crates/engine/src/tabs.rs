@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use syncline_protocol::{Change, StreamName};
+
 use crate::engine::Engine;
 use crate::model::Model;
 use crate::timers::{Soonest, Timer};
@@ -84,6 +86,9 @@ impl<M: Model> Tabs<M> {
     }
 }
 
+/// Changes a hidden follower holds at most (`hold_changes`); about an hour of one change a second.
+pub(crate) const MAX_HELD_CHANGES: usize = 4_000;
+
 /// How long a visible follower waits before taking leadership from a hidden leader.
 const LEADER_HANDOVER_DELAY_MS: Millis = 500;
 /// A hidden leader answers a tab that was just shown within this (with its presence); one that does not is
@@ -135,10 +140,74 @@ impl<M: Model> Engine<M> {
         self.env.visible = visible;
         self.announce();
         if visible {
+            self.apply_held_changes();
             if !self.is_leader() {
                 self.tabs.leader_check_since = Some(self.now);
             }
             self.catch_up_stale();
+        }
+    }
+
+    /// A hidden follower keeps the changes the leader shares as they came, without applying them: nobody looks at
+    /// it, and applying them one by one is what a hidden tab would spend its time on. They are applied in one go
+    /// when it is shown or becomes the leader (`apply_held_changes`, before anything reads the data). Bounded:
+    /// past `MAX_HELD_CHANGES` the held ones are dropped and the queries of their streams asked of the leader
+    /// again when the tab is shown — one snapshot instead of a day of changes.
+    fn hold_changes(&mut self, stream: StreamName, changes: Vec<Change<M::Change>>) {
+        self.held_count += changes.len();
+        self.held_changes.push((stream, changes));
+        if self.held_count > MAX_HELD_CHANGES {
+            for (stream, _) in self.held_changes.drain(..) {
+                self.held_dropped.insert(stream);
+            }
+            self.held_count = 0;
+        }
+    }
+
+    pub(crate) fn apply_held_changes(&mut self) {
+        if self.held_changes.is_empty() && self.held_dropped.is_empty() {
+            return;
+        }
+        self.held_count = 0;
+        let mut streams = std::mem::take(&mut self.held_dropped);
+        for stream in &streams {
+            for key in self.queries.keys_of(stream) {
+                if let Some(q) = self.queries.map.get_mut(&key) {
+                    q.invalidated = true;
+                }
+            }
+        }
+        // Held while nobody looked: no change → screen latency to count for them.
+        let unrendered = self.unrendered_since;
+        for (stream, changes) in std::mem::take(&mut self.held_changes) {
+            self.apply_changes(&stream, &changes);
+            streams.insert(stream);
+        }
+        self.unrendered_since = unrendered;
+        if !self.is_leader() {
+            for stream in streams {
+                self.ask_leader_for_stale(&stream);
+            }
+        }
+    }
+
+    /// Changes the leader shared, applied to this follower's copies.
+    fn apply_shared_changes(&mut self, stream: &StreamName, changes: &[Change<M::Change>]) {
+        self.apply_changes(stream, changes);
+        self.ask_leader_for_stale(stream);
+    }
+
+    /// What could not be applied here: ask the leader for it.
+    fn ask_leader_for_stale(&mut self, stream: &StreamName) {
+        let stale: Vec<M::Key> = self
+            .queries
+            .map
+            .iter()
+            .filter(|(k, q)| M::stream(k) == *stream && q.invalidated && q.subscribers > 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            self.out.push_back(Output::Broadcast(TabMessage::Refetch { key }));
         }
     }
 
@@ -214,19 +283,11 @@ impl<M: Model> Engine<M> {
                 self.prefetch_done(&key);
             }
             TabMessage::Changes { stream, changes } => {
-                if !self.is_leader() {
-                    self.apply_changes(&stream, &changes);
-                    // What could not be applied here: ask the leader for it.
-                    let stale: Vec<M::Key> = self
-                        .queries
-                        .map
-                        .iter()
-                        .filter(|(k, q)| M::stream(k) == stream && q.invalidated && q.subscribers > 0)
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for key in stale {
-                        self.out.push_back(Output::Broadcast(TabMessage::Refetch { key }));
-                    }
+                if self.is_leader() {
+                } else if !self.env.visible {
+                    self.hold_changes(stream, changes);
+                } else {
+                    self.apply_shared_changes(&stream, &changes);
                 }
             }
             TabMessage::WriteQueued { write } => self.on_write_queued(write),

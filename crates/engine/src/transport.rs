@@ -78,6 +78,9 @@ pub(crate) struct Transport {
     /// The last socket failure came while the server answered HTTP (it is the WebSocket that fails, not the
     /// server); otherwise it may have been the server, down at the time.
     pub socket_blamed: bool,
+    /// `http_answered` when the current socket attempt began: an answer that came while the attempt was under
+    /// way does not say the server was up when the attempt was refused (it may have come up in between).
+    pub answered_before_attempt: bool,
     pub ever_opened: bool,
     /// The change log the server said it serves (`hello`).
     pub log_id: Option<Uuid>,
@@ -94,6 +97,7 @@ impl Default for Transport {
             reconnect_attempts: 0,
             http_answered: false,
             socket_blamed: false,
+            answered_before_attempt: false,
             ever_opened: false,
             log_id: None,
             next_nonce: 1,
@@ -234,6 +238,7 @@ impl<M: Model> Engine<M> {
 
     fn open_socket(&mut self) {
         self.transport.conn = Conn::Opening { since: self.now };
+        self.transport.answered_before_attempt = self.transport.http_answered;
         self.out.push_back(Output::OpenSocket);
     }
 
@@ -286,7 +291,7 @@ impl<M: Model> Engine<M> {
         if worked {
             t.http_answered = false;
         }
-        t.socket_blamed = t.http_answered;
+        t.socket_blamed = t.http_answered && t.answered_before_attempt;
         t.socket_failures = if worked { 1 } else { t.socket_failures + 1 };
         t.reconnect_attempts = if worked { 1 } else { t.reconnect_attempts + 1 };
         t.conn = Conn::Closed;

@@ -1002,7 +1002,7 @@ fn a_follower_makes_no_requests_and_routes_its_writes_through_the_leader() {
 }
 
 #[test]
-fn a_hidden_tab_keeps_its_data_current_but_tells_its_views_only_once_it_is_shown() {
+fn a_hidden_follower_holds_the_changes_and_applies_them_in_one_step_when_shown_telling_its_views_once() {
     let mut d = Driver::new(Preferences::default());
     let key = QueryKey::Board(id(BOARD));
     d.input(Input::Subscribe(key));
@@ -1031,11 +1031,18 @@ fn a_hidden_tab_keeps_its_data_current_but_tells_its_views_only_once_it_is_shown
         "a hidden tab's views are told nothing: {:?}",
         out.iter().filter(|o| matches!(o, Output::Notify(_))).collect::<Vec<_>>()
     );
-    assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[1].title, "change 29", "its data is current");
-    // Shown: its views hear of the board once, and read it current.
+    assert_eq!(
+        d.e.board_server_state(id(BOARD)).unwrap().cards[1].title,
+        "two",
+        "nothing is applied while nobody looks"
+    );
+    // Shown: the held changes are applied in the same step; its views hear of the board once and read it current.
     let out = d.input(Input::Visibility { visible: true });
+    assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[1].title, "change 29", "current when shown");
     let told = out.iter().filter(|o| matches!(o, Output::Notify(Notification::Query { key: k }) if *k == key)).count();
     assert_eq!(told, 1, "{out:?}");
+    let asked = out.iter().filter(|o| matches!(o, Output::Broadcast(TabMessage::Refetch { .. }))).count();
+    assert!(asked <= 1, "not once per held change: {asked}");
     // A refused write is told at once, hidden or not.
     d.input(Input::Visibility { visible: false });
     let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
@@ -1044,6 +1051,31 @@ fn a_hidden_tab_keeps_its_data_current_but_tells_its_views_only_once_it_is_shown
     let settled = Settled::Rejected { status: 422, body: json!({"error": "refused", "message": "no"}) };
     let out = d.input(Input::Tab(TabMessage::WriteSettled { write_id, settled }));
     assert!(out.iter().any(|o| matches!(o, Output::Notify(Notification::WriteRejected { .. }))), "{out:?}");
+}
+
+#[test]
+fn a_follower_hidden_for_hours_drops_what_it_held_and_asks_the_leader_once_when_shown() {
+    let mut d = Driver::new(Preferences::default());
+    let key = QueryKey::Board(id(BOARD));
+    d.input(Input::Subscribe(key));
+    d.input(Input::Tab(TabMessage::Data { key, data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
+    d.input(Input::Visibility { visible: false });
+    let stream = StreamId::Board(id(BOARD)).name();
+    // More changes than a hidden tab keeps (about an hour of one a second): memory stays bounded.
+    for i in 0..5_000u64 {
+        let op = ChangeOp::CardUpserted { card: card(2, 20, &format!("change {i}"), 2 + i) };
+        let change = Change { stream: stream.clone(), cursor: 4 + i, at_ms: 0, write_id: None, op };
+        d.input(Input::Tab(TabMessage::Changes { stream: stream.clone(), changes: vec![change] }));
+    }
+    let out = d.input(Input::Visibility { visible: true });
+    let asked =
+        out.iter().filter(|o| matches!(o, Output::Broadcast(TabMessage::Refetch { key: k }) if *k == key)).count();
+    assert_eq!(asked, 1, "the board is asked of the leader once: {out:?}");
+    // The leader's answer makes it current.
+    let mut current = snapshot(5_003);
+    current.cards[1] = card(2, 20, "change 4999", 5_001).into();
+    d.input(Input::Tab(TabMessage::Data { key, data: QueryData::Board(current), fetched_at: 0 }));
+    assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[1].title, "change 4999");
 }
 
 #[test]

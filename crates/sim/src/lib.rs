@@ -4,8 +4,8 @@
 //! the server restarted and WebSocket upgrades refused — all from one seed.
 //!
 //! Checked invariants (see [`Invariant`]): every write the UI accepted is applied on the server or surfaced to
-//! the user; after the faults stop every tab converges to the server's state within [`SETTLE_MS`] of
-//! simulated time; at most one live socket per browser except during a bounded handover; followers (hidden
+//! the user; after the faults stop every visible tab converges to the server's state within [`SETTLE_MS`] of
+//! simulated time, and every hidden one within [`SHOWN_MS`] of being shown; at most one live socket per browser except during a bounded handover; followers (hidden
 //! or not) make no network requests; the long-poll rate stays within its budget; no stored outbox entry
 //! outlives its write; a card deleted in a tab's view never comes back there; every tab shows its leader's
 //! connection state; the app long-polls only when the WebSocket itself was refused; a tab that is shown
@@ -55,6 +55,9 @@ type Notification = syncline_engine::Notification<Kanban>;
 
 /// Faults and user writes happen during this much simulated time.
 pub const FAULT_MS: Millis = 40_000;
+/// A tab shown at the end must be current within this bound (a hidden follower applies what it held).
+pub const SHOWN_MS: Millis = 50;
+
 /// After the faults stop, every tab must have converged within this bound.
 pub const SETTLE_MS: Millis = 30_000;
 /// Two live sockets in one browser are tolerated this long (a leader handover).
@@ -588,20 +591,37 @@ impl World {
 
     fn run(&mut self) {
         let end = FAULT_MS + SETTLE_MS;
-        while let Some(Reverse(q)) = self.events.pop() {
-            if q.at > end || self.violation.is_some() {
-                break;
+        self.run_until(end);
+        if self.violation.is_some() {
+            return;
+        }
+        self.now = end;
+        // A hidden follower holds what its leader shares until it is shown: every tab is shown now, and each
+        // must be current within `SHOWN_MS` of it.
+        for b in 0..self.browsers.len() {
+            for t in self.alive_tabs(b) {
+                if !self.browsers[b].tabs[t].visible {
+                    self.browsers[b].tabs[t].visible = true;
+                    self.input(b, t, Input::Visibility { visible: true });
+                }
             }
+        }
+        self.run_until(end + SHOWN_MS);
+        if self.violation.is_none() {
+            self.now = end + SHOWN_MS;
+            self.check_end();
+        }
+    }
+
+    fn run_until(&mut self, until: Millis) {
+        while self.violation.is_none() && self.events.peek().is_some_and(|Reverse(q)| q.at <= until) {
+            let Some(Reverse(q)) = self.events.pop() else { break };
             self.now = q.at;
             self.stats.events += 1;
             self.handle(q.event);
             self.check_sockets();
             self.track_visibility();
             self.check_status();
-        }
-        if self.violation.is_none() {
-            self.now = end;
-            self.check_end();
         }
     }
 

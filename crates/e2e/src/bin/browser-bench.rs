@@ -45,6 +45,10 @@ async fn main() -> anyhow::Result<()> {
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "hidden") {
         return hidden_tabs(seconds).await;
     }
+    // `BENCH_ONLY=peers`: the app side by side with a TanStack Query page (`cargo xtask bench peers`).
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "peers") {
+        return peers(seconds).await;
+    }
     // `BENCH_ONLY=big-board` measures only big boards (`BENCH_CARDS=10,1000,5000` by default).
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "big-board") {
         return big_board().await;
@@ -179,6 +183,9 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
         }
         let (h0, _) = busy_ms(watched).await?;
         let (v0, _) = busy_ms(&tabs[0]).await?;
+        if std::env::var("BENCH_CHANNEL").is_ok() {
+            watched.exec("(() => { const ns = JSON.parse(window.__syncline()).namespace; window.__chan = []; const c = new BroadcastChannel(ns); c.onmessage = e => window.__chan.push([typeof e.data === 'string' ? e.data.slice(0, 60) : 'obj', typeof e.data === 'string' ? e.data.length : 0]); })()").await?;
+        }
         let started = std::time::Instant::now();
         let card = cards[cards.len() / 2];
         for i in 0..seconds {
@@ -196,6 +203,18 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
         let secs = started.elapsed().as_secs_f64();
         let (h1, _) = busy_ms(watched).await?;
         let (v1, _) = busy_ms(&tabs[0]).await?;
+        if std::env::var("BENCH_CHANNEL").is_ok() {
+            let seen: serde_json::Value = watched.eval("window.__chan").await?;
+            let mut kinds: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
+            for m in seen.as_array().unwrap() {
+                let text = m[0].as_str().unwrap_or("");
+                let kind = text.split(',').next().unwrap_or("").to_string();
+                let e = kinds.entry(kind).or_default();
+                e.0 += 1;
+                e.1 += m[1].as_u64().unwrap_or(0);
+            }
+            eprintln!("channel messages: {kinds:#?}");
+        }
         if let Some(file) = &profile {
             let stopped =
                 watched.page().execute(chromiumoxide::cdp::js_protocol::profiler::StopParams::default()).await?;
@@ -476,4 +495,166 @@ async fn end_trace(tab: &Tab, file: &str, collect: TraceEvents) -> anyhow::Resul
     let events = collect.await?;
     std::fs::write(file, serde_json::to_vec(&serde_json::json!({ "traceEvents": events }))?)?;
     Ok(())
+}
+
+/// What one page kept fresh its board with, over one run.
+struct PeerRow {
+    requests_per_min: f64,
+    sockets: i64,
+    kb_per_min: f64,
+    latency: Vec<f64>,
+    /// Main-thread task time of a hidden tab per change (none with one tab).
+    hidden_ms: Option<f64>,
+    missed: usize,
+}
+
+/// Bytes the page's own requests took on the wire since `window.__from` (Resource Timing; WebSocket frames are
+/// counted on the server).
+const FETCHED_BYTES: &str = r#"performance.getEntriesByType('resource').filter(e => e.startTime >= window.__from && (e.initiatorType === 'fetch' || e.initiatorType === 'xmlhttprequest')).reduce((n, e) => n + e.transferSize, 0)"#;
+
+/// `cargo xtask bench peers`, in the browser: the same server and board, kept fresh by (a) a page using TanStack
+/// Query v5 (polling every 5 s, the broadcast plugin sharing results across tabs; `crates/bench/peers/`) and (b)
+/// syncline's app; 1, 4 and 8 tabs (the first visible), one change a second.
+async fn peers(seconds: u64) -> anyhow::Result<()> {
+    println!("side by side in Chromium: one browser, N tabs (the first visible), 1 change/s for {seconds} s");
+    println!(
+        "{:>4} | {:<16} | {:>8} | {:>7} | {:>9} | {:>22} | {:>8} | {:>16}",
+        "tabs", "page", "req/min", "sockets", "KB/min", "change → screen p50/p99", "missed", "hidden ms/change"
+    );
+    println!("{}", "-".repeat(112));
+    let mut ratios = Vec::new();
+    for tabs in [1usize, 4, 8] {
+        let mut rows = Vec::new();
+        for page in ["TanStack Query v5", "syncline"] {
+            let row = peer_run(page, tabs, seconds).await?;
+            let (mut l50, mut l99) = (row.latency.clone(), row.latency.clone());
+            println!(
+                "{:>4} | {:<16} | {:>8.1} | {:>7} | {:>9.1} | {:>10.0} / {:>9.0} | {:>8} | {:>16}",
+                tabs,
+                page,
+                row.requests_per_min,
+                row.sockets,
+                row.kb_per_min,
+                pct(&mut l50, 0.5),
+                pct(&mut l99, 0.99),
+                row.missed,
+                row.hidden_ms.map_or("-".to_owned(), |v| format!("{v:.2}"))
+            );
+            rows.push(row);
+        }
+        ratios.push((tabs, rows));
+    }
+    println!();
+    println!("syncline / TanStack Query (lower is better)");
+    println!(
+        "{:>4} | {:>12} | {:>12} | {:>14} | {:>14} | {:>16}",
+        "tabs", "requests", "bytes", "latency p50", "latency p99", "hidden ms/change"
+    );
+    println!("{}", "-".repeat(88));
+    for (tabs, rows) in ratios {
+        let (theirs, ours) = (&rows[0], &rows[1]);
+        let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.3}", a / b) } else { "-".to_owned() };
+        let (mut o, mut t) = (ours.latency.clone(), theirs.latency.clone());
+        let (o50, t50) = (pct(&mut o, 0.5), pct(&mut t, 0.5));
+        let (o99, t99) = (pct(&mut o, 0.99), pct(&mut t, 0.99));
+        println!(
+            "{:>4} | {:>12} | {:>12} | {:>14} | {:>14} | {:>16}",
+            tabs,
+            ratio(ours.requests_per_min, theirs.requests_per_min),
+            ratio(ours.kb_per_min, theirs.kb_per_min),
+            ratio(o50, t50),
+            ratio(o99, t99),
+            match (ours.hidden_ms, theirs.hidden_ms) {
+                (Some(a), Some(b)) => ratio(a, b),
+                _ => "-".to_owned(),
+            }
+        );
+    }
+    println!(
+        "(requests and bytes as the server and the pages saw them, WebSocket frames included; change → screen: the"
+    );
+    println!(
+        " write committed → the visible tab's DOM shows it; missed: changes the visible tab never showed, because a"
+    );
+    println!(" newer one replaced it first; hidden ms/change: one hidden tab's main-thread task time / changes)");
+    Ok(())
+}
+
+async fn peer_run(page: &str, tabs: usize, seconds: u64) -> anyhow::Result<PeerRow> {
+    let h = Harness::start().await?;
+    let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
+    let board = id(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: "Peers".into() } }).await?);
+    let column = id(h
+        .write(WriteOp::CreateColumn { board_id: board, body: CreateColumn { id: None, title: "Col".into() } })
+        .await?);
+    let card = id(h
+        .write(WriteOp::CreateCard {
+            column_id: column,
+            body: CreateCard { id: None, title: "start".into(), description: String::new() },
+        })
+        .await?);
+    let browser = TestBrowser::launch().await?;
+    let url = if page == "syncline" {
+        h.url(&format!("/#/boards/{board}"))
+    } else {
+        h.url(&format!("/peers/tanstack.html?board={board}"))
+    };
+    let mut open = Vec::new();
+    for i in 0..tabs {
+        let tab = browser.open(&url).await?;
+        tab.wait_for("document.querySelector('.card')", Duration::from_secs(20)).await?;
+        tab.exec(OBSERVE).await?;
+        tab.exec("performance.setResourceTimingBufferSize(100000)").await?;
+        tab.page().execute(EnableParams::default()).await?;
+        if i > 0 {
+            tab.hide().await?;
+        }
+        open.push(tab);
+    }
+    open[0].show().await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for tab in &open {
+        tab.exec("window.__from = performance.now()").await?;
+    }
+    let requests_before = h.stats().requests_total();
+    let ws_before = h.metrics().ws_bytes_out.get();
+    let hidden_before = match open.last() {
+        Some(tab) if tabs > 1 => Some(busy_ms(tab).await?.0),
+        _ => None,
+    };
+    let mut sent = Vec::new();
+    for i in 0..seconds {
+        let title = format!("bench {i}");
+        sent.push((title.clone(), wall_ms()));
+        h.write(WriteOp::UpdateCard { id: card, body: UpdateCard { title: Some(title), ..Default::default() } })
+            .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let requests = h.stats().requests_total() - requests_before;
+    let ws_bytes = h.metrics().ws_bytes_out.get() - ws_before;
+    let mut fetched = 0.0;
+    for tab in &open {
+        fetched += tab.eval::<f64>(FETCHED_BYTES).await?;
+    }
+    let hidden_ms = match (hidden_before, open.last()) {
+        (Some(before), Some(tab)) => Some((busy_ms(tab).await?.0 - before) / seconds as f64),
+        _ => None,
+    };
+    let sockets = h.open_websockets();
+    // The last change gets the polling interval to show up.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let seen: Vec<(String, f64)> = open[0].eval("window.__seen").await?;
+    let latency: Vec<f64> =
+        seen.iter().filter_map(|(t, at)| sent.iter().find(|(s, _)| s == t).map(|(_, w)| at - w)).collect();
+    let minutes = seconds as f64 / 60.0;
+    browser.close().await;
+    h.stop().await;
+    Ok(PeerRow {
+        requests_per_min: requests as f64 / minutes,
+        sockets,
+        kb_per_min: (fetched + ws_bytes as f64) / 1000.0 / minutes,
+        missed: sent.len() - latency.len(),
+        latency,
+        hidden_ms,
+    })
 }

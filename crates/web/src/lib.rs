@@ -61,6 +61,8 @@ struct Inner<M: Model> {
     fetches: RefCell<HashMap<RequestId, Option<AbortController>>>,
     timer: Cell<Option<i32>>,
     timer_callback: RefCell<Option<Closure<dyn FnMut()>>>,
+    /// The deadline the armed timer is for.
+    armed_for: Cell<Millis>,
     channel: BroadcastChannel,
     lock_queued: Cell<bool>,
     storage: RefCell<storage::Storage<M>>,
@@ -109,6 +111,7 @@ impl<M: Model> Runtime<M> {
                 fetches: RefCell::new(HashMap::new()),
                 timer: Cell::new(None),
                 timer_callback: RefCell::new(None),
+                armed_for: Cell::new(0),
                 channel,
                 lock_queued: Cell::new(false),
                 storage: RefCell::new(storage::Storage::default()),
@@ -299,22 +302,33 @@ impl<M: Model> Runtime<M> {
         self.arm_timer(deadline);
     }
 
+    /// One browser timer for the engine's next deadline. Not re-armed when the deadline did not move, and one
+    /// callback made once for the page: a pump per message (a hidden tab gets one per change and per heartbeat)
+    /// leaves no JS garbage behind.
     fn arm_timer(&self, deadline: Millis) {
+        if self.inner.timer.get().is_some() && self.inner.armed_for.get() == deadline {
+            return;
+        }
         if let Some(t) = self.inner.timer.take() {
             window().clear_timeout_with_handle(t);
         }
-        let rt = self.clone();
-        let callback = Closure::<dyn FnMut()>::new(move || {
-            rt.inner.timer.set(None);
-            rt.inner.engine.borrow_mut().handle_timeout(now());
-            rt.pump();
-        });
+        if self.inner.timer_callback.borrow().is_none() {
+            let rt = self.clone();
+            let callback = Closure::<dyn FnMut()>::new(move || {
+                rt.inner.timer.set(None);
+                rt.inner.engine.borrow_mut().handle_timeout(now());
+                rt.pump();
+            });
+            *self.inner.timer_callback.borrow_mut() = Some(callback);
+        }
         let delay = deadline.saturating_sub(now()).min(i32::MAX as u64) as i32;
-        let handle = window()
-            .set_timeout_with_callback_and_timeout_and_arguments_0(callback.as_ref().unchecked_ref(), delay)
-            .ok();
+        let handle = self.inner.timer_callback.borrow().as_ref().and_then(|callback| {
+            window()
+                .set_timeout_with_callback_and_timeout_and_arguments_0(callback.as_ref().unchecked_ref(), delay)
+                .ok()
+        });
         self.inner.timer.set(handle);
-        *self.inner.timer_callback.borrow_mut() = Some(callback);
+        self.inner.armed_for.set(deadline);
     }
 
     fn carry_out(&self, out: Output<M>) {

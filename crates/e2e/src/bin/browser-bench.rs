@@ -326,6 +326,23 @@ const CARDS_SHOWN: &str = r#"(() => {
   }).observe(document, { subtree: true, childList: true });
 })()"#;
 
+/// Scrolls the page down 100 px a frame for 120 frames; returns the frame intervals (ms), sorted.
+const SCROLL: &str = r#"new Promise(done => {
+  const times = [];
+  window.scrollTo(0, 0);
+  const step = t => {
+    times.push(t);
+    if (times.length > 120) {
+      const gaps = times.slice(1).map((t, i) => t - times[i]).sort((a, b) => a - b);
+      done(JSON.stringify(gaps));
+      return;
+    }
+    window.scrollBy(0, 100);
+    requestAnimationFrame(step);
+  };
+  requestAnimationFrame(step);
+})"#;
+
 /// Big boards in the visible (leader) tab: how long one takes to open, and the main-thread time each change costs
 /// — the same table for 10, 1,000 and 5,000 cards, so what grows with the board shows.
 async fn big_board() -> anyhow::Result<()> {
@@ -388,6 +405,13 @@ async fn big_board() -> anyhow::Result<()> {
         );
         tab.page().execute(EnableParams::default()).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let gaps: Vec<f64> = serde_json::from_str(&tab.eval::<String>(SCROLL).await?)?;
+        let scroll = format!(
+            "{:.0} ({:.0})",
+            1000.0 * gaps.len() as f64 / gaps.iter().sum::<f64>().max(1.0),
+            gaps[((gaps.len() - 1) as f64 * 0.99).round() as usize]
+        );
+        tab.exec("window.scrollTo(0, 0)").await?;
         // What the page costs doing nothing (its 1 s clock, presence heartbeats), per second.
         let (t0, s0) = busy_ms(&tab).await?;
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -438,20 +462,22 @@ async fn big_board() -> anyhow::Result<()> {
             row.push((((t1 - t0) - idle.0 * secs).max(0.0) / 100.0, ((s1 - s0) - idle.1 * secs).max(0.0) / 100.0));
         }
         println!(
-            "{:>11} | {:>15.0} | {:>12.0} | {:>10} | {:>22.2} | {:>16.2} | {:>22.2}",
+            "{:>11} | {:>15.0} | {:>12.0} | {:>10} | {:>22.2} | {:>16.2} | {:>22.2} | {:>18}",
             format!("{n} cards"),
             first,
             all,
             open_long,
             row[0].0,
             row[0].1,
-            row[1].0
+            row[1].0,
+            scroll
         );
         browser.close().await;
         h.stop().await;
     }
     println!("(first/all cards: from navigation to the first card and to all cards in the DOM, app files cached;");
-    println!(" long tasks: > 50 ms while opening; paced: 100 changes 100 ms apart; burst: 100 at once; per change)");
+    println!(" long tasks: > 50 ms while opening; paced: 100 changes 100 ms apart; burst: 100 at once; per change;");
+    println!(" scroll: the page scrolled 100 px a frame for 120 frames, frames per second and the slowest 1 %)");
     Ok(())
 }
 
@@ -516,7 +542,9 @@ const FETCHED_BYTES: &str = r#"performance.getEntriesByType('resource').filter(e
 /// Query v5 (polling every 5 s, the broadcast plugin sharing results across tabs; `crates/bench/peers/`) and (b)
 /// syncline's app; 1, 4 and 8 tabs (the first visible), one change a second.
 async fn peers(seconds: u64) -> anyhow::Result<()> {
-    println!("side by side in Chromium: one browser, N tabs (the first visible), 1 change/s for {seconds} s");
+    println!(
+        "side by side in Chromium: one browser, N tabs (the first visible), a {PEER_BOARD_CARDS}-card board, 1 change/s for {seconds} s"
+    );
     println!(
         "{:>4} | {:<16} | {:>8} | {:>7} | {:>9} | {:>22} | {:>8} | {:>16}",
         "tabs", "page", "req/min", "sockets", "KB/min", "change → screen p50/p99", "missed", "hidden ms/change"
@@ -580,6 +608,9 @@ async fn peers(seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Cards on the board of the side-by-side run.
+const PEER_BOARD_CARDS: usize = 100;
+
 async fn peer_run(page: &str, tabs: usize, seconds: u64) -> anyhow::Result<PeerRow> {
     let h = Harness::start().await?;
     let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
@@ -593,6 +624,11 @@ async fn peer_run(page: &str, tabs: usize, seconds: u64) -> anyhow::Result<PeerR
             body: CreateCard { id: None, title: "start".into(), description: String::new() },
         })
         .await?);
+    // A board of a small team: the changed card first, 99 more after it.
+    for i in 1..PEER_BOARD_CARDS {
+        let body = CreateCard { id: None, title: format!("card {i}"), description: "a short description".into() };
+        h.write(WriteOp::CreateCard { column_id: column, body }).await?;
+    }
     let browser = TestBrowser::launch().await?;
     let url = if page == "syncline" {
         h.url(&format!("/#/boards/{board}"))
@@ -602,7 +638,11 @@ async fn peer_run(page: &str, tabs: usize, seconds: u64) -> anyhow::Result<PeerR
     let mut open = Vec::new();
     for i in 0..tabs {
         let tab = browser.open(&url).await?;
-        tab.wait_for("document.querySelector('.card')", Duration::from_secs(20)).await?;
+        tab.wait_for(
+            &format!("document.querySelectorAll('.card').length === {PEER_BOARD_CARDS}"),
+            Duration::from_secs(20),
+        )
+        .await?;
         tab.exec(OBSERVE).await?;
         tab.exec("performance.setResourceTimingBufferSize(100000)").await?;
         tab.page().execute(EnableParams::default()).await?;

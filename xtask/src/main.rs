@@ -48,7 +48,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <run [server flags] | test [cargo test args] | bench feed|browser [args] | chaos [--seed N] [--duration S] | cluster [--instances N] | schemathesis | build-web>"
+                "usage: cargo xtask <run [server flags] | test [cargo test args] | bench feed|browser|peers [args] | chaos [--seed N] [--duration S] | cluster [--instances N] | schemathesis | build-web>"
             );
             std::process::exit(2);
         }

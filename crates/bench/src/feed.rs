@@ -281,30 +281,41 @@ async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<FanOut> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let per_sub = (setup.resident_kib()?.saturating_sub(rss_before)) as f64 / n as f64;
 
+    let url = format!("{base}/api/cards/{}", setup.card_id);
+    let latencies = rounds_of(n, rounds, &mut arrive_rx, |round| {
+        setup.http.patch(&url).json(&json!({"title": format!("round {round}")}))
+    })
+    .await?;
+    for t in tasks {
+        t.abort();
+    }
+    Ok(FanOut { latencies, connect, kib_per_subscriber: per_sub })
+}
+
+/// `rounds` times: sends the request `round` makes and waits for all `n` subscribers to report its arrival; the
+/// latency of each arrival from the request's start, sorted.
+async fn rounds_of(
+    n: usize,
+    rounds: usize,
+    arrivals: &mut mpsc::UnboundedReceiver<Instant>,
+    request: impl Fn(usize) -> reqwest::RequestBuilder,
+) -> Result<Vec<Duration>> {
     let mut latencies = Vec::with_capacity(n * rounds);
     for round in 0..rounds {
         let sent = Instant::now();
-        let resp = setup
-            .http
-            .patch(format!("{base}/api/cards/{}", setup.card_id))
-            .json(&json!({"title": format!("round {round}")}))
-            .send()
-            .await?;
+        let resp = request(round).send().await?;
         if !resp.status().is_success() {
-            bail!("write failed: {}", resp.status());
+            bail!("round {round} failed: {}", resp.status());
         }
         for _ in 0..n {
-            let at = tokio::time::timeout(Duration::from_secs(60), arrive_rx.recv())
+            let at = tokio::time::timeout(Duration::from_secs(60), arrivals.recv())
                 .await
                 .context("a subscriber never got the change")?;
             latencies.push(at.context("arrivals closed")?.saturating_duration_since(sent));
         }
     }
-    for t in tasks {
-        t.abort();
-    }
     latencies.sort();
-    Ok(FanOut { latencies, connect, kib_per_subscriber: per_sub })
+    Ok(latencies)
 }
 
 /// The peer: socket.io 4 on Node (`crates/bench/peers/socketio-server.js`), every client in one room.
@@ -385,29 +396,14 @@ async fn fan_out_socketio(script: &std::path::Path, n: usize, rounds: usize) -> 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let per_sub = resident_kib(pid)?.saturating_sub(rss_before) as f64 / n as f64;
     let http = reqwest::Client::new();
-    let mut latencies = Vec::with_capacity(n * rounds);
-    for round in 0..rounds {
-        let sent = Instant::now();
-        let resp = http
-            .post(format!("http://127.0.0.1:{}/emit", peer.port))
-            .json(&json!({"title": format!("round {round}")}))
-            .send()
+    let url = format!("http://127.0.0.1:{}/emit", peer.port);
+    let latencies =
+        rounds_of(n, rounds, &mut arrive_rx, |round| http.post(&url).json(&json!({"title": format!("round {round}")})))
             .await?;
-        if !resp.status().is_success() {
-            bail!("emit failed: {}", resp.status());
-        }
-        for _ in 0..n {
-            let at = tokio::time::timeout(Duration::from_secs(60), arrive_rx.recv())
-                .await
-                .context("a client never got the event")?;
-            latencies.push(at.context("arrivals closed")?.saturating_duration_since(sent));
-        }
-    }
     for t in tasks {
         t.abort();
     }
     peer.child.kill().await.ok();
-    latencies.sort();
     Ok(FanOut { latencies, connect, kib_per_subscriber: per_sub })
 }
 

@@ -1469,12 +1469,15 @@ fn queued_writes_go_as_soon_as_the_feed_is_live_again_not_at_the_end_of_their_ba
     panic!("no socket attempt after 8 failed batches within 50 min");
 }
 
+/// How many boards these outputs save to the persistent cache.
+fn cache_puts(out: &[Output]) -> usize {
+    out.iter().filter(|o| matches!(o, Output::Persist(PersistOp::CachePut { .. }))).count()
+}
+
 #[test]
 fn a_burst_of_changes_is_saved_to_the_persistent_cache_once() {
     let mut d = Driver::leader();
     d.live_on_board(3);
-    let cache_puts =
-        |out: &[Output]| out.iter().filter(|o| matches!(o, Output::Persist(PersistOp::CachePut { .. }))).count();
     let mut during = 0;
     for i in 0..50u64 {
         let out = d.server(changes(4 + i, vec![ChangeOp::CardUpserted { card: card(2, 10, &format!("t{i}"), 2 + i) }]));
@@ -1502,8 +1505,6 @@ fn a_burst_of_changes_is_saved_to_the_persistent_cache_once() {
 fn a_steady_stream_of_changes_is_saved_to_the_persistent_cache_every_ten_seconds_not_every_change() {
     let mut d = Driver::leader();
     d.live_on_board(3);
-    let cache_puts =
-        |out: &[Output]| out.iter().filter(|o| matches!(o, Output::Persist(PersistOp::CachePut { .. }))).count();
     // One change a second for a minute: serialising a 1,000-card board once a second would cost every change.
     let mut puts = 0;
     for i in 0..60u64 {

@@ -284,6 +284,7 @@ impl<M: Model> Engine<M> {
             }
             TabMessage::Changes { stream, changes } => {
                 if self.is_leader() {
+                    // Another leader's, during a handover: this one has the changes from the server itself.
                 } else if !self.env.visible {
                     self.hold_changes(stream, changes);
                 } else {

@@ -408,7 +408,15 @@ async fn big_board() -> anyhow::Result<()> {
         );
         tab.page().execute(EnableParams::default()).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
+        // `BENCH_TRACE_SCROLL=FILE`: a Chromium trace of the scrolling on the biggest board.
+        let trace = match std::env::var("BENCH_TRACE_SCROLL") {
+            Ok(file) if n >= biggest => Some((file, start_trace(&tab).await?)),
+            _ => None,
+        };
         let gaps: Vec<f64> = serde_json::from_str(&tab.eval::<String>(SCROLL).await?)?;
+        if let Some((file, collect)) = trace {
+            end_trace(&tab, &file, collect).await?;
+        }
         let scroll = format!(
             "{:.0} ({:.0})",
             1000.0 * gaps.len() as f64 / gaps.iter().sum::<f64>().max(1.0),

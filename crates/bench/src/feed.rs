@@ -273,13 +273,7 @@ async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<FanOut> {
             tokio::task::yield_now().await;
         }
     }
-    for _ in 0..n {
-        tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await.context("subscribers never synced")?;
-    }
-    let connect = started.elapsed();
-    // Let allocations settle before reading the servers' memory.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let per_sub = (setup.resident_kib()?.saturating_sub(rss_before)) as f64 / n as f64;
+    let (connect, per_sub) = all_ready(n, &mut ready_rx, started, rss_before, || setup.resident_kib()).await?;
 
     let url = format!("{base}/api/cards/{}", setup.card_id);
     let latencies = rounds_of(n, rounds, &mut arrive_rx, |round| {
@@ -290,6 +284,23 @@ async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<FanOut> {
         t.abort();
     }
     Ok(FanOut { latencies, connect, kib_per_subscriber: per_sub })
+}
+
+/// Waits for all `n` subscribers to say they are ready: how long connecting them took since `started`, and the
+/// server memory each costs (`resident` now, less `rss_before`, once allocations settle).
+async fn all_ready(
+    n: usize,
+    ready: &mut mpsc::Receiver<()>,
+    started: Instant,
+    rss_before: u64,
+    resident: impl Fn() -> Result<u64>,
+) -> Result<(Duration, f64)> {
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(120), ready.recv()).await.context("subscribers never got ready")?;
+    }
+    let connect = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok((connect, resident()?.saturating_sub(rss_before) as f64 / n as f64))
 }
 
 /// `rounds` times: sends the request `round` makes and waits for all `n` subscribers to report its arrival; the
@@ -389,12 +400,7 @@ async fn fan_out_socketio(script: &std::path::Path, n: usize, rounds: usize) -> 
             tokio::task::yield_now().await;
         }
     }
-    for _ in 0..n {
-        tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await.context("clients never connected")?;
-    }
-    let connect = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let per_sub = resident_kib(pid)?.saturating_sub(rss_before) as f64 / n as f64;
+    let (connect, per_sub) = all_ready(n, &mut ready_rx, started, rss_before, || resident_kib(pid)).await?;
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{}/emit", peer.port);
     let latencies =

@@ -6,8 +6,8 @@ use serde_json::json;
 use syncline_engine::*;
 use syncline_kanban::{
     Board, BoardSnapshot, BoardSummary, Card, Change, ChangeOp, ClientMessage, Column, ColumnSummary, Kanban,
-    KanbanViews, MoveCard, QueryData, QueryKey, ServerMessage, StreamId, UpdateCard, WriteBatch, WriteBatchResult,
-    WriteOp, WriteOutcome,
+    KanbanViews, MoveCard, QueryData, QueryKey, ServerMessage, StreamId, StreamName, UpdateCard, WriteBatch,
+    WriteBatchResult, WriteOp, WriteOutcome,
 };
 use uuid::Uuid;
 
@@ -1001,14 +1001,19 @@ fn a_follower_makes_no_requests_and_routes_its_writes_through_the_leader() {
     assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[1].title, "via leader");
 }
 
-#[test]
-fn a_hidden_follower_holds_the_changes_and_applies_them_in_one_step_when_shown_telling_its_views_once() {
+/// A follower with the board (at cursor 3, as the leader shared it), hidden: its engine, the board's key and stream.
+fn hidden_follower_on_the_board() -> (Driver, QueryKey, StreamName) {
     let mut d = Driver::new(Preferences::default());
     let key = QueryKey::Board(id(BOARD));
     d.input(Input::Subscribe(key));
     d.input(Input::Tab(TabMessage::Data { key, data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
     d.input(Input::Visibility { visible: false });
-    let stream = StreamId::Board(id(BOARD)).name();
+    (d, key, StreamId::Board(id(BOARD)).name())
+}
+
+#[test]
+fn a_hidden_follower_holds_the_changes_and_applies_them_in_one_step_when_shown_telling_its_views_once() {
+    let (mut d, key, stream) = hidden_follower_on_the_board();
     let mut out = Vec::new();
     for i in 0..30u64 {
         out.extend(d.input(Input::Tab(TabMessage::Changes {
@@ -1055,12 +1060,7 @@ fn a_hidden_follower_holds_the_changes_and_applies_them_in_one_step_when_shown_t
 
 #[test]
 fn a_follower_hidden_for_hours_drops_what_it_held_and_asks_the_leader_once_when_shown() {
-    let mut d = Driver::new(Preferences::default());
-    let key = QueryKey::Board(id(BOARD));
-    d.input(Input::Subscribe(key));
-    d.input(Input::Tab(TabMessage::Data { key, data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
-    d.input(Input::Visibility { visible: false });
-    let stream = StreamId::Board(id(BOARD)).name();
+    let (mut d, key, stream) = hidden_follower_on_the_board();
     // More changes than a hidden tab keeps (about an hour of one a second): memory stays bounded.
     for i in 0..5_000u64 {
         let op = ChangeOp::CardUpserted { card: card(2, 20, &format!("change {i}"), 2 + i) };

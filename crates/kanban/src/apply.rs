@@ -107,17 +107,7 @@ fn apply_to_board(snap: &mut BoardSnapshot, op: &ChangeOp) -> Applied {
             if !snap.columns.iter().any(|c| c.id == card.column_id) {
                 return Applied::CannotApply;
             }
-            match snap.cards.iter_mut().find(|c| c.id == card.id) {
-                Some(existing) if existing.version >= card.version => Applied::Unchanged,
-                Some(existing) => {
-                    *existing = Arc::new(card.clone());
-                    Applied::Changed
-                }
-                None => {
-                    snap.cards.push(Arc::new(card.clone()));
-                    Applied::Changed
-                }
-            }
+            changed(upsert(&mut snap.cards, &Arc::new(card.clone()), |c| c.id, |c| c.version))
         }
         ChangeOp::CardPatched { id, version, title, description, column_id, position } => {
             if column_id.is_some_and(|col| !snap.columns.iter().any(|c| c.id == col)) {

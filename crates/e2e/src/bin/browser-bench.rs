@@ -46,6 +46,19 @@ async fn board_with_a_card(h: &Harness) -> anyhow::Result<(Uuid, Uuid, Uuid)> {
     Ok((board, column, card))
 }
 
+/// Renames `card` to "bench 0", "bench 1", … once a second for `seconds`: each title with when it was written.
+async fn rename_every_second(h: &Harness, card: Uuid, seconds: u64) -> anyhow::Result<Vec<(String, f64)>> {
+    let mut sent = Vec::new();
+    for i in 0..seconds {
+        let title = format!("bench {i}");
+        sent.push((title.clone(), wall_ms()));
+        h.write(WriteOp::UpdateCard { id: card, body: UpdateCard { title: Some(title), ..Default::default() } })
+            .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(sent)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
@@ -89,14 +102,7 @@ async fn main() -> anyhow::Result<()> {
         open[0].show().await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = h.stats().requests_total();
-        let mut sent = Vec::new();
-        for i in 0..seconds {
-            let title = format!("bench {i}");
-            sent.push((title.clone(), wall_ms()));
-            h.write(WriteOp::UpdateCard { id: card, body: UpdateCard { title: Some(title), ..Default::default() } })
-                .await?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        let sent = rename_every_second(&h, card, seconds).await?;
         let requests = h.stats().requests_total() - before;
         let sockets = h.open_websockets();
         let latency = |seen: Vec<(String, f64)>| -> Vec<f64> {
@@ -663,14 +669,7 @@ async fn peer_run(page: &str, tabs: usize, seconds: u64) -> anyhow::Result<PeerR
         Some(tab) if tabs > 1 => Some(busy_ms(tab).await?.0),
         _ => None,
     };
-    let mut sent = Vec::new();
-    for i in 0..seconds {
-        let title = format!("bench {i}");
-        sent.push((title.clone(), wall_ms()));
-        h.write(WriteOp::UpdateCard { id: card, body: UpdateCard { title: Some(title), ..Default::default() } })
-            .await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let sent = rename_every_second(&h, card, seconds).await?;
     let requests = h.stats().requests_total() - requests_before;
     let ws_bytes = h.metrics().ws_bytes_out.get() - ws_before;
     let mut fetched = 0.0;

@@ -1,6 +1,6 @@
 //! Sync made visible: the connection badge, the freshness line of each view, the preferences and metrics panels
 //! and the ARIA live region that announces connection changes. Everything here reads the runtime; the only
-//! timer is the one-second clock that makes ages and countdowns tick on screen.
+//! timer is the one-second clock that makes ages and countdowns tick on screen (only while the page is visible).
 
 use std::time::Duration;
 
@@ -31,7 +31,25 @@ pub fn provide() -> SyncSignals {
         Notification::Preferences => s.prefs.update(|v| *v += 1),
         _ => {}
     });
-    set_interval(move || s.now.set(rt().now()), Duration::from_secs(1));
+    // The clock ticks only while the page is visible: a hidden tab shows nobody an age, and a timer a second is
+    // most of what an asleep tab would still spend. Shown, it reads the time at once and ticks again.
+    let tick: StoredValue<Option<IntervalHandle>, LocalStorage> = StoredValue::new_local(None);
+    let follow_visibility = move || {
+        let hidden = document().hidden();
+        match tick.try_update_value(|t| t.take()).flatten() {
+            Some(handle) if hidden => handle.clear(),
+            Some(handle) => tick.set_value(Some(handle)),
+            None if hidden => {}
+            None => {
+                s.now.set(rt().now());
+                let handle = set_interval_with_handle(move || s.now.set(rt().now()), Duration::from_secs(1)).ok();
+                tick.set_value(handle);
+            }
+        }
+    };
+    follow_visibility();
+    // The app's root lives as long as the page: the listener is never removed.
+    std::mem::forget(window_event_listener_untyped("visibilitychange", move |_| follow_visibility()));
     provide_context(s);
     s
 }

@@ -29,6 +29,9 @@ pub struct EngineConfig {
     /// Presence heartbeat between tabs; a tab silent for `peer_timeout_ms` is considered gone.
     pub presence_interval_ms: Millis,
     pub peer_timeout_ms: Millis,
+    /// A follower hidden this long falls asleep: it stops listening to the other tabs (no message, no timer but a
+    /// heartbeat a minute) until it is shown or takes the lead, and then asks the leader for what it shows.
+    pub hidden_sleep_ms: Millis,
     /// Writes per batch request.
     pub max_batch_writes: usize,
     /// Where the server's sync endpoints are.
@@ -87,6 +90,7 @@ impl Default for EngineConfig {
             longpoll_wait_s: 25,
             presence_interval_ms: 2_000,
             peer_timeout_ms: 5_000,
+            hidden_sleep_ms: 2_000,
             max_batch_writes: 20,
             endpoints: Endpoints::default(),
             #[cfg(feature = "bug-injection")]

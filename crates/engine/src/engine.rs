@@ -72,6 +72,9 @@ pub struct Engine<M: Model> {
     pub(crate) outbox_loads_issued: u32,
     outbox_loads_done: u32,
     pub(crate) lead_after_load: Option<u32>,
+    /// The outbox read asked for when this tab woke (`Engine::wake`): its answer says which writes settled while
+    /// it slept.
+    pub(crate) woke_load: Option<u32>,
     pub(crate) metrics: Metrics,
     /// The session ended (401, or the feed closed with 4001): no more requests.
     pub(crate) signed_out: bool,
@@ -125,6 +128,7 @@ impl<M: Model> Engine<M> {
             outbox_loads_issued: 1,
             outbox_loads_done: 0,
             lead_after_load: None,
+            woke_load: None,
             metrics: Metrics::default(),
             signed_out: false,
             out: VecDeque::new(),
@@ -158,6 +162,10 @@ impl<M: Model> Engine<M> {
             Input::Preferences(prefs) => self.on_preferences(prefs),
             Input::OutboxLoaded { outbox } => {
                 self.outbox_loads_done += 1;
+                if self.woke_load.is_some_and(|n| self.outbox_loads_done >= n) {
+                    self.woke_load = None;
+                    self.settled_while_asleep(&outbox);
+                }
                 self.on_outbox_loaded(outbox);
                 if self.lead_after_load.is_some_and(|n| self.outbox_loads_done >= n) {
                     self.lead_after_load = None;
@@ -215,7 +223,7 @@ impl<M: Model> Engine<M> {
     pub fn next_timer(&self) -> Option<(Millis, Timer)> {
         let mut soonest = Soonest::after(self.now);
         let leader = self.is_leader();
-        self.tabs.poll_timeout(self.cfg.peer_timeout_ms, self.cfg.hidden_grace_ms, &mut soonest);
+        self.tabs.poll_timeout(&self.cfg, &mut soonest);
         self.transport.poll_timeout(leader, self.cfg.ping_interval_ms, &mut soonest);
         self.queries.poll_timeout(leader, self.cfg.gc_time_ms, &mut soonest);
         self.outbox.poll_timeout(leader, &mut soonest);
@@ -465,6 +473,7 @@ impl<M: Model> Engine<M> {
             self.apply_held_changes();
         }
         self.presence_and_peers();
+        self.fall_asleep_if_due();
         self.gc();
         if self.signed_out {
             // Nothing more goes to the server; the tabs still talk among themselves.

@@ -210,7 +210,12 @@ impl<M: Model> Engine<M> {
     /// The leader is handed a write a follower holds: settled already → say so again; new → take it and tell
     /// every tab it is queued; known → nothing to do.
     pub(crate) fn on_handed_over(&mut self, write: PendingWrite<M>) {
-        if self.outbox.writes.contains_key(&write.write_id) {
+        if let Some(known) = self.outbox.writes.get(&write.write_id) {
+            if known.conflict.is_some() && write.conflict.is_none() {
+                // The tab did not hear of the conflict (it was asleep): tell it again (tabs that know ignore it).
+                let write = known.clone();
+                self.out.push_back(Output::Broadcast(TabMessage::WriteQueued { write }));
+            }
             return;
         }
         let settled = self.outbox.settled.contains(&write.write_id);

@@ -23,6 +23,19 @@ pub(crate) struct Peer<M: Model> {
     pub interests: BTreeSet<M::Key>,
     /// Those of its interests it marked critical.
     pub critical: BTreeSet<M::Key>,
+    /// It said it fell asleep (`TabMessage::Asleep`): it hears nothing and speaks once a minute.
+    pub asleep: bool,
+}
+
+impl<M: Model> Peer<M> {
+    fn new(visible: bool, leader: bool, last_seen: Millis) -> Peer<M> {
+        Peer { visible, leader, last_seen, interests: BTreeSet::new(), critical: BTreeSet::new(), asleep: false }
+    }
+
+    /// Silent this long, it is gone (crashed, or frozen by the browser).
+    fn timeout(&self, awake: Millis) -> Millis {
+        if self.asleep { ASLEEP_PEER_TIMEOUT_MS } else { awake }
+    }
 }
 
 /// The tabs' state.
@@ -36,6 +49,10 @@ pub(crate) struct Tabs<M: Model> {
     pub leader_hidden_since: Option<Millis>,
     /// This follower was shown at this time and waits for a leader to answer its presence.
     pub leader_check_since: Option<Millis>,
+    /// Since when this follower is hidden (it falls asleep `hidden_sleep_ms` later).
+    pub hidden_since: Option<Millis>,
+    /// This hidden follower stopped listening to the other tabs (`Engine::fall_asleep`).
+    pub asleep: bool,
 }
 
 impl<M: Model> Tabs<M> {
@@ -46,6 +63,8 @@ impl<M: Model> Tabs<M> {
             no_visible_since: None,
             leader_hidden_since: None,
             leader_check_since: None,
+            hidden_since: None,
+            asleep: false,
         }
     }
 
@@ -75,11 +94,16 @@ impl<M: Model> Tabs<M> {
     }
 
     /// When the tabs part next needs the engine.
-    pub fn poll_timeout(&self, cfg_peer_timeout: Millis, hidden_grace: Millis, soonest: &mut Soonest) {
+    pub fn poll_timeout(&self, cfg: &crate::config::EngineConfig, soonest: &mut Soonest) {
         soonest.at(self.next_presence, Timer::Presence);
-        for p in self.peers.values() {
-            soonest.at(p.last_seen + cfg_peer_timeout, Timer::PeerTimeout);
+        if self.asleep {
+            return; // its heartbeat, nothing else: it hears no one
         }
+        let (cfg_peer_timeout, hidden_grace) = (cfg.peer_timeout_ms, cfg.hidden_grace_ms);
+        for p in self.peers.values() {
+            soonest.at(p.last_seen + p.timeout(cfg_peer_timeout), Timer::PeerTimeout);
+        }
+        soonest.maybe(self.hidden_since.map(|t| t + cfg.hidden_sleep_ms), Timer::Sleep);
         soonest.maybe(self.no_visible_since.map(|t| t + hidden_grace), Timer::HiddenGrace);
         soonest.maybe(self.leader_hidden_since.map(|t| t + LEADER_HANDOVER_DELAY_MS), Timer::LeaderHandover);
         soonest.maybe(self.leader_check_since.map(|t| t + LEADER_ANSWER_MS), Timer::LeaderAnswer);
@@ -88,6 +112,12 @@ impl<M: Model> Tabs<M> {
 
 /// Changes a hidden follower holds at most (`hold_changes`); about an hour of one change a second.
 pub(crate) const MAX_HELD_CHANGES: usize = 4_000;
+
+/// An asleep follower's heartbeat. Browsers run a hidden page's timers at most once a minute after a while
+/// (Chromium's intensive throttling), so more often would not be kept anyway.
+pub(crate) const ASLEEP_PRESENCE_MS: Millis = 60_000;
+/// An asleep tab silent this long is gone (a heartbeat may come up to a minute late under throttling).
+const ASLEEP_PEER_TIMEOUT_MS: Millis = 3 * ASLEEP_PRESENCE_MS;
 
 /// How long a visible follower waits before taking leadership from a hidden leader.
 const LEADER_HANDOVER_DELAY_MS: Millis = 500;
@@ -113,6 +143,11 @@ impl<M: Model> Engine<M> {
     }
 
     pub(crate) fn announce(&mut self) {
+        if self.tabs.asleep {
+            self.tabs.next_presence = self.now + ASLEEP_PRESENCE_MS;
+            self.out.push_back(Output::Broadcast(TabMessage::Asleep { tab: self.tab, sent_at: self.epoch_now() }));
+            return;
+        }
         self.tabs.next_presence = self.now + self.cfg.presence_interval_ms;
         self.out.push_back(Output::Broadcast(TabMessage::Presence {
             tab: self.tab,
@@ -138,6 +173,10 @@ impl<M: Model> Engine<M> {
             return;
         }
         self.env.visible = visible;
+        self.tabs.hidden_since = if visible { None } else { Some(self.now) };
+        if visible && self.tabs.asleep {
+            self.wake();
+        }
         self.announce();
         if visible {
             self.apply_held_changes();
@@ -191,6 +230,75 @@ impl<M: Model> Engine<M> {
         }
     }
 
+    /// A follower hidden for `hidden_sleep_ms` stops listening to the other tabs: nobody looks at it, and every
+    /// message it would hear — changes, heartbeats, statuses — costs the page main-thread time and garbage for
+    /// nothing. It tells the leader, which keeps its interests fresh (so waking is one `Data` away), drops what
+    /// it held (the leader's data replaces it), hears nothing and says only its once-a-minute `Asleep`. It wakes
+    /// when shown or when it takes the lead (`wake`).
+    pub(crate) fn fall_asleep_if_due(&mut self) {
+        let due = self.tabs.hidden_since.is_some_and(|since| self.now >= since + self.cfg.hidden_sleep_ms);
+        if !due || self.tabs.asleep || self.env.visible || self.is_leader() || self.lead_after_load.is_some() {
+            return;
+        }
+        self.tabs.hidden_since = None;
+        self.tabs.asleep = true;
+        self.tabs.peers.clear();
+        // Kept, for a tab that wakes to lead while hidden: no tab was visible since then, as far as it knows (if
+        // one was, since now); the others' presence corrects it once it listens again.
+        self.tabs.no_visible_since.get_or_insert(self.now);
+        self.tabs.leader_check_since = None;
+        self.tabs.leader_hidden_since = None;
+        self.held_changes.clear();
+        self.held_dropped.clear();
+        self.held_count = 0;
+        // What it has is no longer kept current: if it wakes to lead, it must not share it as such.
+        for q in self.queries.map.values_mut() {
+            q.invalidated = true;
+        }
+        self.announce();
+        self.out.push_back(Output::ListenToTabs(false));
+    }
+
+    /// Listens again (the caller announces it); the leader answers its presence, and this tab, seeing a leader
+    /// it does not know, tells it what it needs (`send_interest`: the leader shares the data). The writes it
+    /// holds may have settled while it slept: it reads the stored outbox first (`settled_while_asleep`) and
+    /// hands the leader only those still stored (the leader re-sends the conflicts awaiting a choice).
+    fn wake(&mut self) {
+        self.tabs.asleep = false;
+        self.out.push_back(Output::ListenToTabs(true));
+        self.outbox_loads_issued += 1;
+        self.woke_load = Some(self.outbox_loads_issued);
+        self.out.push_back(Output::Load(Load::Outbox));
+    }
+
+    /// The stored outbox as read on waking: a write this tab holds (and knows stored) that is no longer stored
+    /// settled while it slept — its entry is deleted when it settles. Forget it; hand the others to the leader.
+    pub(crate) fn settled_while_asleep(&mut self, stored: &[PendingWrite<M>]) {
+        let stored_ids: BTreeSet<uuid::Uuid> = stored.iter().map(|w| w.write_id).collect();
+        let gone: Vec<uuid::Uuid> = self
+            .outbox
+            .writes
+            .keys()
+            .filter(|id| !stored_ids.contains(id) && !self.outbox.unstored.contains(id))
+            .copied()
+            .collect();
+        for write_id in gone {
+            self.settle(write_id, Settled::Earlier);
+        }
+        if !self.is_leader() && self.tabs.leader_known() {
+            self.hand_over_writes();
+        }
+    }
+
+    /// Hands the leader the writes this tab holds and has stored.
+    fn hand_over_writes(&mut self) {
+        let queued: Vec<PendingWrite<M>> =
+            self.outbox.writes.values().filter(|w| !self.outbox.unstored.contains(&w.write_id)).cloned().collect();
+        for write in queued {
+            self.out.push_back(Output::Broadcast(TabMessage::HandOver { write }));
+        }
+    }
+
     /// Changes the leader shared, applied to this follower's copies.
     fn apply_shared_changes(&mut self, stream: &StreamName, changes: &[Change<M::Change>]) {
         self.apply_changes(stream, changes);
@@ -212,8 +320,22 @@ impl<M: Model> Engine<M> {
     }
 
     pub(crate) fn on_tab(&mut self, msg: TabMessage<M>) {
+        if self.tabs.asleep {
+            return; // not listening (a driver closes the channel; a message already on its way is not heard)
+        }
         match msg {
-            TabMessage::Presence { tab, visible, leader, sent_at } => self.on_presence(tab, visible, leader, sent_at),
+            TabMessage::Presence { tab, visible, leader, sent_at } => {
+                self.on_presence(tab, visible, leader, sent_at);
+                if let Some(p) = self.tabs.peers.get_mut(&tab) {
+                    p.asleep = false;
+                }
+            }
+            TabMessage::Asleep { tab, sent_at } => {
+                self.on_presence(tab, false, false, sent_at);
+                if let Some(p) = self.tabs.peers.get_mut(&tab) {
+                    p.asleep = true;
+                }
+            }
             TabMessage::Revoked { stream } => {
                 if !self.is_leader() {
                     self.revoke_stream(&stream);
@@ -224,13 +346,7 @@ impl<M: Model> Engine<M> {
                 self.tabs.peers.remove(&tab);
             }
             TabMessage::Interest { tab, keys, critical } => {
-                let peer = self.tabs.peers.entry(tab).or_insert(Peer {
-                    visible: false,
-                    leader: false,
-                    last_seen: self.now,
-                    interests: BTreeSet::new(),
-                    critical: BTreeSet::new(),
-                });
+                let peer = self.tabs.peers.entry(tab).or_insert(Peer::new(false, false, self.now));
                 peer.interests = keys.iter().cloned().collect();
                 peer.critical = critical.into_iter().collect();
                 if self.is_leader() {
@@ -340,25 +456,22 @@ impl<M: Model> Engine<M> {
             // and that this leader is awake (a shown tab whose leader does not answer takes over at once).
             self.announce();
             self.send_status();
+            if self.signed_out {
+                // A tab that was asleep when the session ended did not hear it.
+                self.out.push_back(Output::Broadcast(TabMessage::SignedOut));
+            }
         }
-        let peer = self.tabs.peers.entry(tab).or_insert(Peer {
-            visible,
-            leader,
-            last_seen: said_at,
-            interests: BTreeSet::new(),
-            critical: BTreeSet::new(),
-        });
+        let peer = self.tabs.peers.entry(tab).or_insert(Peer::new(visible, leader, said_at));
         peer.visible = visible;
         peer.leader = leader;
         peer.last_seen = peer.last_seen.max(said_at);
         let new_leader = leader && was.is_none_or(|(_, l)| !l);
         if new_leader && !self.is_leader() {
-            // A (new) leader: tell it what this tab needs, and hand it the writes this tab holds (stored).
+            // A (new) leader: tell it what this tab needs, and hand it the writes this tab holds (stored) — once it
+            // knows which are still stored, if it just woke.
             self.send_interest();
-            let queued: Vec<PendingWrite<M>> =
-                self.outbox.writes.values().filter(|w| !self.outbox.unstored.contains(&w.write_id)).cloned().collect();
-            for write in queued {
-                self.out.push_back(Output::Broadcast(TabMessage::HandOver { write }));
+            if self.woke_load.is_none() {
+                self.hand_over_writes();
             }
         }
     }
@@ -368,13 +481,16 @@ impl<M: Model> Engine<M> {
         if self.now >= self.tabs.next_presence {
             self.announce();
         }
+        if self.tabs.asleep {
+            return; // it hears no one: nobody to time out, no visibility to track
+        }
         let timeout = self.cfg.peer_timeout_ms;
         let now = self.now;
         // A visible tab that fell silent was last visible when it timed out — which may be a while ago if this
         // tab was frozen and only noticed now: the grace period runs from then.
         let mut visible_until: Option<Millis> = None;
         self.tabs.peers.retain(|_, p| {
-            let alive = now < p.last_seen + timeout;
+            let alive = now < p.last_seen + p.timeout(timeout);
             if !alive && p.visible {
                 visible_until = visible_until.max(Some(p.last_seen + timeout));
             }
@@ -430,6 +546,10 @@ impl<M: Model> Engine<M> {
     pub(crate) fn on_lock_granted(&mut self) {
         if self.is_leader() {
             return;
+        }
+        if self.tabs.asleep {
+            self.wake();
+            self.announce();
         }
         self.outbox_loads_issued += 1;
         self.lead_after_load = Some(self.outbox_loads_issued);

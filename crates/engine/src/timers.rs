@@ -10,6 +10,8 @@ pub enum Timer {
     Presence,
     /// A peer tab falls silent for good (crashed).
     PeerTimeout,
+    /// A follower hidden for `hidden_sleep_ms` stops listening to the other tabs.
+    Sleep,
     /// No tab has been visible for the hidden grace period: let go of the network.
     HiddenGrace,
     /// Take leadership from a hidden leader.

@@ -609,6 +609,9 @@ impl<M: Model> Engine<M> {
         t.socket_failures = 0;
         t.reconnect_attempts = 0;
         t.mode = Mode::Socket;
+        // What the server answered when this tab led before says nothing about now.
+        t.http_answered = false;
+        t.socket_blamed = false;
     }
 
     /// The earliest time a long-poll or probe is due (for status text).

@@ -185,6 +185,14 @@ pub enum TabMessage<M: Model> {
         #[serde(default)]
         sent_at: u64,
     },
+    /// A hidden follower stopped listening to the other tabs (it wakes when shown or when it takes the lead, and
+    /// then announces itself with `Presence`). Sent when it falls asleep and as its heartbeat while asleep (once
+    /// a minute): the leader keeps its interests fresh, so it is current as soon as it wakes.
+    Asleep {
+        tab: TabId,
+        #[serde(default)]
+        sent_at: u64,
+    },
     /// A tab is gone (closed); crashed tabs are noticed by their missing heartbeat.
     Goodbye { tab: TabId },
     /// Leader → all: the server revoked this user's access to a stream; drop what it holds.
@@ -419,6 +427,9 @@ pub enum Output<M: Model> {
         id: RequestId,
     },
     Broadcast(TabMessage<M>),
+    /// Receive the other tabs' messages (`true`, the start) or not (`false`: a hidden follower fell asleep —
+    /// close the channel, so the browser does not even deliver them). `Broadcast` works either way.
+    ListenToTabs(bool),
     Persist(PersistOp<M>),
     Load(Load<M>),
     Notify(Notification<M>),

@@ -1026,7 +1026,7 @@ fn a_hidden_follower_holds_the_changes_and_applies_them_in_one_step_when_shown_t
                 op: ChangeOp::CardUpserted { card: card(2, 20, &format!("change {i}"), 2 + i) },
             }],
         })));
-        out.extend(d.advance(1_000));
+        out.extend(d.advance(50)); // within `hidden_sleep_ms`: it holds (later it sleeps)
     }
     assert!(
         !out.iter().any(|o| matches!(
@@ -1056,6 +1056,118 @@ fn a_hidden_follower_holds_the_changes_and_applies_them_in_one_step_when_shown_t
     let settled = Settled::Rejected { status: 422, body: json!({"error": "refused", "message": "no"}) };
     let out = d.input(Input::Tab(TabMessage::WriteSettled { write_id, settled }));
     assert!(out.iter().any(|o| matches!(o, Output::Notify(Notification::WriteRejected { .. }))), "{out:?}");
+}
+
+/// The engine's next deadline (after draining its outputs).
+fn next_deadline(d: &mut Driver) -> Millis {
+    loop {
+        if let Output::Timeout(t) = d.e.poll_output() {
+            return t;
+        }
+    }
+}
+
+#[test]
+fn a_follower_hidden_for_two_seconds_falls_asleep_hears_nothing_and_is_current_once_shown() {
+    let (mut d, key, stream) = hidden_follower_on_the_board();
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));
+    // Hidden for two seconds: it tells the others and stops listening.
+    let out = d.advance(2_000);
+    let asleep_at = out.iter().position(|o| matches!(o, Output::Broadcast(TabMessage::Asleep { tab: 1, .. })));
+    let closed_at = out.iter().position(|o| *o == Output::ListenToTabs(false));
+    assert!(asleep_at.is_some() && closed_at.is_some(), "{out:?}");
+    assert!(asleep_at < closed_at, "it says so before it stops listening: {out:?}");
+    // Asleep: nothing to do but a heartbeat a minute — no timer sooner, no message but `Asleep`.
+    assert!(next_deadline(&mut d) >= d.now + 59_000, "{:?}", d.e.next_timer());
+    let out = d.advance(10 * 60_000);
+    assert!(out.iter().all(|o| matches!(o, Output::Broadcast(TabMessage::Asleep { .. }))), "{out:?}");
+    assert!((9..=11).contains(&out.len()), "one heartbeat a minute: {}", out.len());
+    // A message a driver delivers anyway (it was on its way) is not acted on.
+    let op = ChangeOp::CardUpserted { card: card(2, 20, "late", 4) };
+    let change = Change { stream: stream.clone(), cursor: 4, at_ms: 0, write_id: None, op };
+    assert!(d.input(Input::Tab(TabMessage::Changes { stream, changes: vec![change] })).is_empty());
+    // Shown: it listens again before it announces itself; the leader answers and is told what this tab shows.
+    let out = d.input(Input::Visibility { visible: true });
+    let open_at = out.iter().position(|o| *o == Output::ListenToTabs(true));
+    let presence_at = out
+        .iter()
+        .position(|o| matches!(o, Output::Broadcast(TabMessage::Presence { visible: true, leader: false, .. })));
+    assert!(open_at.is_some() && open_at < presence_at, "{out:?}");
+    let out = d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Interest { keys, .. }) if keys.contains(&key))),
+        "{out:?}"
+    );
+    let mut current = snapshot(700);
+    current.cards[1] = card(2, 20, "while asleep", 600).into();
+    let out = d.input(Input::Tab(TabMessage::Data { key, data: QueryData::Board(current), fetched_at: 0 }));
+    assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[1].title, "while asleep");
+    assert!(out.iter().any(|o| matches!(o, Output::Notify(Notification::Query { key: k }) if *k == key)));
+}
+
+#[test]
+fn a_tab_that_wakes_to_lead_does_not_share_what_it_had_before_it_slept_as_current() {
+    let (mut d, key, _) = hidden_follower_on_the_board();
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));
+    d.advance(60_000); // asleep: the changes of this minute went by unheard
+    let out = d.lead();
+    assert!(out.contains(&Output::ListenToTabs(true)), "{out:?}");
+    // Another tab asks for the board: the new leader does not pass on its old copy (it catches up first).
+    let out = d.input(Input::Tab(TabMessage::Interest { tab: 5, keys: vec![key], critical: vec![] }));
+    let out = [out, d.advance(100)].concat();
+    assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Data { .. }))), "{out:?}");
+}
+
+#[test]
+fn a_leader_keeps_an_asleep_tab_s_board_fresh_and_shares_it_at_once_when_the_tab_wakes() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let key = QueryKey::Board(id(BOARD));
+    d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: false, leader: false, sent_at: 0 }));
+    d.input(Input::Tab(TabMessage::Interest { tab: 5, keys: vec![key], critical: vec![] }));
+    d.input(Input::Unsubscribe(key));
+    // Tab 5 falls asleep; it speaks once a minute for three minutes (the awake timeout is 5 s).
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        d.input(Input::Tab(TabMessage::Asleep { tab: 5, sent_at: 0 }));
+        out.extend(d.advance(60_000));
+    }
+    assert!(
+        !sends(&out).iter().any(|m| matches!(m, ClientMessage::Unsubscribe { .. })),
+        "the board is still followed for the asleep tab: {out:?}"
+    );
+    // It wakes: its board is shared from memory, not fetched.
+    d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: true, leader: false, sent_at: 0 }));
+    let out = d.input(Input::Tab(TabMessage::Interest { tab: 5, keys: vec![key], critical: vec![] }));
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Data { key: k, .. }) if *k == key)),
+        "{out:?}"
+    );
+    assert!(http(&out).is_empty(), "{out:?}");
+    // An asleep tab that falls silent (closed while frozen) is forgotten, and so, in time, is its board.
+    d.input(Input::Tab(TabMessage::Asleep { tab: 5, sent_at: 0 }));
+    let out = d.advance(3 * 60_000 + EngineConfig::default().gc_time_ms + 60_000);
+    assert!(sends(&out).iter().any(|m| matches!(m, ClientMessage::Unsubscribe { .. })), "{out:?}");
+}
+
+#[test]
+fn a_tab_that_slept_through_a_conflict_or_a_sign_out_hears_of_it_when_it_wakes() {
+    // The leader holds a write in conflict; a tab that slept through it hands the write over when it wakes.
+    let mut d = Driver::leader();
+    let mut w = heard_write(7001, "mine");
+    w.conflict = Some(Conflict { current: json!({"title": "theirs"}), at: vec![] });
+    d.input(Input::Tab(TabMessage::WriteQueued { write: w.clone() }));
+    w.conflict = None;
+    let out = d.input(Input::Tab(TabMessage::HandOver { write: w }));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Broadcast(TabMessage::WriteQueued { write }) if write.conflict.is_some())),
+        "{out:?}"
+    );
+    // Signed out: a tab that wakes (its presence changes) is told.
+    d.input(Input::SignOut);
+    let out = d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: true, leader: false, sent_at: 0 }));
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::SignedOut))), "{out:?}");
 }
 
 #[test]
@@ -1395,6 +1507,33 @@ fn when_long_polls_fail_too_the_status_is_reconnecting_with_the_next_attempt_not
     let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)).name(), changes: vec![] };
     d.reply(poll.0, 200, serde_json::to_string(&empty).unwrap());
     assert!(matches!(d.e.status(), ConnectionStatus::Polling { retry_socket_at: Some(_), .. }), "{:?}", d.e.status());
+}
+
+#[test]
+fn a_tab_that_leads_again_does_not_blame_the_socket_on_what_the_server_answered_in_its_earlier_turn() {
+    // Leader once: the server answered its requests.
+    let mut d = Driver::leader();
+    let out = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
+    let (rid, _) = http(&out)[0].clone();
+    d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
+    d.input(Input::LockLost);
+    d.advance(10_000);
+    // Leader again while the server is down: its sockets fail, then its long-poll.
+    d.lead();
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        out = d.input(Input::SocketClosed { code: Some(1006), reason: "refused".into() });
+        if let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() {
+            d.advance(retry_at - d.now);
+        }
+    }
+    let poll = http(&out).into_iter().find(|(_, r)| r.path.starts_with("/api/changes")).expect("long-poll");
+    // The server is back: nothing answered while the sockets failed, so it was the server — the socket is tried
+    // at once, not after a probe interval of long-polling "because the WebSocket is unavailable".
+    let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)).name(), changes: vec![] };
+    let mut out = d.reply(poll.0, 200, serde_json::to_string(&empty).unwrap());
+    out.extend(d.advance(10));
+    assert_eq!(opens(&out), 1, "{:?} {out:?}", d.e.status());
 }
 
 #[test]

@@ -55,8 +55,12 @@ type Notification = syncline_engine::Notification<Kanban>;
 
 /// Faults and user writes happen during this much simulated time.
 pub const FAULT_MS: Millis = 40_000;
-/// A tab shown at the end must be current within this bound (a hidden follower applies what it held).
+/// A tab shown at the end must show the server's data within this bound (a hidden follower applies what it
+/// held; an asleep one wakes and gets the leader's copy).
 pub const SHOWN_MS: Millis = 50;
+/// ... and have no write pending that settled while it slept within this one: it reads the stored outbox when
+/// it wakes (IndexedDB, up to 150 ms in this model, queued behind the tab's earlier requests).
+pub const SHOWN_OUTBOX_MS: Millis = 1_000;
 
 /// After the faults stop, every tab must have converged within this bound.
 pub const SETTLE_MS: Millis = 30_000;
@@ -102,7 +106,8 @@ pub enum Invariant {
     OutboxLeftover,
     /// A card that was deleted in a tab's copy came back in that tab.
     DeletedReappeared,
-    /// A follower showed another connection state than its leader for longer than [`STATUS_BOUND_MS`].
+    /// A follower (awake: not a hidden one that stopped listening) showed another connection state than its leader
+    /// for longer than [`STATUS_BOUND_MS`].
     StatusMismatch,
     /// The leader long-polled ("the WebSocket is unavailable") though no WebSocket was refused by a server that
     /// answered since it was last live.
@@ -301,6 +306,9 @@ struct Tab {
     idb_fifo: Millis,
     /// Frozen by the browser: inputs (and the timer) wait in `held` until it is resumed.
     frozen: bool,
+    /// Its BroadcastChannel is open (`Output::ListenToTabs`): a closed one receives nothing, not even what was
+    /// already on its way.
+    listening: bool,
     held: Vec<Input>,
     /// Cards seen in this tab's copy of the board, and those that left it (deleted).
     cards_seen: BTreeSet<Uuid>,
@@ -526,11 +534,13 @@ impl World {
                 save_data: false,
             };
             let latency = (1, world.rng.random_range(2..40));
-            let cfg = if world.rng.random_bool(0.5) {
+            let mut cfg = if world.rng.random_bool(0.5) {
                 EngineConfig { hidden_grace_ms: 5_000, ..EngineConfig::default() }
             } else {
                 EngineConfig::default()
             };
+            // Hidden followers fall asleep soon, as by default, or late (after holding many changes).
+            cfg.hidden_sleep_ms = [300, 2_000, 20_000][world.rng.random_range(0..3)];
             world.browsers.push(Browser {
                 tabs: Vec::new(),
                 online: true,
@@ -607,8 +617,14 @@ impl World {
             }
         }
         self.run_until(end + SHOWN_MS);
+        if self.violation.is_some() {
+            return;
+        }
+        self.now = end + SHOWN_MS;
+        self.check_shown();
+        self.run_until(end + SHOWN_OUTBOX_MS);
         if self.violation.is_none() {
-            self.now = end + SHOWN_MS;
+            self.now = end + SHOWN_OUTBOX_MS;
             self.check_end();
         }
     }
@@ -649,6 +665,7 @@ impl World {
             socket_fifo: 0,
             idb_fifo: 0,
             frozen: false,
+            listening: true,
             held: Vec::new(),
             cards_seen: BTreeSet::new(),
             cards_gone: BTreeSet::new(),
@@ -886,6 +903,7 @@ impl World {
                 }
             }
             Output::CancelHttp { .. } => {}
+            Output::ListenToTabs(listening) => self.browsers[b].tabs[t].listening = listening,
             Output::Broadcast(msg) => {
                 if let TabMessage::WriteSettled { write_id, settled } = &msg {
                     self.settled.insert(*write_id);
@@ -1003,6 +1021,7 @@ impl World {
                 tab.engine.handle_timeout(now);
                 self.drain(b, t);
             }
+            Event::ToTab { b, t, input: Input::Tab(_) } if !self.browsers[b].tabs[t].listening => {}
             Event::ToTab { b, t, input } => self.input(b, t, input),
             Event::IdbDone { b, t, op } => self.idb_done(b, t, op),
             Event::SocketRefused { b, t, attempt } => {
@@ -1604,6 +1623,11 @@ impl World {
                     continue;
                 }
                 let tab = &mut self.browsers[b].tabs[t];
+                if !tab.listening {
+                    // Asleep (hidden, hearing no one): it learns the state when it wakes, and is checked from then.
+                    tab.status_differs_since = None;
+                    continue;
+                }
                 let status = tab.engine.status().clone();
                 if std::mem::discriminant(&status) == kind {
                     tab.status_differs_since = None;
@@ -1678,6 +1702,31 @@ impl World {
     }
 
     // ---- the end -------------------------------------------------------------------------------------------
+
+    /// `SHOWN_MS` after every tab was shown: each shows the server's board (pending writes are checked later).
+    fn check_shown(&mut self) {
+        let tx = self.server.conn.transaction().expect("sqlite");
+        let truth = store::board_snapshot(&tx, self.board, self.server.log_id).expect("board exists");
+        drop(tx);
+        for b in 0..self.browsers.len() {
+            if !self.roles.contains_key(&self.users[b]) {
+                continue; // removed from the board: checked at the end
+            }
+            for t in self.alive_tabs(b) {
+                let engine = &self.browsers[b].tabs[t].engine;
+                let problem = match engine.board_server_state(self.board) {
+                    None => "has no board data".to_owned(),
+                    Some(seen) if !same_board(seen, &truth) => {
+                        format!("sees {}\n  server {}", show(seen), show(&truth))
+                    }
+                    Some(_) => continue,
+                };
+                let detail = format!("b{b}/t{t} ({:?}) {SHOWN_MS} ms after it was shown {problem}", engine.role());
+                self.fail(Invariant::NotConverged, detail);
+                return;
+            }
+        }
+    }
 
     fn check_end(&mut self) {
         let tx = self.server.conn.transaction().expect("sqlite");

@@ -4,7 +4,7 @@
 use syncline_engine::{Input, Model, TabMessage};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
-use web_sys::MessageEvent;
+use web_sys::{BroadcastChannel, MessageEvent};
 
 use crate::{Runtime, js};
 
@@ -32,18 +32,43 @@ impl<M: Model> Runtime<M> {
     }
 
     pub(crate) fn broadcast(&self, msg: &TabMessage<M>) {
-        let text = serde_json::to_string(msg).expect("tab messages serialize");
-        let _ = self.inner.channel.post_message(&JsValue::from_str(&text));
+        let text = JsValue::from_str(&serde_json::to_string(msg).expect("tab messages serialize"));
+        if let Some(channel) = self.inner.channel.borrow().as_ref() {
+            let _ = channel.post_message(&text);
+            return;
+        }
+        // Asleep (not listening): a channel just for this message. What is posted before `close` is delivered.
+        if let Ok(channel) = BroadcastChannel::new(&self.inner.namespace) {
+            let _ = channel.post_message(&text);
+            channel.close();
+        }
     }
 
-    /// Messages from the other tabs become inputs.
-    pub(crate) fn listen_to_tabs(&self) {
-        let rt = self.clone();
-        self.add_listener(self.inner.channel.as_ref(), "message", move |e| {
-            let Some(text) = e.dyn_ref::<MessageEvent>().and_then(|m| m.data().as_string()) else { return };
-            if let Ok(msg) = serde_json::from_str::<TabMessage<M>>(&text) {
-                rt.input(Input::Tab(msg));
+    /// Messages from the other tabs become inputs (`true`), or the channel is closed (`false`: the browser then
+    /// delivers nothing to this tab, not even what was already on its way).
+    pub(crate) fn listen_to_tabs(&self, listen: bool) {
+        if !listen {
+            if let Some(channel) = self.inner.channel.borrow_mut().take() {
+                channel.set_onmessage(None);
+                channel.close();
             }
-        });
+            return;
+        }
+        if self.inner.channel.borrow().is_some() {
+            return;
+        }
+        if self.inner.on_tab_message.borrow().is_none() {
+            let rt = self.clone();
+            let handler = Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+                let Some(text) = e.dyn_ref::<MessageEvent>().and_then(|m| m.data().as_string()) else { return };
+                if let Ok(msg) = serde_json::from_str::<TabMessage<M>>(&text) {
+                    rt.input(Input::Tab(msg));
+                }
+            });
+            *self.inner.on_tab_message.borrow_mut() = Some(handler);
+        }
+        let channel = BroadcastChannel::new(&self.inner.namespace).expect("BroadcastChannel");
+        channel.set_onmessage(self.inner.on_tab_message.borrow().as_ref().map(|h| h.as_ref().unchecked_ref()));
+        *self.inner.channel.borrow_mut() = Some(channel);
     }
 }

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `OpenSocket` / `SendSocket` / `CloseSocket` | `WebSocket` (`/api/feed?client=<tab>`) | `socket.rs` |
 //! | `Http` / `CancelHttp` | `fetch` with an `AbortController` | `http.rs` |
-//! | `Broadcast`, `QueueForLock` / `ClaimLeadership` | `BroadcastChannel`, Web Locks | `leader.rs` |
+//! | `Broadcast`, `ListenToTabs`, `QueueForLock` / `ClaimLeadership` | `BroadcastChannel`, Web Locks | `leader.rs` |
 //! | `Persist` / `Load` | IndexedDB (`outbox`, `cache` stores), in order | `storage.rs` |
 //! | `Timeout(deadline)` | one `setTimeout` | here |
 //!
@@ -63,7 +63,10 @@ struct Inner<M: Model> {
     timer_callback: RefCell<Option<Closure<dyn FnMut()>>>,
     /// The deadline the armed timer is for.
     armed_for: Cell<Millis>,
-    channel: BroadcastChannel,
+    /// The channel this tab listens on; `None` while it is asleep (`Output::ListenToTabs(false)`).
+    channel: RefCell<Option<BroadcastChannel>>,
+    /// Its `message` handler, made once for the page and set on each channel opened.
+    on_tab_message: RefCell<Option<Handler>>,
     lock_queued: Cell<bool>,
     storage: RefCell<storage::Storage<M>>,
     listeners: RefCell<Vec<(u64, Listener<M>)>>,
@@ -100,7 +103,6 @@ impl<M: Model> Runtime<M> {
         let tab = (js_sys::Math::random() * 9_007_199_254_740_991.0) as u64;
         let engine = Engine::new(cfg, stored_preferences(), tab, tab, now(), js_sys::Date::now() as u64);
         storage::use_database(namespace);
-        let channel = BroadcastChannel::new(namespace).expect("BroadcastChannel");
         let rt = Runtime {
             inner: Rc::new(Inner {
                 engine: RefCell::new(engine),
@@ -112,7 +114,8 @@ impl<M: Model> Runtime<M> {
                 timer: Cell::new(None),
                 timer_callback: RefCell::new(None),
                 armed_for: Cell::new(0),
-                channel,
+                channel: RefCell::new(None),
+                on_tab_message: RefCell::new(None),
                 lock_queued: Cell::new(false),
                 storage: RefCell::new(storage::Storage::default()),
                 listeners: RefCell::new(Vec::new()),
@@ -122,7 +125,7 @@ impl<M: Model> Runtime<M> {
             }),
         };
         // Listen before anything can answer: the leader answers this tab's presence (with its status) at once.
-        rt.listen_to_tabs();
+        rt.listen_to_tabs(true);
         rt.listen_to_environment();
         rt.input(Input::Visibility { visible: environment::visible() });
         rt.input(Input::Network { online: environment::online() });
@@ -339,6 +342,7 @@ impl<M: Model> Runtime<M> {
             Output::Http { id, request } => self.fetch(id, request),
             Output::CancelHttp { id } => self.cancel_fetch(id),
             Output::Broadcast(msg) => self.broadcast(&msg),
+            Output::ListenToTabs(listen) => self.listen_to_tabs(listen),
             Output::Persist(op) => self.storage(storage::Request::Persist(op)),
             Output::Load(what) => self.storage(storage::Request::Load(what)),
             Output::Notify(n) => {

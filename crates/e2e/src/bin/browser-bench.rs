@@ -137,10 +137,10 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
     println!();
     println!("hidden followers: 4 tabs (1 visible leader, 3 hidden followers), 1 change/s for {seconds} s");
     println!(
-        "{:>12} | {:>20} | {:>20} | {:>20} | {:>16}",
-        "board", "hidden ms/change", "idle-subtracted", "visible ms/change", "shown → current"
+        "{:>12} | {:>20} | {:>20} | {:>20} | {:>20} | {:>16}",
+        "board", "hidden ms/change", "idle-subtracted", "hidden script ms", "visible ms/change", "shown → current"
     );
-    println!("{}", "-".repeat(102));
+    println!("{}", "-".repeat(125));
     for cards_n in [1usize, 1000] {
         let h = Harness::start().await?;
         let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
@@ -189,7 +189,7 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
             watched.page().execute(profiler::SetSamplingIntervalParams::new(100)).await?;
             watched.page().execute(profiler::StartParams::default()).await?;
         }
-        let (h0, _) = busy_ms(watched).await?;
+        let (h0, hs0) = busy_ms(watched).await?;
         let (v0, _) = busy_ms(&tabs[0]).await?;
         if std::env::var("BENCH_CHANNEL").is_ok() {
             watched.exec("(() => { const ns = JSON.parse(window.__syncline()).namespace; window.__chan = []; const c = new BroadcastChannel(ns); c.onmessage = e => window.__chan.push([typeof e.data === 'string' ? e.data.slice(0, 60) : 'obj', typeof e.data === 'string' ? e.data.length : 0]); })()").await?;
@@ -209,7 +209,7 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
             )
             .await?;
         let secs = started.elapsed().as_secs_f64();
-        let (h1, _) = busy_ms(watched).await?;
+        let (h1, hs1) = busy_ms(watched).await?;
         let (v1, _) = busy_ms(&tabs[0]).await?;
         if std::env::var("BENCH_CHANNEL").is_ok() {
             let seen: serde_json::Value = watched.eval("window.__chan").await?;
@@ -242,10 +242,11 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
             .await?;
         let to_current = shown_at.elapsed().as_secs_f64() * 1000.0;
         println!(
-            "{:>12} | {:>20.3} | {:>20.3} | {:>20.3} | {:>13.0} ms",
+            "{:>12} | {:>20.3} | {:>20.3} | {:>20.3} | {:>20.3} | {:>13.0} ms",
             format!("{cards_n} cards"),
             hidden,
             subtracted,
+            (hs1 - hs0) / seconds as f64,
             (v1 - v0) / seconds as f64,
             to_current
         );
@@ -256,8 +257,9 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
         "(ms/change: the tab's main-thread task time over the run / changes; idle-subtracted: minus what it costs"
     );
     println!(
-        " with no changes; shown → current includes the CDP round trip of showing the window and polling the DOM)"
+        " with no changes; script: of which JavaScript/wasm ran (CDP ScriptDuration); shown → current includes the"
     );
+    println!(" CDP round trip of showing the window and polling the DOM)");
     Ok(())
 }
 

@@ -128,6 +128,12 @@ async fn hidden_followers_make_no_requests_while_changes_stream_in() {
     // A render asked for just before a tab was hidden still runs (on its 200 ms timer, which a hidden page may hold
     // back to a second) and reads the data as it is then: let those pass, so what follows arrives while hidden.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Hidden for two seconds, a follower falls asleep: it closes its channel and hears no other tab.
+    let mut heard = Vec::new();
+    for f in &followers {
+        f.wait_for("JSON.parse(window.__syncline()).asleep === true", WAIT).await.unwrap();
+        heard.push(state(f).await["metrics"]["tab_messages_in"].as_u64().unwrap());
+    }
     // 30 s at one change per second.
     for i in 0..30 {
         rename(&h, board.card, &format!("change {i}")).await;
@@ -141,12 +147,15 @@ async fn hidden_followers_make_no_requests_while_changes_stream_in() {
     // Nobody looks at a hidden tab: it rendered none of the 30 changes...
     let title_js =
         format!("document.querySelector('[data-card-id=\"{}\"] .card-title')?.textContent ?? 'none'", board.card);
-    for f in &followers {
-        assert_eq!(state(f).await["leader"], false);
+    for (f, heard) in followers.iter().zip(heard) {
+        let state = state(f).await;
+        assert_eq!(state["leader"], false);
+        assert_eq!(state["metrics"]["tab_messages_in"], heard, "an asleep follower heard the other tabs");
         let shown: String = f.eval(&title_js).await.unwrap();
         assert_eq!(shown, "Watch me", "a hidden follower rendered a change");
     }
-    // ...and shows the current board as soon as it is shown (its data was kept current through the leader).
+    // ...and shows the current board as soon as it is shown (it wakes, and the leader, which kept the board
+    // current for it, shares it).
     for f in &followers {
         let shown_at = Instant::now();
         f.show().await.unwrap();

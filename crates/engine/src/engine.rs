@@ -461,6 +461,11 @@ impl<M: Model> Engine<M> {
         self.out.push_back(Output::Notify(Notification::SignedOut));
     }
 
+    /// Whether this hidden follower fell asleep: it listens to no other tab until it is shown or leads.
+    pub fn is_asleep(&self) -> bool {
+        self.tabs.asleep
+    }
+
     /// Whether the session ended (see [`Engine::sign_out`]).
     pub fn is_signed_out(&self) -> bool {
         self.signed_out

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub bytes_out: u64,
     pub socket_messages_in: u64,
     pub socket_messages_out: u64,
+    /// Messages heard from the other tabs (none while asleep).
+    #[serde(default)]
+    pub tab_messages_in: u64,
     /// Sockets opened after the first.
     pub reconnects: u64,
     pub socket_opens: u64,

@@ -323,6 +323,7 @@ impl<M: Model> Engine<M> {
         if self.tabs.asleep {
             return; // not listening (a driver closes the channel; a message already on its way is not heard)
         }
+        self.metrics.tab_messages_in += 1;
         match msg {
             TabMessage::Presence { tab, visible, leader, sent_at } => {
                 self.on_presence(tab, visible, leader, sent_at);

@@ -367,6 +367,7 @@ impl<M: Model> Runtime<M> {
                 "namespace": rt.inner.namespace,
                 "tab": rt.inner.tab.to_string(),
                 "leader": engine.role() == Role::Leader,
+                "asleep": engine.is_asleep(),
                 "status": engine.status(),
                 "pending": engine.pending().len(),
                 "metrics": engine.metrics_at(now()),

@@ -163,6 +163,15 @@ impl<M: Model> Engine<M> {
         self.out.push_back(Output::Broadcast(TabMessage::Interest { tab: self.tab, keys, critical }));
     }
 
+    /// The leader shares the changes the server sent with the other tabs — when there is one to hear them: a tab
+    /// that appears later asks (`Interest`) and gets the data as it is then. (Alone, a tab would encode and post
+    /// every change to nobody.)
+    pub(crate) fn share_changes(&mut self, stream: StreamName, changes: Vec<Change<M::Change>>) {
+        if self.tabs.has_peers() {
+            self.out.push_back(Output::Broadcast(TabMessage::Changes { stream, changes }));
+        }
+    }
+
     fn send_status(&mut self) {
         let status = self.status.current.clone();
         self.out.push_back(Output::Broadcast(TabMessage::Status { status, sent_at: self.now, tab: self.tab }));

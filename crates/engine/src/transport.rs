@@ -346,7 +346,7 @@ impl<M: Model> Engine<M> {
                 }
                 self.apply_changes(&stream, &changes);
                 self.confirm_from_feed(&changes);
-                self.out.push_back(Output::Broadcast(TabMessage::Changes { stream, changes }));
+                self.share_changes(stream, changes);
             }
             ServerMessage::Synced { stream, cursor } => {
                 let s = self.transport.streams.entry(stream.clone()).or_default();
@@ -532,7 +532,7 @@ impl<M: Model> Engine<M> {
                 self.confirm_from_feed(&changes);
                 self.mark_stream_current(&stream);
                 if !changes.is_empty() {
-                    self.out.push_back(Output::Broadcast(TabMessage::Changes { stream, changes }));
+                    self.share_changes(stream, changes);
                 }
             }
             Some(ServerMessage::Reset { .. }) => {

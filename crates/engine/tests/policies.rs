@@ -1106,6 +1106,27 @@ fn a_follower_hidden_for_two_seconds_falls_asleep_hears_nothing_and_is_current_o
 }
 
 #[test]
+fn a_leader_alone_does_not_post_the_changes_to_nobody_and_shares_them_once_another_tab_is_there() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let stream = StreamId::Board(id(BOARD)).name();
+    let change = |cursor: u64| Change {
+        stream: stream.clone(),
+        cursor,
+        at_ms: 0,
+        write_id: None,
+        op: ChangeOp::CardUpserted { card: card(2, 20, &format!("at {cursor}"), cursor) },
+    };
+    let shared = |out: &[Output]| out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Changes { .. })));
+    let out = d.server(ServerMessage::Changes { stream: stream.clone(), changes: vec![change(4)] });
+    assert!(!shared(&out), "{out:?}");
+    assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[1].title, "at 4", "applied all the same");
+    d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: true, leader: false, sent_at: 0 }));
+    let out = d.server(ServerMessage::Changes { stream: stream.clone(), changes: vec![change(5)] });
+    assert!(shared(&out), "{out:?}");
+}
+
+#[test]
 fn a_tab_that_wakes_to_lead_does_not_share_what_it_had_before_it_slept_as_current() {
     let (mut d, key, _) = hidden_follower_on_the_board();
     d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));

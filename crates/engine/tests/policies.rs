@@ -174,6 +174,18 @@ impl Driver {
         all
     }
 
+    /// The socket is refused as often as it takes to fall back (waiting out each backoff); returns the long-poll.
+    fn sockets_refused_until_long_poll(&mut self) -> (RequestId, HttpRequest) {
+        let mut out = Vec::new();
+        for _ in 0..EngineConfig::default().fallback_after_failures {
+            out = self.input(Input::SocketClosed { code: Some(1006), reason: "refused".into() });
+            if let ConnectionStatus::Reconnecting { retry_at } = self.e.status().clone() {
+                self.advance(retry_at - self.now);
+            }
+        }
+        http(&out).into_iter().find(|(_, r)| r.path.starts_with("/api/changes")).expect("long-poll")
+    }
+
     fn reply(&mut self, id: RequestId, status: u16, body: String) -> Vec<Output> {
         self.input(Input::Http { id, result: HttpResult::Response { status, body, etag: None } })
     }
@@ -1507,14 +1519,7 @@ fn when_long_polls_fail_too_the_status_is_reconnecting_with_the_next_attempt_not
     let out = d.input(Input::Subscribe(QueryKey::Board(id(BOARD))));
     let (rid, _) = http(&out)[0].clone();
     d.reply(rid, 200, serde_json::to_string(&snapshot(3)).unwrap());
-    let mut out = Vec::new();
-    for _ in 0..3 {
-        out = d.input(Input::SocketClosed { code: Some(1006), reason: "refused".into() });
-        if let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() {
-            d.advance(retry_at - d.now);
-        }
-    }
-    let poll = http(&out).into_iter().find(|(_, r)| r.path.starts_with("/api/changes")).expect("long-poll");
+    let poll = d.sockets_refused_until_long_poll();
     d.input(Input::Http { id: poll.0, result: HttpResult::NetworkError("connection refused".into()) });
     let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() else { panic!("{:?}", d.e.status()) };
     assert!(retry_at > d.now);
@@ -1541,14 +1546,7 @@ fn a_tab_that_leads_again_does_not_blame_the_socket_on_what_the_server_answered_
     d.advance(10_000);
     // Leader again while the server is down: its sockets fail, then its long-poll.
     d.lead();
-    let mut out = Vec::new();
-    for _ in 0..3 {
-        out = d.input(Input::SocketClosed { code: Some(1006), reason: "refused".into() });
-        if let ConnectionStatus::Reconnecting { retry_at } = d.e.status().clone() {
-            d.advance(retry_at - d.now);
-        }
-    }
-    let poll = http(&out).into_iter().find(|(_, r)| r.path.starts_with("/api/changes")).expect("long-poll");
+    let poll = d.sockets_refused_until_long_poll();
     // The server is back: nothing answered while the sockets failed, so it was the server — the socket is tried
     // at once, not after a probe interval of long-polling "because the WebSocket is unavailable".
     let empty = ServerMessage::Changes { stream: StreamId::Board(id(BOARD)).name(), changes: vec![] };

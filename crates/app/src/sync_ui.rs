@@ -35,16 +35,16 @@ pub fn provide() -> SyncSignals {
     // most of what an asleep tab would still spend. Shown, it reads the time at once and ticks again.
     let tick: StoredValue<Option<IntervalHandle>, LocalStorage> = StoredValue::new_local(None);
     let follow_visibility = move || {
-        let hidden = document().hidden();
-        match tick.try_update_value(|t| t.take()).flatten() {
-            Some(handle) if hidden => handle.clear(),
-            Some(handle) => tick.set_value(Some(handle)),
-            None if hidden => {}
-            None => {
-                s.now.set(rt().now());
-                let handle = set_interval_with_handle(move || s.now.set(rt().now()), Duration::from_secs(1)).ok();
-                tick.set_value(handle);
-            }
+        let (hidden, ticking) = (document().hidden(), tick.with_value(Option::is_some));
+        if hidden && ticking {
+            tick.update_value(|t| {
+                if let Some(handle) = t.take() {
+                    handle.clear();
+                }
+            });
+        } else if !hidden && !ticking {
+            s.now.set(rt().now());
+            tick.set_value(set_interval_with_handle(move || s.now.set(rt().now()), Duration::from_secs(1)).ok());
         }
     };
     follow_visibility();

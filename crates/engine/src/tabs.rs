@@ -51,7 +51,7 @@ pub(crate) struct Tabs<M: Model> {
     pub leader_check_since: Option<Millis>,
     /// Since when this follower is hidden (it falls asleep `hidden_sleep_ms` later).
     pub hidden_since: Option<Millis>,
-    /// This hidden follower stopped listening to the other tabs (`Engine::fall_asleep`).
+    /// This hidden follower stopped listening to the other tabs (`Engine::fall_asleep_if_due`).
     pub asleep: bool,
 }
 
@@ -335,17 +335,9 @@ impl<M: Model> Engine<M> {
         self.metrics.tab_messages_in += 1;
         match msg {
             TabMessage::Presence { tab, visible, leader, sent_at } => {
-                self.on_presence(tab, visible, leader, sent_at);
-                if let Some(p) = self.tabs.peers.get_mut(&tab) {
-                    p.asleep = false;
-                }
+                self.on_presence(tab, visible, leader, false, sent_at)
             }
-            TabMessage::Asleep { tab, sent_at } => {
-                self.on_presence(tab, false, false, sent_at);
-                if let Some(p) = self.tabs.peers.get_mut(&tab) {
-                    p.asleep = true;
-                }
-            }
+            TabMessage::Asleep { tab, sent_at } => self.on_presence(tab, false, false, true, sent_at),
             TabMessage::Revoked { stream } => {
                 if !self.is_leader() {
                     self.revoke_stream(&stream);
@@ -451,7 +443,7 @@ impl<M: Model> Engine<M> {
         }
     }
 
-    fn on_presence(&mut self, tab: TabId, visible: bool, leader: bool, sent_at: u64) {
+    fn on_presence(&mut self, tab: TabId, visible: bool, leader: bool, asleep: bool, sent_at: u64) {
         // When it was said, on this tab's clock (the tabs share the wall clock): a message held while this tab was
         // frozen is old news.
         let said_at =
@@ -474,6 +466,7 @@ impl<M: Model> Engine<M> {
         let peer = self.tabs.peers.entry(tab).or_insert(Peer::new(visible, leader, said_at));
         peer.visible = visible;
         peer.leader = leader;
+        peer.asleep = asleep;
         peer.last_seen = peer.last_seen.max(said_at);
         let new_leader = leader && was.is_none_or(|(_, l)| !l);
         if new_leader && !self.is_leader() {
@@ -558,12 +551,14 @@ impl<M: Model> Engine<M> {
             return;
         }
         if self.tabs.asleep {
+            // Waking reads the stored outbox; that read is the one to lead after.
             self.wake();
             self.announce();
+        } else {
+            self.outbox_loads_issued += 1;
+            self.out.push_back(Output::Load(Load::Outbox));
         }
-        self.outbox_loads_issued += 1;
         self.lead_after_load = Some(self.outbox_loads_issued);
-        self.out.push_back(Output::Load(Load::Outbox));
     }
 
     pub(crate) fn on_lock_lost(&mut self) {

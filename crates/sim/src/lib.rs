@@ -1705,22 +1705,14 @@ impl World {
 
     /// `SHOWN_MS` after every tab was shown: each shows the server's board (pending writes are checked later).
     fn check_shown(&mut self) {
-        let tx = self.server.conn.transaction().expect("sqlite");
-        let truth = store::board_snapshot(&tx, self.board, self.server.log_id).expect("board exists");
-        drop(tx);
+        let truth = self.server_board();
         for b in 0..self.browsers.len() {
             if !self.roles.contains_key(&self.users[b]) {
                 continue; // removed from the board: checked at the end
             }
             for t in self.alive_tabs(b) {
                 let engine = &self.browsers[b].tabs[t].engine;
-                let problem = match engine.board_server_state(self.board) {
-                    None => "has no board data".to_owned(),
-                    Some(seen) if !same_board(seen, &truth) => {
-                        format!("sees {}\n  server {}", show(seen), show(&truth))
-                    }
-                    Some(_) => continue,
-                };
+                let Some(problem) = board_differs(engine.board_server_state(self.board), &truth) else { continue };
                 let detail = format!("b{b}/t{t} ({:?}) {SHOWN_MS} ms after it was shown {problem}", engine.role());
                 self.fail(Invariant::NotConverged, detail);
                 return;
@@ -1728,10 +1720,14 @@ impl World {
         }
     }
 
-    fn check_end(&mut self) {
+    /// The board as the server has it now.
+    fn server_board(&mut self) -> BoardSnapshot {
         let tx = self.server.conn.transaction().expect("sqlite");
-        let truth = store::board_snapshot(&tx, self.board, self.server.log_id).expect("board exists");
-        drop(tx);
+        store::board_snapshot(&tx, self.board, self.server.log_id).expect("board exists")
+    }
+
+    fn check_end(&mut self) {
+        let truth = self.server_board();
         // The server forgets write ids after its TTL: what it applied is counted as it applies it.
         let applied: BTreeSet<Uuid> = self.applied.keys().copied().collect();
         if let Some((id, n)) = self.applied.iter().find(|(_, n)| **n > 1) {
@@ -1795,21 +1791,16 @@ impl World {
                     }
                     continue;
                 }
-                let problem = match seen {
-                    None => Some("has no board data".to_owned()),
-                    Some(seen) if !same_board(&seen, &truth) => {
-                        Some(format!("sees {}\n  server {}", show(&seen), show(&truth)))
-                    }
-                    Some(_) if pending > 0 => {
+                let problem = board_differs(seen.as_ref(), &truth).or_else(|| {
+                    (pending > 0).then(|| {
                         let ids: Vec<String> = engine
                             .pending()
                             .iter()
                             .map(|w| format!("{} applied={}", w.write_id, applied.contains(&w.write_id)))
                             .collect();
-                        Some(format!("still has {pending} pending writes: {}", ids.join(", ")))
-                    }
-                    Some(_) => None,
-                };
+                        format!("still has {pending} pending writes: {}", ids.join(", "))
+                    })
+                });
                 if let Some(problem) = problem {
                     let role = engine.role();
                     let status = engine.status().clone();
@@ -1818,6 +1809,15 @@ impl World {
                 }
             }
         }
+    }
+}
+
+/// What is wrong with a tab's copy of the board, if anything.
+fn board_differs(seen: Option<&BoardSnapshot>, truth: &BoardSnapshot) -> Option<String> {
+    match seen {
+        None => Some("has no board data".to_owned()),
+        Some(seen) if !same_board(seen, truth) => Some(format!("sees {}\n  server {}", show(seen), show(truth))),
+        Some(_) => None,
     }
 }
 

@@ -155,8 +155,9 @@ async fn hidden_followers_make_no_requests_while_changes_stream_in() {
         assert_eq!(shown, "Watch me", "a hidden follower rendered a change");
     }
     // ...and shows the current board as soon as it is shown (it wakes, and the leader, which kept the board
-    // current for it, shares it).
+    // current for it, sends it the 30 changes its copy lacks — not the board).
     for f in &followers {
+        let data_in = state(f).await["metrics"]["tab_data_in"].as_u64().unwrap();
         let shown_at = Instant::now();
         f.show().await.unwrap();
         if let Err(e) = f.wait_for(&shows(board.card, "change 29"), WAIT).await {
@@ -164,6 +165,11 @@ async fn hidden_followers_make_no_requests_while_changes_stream_in() {
             panic!("a shown follower did not catch up: shows {title:?}; state {}; {e}", state(f).await);
         }
         eprintln!("a hidden follower shown: current after {:?} (including the CDP round trips)", shown_at.elapsed());
+        let state = state(f).await;
+        assert_eq!(state["metrics"]["tab_data_in"], data_in, "a woken follower was sent the whole board: {state}");
+        let waited =
+            state["metrics"]["change_to_screen"]["values"].as_array().unwrap().iter().filter_map(|v| v.as_u64());
+        assert!(waited.max().unwrap_or(0) < 5_000, "changes made while it slept counted as change → screen: {state}");
     }
     browser.close().await;
     h.stop().await;

@@ -62,6 +62,10 @@ pub struct Metrics {
     /// Messages heard from the other tabs (none while asleep).
     #[serde(default)]
     pub tab_messages_in: u64,
+    /// Whole query data heard from the leader (`TabMessage::Data`). A tab that wakes, or meets a new leader,
+    /// with a copy gets the changes it lacks instead.
+    #[serde(default)]
+    pub tab_data_in: u64,
     /// Sockets opened after the first.
     pub reconnects: u64,
     pub socket_opens: u64,

@@ -393,6 +393,7 @@ impl<M: Model> Engine<M> {
     }
 
     pub(crate) fn invalidate_stream(&mut self, stream: &StreamName) {
+        self.tabs.recent.remove(stream); // the changes kept may not lead to what comes next
         for k in self.queries.keys_of(stream) {
             if let Some(q) = self.queries.map.get_mut(&k) {
                 q.ahead_to = 0; // whatever comes next is a new start

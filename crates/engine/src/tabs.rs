@@ -4,9 +4,10 @@
 //!
 //! State: [`Tabs`]. Policy: the `impl Engine` block below.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use syncline_protocol::{Change, StreamName};
+use syncline_protocol::{Change, Cursor, StreamName};
+use uuid::Uuid;
 
 use crate::engine::Engine;
 use crate::model::Model;
@@ -53,6 +54,47 @@ pub(crate) struct Tabs<M: Model> {
     pub hidden_since: Option<Millis>,
     /// This hidden follower stopped listening to the other tabs (`Engine::fall_asleep_if_due`).
     pub asleep: bool,
+    /// The leader's latest changes of each stream (`Engine::share_changes`): what a follower's copy at an older
+    /// cursor lacks (`Engine::bring_up_to_date`).
+    pub recent: BTreeMap<StreamName, Recent<M>>,
+}
+
+/// A stream's latest changes, contiguous, of one change log; at most `RECENT_CHANGES_KEPT`.
+#[derive(Debug)]
+pub(crate) struct Recent<M: Model> {
+    log_id: Option<Uuid>,
+    changes: VecDeque<Change<M::Change>>,
+}
+
+impl<M: Model> Recent<M> {
+    fn new(log_id: Option<Uuid>) -> Recent<M> {
+        Recent { log_id, changes: VecDeque::new() }
+    }
+
+    /// Keeps `changes`; one that does not continue the run (a gap) starts it again.
+    fn push(&mut self, changes: &[Change<M::Change>]) {
+        for change in changes {
+            match self.changes.back().map(|c| c.cursor) {
+                Some(last) if change.cursor <= last => continue, // a replay
+                Some(last) if change.cursor != last + 1 => self.changes.clear(),
+                _ => {}
+            }
+            self.changes.push_back(change.clone());
+            if self.changes.len() > RECENT_CHANGES_KEPT {
+                self.changes.pop_front();
+            }
+        }
+    }
+
+    /// The changes after `from` up to `to`, if all of them are here.
+    fn between(&self, log_id: Option<Uuid>, from: Cursor, to: Cursor) -> Option<Vec<Change<M::Change>>> {
+        let first = self.changes.front()?.cursor;
+        let last = self.changes.back()?.cursor;
+        if log_id != self.log_id || first > from + 1 || last < to {
+            return None;
+        }
+        Some(self.changes.iter().filter(|c| c.cursor > from && c.cursor <= to).cloned().collect())
+    }
 }
 
 impl<M: Model> Tabs<M> {
@@ -65,6 +107,7 @@ impl<M: Model> Tabs<M> {
             leader_check_since: None,
             hidden_since: None,
             asleep: false,
+            recent: BTreeMap::new(),
         }
     }
 
@@ -113,6 +156,10 @@ impl<M: Model> Tabs<M> {
 /// Changes a hidden follower holds at most (`hold_changes`); about an hour of one change a second.
 pub(crate) const MAX_HELD_CHANGES: usize = 4_000;
 
+/// Changes of each stream the leader keeps to bring a follower's copy up to date (`Recent`): a quarter of an
+/// hour at one change a second, a few hundred KB at most. A copy further behind gets the data instead.
+pub(crate) const RECENT_CHANGES_KEPT: usize = 1_000;
+
 /// An asleep follower's heartbeat. Browsers run a hidden page's timers at most once a minute after a while
 /// (Chromium's intensive throttling), so more often would not be kept anyway.
 pub(crate) const ASLEEP_PRESENCE_MS: Millis = 60_000;
@@ -160,16 +207,57 @@ impl<M: Model> Engine<M> {
     pub(crate) fn send_interest(&mut self) {
         let keys: Vec<M::Key> = self.queries.map.iter().filter(|(_, q)| q.held()).map(|(k, _)| k.clone()).collect();
         let critical = keys.iter().filter(|k| self.queries.map[*k].critical).cloned().collect();
-        self.out.push_back(Output::Broadcast(TabMessage::Interest { tab: self.tab, keys, critical }));
+        // Where this tab's copies stand (with no changes held back: those would move them). The leader sends
+        // what they lack rather than all the data — a tab waking on a 5,000-card board needs a few changes.
+        let copies = keys
+            .iter()
+            .filter_map(|key| {
+                let data = self.queries.map[key].data.as_ref()?;
+                let cursor = M::cursor(data).filter(|_| !M::is_gone(data))?;
+                let held = self.held_dropped.contains(&M::stream(key))
+                    || self.held_changes.iter().any(|(s, _)| *s == M::stream(key));
+                (!held).then(|| CopyAt { key: key.clone(), cursor, log_id: M::log_id(data) })
+            })
+            .collect();
+        self.out.push_back(Output::Broadcast(TabMessage::Interest { tab: self.tab, keys, critical, copies }));
     }
 
     /// The leader shares the changes the server sent with the other tabs — when there is one to hear them: a tab
     /// that appears later asks (`Interest`) and gets the data as it is then. (Alone, a tab would encode and post
-    /// every change to nobody.)
+    /// every change to nobody.) The latest are kept either way, for a copy that is behind (`bring_up_to_date`).
     pub(crate) fn share_changes(&mut self, stream: StreamName, changes: Vec<Change<M::Change>>) {
+        let log_id = self.transport.log_id;
+        let recent = self.tabs.recent.entry(stream.clone()).or_insert_with(|| Recent::new(log_id));
+        if recent.log_id != log_id {
+            *recent = Recent::new(log_id);
+        }
+        recent.push(&changes);
         if self.tabs.has_peers() {
             self.out.push_back(Output::Broadcast(TabMessage::Changes { stream, changes }));
         }
+    }
+
+    /// The leader answers a follower's interest in `key` (whose data here is current): a copy at the same
+    /// cursor is current; one behind by changes the leader still has gets those changes (if the query takes
+    /// deltas); any other gets the data. Not when the data here holds entities ahead of its cursor (a write's
+    /// answer whose change has not come through the feed yet): only the data has those.
+    fn bring_up_to_date(&mut self, key: M::Key, copy: Option<&CopyAt<M::Key>>) {
+        let q = &self.queries.map[&key];
+        let data = q.data.as_ref().expect("current data");
+        let log_id = M::log_id(data);
+        let at = M::cursor(data).filter(|&at| q.ahead_to <= at && !M::is_gone(data));
+        let lacks = match (copy, at) {
+            (Some(copy), Some(at)) if copy.log_id == log_id && copy.cursor == at => Some(Vec::new()),
+            (Some(copy), Some(at)) if copy.log_id == log_id && copy.cursor < at && M::options(&key).takes_deltas => {
+                self.tabs.recent.get(&M::stream(&key)).and_then(|r| r.between(log_id, copy.cursor, at))
+            }
+            _ => None,
+        };
+        let msg = match (lacks, at) {
+            (Some(changes), Some(cursor)) => TabMessage::Current { key, cursor, log_id, changes },
+            _ => TabMessage::Data { key, data: data.clone(), fetched_at: q.current_at.unwrap_or(self.now) },
+        };
+        self.out.push_back(Output::Broadcast(msg));
     }
 
     fn send_status(&mut self) {
@@ -347,7 +435,7 @@ impl<M: Model> Engine<M> {
             TabMessage::Goodbye { tab } => {
                 self.tabs.peers.remove(&tab);
             }
-            TabMessage::Interest { tab, keys, critical } => {
+            TabMessage::Interest { tab, keys, critical, copies } => {
                 let peer = self.tabs.peers.entry(tab).or_insert(Peer::new(false, false, self.now));
                 peer.interests = keys.iter().cloned().collect();
                 peer.critical = critical.into_iter().collect();
@@ -355,9 +443,9 @@ impl<M: Model> Engine<M> {
                     for key in keys {
                         let q = self.queries.map.entry(key.clone()).or_default();
                         q.unused_since = None;
-                        if let Some(data) = q.data.clone().filter(|_| !q.invalidated) {
-                            let fetched_at = q.current_at.unwrap_or(self.now);
-                            self.out.push_back(Output::Broadcast(TabMessage::Data { key, data, fetched_at }));
+                        if q.data.is_some() && !q.invalidated {
+                            let copy = copies.iter().find(|c| c.key == key);
+                            self.bring_up_to_date(key, copy);
                         } else if q.fetching.is_some() {
                             self.metrics.dedupe_hits += 1;
                         }
@@ -385,6 +473,7 @@ impl<M: Model> Engine<M> {
                 if self.is_leader() {
                     return; // another leader during a handover; our own data is authoritative here
                 }
+                self.metrics.tab_data_in += 1;
                 let q = self.queries.map.entry(key.clone()).or_default();
                 let newer = q.not_older(&data) || q.data.as_ref().is_some_and(M::is_gone);
                 if newer {
@@ -399,6 +488,11 @@ impl<M: Model> Engine<M> {
                 q.error = None;
                 q.retry_at = None;
                 self.prefetch_done(&key);
+            }
+            TabMessage::Current { key, cursor, log_id, changes } => {
+                if !self.is_leader() {
+                    self.on_current(key, cursor, log_id, changes);
+                }
             }
             TabMessage::Changes { stream, changes } => {
                 if self.is_leader() {
@@ -440,6 +534,44 @@ impl<M: Model> Engine<M> {
                     self.notify_all_queries();
                 }
             }
+        }
+    }
+
+    /// The leader says the data at `cursor` is current, once `changes` are applied (those a copy lacked). A
+    /// copy there is current (it is what a `Data` would bring); a visible follower's copy still behind it missed
+    /// something — it asks for the data. A hidden follower holding changes of that stream is not concerned
+    /// (what it holds brings it there when shown); other copies are ahead, or of another log.
+    fn on_current(&mut self, key: M::Key, cursor: Cursor, log_id: Option<uuid::Uuid>, changes: Vec<Change<M::Change>>) {
+        let stream = M::stream(&key);
+        if !self.env.visible && self.held_changes.iter().any(|(s, _)| *s == stream) {
+            return;
+        }
+        let Some(data) = self.queries.map.get(&key).and_then(|q| q.data.as_ref()) else { return };
+        if M::log_id(data) != log_id {
+            return;
+        }
+        if !changes.is_empty() {
+            // What happened while this tab was not listening: no change → screen latency to count for it.
+            let unrendered = self.unrendered_since;
+            self.apply_changes(&stream, &changes);
+            self.unrendered_since = unrendered;
+        }
+        let visible = self.env.visible;
+        let Some(q) = self.queries.map.get_mut(&key) else { return };
+        match q.data.as_ref().and_then(M::cursor) {
+            Some(at) if at == cursor => {
+                q.invalidated = false;
+                q.current_at = Some(self.now);
+                q.error = None;
+                q.retry_at = None;
+                self.to_notify.insert(key.clone());
+                self.prefetch_done(&key);
+            }
+            Some(at) if at < cursor && visible && q.held() => {
+                q.invalidated = true;
+                self.to_notify.insert(key);
+            }
+            _ => {}
         }
     }
 
@@ -594,6 +726,7 @@ impl<M: Model> Engine<M> {
                 }
             }
             Role::Follower => {
+                self.tabs.recent.clear();
                 self.drop_socket("no longer the leader");
                 self.cancel_long_polls();
                 self.send_interest();

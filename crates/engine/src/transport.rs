@@ -385,6 +385,7 @@ impl<M: Model> Engine<M> {
 
     /// The server serves another change log than the one our cursors belong to: every copy is suspect.
     fn forget_cursors(&mut self) {
+        self.tabs.recent.clear();
         for q in self.queries.map.values_mut() {
             q.invalidated = true;
             q.ahead_to = 0;

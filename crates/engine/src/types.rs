@@ -2,7 +2,7 @@
 //! the app's [`Model`].
 
 use serde::{Deserialize, Serialize};
-use syncline_protocol::{Change, ClientMessage, ServerMessage, StreamName, StreamPosition};
+use syncline_protocol::{Change, ClientMessage, Cursor, ServerMessage, StreamName, StreamPosition};
 use uuid::Uuid;
 
 use crate::config::Preferences;
@@ -172,6 +172,15 @@ pub enum Settled {
     Earlier,
 }
 
+/// Where a tab's copy of a query's data stands in its stream (`TabMessage::Interest`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyAt<K> {
+    pub key: K,
+    pub cursor: Cursor,
+    #[serde(default)]
+    pub log_id: Option<Uuid>,
+}
+
 /// Messages between the tabs of one browser (BroadcastChannel).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", bound = "")]
@@ -201,11 +210,15 @@ pub enum TabMessage<M: Model> {
     SignedOut,
     /// A follower's queries: the leader keeps them fresh and shares their data.
     /// `critical`: those of `keys` the tab marked critical (polled while hidden under "critical data only").
+    /// `copies`: where the data this tab holds stands, so the leader can bring it up to date with the changes
+    /// since, or tell it it is current (`Current`), rather than send all the data again.
     Interest {
         tab: TabId,
         keys: Vec<M::Key>,
         #[serde(default)]
         critical: Vec<M::Key>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        copies: Vec<CopyAt<M::Key>>,
     },
     /// A follower wants this query refetched (it became visible and the data is stale, or it missed changes).
     Refetch { key: M::Key },
@@ -213,6 +226,15 @@ pub enum TabMessage<M: Model> {
     Data { key: M::Key, data: M::Data, fetched_at: Millis },
     /// Leader → all: changes from the feed, in order.
     Changes { stream: StreamName, changes: Vec<Change<M::Change>> },
+    /// Leader → all: a copy of the query's data at `cursor` of change log `log_id` is current, once it applies
+    /// `changes` (said instead of `Data` to a follower whose copy is there, or lacks only those changes).
+    Current {
+        key: M::Key,
+        cursor: Cursor,
+        log_id: Option<Uuid>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        changes: Vec<Change<M::Change>>,
+    },
     /// Any tab → all: a write was queued (and is stored in the shared persistent outbox).
     WriteQueued { write: PendingWrite<M> },
     /// Follower → leader: a write this tab holds that the leader may not know (a new leader, or a write read back

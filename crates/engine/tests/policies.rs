@@ -1146,9 +1146,93 @@ fn a_tab_that_wakes_to_lead_does_not_share_what_it_had_before_it_slept_as_curren
     let out = d.lead();
     assert!(out.contains(&Output::ListenToTabs(true)), "{out:?}");
     // Another tab asks for the board: the new leader does not pass on its old copy (it catches up first).
-    let out = d.input(Input::Tab(TabMessage::Interest { tab: 5, keys: vec![key], critical: vec![] }));
+    let out = d.input(Input::Tab(TabMessage::Interest { tab: 5, keys: vec![key], critical: vec![], copies: vec![] }));
     let out = [out, d.advance(100)].concat();
     assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Data { .. }))), "{out:?}");
+}
+
+/// Card 2 renamed at `cursor`.
+fn renamed(cursor: u64) -> ServerMessage {
+    changes(cursor, vec![ChangeOp::CardUpserted { card: card(2, 10, &format!("at {cursor}"), cursor) }])
+}
+
+#[test]
+fn a_leader_brings_a_tab_s_copy_up_to_date_with_the_changes_it_lacks_rather_than_the_whole_board() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let key = QueryKey::Board(id(BOARD));
+    let stream = StreamId::Board(id(BOARD)).name();
+    for cursor in 4..=6 {
+        d.server(renamed(cursor));
+    }
+    let interest = |cursor: u64, log: u128| {
+        Input::Tab(TabMessage::Interest {
+            tab: 5,
+            keys: vec![key],
+            critical: vec![],
+            copies: vec![CopyAt { key, cursor, log_id: Some(id(log)) }],
+        })
+    };
+    let shared = |out: &[Output]| -> Vec<TabMessage> {
+        out.iter().filter_map(|o| if let Output::Broadcast(m) = o { Some(m.clone()) } else { None }).collect()
+    };
+    // A copy at 4 (a tab that slept through two changes): "current at 6, with these two".
+    let out = shared(&d.input(interest(4, LOG)));
+    let [TabMessage::Current { key: k, cursor: 6, log_id, changes }] = &out[..] else { panic!("{out:?}") };
+    assert_eq!((*k, *log_id), (key, Some(id(LOG))));
+    assert_eq!(changes.iter().map(|c| (&c.stream, c.cursor)).collect::<Vec<_>>(), [(&stream, 5), (&stream, 6)]);
+    // A copy at 6: nothing to send but that it is current.
+    let current = TabMessage::Current { key, cursor: 6, log_id: Some(id(LOG)), changes: vec![] };
+    assert_eq!(shared(&d.input(interest(6, LOG))), [current]);
+    // Behind the changes kept (it needs 1..=3), or of another change log: the board.
+    for (cursor, log) in [(0, LOG), (6, LOG + 1)] {
+        let out = shared(&d.input(interest(cursor, log)));
+        assert!(matches!(&out[..], [TabMessage::Data { data: QueryData::Board(b), .. }] if b.cursor == 6), "{out:?}");
+    }
+    // After the server reset the stream, the changes kept lead nowhere: the board, once fetched again.
+    d.server(ServerMessage::Reset { stream: stream.clone(), reason: "log replaced".into() });
+    let out = d.input(interest(4, LOG));
+    assert!(!shared(&out).iter().any(|m| matches!(m, TabMessage::Current { .. })), "{out:?}");
+}
+
+#[test]
+fn a_follower_told_its_copy_is_current_shows_it_as_current_and_one_behind_asks_for_the_board() {
+    let mut d = Driver::new(Preferences::default());
+    let key = QueryKey::Board(id(BOARD));
+    d.input(Input::Subscribe(key));
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: false, leader: true, sent_at: 0 }));
+    d.input(Input::Tab(TabMessage::Data { key, data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
+    // The leader's data went stale (say, it lost its connection) and a new leader took over.
+    d.advance(EngineConfig::default().stale_time_ms + 1_000);
+    let out = d.input(Input::Tab(TabMessage::Presence { tab: 8, visible: false, leader: true, sent_at: 0 }));
+    let copies = out.iter().find_map(|o| match o {
+        Output::Broadcast(TabMessage::Interest { copies, .. }) => Some(copies.clone()),
+        _ => None,
+    });
+    assert_eq!(copies, Some(vec![CopyAt { key, cursor: 3, log_id: Some(id(LOG)) }]), "{out:?}");
+    let out = d.input(Input::Tab(TabMessage::Current { key, cursor: 3, log_id: Some(id(LOG)), changes: vec![] }));
+    assert!(notified(&out, key), "{out:?}");
+    assert_eq!(d.e.freshness(&key), Freshness::Fresh);
+    // With the changes it lacks: applied at once, and not counted as change → screen time (nobody waited).
+    let stream = StreamId::Board(id(BOARD)).name();
+    let lacked = |cursor: u64| Change {
+        stream: stream.clone(),
+        cursor,
+        at_ms: EPOCH,
+        write_id: None,
+        op: ChangeOp::CardUpserted { card: card(2, 10, &format!("at {cursor}"), cursor) },
+    };
+    let changes = vec![lacked(4), lacked(5)];
+    let out = d.input(Input::Tab(TabMessage::Current { key, cursor: 5, log_id: Some(id(LOG)), changes }));
+    assert!(notified(&out, key), "{out:?}");
+    assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[1].title, "at 5");
+    d.e.rendered(EPOCH + d.now);
+    assert_eq!(d.e.metrics().change_to_screen.count(), 0);
+    // Another log's position says nothing about this copy; a position ahead of it means it missed changes.
+    let out = d.input(Input::Tab(TabMessage::Current { key, cursor: 7, log_id: Some(id(LOG + 1)), changes: vec![] }));
+    assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Refetch { .. }))), "{out:?}");
+    let out = d.input(Input::Tab(TabMessage::Current { key, cursor: 7, log_id: Some(id(LOG)), changes: vec![] }));
+    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Refetch { key: k }) if *k == key)), "{out:?}");
 }
 
 #[test]
@@ -1157,7 +1241,7 @@ fn a_leader_keeps_an_asleep_tab_s_board_fresh_and_shares_it_at_once_when_the_tab
     d.live_on_board(3);
     let key = QueryKey::Board(id(BOARD));
     d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: false, leader: false, sent_at: 0 }));
-    d.input(Input::Tab(TabMessage::Interest { tab: 5, keys: vec![key], critical: vec![] }));
+    d.input(Input::Tab(TabMessage::Interest { tab: 5, keys: vec![key], critical: vec![], copies: vec![] }));
     d.input(Input::Unsubscribe(key));
     // Tab 5 falls asleep; it speaks once a minute for three minutes (the awake timeout is 5 s).
     let mut out = Vec::new();
@@ -1171,7 +1255,7 @@ fn a_leader_keeps_an_asleep_tab_s_board_fresh_and_shares_it_at_once_when_the_tab
     );
     // It wakes: its board is shared from memory, not fetched.
     d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: true, leader: false, sent_at: 0 }));
-    let out = d.input(Input::Tab(TabMessage::Interest { tab: 5, keys: vec![key], critical: vec![] }));
+    let out = d.input(Input::Tab(TabMessage::Interest { tab: 5, keys: vec![key], critical: vec![], copies: vec![] }));
     assert!(
         out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Data { key: k, .. }) if *k == key)),
         "{out:?}"
@@ -1317,11 +1401,13 @@ fn metrics_count_requests_dedupe_hits_and_time_in_each_state() {
         tab: 2,
         keys: vec![QueryKey::BoardSummary(id(BOARD))],
         critical: vec![],
+        copies: vec![],
     }));
     d.input(Input::Tab(TabMessage::Interest {
         tab: 3,
         keys: vec![QueryKey::BoardSummary(id(BOARD))],
         critical: vec![],
+        copies: vec![],
     }));
     d.advance(10_000);
     let m = d.e.metrics();
@@ -1575,7 +1661,7 @@ fn a_query_a_follower_marked_critical_is_polled_by_the_hidden_leader_under_criti
     );
     // (Both test drivers are tab 1; the follower becomes tab 2 here.)
     let TabMessage::Interest { keys, critical, .. } = interest else { unreachable!() };
-    let interest = TabMessage::Interest { tab: 2, keys, critical };
+    let interest = TabMessage::Interest { tab: 2, keys, critical, copies: vec![] };
     // A leader whose own views are gone (its tab shows nothing) keeps polling it while every tab is hidden.
     let mut d = Driver::new(prefs);
     d.lead();

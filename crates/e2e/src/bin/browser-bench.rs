@@ -141,7 +141,13 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
         "board", "hidden ms/change", "idle-subtracted", "hidden script ms", "visible ms/change", "shown → current"
     );
     println!("{}", "-".repeat(125));
-    for cards_n in [1usize, 1000] {
+    // `BENCH_CARDS=1,1000,5000` chooses the boards (one card and 1,000 by default).
+    let sizes: Vec<usize> = std::env::var("BENCH_CARDS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 1000]);
+    let biggest = sizes.iter().copied().max().unwrap_or(0);
+    for cards_n in sizes {
         let h = Harness::start().await?;
         let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
         let board =
@@ -181,13 +187,15 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let (i1, _) = busy_ms(watched).await?;
         let idle_per_s = (i1 - i0) / 10.0;
-        // `BENCH_PROFILE=FILE`: a CPU profile of the hidden follower on the 1,000-card board.
-        let profile = std::env::var("BENCH_PROFILE").ok().filter(|_| cards_n == 1000);
+        // `BENCH_PROFILE=FILE`: a CPU profile of the hidden follower on the biggest board (of the visible leader
+        // with `BENCH_PROFILE_TAB=leader`).
+        let profile = std::env::var("BENCH_PROFILE").ok().filter(|_| cards_n == biggest);
+        let profiled = if std::env::var("BENCH_PROFILE_TAB").is_ok_and(|t| t == "leader") { &tabs[0] } else { watched };
         if profile.is_some() {
             use chromiumoxide::cdp::js_protocol::profiler;
-            watched.page().execute(profiler::EnableParams::default()).await?;
-            watched.page().execute(profiler::SetSamplingIntervalParams::new(100)).await?;
-            watched.page().execute(profiler::StartParams::default()).await?;
+            profiled.page().execute(profiler::EnableParams::default()).await?;
+            profiled.page().execute(profiler::SetSamplingIntervalParams::new(100)).await?;
+            profiled.page().execute(profiler::StartParams::default()).await?;
         }
         let (h0, hs0) = busy_ms(watched).await?;
         let (v0, _) = busy_ms(&tabs[0]).await?;
@@ -225,7 +233,7 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
         }
         if let Some(file) = &profile {
             let stopped =
-                watched.page().execute(chromiumoxide::cdp::js_protocol::profiler::StopParams::default()).await?;
+                profiled.page().execute(chromiumoxide::cdp::js_protocol::profiler::StopParams::default()).await?;
             std::fs::write(file, serde_json::to_vec(&stopped.result.profile)?)?;
         }
         let hidden = (h1 - h0) / seconds as f64;

@@ -59,6 +59,10 @@ impl<M: Model> Engine<M> {
             .collect();
         for key in dropped {
             self.queries.map.remove(&key);
+            let stream = M::stream(&key);
+            if !self.queries.map.keys().any(|k| M::stream(k) == stream) {
+                self.tabs.recent.remove(&stream); // nobody's copy will need its changes
+            }
             self.queries.unsaved.remove(&key);
             self.queries.saved_at.remove(&key);
             if leader && M::options(&key).persisted {

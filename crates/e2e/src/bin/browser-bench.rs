@@ -130,6 +130,16 @@ async fn main() -> anyhow::Result<()> {
     big_board().await
 }
 
+/// The boards to measure, in cards (`BENCH_CARDS=1,1000` instead of `default`), and the biggest.
+fn board_sizes(default: &[usize]) -> (Vec<usize>, usize) {
+    let sizes: Vec<usize> = std::env::var("BENCH_CARDS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec());
+    let biggest = sizes.iter().copied().max().unwrap_or(0);
+    (sizes, biggest)
+}
+
 /// What a hidden follower costs per change (Chromium's main-thread task time of that tab, 4 tabs, one change a
 /// second on boards of one card, 1,000 and 5,000), and how soon a hidden tab shows the current board once it is
 /// shown.
@@ -141,12 +151,7 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
         "board", "hidden ms/change", "idle-subtracted", "hidden script ms", "visible ms/change", "shown → current"
     );
     println!("{}", "-".repeat(125));
-    // `BENCH_CARDS=1,1000` chooses the boards (one card, 1,000 and 5,000 by default).
-    let sizes: Vec<usize> = std::env::var("BENCH_CARDS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_else(|| vec![1, 1000, 5000]);
-    let biggest = sizes.iter().copied().max().unwrap_or(0);
+    let (sizes, biggest) = board_sizes(&[1, 1000, 5000]);
     for cards_n in sizes {
         let h = Harness::start().await?;
         let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
@@ -381,11 +386,7 @@ async fn big_board() -> anyhow::Result<()> {
     );
     println!("{}", "-".repeat(152));
     let profile = std::env::var("BENCH_PROFILE").ok();
-    let sizes: Vec<usize> = std::env::var("BENCH_CARDS")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
-        .unwrap_or_else(|| vec![10, 1000, 5000]);
-    let biggest = sizes.iter().copied().max().unwrap_or(0);
+    let (sizes, biggest) = board_sizes(&[10, 1000, 5000]);
     for n in sizes {
         let h = Harness::start().await?;
         let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();

@@ -513,8 +513,8 @@ impl<M: Model> Engine<M> {
         } else {
             self.to_notify.remove(&key); // an unchanged result does not notify
         }
-        // Tabs that appear later ask with `Interest` and get it then.
-        if self.tabs.has_peers() {
+        // Tabs that appear (or wake) later ask with `Interest` and get it then.
+        if self.tabs.has_listeners() {
             self.out.push_back(Output::Broadcast(TabMessage::Data { key, data, fetched_at: self.now }));
         }
         // If the socket already delivered past this snapshot, ask it to replay from the snapshot.

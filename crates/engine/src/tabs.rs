@@ -111,8 +111,9 @@ impl<M: Model> Tabs<M> {
         }
     }
 
-    pub fn has_peers(&self) -> bool {
-        !self.peers.is_empty()
+    /// Some other tab hears what is broadcast (an asleep one has closed its channel).
+    pub fn has_listeners(&self) -> bool {
+        self.peers.values().any(|p| !p.asleep)
     }
 
     pub fn leader_known(&self) -> bool {
@@ -214,17 +215,20 @@ impl<M: Model> Engine<M> {
             .filter_map(|key| {
                 let data = self.queries.map[key].data.as_ref()?;
                 let cursor = M::cursor(data).filter(|_| !M::is_gone(data))?;
-                let held = self.held_dropped.contains(&M::stream(key))
-                    || self.held_changes.iter().any(|(s, _)| *s == M::stream(key));
-                (!held).then(|| CopyAt { key: key.clone(), cursor, log_id: M::log_id(data) })
+                (!self.holds_changes_of(&M::stream(key))).then(|| CopyAt {
+                    key: key.clone(),
+                    cursor,
+                    log_id: M::log_id(data),
+                })
             })
             .collect();
         self.out.push_back(Output::Broadcast(TabMessage::Interest { tab: self.tab, keys, critical, copies }));
     }
 
-    /// The leader shares the changes the server sent with the other tabs — when there is one to hear them: a tab
-    /// that appears later asks (`Interest`) and gets the data as it is then. (Alone, a tab would encode and post
-    /// every change to nobody.) The latest are kept either way, for a copy that is behind (`bring_up_to_date`).
+    /// The leader shares the changes the server sent with the other tabs — when one listens: a tab that appears
+    /// later, or wakes, asks (`Interest`) and gets what its copy lacks then. (Alone, or with only asleep tabs, a
+    /// leader would encode and post every change to nobody.) The latest are kept either way, for a copy that is
+    /// behind (`bring_up_to_date`).
     pub(crate) fn share_changes(&mut self, stream: StreamName, changes: Vec<Change<M::Change>>) {
         let log_id = self.transport.log_id;
         let recent = self.tabs.recent.entry(stream.clone()).or_insert_with(|| Recent::new(log_id));
@@ -232,7 +236,7 @@ impl<M: Model> Engine<M> {
             *recent = Recent::new(log_id);
         }
         recent.push(&changes);
-        if self.tabs.has_peers() {
+        if self.tabs.has_listeners() {
             self.out.push_back(Output::Broadcast(TabMessage::Changes { stream, changes }));
         }
     }
@@ -298,6 +302,11 @@ impl<M: Model> Engine<M> {
             }
             self.held_count = 0;
         }
+    }
+
+    /// This hidden follower holds changes of `stream` back (or dropped them and will ask again when shown).
+    fn holds_changes_of(&self, stream: &StreamName) -> bool {
+        self.held_dropped.contains(stream) || self.held_changes.iter().any(|(s, _)| s == stream)
     }
 
     pub(crate) fn apply_held_changes(&mut self) {
@@ -541,9 +550,9 @@ impl<M: Model> Engine<M> {
     /// copy there is current (it is what a `Data` would bring); a visible follower's copy still behind it missed
     /// something — it asks for the data. A hidden follower holding changes of that stream is not concerned
     /// (what it holds brings it there when shown); other copies are ahead, or of another log.
-    fn on_current(&mut self, key: M::Key, cursor: Cursor, log_id: Option<uuid::Uuid>, changes: Vec<Change<M::Change>>) {
+    fn on_current(&mut self, key: M::Key, cursor: Cursor, log_id: Option<Uuid>, changes: Vec<Change<M::Change>>) {
         let stream = M::stream(&key);
-        if !self.env.visible && self.held_changes.iter().any(|(s, _)| *s == stream) {
+        if !self.env.visible && self.holds_changes_of(&stream) {
             return;
         }
         let Some(data) = self.queries.map.get(&key).and_then(|q| q.data.as_ref()) else { return };

@@ -1118,7 +1118,7 @@ fn a_follower_hidden_for_two_seconds_falls_asleep_hears_nothing_and_is_current_o
 }
 
 #[test]
-fn a_leader_alone_does_not_post_the_changes_to_nobody_and_shares_them_once_another_tab_is_there() {
+fn a_leader_alone_or_with_asleep_tabs_does_not_post_the_changes_to_nobody_and_shares_them_once_a_tab_listens() {
     let mut d = Driver::leader();
     d.live_on_board(3);
     let stream = StreamId::Board(id(BOARD)).name();
@@ -1133,8 +1133,12 @@ fn a_leader_alone_does_not_post_the_changes_to_nobody_and_shares_them_once_anoth
     let out = d.server(ServerMessage::Changes { stream: stream.clone(), changes: vec![change(4)] });
     assert!(!shared(&out), "{out:?}");
     assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[1].title, "at 4", "applied all the same");
-    d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: true, leader: false, sent_at: 0 }));
+    // An asleep tab hears nothing (it gets what its copy lacks when it wakes: `Current`).
+    d.input(Input::Tab(TabMessage::Asleep { tab: 6, sent_at: 0 }));
     let out = d.server(ServerMessage::Changes { stream: stream.clone(), changes: vec![change(5)] });
+    assert!(!shared(&out), "{out:?}");
+    d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: true, leader: false, sent_at: 0 }));
+    let out = d.server(ServerMessage::Changes { stream: stream.clone(), changes: vec![change(6)] });
     assert!(shared(&out), "{out:?}");
 }
 

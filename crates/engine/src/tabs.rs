@@ -304,6 +304,14 @@ impl<M: Model> Engine<M> {
         }
     }
 
+    /// Applies changes that came while nobody looked (held back, or missed asleep): there is no change → screen
+    /// latency to count for them.
+    fn apply_unwatched_changes(&mut self, stream: &StreamName, changes: &[Change<M::Change>]) {
+        let unrendered = self.unrendered_since;
+        self.apply_changes(stream, changes);
+        self.unrendered_since = unrendered;
+    }
+
     /// This hidden follower holds changes of `stream` back (or dropped them and will ask again when shown).
     fn holds_changes_of(&self, stream: &StreamName) -> bool {
         self.held_dropped.contains(stream) || self.held_changes.iter().any(|(s, _)| s == stream)
@@ -322,13 +330,10 @@ impl<M: Model> Engine<M> {
                 }
             }
         }
-        // Held while nobody looked: no change → screen latency to count for them.
-        let unrendered = self.unrendered_since;
         for (stream, changes) in std::mem::take(&mut self.held_changes) {
-            self.apply_changes(&stream, &changes);
+            self.apply_unwatched_changes(&stream, &changes);
             streams.insert(stream);
         }
-        self.unrendered_since = unrendered;
         if !self.is_leader() {
             for stream in streams {
                 self.ask_leader_for_stale(&stream);
@@ -492,11 +497,7 @@ impl<M: Model> Engine<M> {
                         self.to_notify.insert(key.clone());
                     }
                 }
-                q.invalidated = false;
-                q.current_at = Some(self.now);
-                q.error = None;
-                q.retry_at = None;
-                self.prefetch_done(&key);
+                self.shared_is_current(key);
             }
             TabMessage::Current { key, cursor, log_id, changes } => {
                 if !self.is_leader() {
@@ -560,21 +561,14 @@ impl<M: Model> Engine<M> {
             return;
         }
         if !changes.is_empty() {
-            // What happened while this tab was not listening: no change → screen latency to count for it.
-            let unrendered = self.unrendered_since;
-            self.apply_changes(&stream, &changes);
-            self.unrendered_since = unrendered;
+            self.apply_unwatched_changes(&stream, &changes);
         }
         let visible = self.env.visible;
         let Some(q) = self.queries.map.get_mut(&key) else { return };
         match q.data.as_ref().and_then(M::cursor) {
             Some(at) if at == cursor => {
-                q.invalidated = false;
-                q.current_at = Some(self.now);
-                q.error = None;
-                q.retry_at = None;
                 self.to_notify.insert(key.clone());
-                self.prefetch_done(&key);
+                self.shared_is_current(key);
             }
             Some(at) if at < cursor && visible && q.held() => {
                 q.invalidated = true;
@@ -582,6 +576,17 @@ impl<M: Model> Engine<M> {
             }
             _ => {}
         }
+    }
+
+    /// The leader's `Data` or `Current` made this copy current: nothing to ask or retry for it.
+    fn shared_is_current(&mut self, key: M::Key) {
+        if let Some(q) = self.queries.map.get_mut(&key) {
+            q.invalidated = false;
+            q.current_at = Some(self.now);
+            q.error = None;
+            q.retry_at = None;
+        }
+        self.prefetch_done(&key);
     }
 
     fn on_presence(&mut self, tab: TabId, visible: bool, leader: bool, asleep: bool, sent_at: u64) {

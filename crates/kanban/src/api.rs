@@ -336,7 +336,7 @@ mod tests {
         assert_eq!(v(r#"{}"#).unwrap(), None);
         assert_eq!(v(r#"{"base_version": 9223372036854775807}"#).unwrap(), Some(i64::MAX as u64));
         // Found by the schema fuzzer: serde_json's default float parser read this as ...305.5 and refused it
-        // (the workspace turns on `float_roundtrip`).
+        // (the server turns on `float_roundtrip`).
         assert_eq!(v(r#"{"base_version": 3798805622191306.0}"#).unwrap(), Some(3_798_805_622_191_306));
         for refused in ["3.5", "-1", "9223372036854775808", "1e300", "\"3\""] {
             assert!(v(&format!(r#"{{"base_version": {refused}}}"#)).is_err(), "{refused} was accepted");

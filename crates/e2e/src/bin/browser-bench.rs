@@ -387,6 +387,8 @@ async fn big_board() -> anyhow::Result<()> {
     println!("{}", "-".repeat(152));
     let profile = std::env::var("BENCH_PROFILE").ok();
     let (sizes, biggest) = board_sizes(&[10, 1000, 5000]);
+    // `BENCH_TRACE` traces the smallest board measured.
+    let sizes_traced = sizes.iter().min().map(|&n| n.div_ceil(5) * 5).unwrap_or(0);
     for n in sizes {
         let h = Harness::start().await?;
         let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
@@ -457,7 +459,7 @@ async fn big_board() -> anyhow::Result<()> {
                 tab.page().execute(profiler::StartParams::default()).await?;
             }
             let trace = match std::env::var("BENCH_TRACE") {
-                Ok(file) if gap.is_some() && n == 10 => Some((file, start_trace(&tab).await?)),
+                Ok(file) if gap.is_some() && n == sizes_traced => Some((file, start_trace(&tab).await?)),
                 _ => None,
             };
             let (t0, s0) = busy_ms(&tab).await?;
@@ -512,7 +514,7 @@ async fn big_board() -> anyhow::Result<()> {
 type TraceEvents = tokio::task::JoinHandle<Vec<serde_json::Value>>;
 
 /// `BENCH_TRACE=FILE`: a Chromium trace (open it in DevTools' Performance panel or Perfetto) of the paced changes
-/// on the 10-card board — where the main thread's time goes besides script.
+/// on the smallest board measured — where the main thread's time goes besides script.
 async fn start_trace(tab: &Tab) -> anyhow::Result<TraceEvents> {
     use chromiumoxide::cdp::browser_protocol::tracing as tr;
     use futures::StreamExt;

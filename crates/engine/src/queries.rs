@@ -42,6 +42,10 @@ pub(crate) struct Query<M: Model> {
     pub ahead_to: Cursor,
     /// Its persisted copy was asked for (`Load::Cache`).
     pub cache_asked: bool,
+    /// A change could not be applied to this data (it lacks something the change needs): it is not offered to
+    /// the leader as a copy to bring up to date (the same changes would fail again) — only new data, from the
+    /// leader or the server, clears it.
+    pub untrusted: bool,
 }
 
 impl<M: Model> Default for Query<M> {
@@ -62,6 +66,7 @@ impl<M: Model> Default for Query<M> {
             prefetch: false,
             ahead_to: 0,
             cache_asked: false,
+            untrusted: false,
         }
     }
 }
@@ -324,6 +329,7 @@ impl<M: Model> Engine<M> {
                     }
                     Applied::Unchanged => {}
                     Applied::CannotApply => {
+                        q.untrusted = true;
                         invalidate.insert(key.clone());
                         break;
                     }
@@ -500,6 +506,7 @@ impl<M: Model> Engine<M> {
             return;
         }
         q.ahead_to = 0; // the snapshot has all of it
+        q.untrusted = false;
         if q.data.as_ref() != Some(&data) {
             q.data = Some(data.clone());
             if M::options(&key).persisted {
@@ -642,7 +649,7 @@ impl<M: Model> Engine<M> {
                 q.invalidated = false; // asked once; the leader's data clears it for good
             }
             if self.tabs.leader_known() {
-                self.out.push_back(Output::Broadcast(TabMessage::Refetch { key }));
+                self.ask_leader_to_refetch(key);
             }
         }
     }

@@ -210,19 +210,25 @@ impl<M: Model> Engine<M> {
         let critical = keys.iter().filter(|k| self.queries.map[*k].critical).cloned().collect();
         // Where this tab's copies stand (with no changes held back: those would move them). The leader sends
         // what they lack rather than all the data — a tab waking on a 5,000-card board needs a few changes.
-        let copies = keys
-            .iter()
-            .filter_map(|key| {
-                let data = self.queries.map[key].data.as_ref()?;
-                let cursor = M::cursor(data).filter(|_| !M::is_gone(data))?;
-                (!self.holds_changes_of(&M::stream(key))).then(|| CopyAt {
-                    key: key.clone(),
-                    cursor,
-                    log_id: M::log_id(data),
-                })
-            })
-            .collect();
+        let copies = keys.iter().filter_map(|key| self.copy_at(key)).collect();
         self.out.push_back(Output::Broadcast(TabMessage::Interest { tab: self.tab, keys, critical, copies }));
+    }
+
+    /// Where this tab's copy of `key` stands, for the leader to bring it up to date rather than send all of it:
+    /// none for data gone or without a position, one that could not take a change (`untrusted`), or one whose
+    /// stream has changes held back here (they would move it).
+    fn copy_at(&self, key: &M::Key) -> Option<CopyAt<M::Key>> {
+        let q = self.queries.map.get(key)?;
+        let data = q.data.as_ref().filter(|_| !q.untrusted)?;
+        let cursor = M::cursor(data).filter(|_| !M::is_gone(data))?;
+        (!self.holds_changes_of(&M::stream(key))).then(|| CopyAt { key: key.clone(), cursor, log_id: M::log_id(data) })
+    }
+
+    /// Asks the leader for `key` again, saying where this tab's copy stands (a copy that only missed changes is
+    /// brought up to date with them).
+    pub(crate) fn ask_leader_to_refetch(&mut self, key: M::Key) {
+        let copy = self.copy_at(&key);
+        self.out.push_back(Output::Broadcast(TabMessage::Refetch { key, copy }));
     }
 
     /// The leader shares the changes the server sent with the other tabs — when one listens: a tab that appears
@@ -426,7 +432,7 @@ impl<M: Model> Engine<M> {
             .map(|(k, _)| k.clone())
             .collect();
         for key in stale {
-            self.out.push_back(Output::Broadcast(TabMessage::Refetch { key }));
+            self.ask_leader_to_refetch(key);
         }
     }
 
@@ -466,7 +472,7 @@ impl<M: Model> Engine<M> {
                     }
                 }
             }
-            TabMessage::Refetch { key } => {
+            TabMessage::Refetch { key, copy } => {
                 if self.is_leader() {
                     let kept = self.kept_fresh(&key);
                     if let Some(q) = self.queries.map.get_mut(&key) {
@@ -474,11 +480,11 @@ impl<M: Model> Engine<M> {
                             self.metrics.dedupe_hits += 1;
                         } else if !kept || q.invalidated {
                             q.invalidated = true;
-                        } else if let Some(data) = q.data.clone() {
+                        } else if q.data.is_some() {
                             // Our copy is current (the feed keeps it so): the follower missed something (it was
-                            // frozen, or joined late). Share it rather than fetch it again.
-                            let fetched_at = q.current_at.unwrap_or(self.now);
-                            self.out.push_back(Output::Broadcast(TabMessage::Data { key, data, fetched_at }));
+                            // frozen, joined late, or heard a new leader's changes before its answer). Bring its
+                            // copy up to date — the changes it lacks, or the data — rather than fetch again.
+                            self.bring_up_to_date(key, copy.as_ref());
                         }
                     }
                 }
@@ -492,6 +498,7 @@ impl<M: Model> Engine<M> {
                 let newer = q.not_older(&data) || q.data.as_ref().is_some_and(M::is_gone);
                 if newer {
                     q.ahead_to = 0;
+                    q.untrusted = false;
                     if q.data.as_ref() != Some(&data) {
                         q.data = Some(data);
                         self.to_notify.insert(key.clone());

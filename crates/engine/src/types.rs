@@ -221,7 +221,13 @@ pub enum TabMessage<M: Model> {
         copies: Vec<CopyAt<M::Key>>,
     },
     /// A follower wants this query refetched (it became visible and the data is stale, or it missed changes).
-    Refetch { key: M::Key },
+    /// `copy`: where the data it holds stands, when that can be brought up to date with the changes since
+    /// (`Current`) — a copy that only missed changes; none when a change could not be applied to it.
+    Refetch {
+        key: M::Key,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        copy: Option<CopyAt<M::Key>>,
+    },
     /// Leader → all: a query's data as fetched.
     Data { key: M::Key, data: M::Data, fetched_at: Millis },
     /// Leader → all: changes from the feed, in order.

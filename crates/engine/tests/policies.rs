@@ -1236,7 +1236,77 @@ fn a_follower_told_its_copy_is_current_shows_it_as_current_and_one_behind_asks_f
     let out = d.input(Input::Tab(TabMessage::Current { key, cursor: 7, log_id: Some(id(LOG + 1)), changes: vec![] }));
     assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Refetch { .. }))), "{out:?}");
     let out = d.input(Input::Tab(TabMessage::Current { key, cursor: 7, log_id: Some(id(LOG)), changes: vec![] }));
-    assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Refetch { key: k }) if *k == key)), "{out:?}");
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Refetch { key: k, .. }) if *k == key)),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_follower_that_missed_changes_asks_with_where_its_copy_stands_and_one_that_could_not_apply_one_asks_for_the_board()
+{
+    let mut d = Driver::new(Preferences::default());
+    let key = QueryKey::Board(id(BOARD));
+    let stream = StreamId::Board(id(BOARD)).name();
+    d.input(Input::Subscribe(key));
+    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: false, leader: true, sent_at: 0 }));
+    d.input(Input::Tab(TabMessage::Data { key, data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
+    let change =
+        |cursor: u64, op: ChangeOp| Change { stream: stream.clone(), cursor, at_ms: EPOCH, write_id: None, op };
+    let renamed =
+        |cursor: u64| change(cursor, ChangeOp::CardUpserted { card: card(2, 10, &format!("at {cursor}"), cursor) });
+    let refetch = |out: &[Output]| {
+        out.iter().find_map(|o| match o {
+            Output::Broadcast(TabMessage::Refetch { key: k, copy }) if *k == key => Some(copy.clone()),
+            _ => None,
+        })
+    };
+    // Change 4 never came (the leader changed, or this tab was frozen): what it holds is right as of 3, only
+    // behind — it says so, and the leader can send the changes it lacks rather than the board.
+    let out = d.input(Input::Tab(TabMessage::Changes { stream: stream.clone(), changes: vec![renamed(5)] }));
+    assert_eq!(refetch(&out), Some(Some(CopyAt { key, cursor: 3, log_id: Some(id(LOG)) })), "{out:?}");
+    let out = d.input(Input::Tab(TabMessage::Current {
+        key,
+        cursor: 5,
+        log_id: Some(id(LOG)),
+        changes: vec![renamed(4), renamed(5)],
+    }));
+    assert!(notified(&out, key), "{out:?}");
+    assert_eq!(d.e.freshness(&key), Freshness::Fresh);
+    assert_eq!(d.e.board_server_state(id(BOARD)).unwrap().cards[1].title, "at 5");
+    // A change that cannot be applied (a card patched at a version this copy skipped): what it holds cannot
+    // be trusted — it asks for the board (or the same changes would come back and fail again, for ever).
+    let skipped = ChangeOp::CardPatched {
+        id: id(1),
+        version: 3,
+        title: Some("skipped a version".into()),
+        description: None,
+        column_id: None,
+        position: None,
+    };
+    let out = d.input(Input::Tab(TabMessage::Changes { stream: stream.clone(), changes: vec![change(6, skipped)] }));
+    assert_eq!(refetch(&out), Some(None), "{out:?}");
+    // Still so when a later change leaves a gap after it: only the board brings it back.
+    let out = d.input(Input::Tab(TabMessage::Current { key, cursor: 8, log_id: Some(id(LOG)), changes: vec![] }));
+    assert_eq!(refetch(&out), Some(None), "{out:?}");
+}
+
+#[test]
+fn a_leader_asked_to_refetch_a_copy_that_missed_changes_sends_those_changes_and_otherwise_the_board() {
+    let mut d = Driver::leader();
+    d.live_on_board(3);
+    let key = QueryKey::Board(id(BOARD));
+    for cursor in 4..=6 {
+        d.server(renamed(cursor));
+    }
+    let shared = |out: &[Output]| -> Vec<TabMessage> {
+        out.iter().filter_map(|o| if let Output::Broadcast(m) = o { Some(m.clone()) } else { None }).collect()
+    };
+    let copy = Some(CopyAt { key, cursor: 4, log_id: Some(id(LOG)) });
+    let out = shared(&d.input(Input::Tab(TabMessage::Refetch { key, copy })));
+    assert!(matches!(&out[..], [TabMessage::Current { cursor: 6, changes, .. }] if changes.len() == 2), "{out:?}");
+    let out = shared(&d.input(Input::Tab(TabMessage::Refetch { key, copy: None })));
+    assert!(matches!(&out[..], [TabMessage::Data { data: QueryData::Board(b), .. }] if b.cursor == 6), "{out:?}");
 }
 
 #[test]
@@ -1302,7 +1372,7 @@ fn a_follower_hidden_for_hours_drops_what_it_held_and_asks_the_leader_once_when_
     }
     let out = d.input(Input::Visibility { visible: true });
     let asked =
-        out.iter().filter(|o| matches!(o, Output::Broadcast(TabMessage::Refetch { key: k }) if *k == key)).count();
+        out.iter().filter(|o| matches!(o, Output::Broadcast(TabMessage::Refetch { key: k, .. }) if *k == key)).count();
     assert_eq!(asked, 1, "the board is asked of the leader once: {out:?}");
     // The leader's answer makes it current.
     let mut current = snapshot(5_003);

@@ -95,6 +95,7 @@ fn test(root: &Path, cargo_args: &[String]) -> Result<()> {
     syncline_devcluster::ensure_packages()?;
     lint()?;
     let dist = build_web(root)?;
+    check_first_load_budget(&dist, FIRST_LOAD_BUDGET_BYTES)?;
     // A throwaway PostgreSQL cluster for this run: the cluster browser test creates its database there, and the
     // server's tests run on it a second time. Stopped when this function returns, on failure too.
     let postgres = syncline_devcluster::Postgres::start(&root.join("target").join("cluster"))?;
@@ -458,6 +459,24 @@ fn build_web(root: &Path) -> Result<PathBuf> {
     Ok(dist)
 }
 
+/// The first load's budget, in bytes on the wire (brotli): what a first visit downloads may not grow past it
+/// unnoticed. Issue 14's target is 250 KB; the app is at ~355 KiB (the wasm 343 KiB of it) — this is a ceiling
+/// against regressions a little above that, to be lowered as the app shrinks, not the target.
+const FIRST_LOAD_BUDGET_BYTES: u64 = 375_000;
+
+fn check_first_load_budget(dist: &Path, budget: u64) -> Result<()> {
+    let bytes = web::cold_load_bytes(dist)?;
+    println!("xtask: a cold load is {} KiB on the wire (budget {} KiB)", bytes / 1024, budget / 1024);
+    if bytes > budget {
+        bail!(
+            "a cold load is {bytes} bytes on the wire, over the budget of {budget} (FIRST_LOAD_BUDGET_BYTES in \
+             xtask/src/main.rs): find what grew (`twiggy top` on target/web-bindgen/syncline_app_bg.wasm names \
+             the biggest functions), or raise the budget on purpose"
+        );
+    }
+    Ok(())
+}
+
 /// `wasm-opt -Oz` from the npm package `binaryen@132` (Debian's binaryen 108 breaks the module: see
 /// TOOLCHAIN.md), installed under `target/tools/` with npm — which is installed with apt when missing and we are
 /// root. The result is kept by the input's hash: an unchanged module is not optimised again (it takes ~20 s).
@@ -500,4 +519,25 @@ fn optimize_wasm(root: &Path, module: &Path) -> Result<()> {
     }
     std::fs::copy(&cache, module)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_load_budget_counts_every_compressed_file_and_refuses_a_build_over_it() {
+        let dist = std::env::temp_dir().join(format!("syncline-budget-{}", std::process::id()));
+        let assets = dist.join("assets").join("0123abcd");
+        std::fs::create_dir_all(&assets).unwrap();
+        for (name, bytes) in [("app.wasm", 1000), ("app.wasm.br", 300), ("app.wasm.gz", 400), ("app.js.br", 50)] {
+            std::fs::write(assets.join(name), vec![0u8; bytes]).unwrap();
+        }
+        std::fs::write(dist.join("index.html.br"), [0u8; 7]).unwrap();
+        assert_eq!(web::cold_load_bytes(&dist).unwrap(), 357);
+        assert!(check_first_load_budget(&dist, 357).is_ok());
+        let err = check_first_load_budget(&dist, 356).unwrap_err().to_string();
+        assert!(err.contains("357 bytes"), "{err}");
+        std::fs::remove_dir_all(&dist).unwrap();
+    }
 }

@@ -37,6 +37,18 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// What a first visit downloads, in bytes on the wire: the brotli copy of every file under `dist` (`index.html`
+/// and the assets; a browser fetches them all on a cold load).
+pub fn cold_load_bytes(dist: &Path) -> Result<u64> {
+    let mut files = Vec::new();
+    collect(dist, dist, &mut files)?;
+    let mut total = 0;
+    for rel in files.iter().filter(|f| f.ends_with(".br")) {
+        total += std::fs::metadata(dist.join(rel))?.len();
+    }
+    Ok(total)
+}
+
 pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {

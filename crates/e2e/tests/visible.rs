@@ -1,6 +1,7 @@
 //! Sync made visible, in a real Chromium: the connection badge in each state, the freshness line, pending and
 //! conflict marks, the preferences panel (applied in every tab, observed on the server), the metrics panel,
-//! hover prefetch, long tasks during a burst, keyboard use, 375 px. The state screenshots in docs/ come from here.
+//! hover prefetch, long tasks during a burst, a render that waited for a frame when the page is hidden, keyboard
+//! use, 375 px. The state screenshots in docs/ come from here.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -152,6 +153,30 @@ async fn live_badge_fresh_board_and_a_metrics_panel_that_counts_what_happened() 
     tab.wait_for("!document.querySelector('#metrics-panel')", WAIT).await.unwrap();
     // Focus goes back to the button that opened it.
     tab.wait_for("document.activeElement?.id === 'open-metrics'", WAIT).await.unwrap();
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_render_waiting_for_a_frame_when_the_page_is_hidden_runs_then_and_does_not_wait_to_be_shown() {
+    let (h, board, browser, url) = setup("Frames").await;
+    let tab = browser.open(&url).await.unwrap();
+    tab.wait_for(live_leader(), WAIT).await.unwrap();
+    tab.wait_for(&shows(board.card, "Write the release notes"), WAIT).await.unwrap();
+    // No frame comes after this (as for a page hidden between asking for a frame and drawing it): a change is
+    // applied, and its render waits.
+    tab.exec("window.requestAnimationFrame = () => 0").await.unwrap();
+    // (A frame asked for before that still comes: let it pass.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let applied = state(&tab).await["metrics"]["deltas_applied"].as_u64().unwrap();
+    rename(&h, board.card, "Renamed while no frame came").await;
+    tab.wait_for(&format!("JSON.parse(window.__syncline()).metrics.deltas_applied > {applied}"), WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tab.eval::<bool>(&shows(board.card, "Write the release notes")).await.unwrap(), "it waits for a frame");
+    // Hidden, the page gets no frame until shown: what waited runs now, as a task (every later render would
+    // wait behind it otherwise).
+    tab.hide().await.unwrap();
+    tab.wait_for(&shows(board.card, "Renamed while no frame came"), Duration::from_secs(5)).await.unwrap();
     browser.close().await;
     h.stop().await;
 }

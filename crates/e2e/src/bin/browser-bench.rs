@@ -145,13 +145,20 @@ fn board_sizes(default: &[usize]) -> (Vec<usize>, usize) {
 /// shown.
 async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
     println!();
-    println!("hidden followers: 4 tabs (1 visible leader, 3 hidden followers), 1 change/s for {seconds} s");
+    // `BENCH_SETTLE_SECONDS` (3 by default): how long the followers stay hidden before the idle span and the
+    // changes — a minute or more measures a tab hidden for a while rather than one just hidden (a page just
+    // hidden collects its garbage, once).
+    let settle: u64 = std::env::var("BENCH_SETTLE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    println!(
+        "hidden followers: 4 tabs (1 visible leader, 3 hidden followers, hidden {settle} s before), 1 change/s for {seconds} s"
+    );
     println!(
         "{:>12} | {:>20} | {:>20} | {:>20} | {:>20} | {:>16}",
         "board", "hidden ms/change", "idle-subtracted", "hidden script ms", "visible ms/change", "shown → current"
     );
     println!("{}", "-".repeat(125));
     let (sizes, biggest) = board_sizes(&[1, 1000, 5000]);
+    let sizes_min = sizes.iter().min().copied();
     for cards_n in sizes {
         let h = Harness::start().await?;
         let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
@@ -185,7 +192,7 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
             tabs.push(tab);
         }
         tabs[0].show().await?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(settle)).await;
         let watched = &tabs[3];
         // The same span with no changes: what the page costs doing nothing (clock, heartbeats).
         let (i0, _) = busy_ms(watched).await?;
@@ -202,6 +209,11 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
             profiled.page().execute(profiler::SetSamplingIntervalParams::new(100)).await?;
             profiled.page().execute(profiler::StartParams::default()).await?;
         }
+        // `BENCH_TRACE=FILE`: a Chromium trace over the changes on the smallest board (every tab's renderer).
+        let trace = match std::env::var("BENCH_TRACE") {
+            Ok(file) if Some(&cards_n) == sizes_min.as_ref() => Some((file, start_trace(watched).await?)),
+            _ => None,
+        };
         let (h0, hs0) = busy_ms(watched).await?;
         let (v0, _) = busy_ms(&tabs[0]).await?;
         if std::env::var("BENCH_CHANNEL").is_ok() {
@@ -224,6 +236,9 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
         let secs = started.elapsed().as_secs_f64();
         let (h1, hs1) = busy_ms(watched).await?;
         let (v1, _) = busy_ms(&tabs[0]).await?;
+        if let Some((file, collect)) = trace {
+            end_trace(watched, &file, collect).await?;
+        }
         if std::env::var("BENCH_CHANNEL").is_ok() {
             let seen: serde_json::Value = watched.eval("window.__chan").await?;
             let mut kinds: std::collections::BTreeMap<String, (usize, u64)> = Default::default();

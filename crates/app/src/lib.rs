@@ -95,9 +95,9 @@ pub(crate) fn navigate(to: &str) {
 /// Runs `f` in the next animation frame when the page is visible (so a burst of changes costs one render per
 /// frame), or soon when it is hidden (hidden pages get no frames). Several calls before it runs make one.
 ///
-/// Every batch waits for the same frame (`NextFrame`): one animation-frame request and one fallback timer per
-/// frame for the whole app, not one per batch — a change re-renders the board and marks its change → screen
-/// time, and each request crosses into JavaScript and allocates a callback there.
+/// Every batch waits for the same frame (`NextFrame`): one animation-frame request per frame for the whole app,
+/// not one per batch — a change re-renders the board and marks its change → screen time, and each request
+/// crosses into JavaScript and allocates a callback there.
 pub(crate) struct FrameBatch {
     scheduled: std::cell::Cell<bool>,
 }

@@ -29,7 +29,6 @@ impl<M: Model> Engine<M> {
         let Some(q) = self.queries.map.get_mut(&key) else { return };
         if q.data.is_none() {
             q.data = Some(data);
-            q.untrusted = false;
             // Cached data is of unknown age: stale until confirmed.
             q.invalidated = true;
             self.to_notify.insert(key);

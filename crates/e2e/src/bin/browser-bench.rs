@@ -402,9 +402,10 @@ async fn big_board() -> anyhow::Result<()> {
     println!("{}", "-".repeat(152));
     let profile = std::env::var("BENCH_PROFILE").ok();
     let (sizes, biggest) = board_sizes(&[10, 1000, 5000]);
-    // `BENCH_TRACE` traces the smallest board measured.
-    let sizes_traced = sizes.iter().min().map(|&n| n.div_ceil(5) * 5).unwrap_or(0);
+    let sizes_min = sizes.iter().min().copied();
     for n in sizes {
+        // `BENCH_TRACE` traces the smallest board measured.
+        let traced = Some(n) == sizes_min;
         let h = Harness::start().await?;
         let id = |v: serde_json::Value| Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
         let board = id(h.write(WriteOp::CreateBoard { body: CreateBoard { id: None, title: "Big".into() } }).await?);
@@ -474,7 +475,7 @@ async fn big_board() -> anyhow::Result<()> {
                 tab.page().execute(profiler::StartParams::default()).await?;
             }
             let trace = match std::env::var("BENCH_TRACE") {
-                Ok(file) if gap.is_some() && n == sizes_traced => Some((file, start_trace(&tab).await?)),
+                Ok(file) if gap.is_some() && traced => Some((file, start_trace(&tab).await?)),
                 _ => None,
             };
             let (t0, s0) = busy_ms(&tab).await?;

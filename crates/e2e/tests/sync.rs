@@ -175,6 +175,33 @@ async fn hidden_followers_make_no_requests_while_changes_stream_in() {
     h.stop().await;
 }
 
+/// An asleep follower says nothing at all (no heartbeat): the leader knows it lives by the Web Lock the tab holds
+/// for its life, and learns it is gone when the browser releases that lock — here a tab closed without a last
+/// word, as a crashed or discarded one would be.
+#[tokio::test]
+async fn an_asleep_follower_that_goes_without_a_word_is_forgotten_when_its_tab_lock_is_released() {
+    let (h, board, browser, url) = setup().await;
+    let leader = browser.open(&url).await.unwrap();
+    leader.wait_for(&live(true), WAIT).await.unwrap();
+    let follower = browser.open(&url).await.unwrap();
+    follower.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+    let id = client_id(&follower).await;
+    follower.hide().await.unwrap();
+    follower.wait_for("JSON.parse(window.__syncline()).asleep === true", WAIT).await.unwrap();
+    let counted = format!("JSON.parse(window.__syncline()).asleep_peers.includes('{id}')");
+    leader.wait_for(&counted, WAIT).await.unwrap();
+    // Its last word (`Goodbye`) is lost, as a crashed tab's would be.
+    let _: bool = follower.eval("(BroadcastChannel.prototype.postMessage = function () {}, true)").await.unwrap();
+    let closed = Instant::now();
+    follower.close().await.unwrap();
+    if let Err(e) = leader.wait_for(&format!("!({counted})"), Duration::from_secs(3)).await {
+        panic!("the leader still counts the closed tab as asleep: {}; {e}", state(&leader).await);
+    }
+    eprintln!("an asleep tab closed without a word: forgotten by its leader after {:?}", closed.elapsed());
+    browser.close().await;
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn closing_the_leader_hands_over_within_a_second_and_misses_nothing() {
     let (h, board, browser, url) = setup().await;

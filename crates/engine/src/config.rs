@@ -73,6 +73,8 @@ pub enum InjectedBug {
     /// so the leader may settle it and delete its entry before the put lands (an entry that outlives its
     /// write) — what a real browser showed.
     FollowerPersistsAfterBroadcasting,
+    /// A tab's lock released (`Input::TabGone`) is not heard: an asleep tab that is gone is kept for good.
+    IgnoresTabGone,
 }
 
 impl Default for EngineConfig {

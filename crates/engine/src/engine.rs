@@ -141,6 +141,7 @@ impl<M: Model> Engine<M> {
             unrendered_since: None,
             promised_deadline: Millis::MAX,
         };
+        engine.out.push_back(Output::HoldTabLock { tab });
         engine.out.push_back(Output::Load(Load::Outbox));
         engine.out.push_back(Output::QueueForLock);
         engine
@@ -198,6 +199,7 @@ impl<M: Model> Engine<M> {
             Input::SocketClosed { .. } => self.on_socket_closed(),
             Input::SocketMessage(text) => self.on_socket_message(&text),
             Input::Http { id, result } => self.on_http(id, result),
+            Input::TabGone { tab } => self.on_tab_gone(tab),
             Input::Tab(msg) => self.on_tab(msg),
         }
         self.reconcile();
@@ -214,7 +216,8 @@ impl<M: Model> Engine<M> {
         if let Some(out) = self.out.pop_front() {
             return out;
         }
-        let deadline = self.next_timer().map_or(self.now + self.cfg.presence_interval_ms, |(t, _)| t);
+        // No timer (an asleep tab): nothing to do until an input.
+        let deadline = self.next_timer().map_or(Millis::MAX, |(t, _)| t);
         self.promised_deadline = deadline;
         Output::Timeout(deadline)
     }
@@ -464,6 +467,12 @@ impl<M: Model> Engine<M> {
     /// Whether this hidden follower fell asleep: it listens to no other tab until it is shown or leads.
     pub fn is_asleep(&self) -> bool {
         self.tabs.asleep
+    }
+
+    /// The other tabs this one counts as asleep (it keeps what they want fresh, if it leads), for tests and
+    /// simulations.
+    pub fn asleep_peers(&self) -> Vec<TabId> {
+        self.tabs.peers.iter().filter(|(_, p)| p.asleep).map(|(tab, _)| *tab).collect()
     }
 
     /// Whether the session ended (see [`Engine::sign_out`]).

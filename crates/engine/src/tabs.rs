@@ -24,7 +24,8 @@ pub(crate) struct Peer<M: Model> {
     pub interests: BTreeSet<M::Key>,
     /// Those of its interests it marked critical.
     pub critical: BTreeSet<M::Key>,
-    /// It said it fell asleep (`TabMessage::Asleep`): it hears nothing and speaks once a minute.
+    /// It said it fell asleep (`TabMessage::Asleep`): it hears nothing and says nothing until it wakes; its tab
+    /// lock tells when it is gone (`Engine::on_tab_gone`).
     pub asleep: bool,
 }
 
@@ -33,9 +34,10 @@ impl<M: Model> Peer<M> {
         Peer { visible, leader, last_seen, interests: BTreeSet::new(), critical: BTreeSet::new(), asleep: false }
     }
 
-    /// Silent this long, it is gone (crashed, or frozen by the browser).
-    fn timeout(&self, awake: Millis) -> Millis {
-        if self.asleep { ASLEEP_PEER_TIMEOUT_MS } else { awake }
+    /// Silent this long, it is gone (crashed, or frozen by the browser). Never for an asleep tab: it is silent
+    /// by design, and its tab lock says when it is gone.
+    fn timeout(&self, awake: Millis) -> Option<Millis> {
+        (!self.asleep).then_some(awake)
     }
 }
 
@@ -57,6 +59,8 @@ pub(crate) struct Tabs<M: Model> {
     /// The leader's latest changes of each stream (`Engine::share_changes`): what a follower's copy at an older
     /// cursor lacks (`Engine::bring_up_to_date`).
     pub recent: BTreeMap<StreamName, Recent<M>>,
+    /// The tabs whose tab lock this one waits for (`Output::WatchTab`), until `Input::TabGone`.
+    pub watching: BTreeSet<TabId>,
 }
 
 /// A stream's latest changes, contiguous, of one change log; at most `RECENT_CHANGES_KEPT`.
@@ -108,6 +112,7 @@ impl<M: Model> Tabs<M> {
             hidden_since: None,
             asleep: false,
             recent: BTreeMap::new(),
+            watching: BTreeSet::new(),
         }
     }
 
@@ -139,13 +144,13 @@ impl<M: Model> Tabs<M> {
 
     /// When the tabs part next needs the engine.
     pub fn poll_timeout(&self, cfg: &crate::config::EngineConfig, soonest: &mut Soonest) {
-        soonest.at(self.next_presence, Timer::Presence);
         if self.asleep {
-            return; // its heartbeat, nothing else: it hears no one
+            return; // it hears no one and says nothing
         }
+        soonest.at(self.next_presence, Timer::Presence);
         let (cfg_peer_timeout, hidden_grace) = (cfg.peer_timeout_ms, cfg.hidden_grace_ms);
         for p in self.peers.values() {
-            soonest.at(p.last_seen + p.timeout(cfg_peer_timeout), Timer::PeerTimeout);
+            soonest.maybe(p.timeout(cfg_peer_timeout).map(|t| p.last_seen + t), Timer::PeerTimeout);
         }
         soonest.maybe(self.hidden_since.map(|t| t + cfg.hidden_sleep_ms), Timer::Sleep);
         soonest.maybe(self.no_visible_since.map(|t| t + hidden_grace), Timer::HiddenGrace);
@@ -160,12 +165,6 @@ pub(crate) const MAX_HELD_CHANGES: usize = 4_000;
 /// Changes of each stream the leader keeps to bring a follower's copy up to date (`Recent`): a quarter of an
 /// hour at one change a second, a few hundred KB at most. A copy further behind gets the data instead.
 pub(crate) const RECENT_CHANGES_KEPT: usize = 1_000;
-
-/// An asleep follower's heartbeat. Browsers run a hidden page's timers at most once a minute after a while
-/// (Chromium's intensive throttling), so more often would not be kept anyway.
-pub(crate) const ASLEEP_PRESENCE_MS: Millis = 60_000;
-/// An asleep tab silent this long is gone (a heartbeat may come up to a minute late under throttling).
-const ASLEEP_PEER_TIMEOUT_MS: Millis = 3 * ASLEEP_PRESENCE_MS;
 
 /// How long a visible follower waits before taking leadership from a hidden leader.
 const LEADER_HANDOVER_DELAY_MS: Millis = 500;
@@ -192,7 +191,8 @@ impl<M: Model> Engine<M> {
 
     pub(crate) fn announce(&mut self) {
         if self.tabs.asleep {
-            self.tabs.next_presence = self.now + ASLEEP_PRESENCE_MS;
+            // Said once: asleep, it runs nothing at all (no heartbeat — its tab lock says it is alive).
+            self.tabs.next_presence = Millis::MAX;
             self.out.push_back(Output::Broadcast(TabMessage::Asleep { tab: self.tab, sent_at: self.epoch_now() }));
             return;
         }
@@ -350,8 +350,9 @@ impl<M: Model> Engine<M> {
     /// A follower hidden for `hidden_sleep_ms` stops listening to the other tabs: nobody looks at it, and every
     /// message it would hear — changes, heartbeats, statuses — costs the page main-thread time and garbage for
     /// nothing. It tells the leader, which keeps its interests fresh (so waking is one `Data` away), drops what
-    /// it held (the leader's data replaces it), hears nothing and says only its once-a-minute `Asleep`. It wakes
-    /// when shown or when it takes the lead (`wake`).
+    /// it held (the leader's data replaces it), then hears nothing, says nothing and has no timer: the page runs
+    /// no task of ours until it wakes — when shown or when it takes the lead (`wake`). The others know it is
+    /// alive by its tab lock (`on_tab_gone`).
     pub(crate) fn fall_asleep_if_due(&mut self) {
         let due = self.tabs.hidden_since.is_some_and(|since| self.now >= since + self.cfg.hidden_sleep_ms);
         if !due || self.tabs.asleep || self.env.visible || self.is_leader() || self.lead_after_load.is_some() {
@@ -616,6 +617,10 @@ impl<M: Model> Engine<M> {
                 self.out.push_back(Output::Broadcast(TabMessage::SignedOut));
             }
         }
+        if asleep && self.tabs.watching.insert(tab) {
+            // Silent from now on: its tab lock will say when it is gone.
+            self.out.push_back(Output::WatchTab { tab });
+        }
         let peer = self.tabs.peers.entry(tab).or_insert(Peer::new(visible, leader, said_at));
         peer.visible = visible;
         peer.leader = leader;
@@ -646,7 +651,7 @@ impl<M: Model> Engine<M> {
         // tab was frozen and only noticed now: the grace period runs from then.
         let mut visible_until: Option<Millis> = None;
         self.tabs.peers.retain(|_, p| {
-            let alive = now < p.last_seen + p.timeout(timeout);
+            let alive = p.timeout(timeout).is_none_or(|t| now < p.last_seen + t);
             if !alive && p.visible {
                 visible_until = visible_until.max(Some(p.last_seen + timeout));
             }
@@ -752,6 +757,19 @@ impl<M: Model> Engine<M> {
                 self.cancel_long_polls();
                 self.send_interest();
             }
+        }
+    }
+
+    /// A tab this one watched is gone (its tab lock was released): an asleep one is forgotten, and with it its
+    /// interests (the leader stops following what only it wanted). One that woke since is left to its presence
+    /// timeout, as any speaking tab.
+    pub(crate) fn on_tab_gone(&mut self, tab: TabId) {
+        if self.bug(crate::config::InjectedBug::IgnoresTabGone) {
+            return;
+        }
+        self.tabs.watching.remove(&tab);
+        if self.tabs.peers.get(&tab).is_some_and(|p| p.asleep) {
+            self.tabs.peers.remove(&tab);
         }
     }
 

@@ -195,14 +195,16 @@ pub enum TabMessage<M: Model> {
         sent_at: u64,
     },
     /// A hidden follower stopped listening to the other tabs (it wakes when shown or when it takes the lead, and
-    /// then announces itself with `Presence`). Sent when it falls asleep and as its heartbeat while asleep (once
-    /// a minute): the leader keeps its interests fresh, so it is current as soon as it wakes.
+    /// then announces itself with `Presence`). Sent once, when it falls asleep: the leader keeps its interests
+    /// fresh, so it is current as soon as it wakes, until its tab lock says it is gone (`Output::WatchTab`).
+    /// (Earlier versions repeated it once a minute; a repeat is heard as the same news.)
     Asleep {
         tab: TabId,
         #[serde(default)]
         sent_at: u64,
     },
-    /// A tab is gone (closed); crashed tabs are noticed by their missing heartbeat.
+    /// A tab is gone (closed); crashed tabs are noticed by their missing heartbeat (asleep ones by their tab
+    /// lock: `Input::TabGone`).
     Goodbye { tab: TabId },
     /// Leader → all: the server revoked this user's access to a stream; drop what it holds.
     Revoked { stream: StreamName },
@@ -410,6 +412,9 @@ pub enum Input<M: Model> {
     Http { id: RequestId, result: HttpResult },
     /// A message from another tab.
     Tab(TabMessage<M>),
+    /// The tab lock of a tab this one watches (`Output::WatchTab`) was released: that tab is gone (closed,
+    /// crashed, or discarded by the browser).
+    TabGone { tab: TabId },
 }
 
 /// Something the UI should re-read.
@@ -461,6 +466,17 @@ pub enum Output<M: Model> {
     Persist(PersistOp<M>),
     Load(Load<M>),
     Notify(Notification<M>),
+    /// Hold a lock named for this tab for as long as the tab lives (Web Locks `request`, never released; the
+    /// browser releases it when the tab is closed, crashes or is discarded). Asked once, at the start: it is how
+    /// the other tabs know this one is alive while it is asleep and says nothing (`WatchTab`).
+    HoldTabLock {
+        tab: TabId,
+    },
+    /// Queue for the lock `tab` holds (`HoldTabLock`) and, when it is granted — the tab is gone — release it at
+    /// once and give `Input::TabGone`. Asked once per tab (the request waits as long as that tab lives).
+    WatchTab {
+        tab: TabId,
+    },
     /// Queue for the leader lock (Web Locks `request`); `Input::LockGranted` when it comes.
     QueueForLock,
     /// Take the leader lock even though another tab holds it (Web Locks `steal`): this tab is visible and the

@@ -1080,6 +1080,19 @@ fn next_deadline(d: &mut Driver) -> Millis {
 }
 
 #[test]
+fn every_tab_holds_a_lock_named_for_it_from_its_start_which_tells_the_others_it_lives_while_it_is_silent() {
+    let mut e: Engine<Kanban> = Engine::new(EngineConfig::default(), Preferences::default(), 42, 7, 0, EPOCH);
+    let mut out = Vec::new();
+    loop {
+        match e.poll_output() {
+            Output::Timeout(_) => break,
+            o => out.push(o),
+        }
+    }
+    assert_eq!(out.iter().filter(|o| **o == Output::HoldTabLock { tab: 42 }).count(), 1, "{out:?}");
+}
+
+#[test]
 fn a_follower_hidden_for_two_seconds_falls_asleep_hears_nothing_and_is_current_once_shown() {
     let (mut d, key, stream) = hidden_follower_on_the_board();
     d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));
@@ -1089,11 +1102,10 @@ fn a_follower_hidden_for_two_seconds_falls_asleep_hears_nothing_and_is_current_o
     let closed_at = out.iter().position(|o| *o == Output::ListenToTabs(false));
     assert!(asleep_at.is_some() && closed_at.is_some(), "{out:?}");
     assert!(asleep_at < closed_at, "it says so before it stops listening: {out:?}");
-    // Asleep: nothing to do but a heartbeat a minute — no timer sooner, no message but `Asleep`.
-    assert!(next_deadline(&mut d) >= d.now + 59_000, "{:?}", d.e.next_timer());
+    // Asleep: nothing at all to do — no timer, no message (its tab lock says it is alive: `HoldTabLock`).
+    assert_eq!(next_deadline(&mut d), Millis::MAX, "{:?}", d.e.next_timer());
     let out = d.advance(10 * 60_000);
-    assert!(out.iter().all(|o| matches!(o, Output::Broadcast(TabMessage::Asleep { .. }))), "{out:?}");
-    assert!((9..=11).contains(&out.len()), "one heartbeat a minute: {}", out.len());
+    assert!(out.is_empty(), "{out:?}");
     // A message a driver delivers anyway (it was on its way) is not acted on.
     let op = ChangeOp::CardUpserted { card: card(2, 20, "late", 4) };
     let change = Change { stream: stream.clone(), cursor: 4, at_ms: 0, write_id: None, op };
@@ -1317,12 +1329,10 @@ fn a_leader_keeps_an_asleep_tab_s_board_fresh_and_shares_it_at_once_when_the_tab
     d.input(Input::Tab(TabMessage::Presence { tab: 5, visible: false, leader: false, sent_at: 0 }));
     d.input(Input::Tab(TabMessage::Interest { tab: 5, keys: vec![key], critical: vec![], copies: vec![] }));
     d.input(Input::Unsubscribe(key));
-    // Tab 5 falls asleep; it speaks once a minute for three minutes (the awake timeout is 5 s).
-    let mut out = Vec::new();
-    for _ in 0..3 {
-        d.input(Input::Tab(TabMessage::Asleep { tab: 5, sent_at: 0 }));
-        out.extend(d.advance(60_000));
-    }
+    // Tab 5 falls asleep and says nothing more (the awake timeout is 5 s): the leader watches its tab lock.
+    let out = d.input(Input::Tab(TabMessage::Asleep { tab: 5, sent_at: 0 }));
+    assert_eq!(out.iter().filter(|o| **o == Output::WatchTab { tab: 5 }).count(), 1, "{out:?}");
+    let out = d.advance(10 * 60_000);
     assert!(
         !sends(&out).iter().any(|m| matches!(m, ClientMessage::Unsubscribe { .. })),
         "the board is still followed for the asleep tab: {out:?}"
@@ -1335,10 +1345,16 @@ fn a_leader_keeps_an_asleep_tab_s_board_fresh_and_shares_it_at_once_when_the_tab
         "{out:?}"
     );
     assert!(http(&out).is_empty(), "{out:?}");
-    // An asleep tab that falls silent (closed while frozen) is forgotten, and so, in time, is its board.
-    d.input(Input::Tab(TabMessage::Asleep { tab: 5, sent_at: 0 }));
-    let out = d.advance(3 * 60_000 + EngineConfig::default().gc_time_ms + 60_000);
+    // It falls asleep again: it is watched already (the lock request waits for it still), not twice.
+    let out = d.input(Input::Tab(TabMessage::Asleep { tab: 5, sent_at: 0 }));
+    assert!(!out.contains(&Output::WatchTab { tab: 5 }), "{out:?}");
+    // Its tab goes away without a word (crashed, or discarded while frozen): its lock is released, the leader
+    // forgets it, and the board nobody else wants is no longer followed.
+    let out = d.input(Input::TabGone { tab: 5 });
     assert!(sends(&out).iter().any(|m| matches!(m, ClientMessage::Unsubscribe { .. })), "{out:?}");
+    // Another tab of the same id would be watched anew.
+    let out = d.input(Input::Tab(TabMessage::Asleep { tab: 5, sent_at: 0 }));
+    assert!(out.contains(&Output::WatchTab { tab: 5 }), "{out:?}");
 }
 
 #[test]

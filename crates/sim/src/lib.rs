@@ -112,6 +112,8 @@ pub enum Invariant {
     /// The leader long-polled ("the WebSocket is unavailable") though no WebSocket was refused by a server that
     /// answered since it was last live.
     PollingWithoutCause,
+    /// At the end, a tab still counts as asleep (and keeps fresh what it wanted, if it leads) a tab that is gone.
+    GoneTabKept,
     /// A tab was shown while its leader was frozen, and the frozen tab still held the lock after
     /// [`SHOWN_TAKEOVER_MS`].
     FrozenLeaderKept,
@@ -343,6 +345,9 @@ struct Browser {
     ws_refused_at: Option<Millis>,
     /// Last time this browser's leader was live.
     live_at: Millis,
+    /// Tab locks waited for (`Output::WatchTab`): (watching tab, watched tab). A living tab holds its lock
+    /// (`Output::HoldTabLock`: from its start, so `alive` is the lock); when it dies the watchers are granted it.
+    tab_watches: Vec<(usize, usize)>,
 }
 
 pub(crate) struct World {
@@ -391,11 +396,12 @@ pub fn run(seed: u64, trace: bool) -> Result<RunStats, Violation> {
 }
 
 /// The injected bugs by their command-line names.
-pub const INJECTED_BUGS: [(&str, Bug); 8] = [
+pub const INJECTED_BUGS: [(&str, Bug); 9] = [
     ("new-leader-drops-outbox", Bug::Engine(InjectedBug::NewLeaderDropsOutbox)),
     ("hidden-tabs-count-as-active", Bug::Engine(InjectedBug::HiddenTabsCountAsActive)),
     ("followers-fetch", Bug::Engine(InjectedBug::FollowersFetch)),
     ("follower-persists-after-broadcasting", Bug::Engine(InjectedBug::FollowerPersistsAfterBroadcasting)),
+    ("ignores-tab-gone", Bug::Engine(InjectedBug::IgnoresTabGone)),
     ("feed-drops-batches-during-catch-up", Bug::Feed(session::InjectedBug::DropsBatchesDuringCatchUp)),
     ("feed-authorizes-only-at-subscribe", Bug::Feed(session::InjectedBug::AuthorizesOnlyAtSubscribe)),
     ("tail-forgets-streams-on-reconnect", Bug::Tail(syncline_server::tail::InjectedBug::ForgetsStreamsOnReconnect)),
@@ -553,6 +559,7 @@ impl World {
                 idb_outbox: BTreeMap::new(),
                 idb_cache: BTreeMap::new(),
                 idb_deletes_in_flight: BTreeMap::new(),
+                tab_watches: Vec::new(),
                 leader: None,
                 long_polls: Vec::new(),
                 two_sockets_since: None,
@@ -735,6 +742,17 @@ impl World {
             self.input(b, t, Input::Closing);
         }
         self.browsers[b].tabs[t].alive = false;
+        // Its lock is released: the tabs waiting for it are granted it (and learn it is gone); its own waits end.
+        let watches = std::mem::take(&mut self.browsers[b].tab_watches);
+        for (watcher, watched) in watches {
+            if watched == t && watcher != t {
+                let delay = self.rng.random_range(0..5);
+                let tab = (b * 100 + t) as u64;
+                self.schedule(delay, Event::ToTab { b, t: watcher, input: Input::TabGone { tab } });
+            } else if watcher != t {
+                self.browsers[b].tab_watches.push((watcher, watched));
+            }
+        }
         if let Some(sock) = self.browsers[b].tabs[t].socket.take() {
             self.server.sockets.remove(&sock);
         }
@@ -948,6 +966,17 @@ impl World {
             }
             // Every tab is queued for the lock; `grant_lock` gives it to the oldest when it is free.
             Output::QueueForLock => {}
+            // Held from its start (asked before anything else) until it dies: `alive`.
+            Output::HoldTabLock { tab } => debug_assert_eq!(tab, (b * 100 + t) as u64),
+            Output::WatchTab { tab } => {
+                let watched = (tab % 100) as usize;
+                if self.browsers[b].tabs.get(watched).is_some_and(|w| w.alive) {
+                    self.browsers[b].tab_watches.push((t, watched));
+                } else {
+                    let delay = self.rng.random_range(0..5);
+                    self.schedule(delay, Event::ToTab { b, t, input: Input::TabGone { tab } });
+                }
+            }
             Output::ClaimLeadership => {
                 self.log(|| format!("b{b}/t{t} claims the lock"));
                 self.become_leader(b, t);
@@ -1775,6 +1804,18 @@ impl World {
                     ),
                 );
                 return;
+            }
+            // (A frozen tab has not heard yet: the release waits with its other inputs.)
+            for t in self.alive_tabs(b).into_iter().filter(|&t| !self.browsers[b].tabs[t].frozen) {
+                let engine = &self.browsers[b].tabs[t].engine;
+                let gone = engine.asleep_peers().into_iter().find(|&p| {
+                    let p = (p % 100) as usize;
+                    self.browsers[b].tabs.get(p).is_none_or(|tab| !tab.alive)
+                });
+                if let Some(gone) = gone {
+                    self.fail(Invariant::GoneTabKept, format!("b{b}/t{t} counts tab {gone} as asleep; it is gone"));
+                    return;
+                }
             }
             let removed = !self.roles.contains_key(&self.users[b]);
             for t in self.alive_tabs(b) {

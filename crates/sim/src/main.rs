@@ -1,8 +1,8 @@
 //! `cargo run -p syncline-sim --release -- --seed N [--trace]` replays one seed (with a readable trace);
 //! `--seeds A..B` runs a range and reports; `--bug <name>` switches on an injected bug (see
 //! `syncline_sim::INJECTED_BUGS`: new-leader-drops-outbox, hidden-tabs-count-as-active, followers-fetch,
-//! follower-persists-after-broadcasting, feed-drops-batches-during-catch-up, feed-authorizes-only-at-subscribe,
-//! tail-forgets-streams-on-reconnect, tail-starts-at-head).
+//! follower-persists-after-broadcasting, ignores-tab-gone, feed-drops-batches-during-catch-up,
+//! feed-authorizes-only-at-subscribe, tail-forgets-streams-on-reconnect, tail-starts-at-head).
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -45,7 +45,8 @@ fn a_seed_replays_identically() {
 
 /// Each bug the simulation documents (`syncline_sim::INJECTED_BUGS`) breaks the invariant that guards against
 /// it within a few seeds: proof that the invariants bite. (Seeds needed at the time of writing: new leader
-/// drops the outbox 4, hidden tabs count as active 72, followers fetch 1, follower persists after broadcasting 1.)
+/// drops the outbox 4, hidden tabs count as active 72, followers fetch 1, follower persists after broadcasting 1,
+/// ignores tab gone 55.)
 #[test]
 fn every_injected_bug_is_caught() {
     use syncline_engine::InjectedBug::*;
@@ -56,6 +57,7 @@ fn every_injected_bug_is_caught() {
             Bug::Engine(HiddenTabsCountAsActive) => &[Invariant::HiddenTraffic],
             Bug::Engine(FollowersFetch) => &[Invariant::FollowerRequest],
             Bug::Engine(FollowerPersistsAfterBroadcasting) => &[Invariant::OutboxOutlivesWrite],
+            Bug::Engine(IgnoresTabGone) => &[Invariant::GoneTabKept],
             Bug::Feed(syncline_server::session::InjectedBug::DropsBatchesDuringCatchUp) => &[Invariant::SyncedBehind],
             Bug::Feed(syncline_server::session::InjectedBug::AuthorizesOnlyAtSubscribe) => {
                 &[Invariant::RevokedDelivered]

@@ -75,6 +75,14 @@ export function hold_lock(name, steal, granted, lost) {
     return new Promise(() => {}); // held until the tab goes away or another tab steals it
   }).catch(() => lost());
 }
+// A lock named for this tab, held for its life: the browser releases it when the tab is closed, crashes or is
+// discarded. Another tab queued for it (`watch_lock`) is granted it then — and so learns the tab is gone.
+export function hold_tab_lock(name) {
+  navigator.locks.request(name, () => new Promise(() => {}));
+}
+export function watch_lock(name, gone) {
+  navigator.locks.request(name, () => { gone(); }).catch(() => {}); // released as soon as granted
+}
 export function connection_info() {
   const c = navigator.connection;
   return c ? { effectiveType: c.effectiveType || '4g', saveData: !!c.saveData, rtt: c.rtt ?? null } : null;
@@ -115,6 +123,8 @@ extern "C" {
     pub async fn idb_clear(store: &str) -> Result<JsValue, JsValue>;
     pub fn idb_use(db_name: &str);
     pub fn hold_lock(name: &str, steal: bool, granted: &js_sys::Function, lost: &js_sys::Function);
+    pub fn hold_tab_lock(name: &str);
+    pub fn watch_lock(name: &str, gone: &js_sys::Function);
     pub fn connection_info() -> JsValue;
     pub fn on_connection_change(f: &js_sys::Function);
     pub fn observe_long_tasks() -> bool;

@@ -1,7 +1,8 @@
 //! The other tabs of this browser: the Web Lock that elects the leader, and the BroadcastChannel the tabs talk
-//! over. Queueing, stealing, granted and lost are the engine's inputs and outputs; this only carries them.
+//! over, and the lock each tab holds for its life (another tab watching it learns when it is gone). Queueing,
+//! stealing, granted, lost and gone are the engine's inputs and outputs; this only carries them.
 
-use syncline_engine::{Input, Model, TabMessage};
+use syncline_engine::{Input, Model, TabId, TabMessage};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 use web_sys::{BroadcastChannel, MessageEvent};
@@ -29,6 +30,23 @@ impl<M: Model> Runtime<M> {
             granted.unchecked_ref(),
             lost.unchecked_ref(),
         );
+    }
+
+    /// The lock named for tab `tab` (`Output::HoldTabLock`, `Output::WatchTab`).
+    fn tab_lock_name(&self, tab: TabId) -> String {
+        format!("{}-tab-{tab}", self.inner.namespace)
+    }
+
+    /// Holds this tab's lock for its life: the other tabs know it lives while it is asleep and silent.
+    pub(crate) fn hold_tab_lock(&self, tab: TabId) {
+        js::hold_tab_lock(&self.tab_lock_name(tab));
+    }
+
+    /// Queues for another tab's lock: granted (and released at once) when that tab is gone.
+    pub(crate) fn watch_tab(&self, tab: TabId) {
+        let rt = self.clone();
+        let gone = Closure::once_into_js(move || rt.input(Input::TabGone { tab }));
+        js::watch_lock(&self.tab_lock_name(tab), gone.unchecked_ref());
     }
 
     pub(crate) fn broadcast(&self, msg: &TabMessage<M>) {

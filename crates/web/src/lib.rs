@@ -7,6 +7,7 @@
 //! | `OpenSocket` / `SendSocket` / `CloseSocket` | `WebSocket` (`/api/feed?client=<tab>`) | `socket.rs` |
 //! | `Http` / `CancelHttp` | `fetch` with an `AbortController` | `http.rs` |
 //! | `Broadcast`, `ListenToTabs`, `QueueForLock` / `ClaimLeadership` | `BroadcastChannel`, Web Locks | `leader.rs` |
+//! | `HoldTabLock` / `WatchTab` | Web Locks (a lock per tab, held for its life) | `leader.rs` |
 //! | `Persist` / `Load` | IndexedDB (`outbox`, `cache` stores), in order | `storage.rs` |
 //! | `Timeout(deadline)` | one `setTimeout` | here |
 //!
@@ -315,6 +316,10 @@ impl<M: Model> Runtime<M> {
         if let Some(t) = self.inner.timer.take() {
             window().clear_timeout_with_handle(t);
         }
+        self.inner.armed_for.set(deadline);
+        if deadline == Millis::MAX {
+            return; // no timer (an asleep tab): nothing runs until an input
+        }
         if self.inner.timer_callback.borrow().is_none() {
             let rt = self.clone();
             let callback = Closure::<dyn FnMut()>::new(move || {
@@ -331,7 +336,6 @@ impl<M: Model> Runtime<M> {
                 .ok()
         });
         self.inner.timer.set(handle);
-        self.inner.armed_for.set(deadline);
     }
 
     fn carry_out(&self, out: Output<M>) {
@@ -352,6 +356,8 @@ impl<M: Model> Runtime<M> {
                     f(&n);
                 }
             }
+            Output::HoldTabLock { tab } => self.hold_tab_lock(tab),
+            Output::WatchTab { tab } => self.watch_tab(tab),
             Output::QueueForLock => self.request_lock(false),
             Output::ClaimLeadership => self.request_lock(true),
             Output::Timeout(_) => {}
@@ -368,6 +374,7 @@ impl<M: Model> Runtime<M> {
                 "tab": rt.inner.tab.to_string(),
                 "leader": engine.role() == Role::Leader,
                 "asleep": engine.is_asleep(),
+                "asleep_peers": engine.asleep_peers().iter().map(|t| t.to_string()).collect::<Vec<_>>(),
                 "status": engine.status(),
                 "pending": engine.pending().len(),
                 "metrics": engine.metrics_at(now()),

@@ -7,8 +7,10 @@
 //! to the first, so with 3 instances two thirds of the subscribers get each change through the shared log
 //! (another instance's tail). PostgreSQL is a throwaway cluster this program starts (Debian's package).
 //!
-//! The servers run as their own processes (the release binary), so their resident memory is their own. Prints
-//! tables. Not a test: it asserts nothing, it measures.
+//! The servers run as their own processes (the release binary), so their resident memory is their own. Past what
+//! one process's descriptor limit allows, the subscribers are spread over worker processes (this program, run as
+//! `feed-bench worker`), and the servers must be several instances (`--backends postgres --instances N`): each
+//! instance holds its share. Prints tables. Not a test: it asserts nothing, it measures.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -118,22 +120,58 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// ephemeral ports towards one server port, so 100,000 subscribers need several.
 const SOURCE_ADDRESSES: usize = 8;
 
+/// Handshakes one process has under way at once: 100,000 clients do not all connect in the same instant, and a
+/// herd of them would only measure the accept queue (and run into the server's header-read timeout).
+const HANDSHAKES_IN_FLIGHT: usize = 64;
+
+/// Connects and upgrades (a few tries: under a connection storm a handshake may time out), one gate permit while
+/// it is under way. A small read buffer: this process holds tens of thousands of idle clients.
+async fn connect_feed(
+    i: usize,
+    addr: &str,
+    cookie: &str,
+    gate: &tokio::sync::Semaphore,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    let mut last = None;
+    for attempt in 0..5u64 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+        }
+        let _permit = gate.acquire().await?;
+        let attempt = async {
+            let mut request = format!("ws://{addr}/api/feed").into_client_request()?;
+            request.headers_mut().insert("cookie", cookie.parse()?);
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1 + (i % SOURCE_ADDRESSES) as u8], 0)))?;
+            let tcp = socket.connect(addr.parse()?).await?;
+            let config = WebSocketConfig::default().read_buffer_size(4096);
+            let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
+            anyhow::Ok(ws)
+        };
+        match attempt.await {
+            Ok(ws) => return Ok(ws),
+            Err(e) => last = Some(e),
+        }
+    }
+    let e = last.expect("tried");
+    eprintln!("subscriber {i} could not connect: {e:#}");
+    Err(e)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn subscriber(
     i: usize,
     addr: String,
     cookie: String,
     stream: StreamId,
     since: u64,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
     ready: mpsc::Sender<()>,
     arrivals: mpsc::UnboundedSender<Instant>,
 ) -> Result<()> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{addr}/api/feed").into_client_request()?;
-    request.headers_mut().insert("cookie", cookie.parse()?);
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1 + (i % SOURCE_ADDRESSES) as u8], 0)))?;
-    let tcp = socket.connect(addr.parse()?).await?;
-    let (mut ws, _) = tokio_tungstenite::client_async(request, tcp).await?;
+    let mut ws = connect_feed(i, &addr, &cookie, &gate).await?;
     let subscribe =
         ClientMessage::Subscribe { streams: vec![StreamCursor { stream: stream.into(), since }], log_id: None };
     ws.send(Message::text(serde_json::to_string(&subscribe)?)).await?;
@@ -207,6 +245,10 @@ impl Setup {
         format!("http://{}", self.servers[0].addr)
     }
 
+    fn pids(&self) -> Result<Vec<u32>> {
+        self.servers.iter().map(|s| s.child.id().context("server pid")).collect()
+    }
+
     fn resident_kib(&self) -> Result<u64> {
         let mut total = 0;
         for s in &self.servers {
@@ -227,6 +269,9 @@ struct FanOut {
     latencies: Vec<Duration>,
     connect: Duration,
     kib_per_subscriber: f64,
+    /// CPU time per change over the rounds (user + system, ms): of the server processes, and of the processes
+    /// holding the subscribers — on one machine they share its cores, so both bound the latency.
+    cpu_ms_per_change: (f64, f64),
 }
 
 impl FanOut {
@@ -236,14 +281,40 @@ impl FanOut {
 
     fn row(&self) -> String {
         format!(
-            "{:>9.2?} | {:>9.2?} | {:>9.2?} | {:>9.2?} | {:>14.1}",
+            "{:>9.2?} | {:>9.2?} | {:>9.2?} | {:>9.2?} | {:>14.1} | {:>8.0} / {:>8.0}",
             self.p(0.50),
             self.p(0.99),
             self.latencies.last().copied().unwrap_or_default(),
             self.connect,
-            self.kib_per_subscriber
+            self.kib_per_subscriber,
+            self.cpu_ms_per_change.0,
+            self.cpu_ms_per_change.1,
         )
     }
+}
+
+/// CPU time a process has used (user + system), in ms.
+fn cpu_ms(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (which is in parentheses and may hold spaces): utime and stime are the
+    // 12th and 13th of them, in clock ticks (100 a second on Linux).
+    let rest = stat.rsplit_once(')').context("stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 * 10.0)
+}
+
+fn cpu_ms_of(pids: &[u32]) -> Result<f64> {
+    pids.iter().map(|&p| cpu_ms(p)).sum()
+}
+
+/// Descriptors a process keeps for itself beyond its sockets (files, the runtime, an HTTP client, a database pool).
+const DESCRIPTOR_MARGIN: u64 = 1_000;
+
+/// Subscribers one process can hold under the descriptor hard limit.
+fn subscribers_per_process() -> Result<usize> {
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    Ok(hard.saturating_sub(DESCRIPTOR_MARGIN).max(1) as usize)
 }
 
 /// One row of the fan-out table.
@@ -252,11 +323,25 @@ async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<FanOut> {
     let snapshot: Value = setup.http.get(format!("{base}/api/boards/{}", setup.board_id)).send().await?.json().await?;
     let since = snapshot["cursor"].as_u64().context("cursor")?;
     let stream: StreamId = format!("board:{}", setup.board_id).parse().map_err(anyhow::Error::msg)?;
+    let per_process = subscribers_per_process()?;
+    let per_instance = n.div_ceil(setup.servers.len());
+    if per_instance > per_process {
+        bail!(
+            "{n} subscribers over {} server instance(s) is {per_instance} sockets each; this machine's descriptor hard \
+             limit allows {per_process} per process: use --backends postgres --instances {} (or more)",
+            setup.servers.len(),
+            n.div_ceil(per_process)
+        );
+    }
+    if n > per_process {
+        return fan_out_in_workers(setup, n, rounds, since, stream, n.div_ceil(per_process)).await;
+    }
     let rss_before = setup.resident_kib()?;
     let (ready_tx, mut ready_rx) = mpsc::channel(n);
     let (arrive_tx, mut arrive_rx) = mpsc::unbounded_channel();
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(n);
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT));
     for i in 0..n {
         let addr = setup.servers[i % setup.servers.len()].addr.clone();
         tasks.push(tokio::spawn(subscriber(
@@ -265,6 +350,7 @@ async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<FanOut> {
             setup.cookie.clone(),
             stream,
             since,
+            gate.clone(),
             ready_tx.clone(),
             arrive_tx.clone(),
         )));
@@ -276,14 +362,165 @@ async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<FanOut> {
     let (connect, per_sub) = all_ready(n, &mut ready_rx, started, rss_before, || setup.resident_kib()).await?;
 
     let url = format!("{base}/api/cards/{}", setup.card_id);
+    let (servers, clients) = (setup.pids()?, [std::process::id()]);
+    let cpu_before = (cpu_ms_of(&servers)?, cpu_ms_of(&clients)?);
     let latencies = rounds_of(n, rounds, &mut arrive_rx, |round| {
         setup.http.patch(&url).json(&json!({"title": format!("round {round}")}))
     })
     .await?;
+    let cpu = (cpu_ms_of(&servers)? - cpu_before.0, cpu_ms_of(&clients)? - cpu_before.1);
     for t in tasks {
         t.abort();
     }
-    Ok(FanOut { latencies, connect, kib_per_subscriber: per_sub })
+    let cpu_ms_per_change = (cpu.0 / rounds as f64, cpu.1 / rounds as f64);
+    Ok(FanOut { latencies, connect, kib_per_subscriber: per_sub, cpu_ms_per_change })
+}
+
+/// The fan-out with the subscribers in `workers` processes (`feed-bench worker`), each holding an equal share:
+/// they say `ready` when all theirs are synced, then one `arrivals` line per change with every subscriber's
+/// arrival time (wall clock, µs: the one clock the processes share).
+async fn fan_out_in_workers(
+    setup: &Setup,
+    n: usize,
+    rounds: usize,
+    since: u64,
+    stream: StreamId,
+    workers: usize,
+) -> Result<FanOut> {
+    let rss_before = setup.resident_kib()?;
+    let addrs: Vec<String> = setup.servers.iter().map(|s| s.addr.clone()).collect();
+    let started = Instant::now();
+    let mut children = Vec::new();
+    let share = n.div_ceil(workers);
+    for w in 0..workers {
+        let first = w * share;
+        let count = share.min(n.saturating_sub(first));
+        if count == 0 {
+            break;
+        }
+        let spec = json!({
+            "addrs": addrs, "cookie": setup.cookie, "stream": stream.to_string(), "since": since,
+            "first": first, "count": count,
+        });
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["worker", &spec.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        children.push((child, lines, count));
+    }
+    for (_, lines, _) in &mut children {
+        let line = tokio::time::timeout(Duration::from_secs(600), lines.next_line())
+            .await
+            .context("a worker's subscribers never got ready")??;
+        if line.as_deref() != Some("ready") {
+            bail!("a worker failed: {line:?}");
+        }
+    }
+    let connect = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kib_per_subscriber = setup.resident_kib()?.saturating_sub(rss_before) as f64 / n as f64;
+    let url = format!("{}/api/cards/{}", setup.base(), setup.card_id);
+    let servers = setup.pids()?;
+    let clients: Vec<u32> = children.iter().filter_map(|(child, _, _)| child.id()).collect();
+    let cpu_before = (cpu_ms_of(&servers)?, cpu_ms_of(&clients)?);
+    let mut latencies = Vec::with_capacity(n * rounds);
+    for round in 0..rounds {
+        let sent = epoch_micros(std::time::SystemTime::now());
+        let resp = setup.http.patch(&url).json(&json!({"title": format!("round {round}")})).send().await?;
+        if !resp.status().is_success() {
+            bail!("round {round} failed: {}", resp.status());
+        }
+        for (_, lines, count) in &mut children {
+            let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+                .await
+                .context("a worker's subscribers never all got the change")??
+                .context("a worker exited")?;
+            let times = line.strip_prefix("arrivals ").with_context(|| format!("a worker said {line:?}"))?;
+            let before = latencies.len();
+            latencies.extend(
+                times
+                    .split(' ')
+                    .filter_map(|t| t.parse::<u64>().ok())
+                    .map(|t| Duration::from_micros(t.saturating_sub(sent))),
+            );
+            if latencies.len() - before != *count {
+                bail!("a worker reported {} arrivals for {count} subscribers", latencies.len() - before);
+            }
+        }
+    }
+    let cpu = (cpu_ms_of(&servers)? - cpu_before.0, cpu_ms_of(&clients)? - cpu_before.1);
+    for (mut child, _, _) in children {
+        child.kill().await.ok();
+    }
+    latencies.sort();
+    let cpu_ms_per_change = (cpu.0 / rounds as f64, cpu.1 / rounds as f64);
+    Ok(FanOut { latencies, connect, kib_per_subscriber, cpu_ms_per_change })
+}
+
+fn epoch_micros(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// `feed-bench worker <spec>`: holds `count` subscribers (numbered from `first`, so source addresses and server
+/// instances are shared out as in one process), says `ready` once all are synced, then an `arrivals` line each
+/// time every one of them got a change.
+async fn worker(spec: &str) -> Result<()> {
+    let spec: Value = serde_json::from_str(spec)?;
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard)?;
+    let addrs: Vec<String> =
+        spec["addrs"].as_array().context("addrs")?.iter().filter_map(|a| a.as_str().map(str::to_owned)).collect();
+    let cookie = spec["cookie"].as_str().context("cookie")?.to_owned();
+    let stream: StreamId = spec["stream"].as_str().context("stream")?.parse().map_err(anyhow::Error::msg)?;
+    let since = spec["since"].as_u64().context("since")?;
+    let first = spec["first"].as_u64().context("first")? as usize;
+    let count = spec["count"].as_u64().context("count")? as usize;
+    let (ready_tx, mut ready_rx) = mpsc::channel(count.max(1));
+    let (arrive_tx, mut arrive_rx) = mpsc::unbounded_channel();
+    let mut tasks = Vec::with_capacity(count);
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT));
+    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel();
+    for i in first..first + count {
+        let addr = addrs[i % addrs.len()].clone();
+        let one = subscriber(i, addr, cookie.clone(), stream, since, gate.clone(), ready_tx.clone(), arrive_tx.clone());
+        let failed = failed_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = one.await {
+                let _ = failed.send(format!("subscriber {i}: {e:#}"));
+            }
+        }));
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for _ in 0..count {
+        tokio::select! {
+            ready = tokio::time::timeout(Duration::from_secs(600), ready_rx.recv()) => {
+                ready.context("subscribers never got ready")?;
+            }
+            Some(e) = failed_rx.recv() => {
+                println!("failed {e}");
+                return Ok(());
+            }
+        }
+    }
+    println!("ready");
+    // The wall clock at one instant: arrivals (monotonic) are reported on it.
+    let (origin, origin_wall) = (Instant::now(), epoch_micros(std::time::SystemTime::now()));
+    loop {
+        let mut line = String::from("arrivals");
+        for _ in 0..count {
+            let at: Instant = arrive_rx.recv().await.context("arrivals closed")?;
+            let micros = origin_wall as i128 + at.saturating_duration_since(origin).as_micros() as i128
+                - origin.saturating_duration_since(at).as_micros() as i128;
+            line.push(' ');
+            line.push_str(&micros.to_string());
+        }
+        println!("{line}");
+    }
 }
 
 /// Waits for all `n` subscribers to say they are ready: how long connecting them took since `started`, and the
@@ -403,14 +640,17 @@ async fn fan_out_socketio(script: &std::path::Path, n: usize, rounds: usize) -> 
     let (connect, per_sub) = all_ready(n, &mut ready_rx, started, rss_before, || resident_kib(pid)).await?;
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{}/emit", peer.port);
+    let cpu_before = (cpu_ms(pid)?, cpu_ms(std::process::id())?);
     let latencies =
         rounds_of(n, rounds, &mut arrive_rx, |round| http.post(&url).json(&json!({"title": format!("round {round}")})))
             .await?;
+    let cpu = (cpu_ms(pid)? - cpu_before.0, cpu_ms(std::process::id())? - cpu_before.1);
     for t in tasks {
         t.abort();
     }
     peer.child.kill().await.ok();
-    Ok(FanOut { latencies, connect, kib_per_subscriber: per_sub })
+    let cpu_ms_per_change = (cpu.0 / rounds as f64, cpu.1 / rounds as f64);
+    Ok(FanOut { latencies, connect, kib_per_subscriber: per_sub, cpu_ms_per_change })
 }
 
 /// One row of the throughput table: `writes` card creations from `concurrency` clients, spread over the
@@ -516,6 +756,10 @@ async fn reads_versus_writes(setup: &Setup, cards: usize) -> Result<Vec<String>>
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("worker") {
+        return worker(argv.get(2).context("feed-bench worker <spec>")?).await;
+    }
     let args = Args::parse();
     // Every subscriber is a descriptor here and one in the server (which inherits this limit and raises its own
     // soft limit to it): as root, raise the hard limit for 100k+ subscribers; otherwise use what the hard limit
@@ -547,10 +791,10 @@ async fn main() -> Result<()> {
     println!("feed fan-out on loopback: one write, N subscribers of its board; {} writes per row", args.rounds);
     if args.peer_socketio.is_none() {
         println!(
-            "{:<15} | {:>11} | {:>9} | {:>9} | {:>9} | {:>9} | {:>14}",
-            "database", "subscribers", "p50", "p99", "max", "connect", "server KiB/sub"
+            "{:<15} | {:>11} | {:>9} | {:>9} | {:>9} | {:>9} | {:>14} | {:>19}",
+            "database", "subscribers", "p50", "p99", "max", "connect", "server KiB/sub", "CPU ms/change s / c"
         );
-        println!("{}", "-".repeat(94));
+        println!("{}", "-".repeat(116));
     }
     // With a peer to compare with, the side-by-side table below is the fan-out table.
     let plain = if args.peer_socketio.is_some() { &[][..] } else { &configs[..] };
@@ -564,7 +808,13 @@ async fn main() -> Result<()> {
     }
     if args.peer_socketio.is_none() {
         println!(
-            "(latency: write request sent → change message received by a subscriber; includes the HTTP write itself)"
+            "(latency: write request sent → change message received by a subscriber; includes the HTTP write itself;"
+        );
+        println!(
+            " CPU: user + system time per change of the server processes (s) and of those holding the subscribers (c),"
+        );
+        println!(
+            " which share this machine's cores; past one process's descriptor limit, in several worker processes)"
         );
     }
     if let Some(script) = &args.peer_socketio {

@@ -73,6 +73,7 @@ impl Harness {
         config.database_url = None;
         config.static_dir = dist;
         let server = Server::start(&config).await?;
+        server.stats().record_deliveries();
         // Restarts bind the same port.
         config.bind = server.addr;
         let user = syncline_server::auth::create_account(&server.state.store, TEST_USER, TEST_PASSWORD)
@@ -185,6 +186,7 @@ impl Harness {
         for _ in 0..50 {
             match Server::start(&self.config).await {
                 Ok(server) => {
+                    server.stats().record_deliveries();
                     self.server = Some(server);
                     return Ok(());
                 }

@@ -134,6 +134,11 @@ async fn a_removed_member_sees_the_revocation_within_a_second_and_receives_nothi
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A change Bob does get (so the delivery log below is seen to record his deliveries).
+    let body = CreateCard { id: None, title: "Before the removal".into(), description: String::new() };
+    h.write(WriteOp::CreateCard { column_id: board.column, body }).await.unwrap();
+    leader.wait_for(&shows_card_titled("Before the removal"), WAIT).await.unwrap();
+
     // The owner removes Bob.
     let removed = Instant::now();
     h.write(WriteOp::RemoveMember { board_id: board.id, user_id: bob_id }).await.unwrap();
@@ -150,12 +155,10 @@ async fn a_removed_member_sees_the_revocation_within_a_second_and_receives_nothi
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     let stream = StreamId::Board(board.id).to_string();
-    let leaked: Vec<_> = h
-        .stats()
-        .recent_deliveries()
-        .into_iter()
-        .filter(|d| d.user == bob_id && d.stream == stream && d.last_cursor >= removal_cursor)
-        .collect();
+    let to_bob: Vec<_> =
+        h.stats().recent_deliveries().into_iter().filter(|d| d.user == bob_id && d.stream == stream).collect();
+    assert!(!to_bob.is_empty(), "the delivery log recorded nothing sent to Bob (not even before his removal)");
+    let leaked: Vec<_> = to_bob.into_iter().filter(|d| d.last_cursor >= removal_cursor).collect();
     assert!(
         leaked.is_empty(),
         "the server sent Bob changes at or after his removal (cursor {removal_cursor}): {leaked:?}"

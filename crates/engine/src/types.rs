@@ -482,7 +482,7 @@ pub enum Output<M: Model> {
     /// Take the leader lock even though another tab holds it (Web Locks `steal`): this tab is visible and the
     /// leader is not, or does not answer.
     ClaimLeadership,
-    /// Nothing more to do until this time (or the next input).
+    /// Nothing more to do until this time (or the next input); `Millis::MAX`: no timer at all (an asleep tab).
     Timeout(Millis),
 }
 

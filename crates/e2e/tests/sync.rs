@@ -181,10 +181,7 @@ async fn hidden_followers_make_no_requests_while_changes_stream_in() {
 #[tokio::test]
 async fn an_asleep_follower_that_goes_without_a_word_is_forgotten_when_its_tab_lock_is_released() {
     let (h, board, browser, url) = setup().await;
-    let leader = browser.open(&url).await.unwrap();
-    leader.wait_for(&live(true), WAIT).await.unwrap();
-    let follower = browser.open(&url).await.unwrap();
-    follower.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+    let (leader, follower) = leader_and_follower(&browser, &url, &board).await;
     let id = client_id(&follower).await;
     follower.hide().await.unwrap();
     follower.wait_for("JSON.parse(window.__syncline()).asleep === true", WAIT).await.unwrap();
@@ -519,10 +516,7 @@ async fn closing_its_own_socket_throws_nothing_in_the_page() {
 async fn a_tab_opened_next_to_a_live_leader_says_live_at_once() {
     // Found in a real browser: a new follower said "Idle" until the leader's state next changed.
     let (h, board, browser, url) = setup().await;
-    let leader = browser.open(&url).await.unwrap();
-    leader.wait_for(&live(true), WAIT).await.unwrap();
-    let follower = browser.open(&url).await.unwrap();
-    follower.wait_for(&shows(board.card, "Watch me"), WAIT).await.unwrap();
+    let (_leader, follower) = leader_and_follower(&browser, &url, &board).await;
     follower
         .wait_for("document.querySelector('#connection')?.dataset.state === 'live'", Duration::from_secs(1))
         .await

@@ -190,6 +190,40 @@ async fn subscriber(
     Ok(())
 }
 
+/// Where subscribers report: each synced (`ready`), each change's arrival, and a subscriber that ended in an
+/// error (it could not connect, or its socket failed).
+struct Reports {
+    ready: mpsc::Sender<()>,
+    arrivals: mpsc::UnboundedSender<Instant>,
+    failed: mpsc::UnboundedSender<String>,
+}
+
+/// Starts subscribers `range` (subscriber `i` goes to server `addrs[i % addrs.len()]`); they wait their turn to
+/// connect, at most `HANDSHAKES_IN_FLIGHT` handshakes at once, so the accept backlog never overflows.
+fn spawn_subscribers(
+    range: std::ops::Range<usize>,
+    addrs: &[String],
+    cookie: &str,
+    stream: StreamId,
+    since: u64,
+    reports: &Reports,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT));
+    range
+        .map(|i| {
+            let addr = addrs[i % addrs.len()].clone();
+            let (ready, arrivals) = (reports.ready.clone(), reports.arrivals.clone());
+            let one = subscriber(i, addr, cookie.to_owned(), stream, since, gate.clone(), ready, arrivals);
+            let failed = reports.failed.clone();
+            tokio::spawn(async move {
+                if let Err(e) = one.await {
+                    let _ = failed.send(format!("subscriber {i}: {e:#}"));
+                }
+            })
+        })
+        .collect()
+}
+
 /// The servers of one configuration and a signed-in client with a board, a column and a card.
 struct Setup {
     servers: Vec<Server>,
@@ -337,28 +371,13 @@ async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<FanOut> {
         return fan_out_in_workers(setup, n, rounds, since, stream, n.div_ceil(per_process)).await;
     }
     let rss_before = setup.resident_kib()?;
-    let (ready_tx, mut ready_rx) = mpsc::channel(n);
-    let (arrive_tx, mut arrive_rx) = mpsc::unbounded_channel();
+    let (ready, mut ready_rx) = mpsc::channel(n);
+    let (arrivals, mut arrive_rx) = mpsc::unbounded_channel();
+    // (A subscriber that fails has said why on stderr; the wait for all to be ready times out.)
+    let (failed, _) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(n);
-    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT));
-    for i in 0..n {
-        let addr = setup.servers[i % setup.servers.len()].addr.clone();
-        tasks.push(tokio::spawn(subscriber(
-            i,
-            addr,
-            setup.cookie.clone(),
-            stream,
-            since,
-            gate.clone(),
-            ready_tx.clone(),
-            arrive_tx.clone(),
-        )));
-        // Pace the handshakes a little so the accept backlog never overflows.
-        if i % 256 == 255 {
-            tokio::task::yield_now().await;
-        }
-    }
+    let addrs: Vec<String> = setup.servers.iter().map(|s| s.addr.clone()).collect();
+    let tasks = spawn_subscribers(0..n, &addrs, &setup.cookie, stream, since, &Reports { ready, arrivals, failed });
     let (connect, per_sub) = all_ready(n, &mut ready_rx, started, rss_before, || setup.resident_kib()).await?;
 
     let url = format!("{base}/api/cards/{}", setup.card_id);
@@ -478,24 +497,11 @@ async fn worker(spec: &str) -> Result<()> {
     let since = spec["since"].as_u64().context("since")?;
     let first = spec["first"].as_u64().context("first")? as usize;
     let count = spec["count"].as_u64().context("count")? as usize;
-    let (ready_tx, mut ready_rx) = mpsc::channel(count.max(1));
-    let (arrive_tx, mut arrive_rx) = mpsc::unbounded_channel();
-    let mut tasks = Vec::with_capacity(count);
-    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_IN_FLIGHT));
-    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel();
-    for i in first..first + count {
-        let addr = addrs[i % addrs.len()].clone();
-        let one = subscriber(i, addr, cookie.clone(), stream, since, gate.clone(), ready_tx.clone(), arrive_tx.clone());
-        let failed = failed_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = one.await {
-                let _ = failed.send(format!("subscriber {i}: {e:#}"));
-            }
-        }));
-        if i % 256 == 255 {
-            tokio::task::yield_now().await;
-        }
-    }
+    let (ready, mut ready_rx) = mpsc::channel(count.max(1));
+    let (arrivals, mut arrive_rx) = mpsc::unbounded_channel();
+    let (failed, mut failed_rx) = mpsc::unbounded_channel();
+    let _tasks =
+        spawn_subscribers(first..first + count, &addrs, &cookie, stream, since, &Reports { ready, arrivals, failed });
     for _ in 0..count {
         tokio::select! {
             ready = tokio::time::timeout(Duration::from_secs(600), ready_rx.recv()) => {
@@ -513,9 +519,9 @@ async fn worker(spec: &str) -> Result<()> {
     loop {
         let mut line = String::from("arrivals");
         for _ in 0..count {
+            // Every change is sent after `ready`, so it arrives after `origin`.
             let at: Instant = arrive_rx.recv().await.context("arrivals closed")?;
-            let micros = origin_wall as i128 + at.saturating_duration_since(origin).as_micros() as i128
-                - origin.saturating_duration_since(at).as_micros() as i128;
+            let micros = origin_wall + at.saturating_duration_since(origin).as_micros() as u64;
             line.push(' ');
             line.push_str(&micros.to_string());
         }

@@ -69,17 +69,14 @@ export async function idb_all(store) {
     req.onerror = () => reject(req.error);
   });
 }
+// Held until the tab goes away (the browser releases it then, crash included) or another tab steals it.
 export function hold_lock(name, steal, granted, lost) {
   navigator.locks.request(name, steal ? { steal: true } : {}, () => {
-    granted();
-    return new Promise(() => {}); // held until the tab goes away or another tab steals it
-  }).catch(() => lost());
+    if (granted) granted();
+    return new Promise(() => {});
+  }).catch(() => { if (lost) lost(); });
 }
-// A lock named for this tab, held for its life: the browser releases it when the tab is closed, crashes or is
-// discarded. Another tab queued for it (`watch_lock`) is granted it then — and so learns the tab is gone.
-export function hold_tab_lock(name) {
-  navigator.locks.request(name, () => new Promise(() => {}));
-}
+// Granted when the tab holding `name` goes away (`hold_lock`), and released at once.
 export function watch_lock(name, gone) {
   navigator.locks.request(name, () => { gone(); }).catch(() => {}); // released as soon as granted
 }
@@ -122,8 +119,7 @@ extern "C" {
     #[wasm_bindgen(catch)]
     pub async fn idb_clear(store: &str) -> Result<JsValue, JsValue>;
     pub fn idb_use(db_name: &str);
-    pub fn hold_lock(name: &str, steal: bool, granted: &js_sys::Function, lost: &js_sys::Function);
-    pub fn hold_tab_lock(name: &str);
+    pub fn hold_lock(name: &str, steal: bool, granted: Option<&js_sys::Function>, lost: Option<&js_sys::Function>);
     pub fn watch_lock(name: &str, gone: &js_sys::Function);
     pub fn connection_info() -> JsValue;
     pub fn on_connection_change(f: &js_sys::Function);

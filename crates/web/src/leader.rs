@@ -27,8 +27,8 @@ impl<M: Model> Runtime<M> {
         js::hold_lock(
             &format!("{}-leader", self.inner.namespace),
             steal,
-            granted.unchecked_ref(),
-            lost.unchecked_ref(),
+            Some(granted.unchecked_ref()),
+            Some(lost.unchecked_ref()),
         );
     }
 
@@ -39,7 +39,7 @@ impl<M: Model> Runtime<M> {
 
     /// Holds this tab's lock for its life: the other tabs know it lives while it is asleep and silent.
     pub(crate) fn hold_tab_lock(&self, tab: TabId) {
-        js::hold_tab_lock(&self.tab_lock_name(tab));
+        js::hold_lock(&self.tab_lock_name(tab), false, None, None);
     }
 
     /// Queues for another tab's lock: granted (and released at once) when that tab is gone.

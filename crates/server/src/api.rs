@@ -487,6 +487,10 @@ async fn long_poll(
                     s.stats.delivered(user.id, &msg);
                     return Ok(axum::Json(msg));
                 }
+                session::Output::Forward(batch) => {
+                    s.stats.delivered_batch(user.id, &batch.stream, &batch.changes);
+                    return Ok(axum::Json(batch.message()));
+                }
                 session::Output::Send(_) => {} // synced: nothing new yet
                 // Listen before reading, so a change landing in between wakes us.
                 session::Output::Listen(stream) => live = Some(s.store.hub().subscribe(stream)),
@@ -511,7 +515,7 @@ async fn long_poll(
         let log_stream = session.log_name(&stream);
         input = tokio::select! {
             r = rx.recv() => Some(match r {
-                Ok(published) => session::Input::Published { stream: log_stream, changes: published.changes.clone() },
+                Ok(published) => session::Input::Published(published),
                 Err(_) => session::Input::Lagged { stream: log_stream },
             }),
             _ = tokio::time::sleep_until(deadline) => None,

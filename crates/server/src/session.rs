@@ -13,6 +13,7 @@
 //! `LogRead` for the same stream and cursor.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use syncline_kanban::{Change, ChangeOp, ServerMessage, StreamId, UserId};
 use syncline_protocol::feed::close_code;
@@ -20,7 +21,7 @@ use syncline_protocol::{ClientMessage, Cursor, StreamCursor, StreamName};
 use uuid::Uuid;
 
 use crate::access::user_stream;
-use crate::feed::LogRead;
+use crate::feed::{LogRead, Published};
 
 /// What the session's driver tells it. Streams in inputs and in `Listen`/`Unlisten`/`ReadLog` are the log's
 /// names (`user:<id>`, `board:<id>`); in messages to the client, the client's (`boards`, `board:<id>`).
@@ -29,7 +30,7 @@ pub enum Input {
     /// A message from the client.
     Client(ClientMessage),
     /// A live batch for a stream the session listens to, as published after its commit.
-    Published { stream: StreamName, changes: Vec<Change> },
+    Published(Arc<Published>),
     /// The driver's live listener for a stream fell behind and dropped batches.
     Lagged { stream: StreamName },
     /// The answer to `Output::ReadLog`.
@@ -41,6 +42,9 @@ pub enum Input {
 pub enum Output {
     /// Send this to the client.
     Send(ServerMessage),
+    /// Send this live batch to the client as published: the message `changes` of its stream, whose encoding every
+    /// session that forwards the batch shares ([`Published::encoded`]).
+    Forward(Arc<Published>),
     /// Start listening to live batches of this stream (before the log is read, so nothing committed in between is
     /// missed).
     Listen(StreamName),
@@ -137,7 +141,7 @@ impl Session {
     pub fn handle(&mut self, input: Input) {
         match input {
             Input::Client(msg) => self.on_client(msg),
-            Input::Published { stream, changes } => self.on_published(stream, changes),
+            Input::Published(batch) => self.on_published(batch),
             Input::Lagged { stream } => self.read(&stream),
             Input::LogRead { stream, since, read } => self.on_log_read(stream, since, read),
         }
@@ -192,31 +196,50 @@ impl Session {
         self.out.push_back(Output::ReadLog { stream: stream.clone(), since, client_log_id });
     }
 
-    fn on_published(&mut self, stream: StreamName, changes: Vec<Change>) {
-        let Some(f) = self.streams.get_mut(&stream) else { return };
+    fn on_published(&mut self, batch: Arc<Published>) {
+        let stream = &batch.stream;
+        let Some(f) = self.streams.get_mut(stream) else { return };
         if f.reading {
             // The read may end before this batch: read again then.
             f.stale = self.bug != Some(InjectedBug::DropsBatchesDuringCatchUp);
             return;
         }
-        let fresh: Vec<Change> = changes.into_iter().filter(|c| c.cursor > f.cursor).collect();
-        let Some(first) = fresh.first() else { return };
-        if first.cursor != f.cursor + 1 {
+        let Some(from) = batch.changes.iter().map(|c| c.cursor).find(|&c| c > f.cursor) else { return };
+        if from != f.cursor + 1 {
             // A gap: fill it from the log (which also covers this batch).
-            self.read(&stream);
+            self.read(stream);
             return;
         }
-        self.deliver(&stream, fresh);
+        // The usual case — the whole batch continues the cursor, under the name the client knows it by, without
+        // this user's removal, in one message — is forwarded as published, its encoding shared.
+        let whole = batch.changes.first().is_some_and(|c| c.cursor == from)
+            && f.client == *stream
+            && self.removal(&batch.changes).is_none()
+            && batch.encoded().len() <= self.settings.message_target_bytes;
+        if whole {
+            if let (Some(f), Some(last)) = (self.streams.get_mut(stream), batch.changes.last()) {
+                f.cursor = last.cursor;
+            }
+            self.out.push_back(Output::Forward(batch));
+            return;
+        }
+        let fresh: Vec<Change> = batch.changes.iter().filter(|c| c.cursor >= from).cloned().collect();
+        self.deliver(stream, fresh);
+    }
+
+    /// Where in these changes this user is removed from their board (the stream ends there).
+    fn removal(&self, changes: &[Change]) -> Option<usize> {
+        let me = self.user;
+        changes
+            .iter()
+            .position(|c| matches!(c.op, ChangeOp::MemberRemoved { user_id, .. } if user_id == me))
+            .filter(|_| self.bug != Some(InjectedBug::AuthorizesOnlyAtSubscribe))
     }
 
     /// Sends changes that continue the stream's cursor — up to this user's removal from the board, if they carry
     /// it: then the stream ends here, with `revoked`. Returns whether the stream is still followed.
     fn deliver(&mut self, stream: &StreamName, mut changes: Vec<Change>) -> bool {
-        let me = self.user;
-        let removal = changes
-            .iter()
-            .position(|c| matches!(c.op, ChangeOp::MemberRemoved { user_id, .. } if user_id == me))
-            .filter(|_| self.bug != Some(InjectedBug::AuthorizesOnlyAtSubscribe));
+        let removal = self.removal(&changes);
         if let Some(at) = removal {
             changes.truncate(at);
         }
@@ -349,25 +372,92 @@ mod tests {
         assert_eq!(out[1], Output::Send(ServerMessage::Synced { stream: stream(), cursor: 6 }));
     }
 
+    fn published(changes: Vec<Change>) -> Input {
+        Input::Published(Arc::new(Published::new(stream(), changes, std::time::Instant::now())))
+    }
+
+    /// A session subscribed to `stream()` and synced at `cursor`.
+    fn synced_at(user: UserId, cursor: Cursor) -> Session {
+        let mut s = Session::new(settings(), user);
+        subscribe(&mut s, cursor);
+        s.handle(Input::LogRead { stream: stream(), since: cursor, read: LogRead::Changes(vec![]) });
+        drain(&mut s);
+        s
+    }
+
     #[test]
     fn a_live_batch_goes_out_only_if_it_continues_the_cursor() {
-        let mut s = Session::new(settings(), Uuid::from_u128(77));
-        subscribe(&mut s, 0);
-        s.handle(Input::LogRead { stream: stream(), since: 0, read: LogRead::Changes(vec![]) });
-        drain(&mut s);
-        s.handle(Input::Published { stream: stream(), changes: vec![change(1), change(2)] });
-        assert!(
-            matches!(&drain(&mut s)[..], [Output::Send(ServerMessage::Changes { changes, .. })] if changes.len() == 2)
-        );
+        let mut s = synced_at(Uuid::from_u128(77), 0);
+        s.handle(published(vec![change(1), change(2)]));
+        assert!(matches!(&drain(&mut s)[..], [Output::Forward(batch)] if batch.changes.len() == 2));
         // A batch that skips cursor 3: the log fills the gap instead.
-        s.handle(Input::Published { stream: stream(), changes: vec![change(4)] });
+        s.handle(published(vec![change(4)]));
         assert_eq!(drain(&mut s), vec![Output::ReadLog { stream: stream(), since: 2, client_log_id: None }]);
         // A batch during the read is not lost: the read goes again before `synced`.
-        s.handle(Input::Published { stream: stream(), changes: vec![change(5)] });
+        s.handle(published(vec![change(5)]));
         assert!(drain(&mut s).is_empty());
         s.handle(Input::LogRead { stream: stream(), since: 2, read: LogRead::Changes(vec![change(3), change(4)]) });
         let out = drain(&mut s);
         assert_eq!(out.last(), Some(&Output::ReadLog { stream: stream(), since: 4, client_log_id: None }));
+    }
+
+    #[test]
+    fn a_forwarded_batch_is_encoded_once_as_the_changes_message_it_stands_for() {
+        let (mut a, mut b) = (synced_at(Uuid::from_u128(1), 0), synced_at(Uuid::from_u128(2), 0));
+        let batch = Arc::new(Published::new(stream(), vec![change(1), change(2)], std::time::Instant::now()));
+        a.handle(Input::Published(batch.clone()));
+        b.handle(Input::Published(batch.clone()));
+        let (Some(Output::Forward(x)), Some(Output::Forward(y))) = (a.poll_output(), b.poll_output()) else {
+            panic!("both forward the batch")
+        };
+        assert!(std::ptr::eq(x.encoded().as_str(), y.encoded().as_str()), "one encoding, shared");
+        let message = ServerMessage::Changes { stream: stream(), changes: vec![change(1), change(2)] };
+        assert_eq!(x.encoded().as_str(), serde_json::to_string(&message).unwrap());
+        assert_eq!(x.message(), message);
+    }
+
+    #[test]
+    fn a_batch_not_forwarded_whole_is_sent_as_this_client_should_see_it() {
+        // Part of it was delivered already (from the log): only the rest goes.
+        let mut s = synced_at(Uuid::from_u128(77), 1);
+        s.handle(published(vec![change(1), change(2)]));
+        assert!(matches!(&drain(&mut s)[..],
+            [Output::Send(ServerMessage::Changes { changes, .. })] if changes.iter().map(|c| c.cursor).eq([2])));
+        // It removes this user from the board: the changes before it, then `revoked`.
+        let me = Uuid::from_u128(77);
+        let removed = Change { op: ChangeOp::MemberRemoved { board_id: Uuid::from_u128(5), user_id: me }, ..change(4) };
+        s.handle(published(vec![change(3), removed]));
+        let out = drain(&mut s);
+        assert!(matches!(&out[0], Output::Send(ServerMessage::Changes { changes, .. }) if changes.len() == 1));
+        assert_eq!(out[1], Output::Unlisten(stream()));
+        assert!(matches!(&out[2], Output::Send(ServerMessage::Revoked { .. })));
+        // Larger than a message: split.
+        let settings = Settings { message_target_bytes: 200, ..settings() };
+        let mut s = Session::new(settings, me);
+        subscribe(&mut s, 0);
+        s.handle(Input::LogRead { stream: stream(), since: 0, read: LogRead::Changes(vec![]) });
+        drain(&mut s);
+        s.handle(published(vec![change(1), change(2), change(3)]));
+        let out = drain(&mut s);
+        assert!(out.len() > 1 && out.iter().all(|o| matches!(o, Output::Send(ServerMessage::Changes { .. }))));
+    }
+
+    #[test]
+    fn the_users_own_list_is_sent_under_the_name_the_client_knows() {
+        let me = Uuid::from_u128(77);
+        let mut s = Session::new(settings(), me);
+        let streams = vec![StreamCursor { stream: StreamId::Boards.name(), since: 0 }];
+        s.handle(Input::Client(ClientMessage::Subscribe { streams, log_id: None }));
+        drain(&mut s);
+        let own = user_stream(me);
+        s.handle(Input::LogRead { stream: own.clone(), since: 0, read: LogRead::Changes(vec![]) });
+        drain(&mut s);
+        let change = Change { stream: own.clone(), ..change(1) };
+        s.handle(Input::Published(Arc::new(Published::new(own, vec![change], std::time::Instant::now()))));
+        let out = drain(&mut s);
+        let [Output::Send(ServerMessage::Changes { stream, changes })] = &out[..] else { panic!("{out:?}") };
+        assert_eq!(*stream, StreamId::Boards.name());
+        assert_eq!(changes[0].stream, StreamId::Boards.name());
     }
 
     #[test]

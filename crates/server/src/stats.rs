@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use syncline_protocol::StreamName;
 
 /// Header a client may set to say which tab sent a request, so tests can attribute requests to tabs.
 pub const CLIENT_HEADER: &str = "x-syncline-client";
@@ -69,10 +70,16 @@ impl Stats {
 
     /// Notes changes the feed sent `user` (if asked to: `record_deliveries`).
     pub fn delivered(&self, user: uuid::Uuid, msg: &syncline_kanban::ServerMessage) {
+        if let syncline_kanban::ServerMessage::Changes { stream, changes } = msg {
+            self.delivered_batch(user, stream, changes);
+        }
+    }
+
+    /// Notes changes of `stream` the feed sent `user` (if asked to: `record_deliveries`).
+    pub fn delivered_batch(&self, user: uuid::Uuid, stream: &StreamName, changes: &[syncline_kanban::Change]) {
         if !self.deliveries_on.load(Ordering::Relaxed) {
             return;
         }
-        let syncline_kanban::ServerMessage::Changes { stream, changes } = msg else { return };
         let (Some(first), Some(last)) = (changes.first(), changes.last()) else { return };
         let d = Delivery {
             user,

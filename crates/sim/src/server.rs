@@ -10,6 +10,7 @@
 //! connection.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rand::Rng;
 use rusqlite::Connection;
@@ -19,6 +20,7 @@ use syncline_kanban::{
     WriteBatchResult, WriteOp, WriteOutcome,
 };
 use syncline_server::access;
+use syncline_server::feed::Published;
 use syncline_server::session::{self, Session, Settings};
 use syncline_server::store;
 use syncline_server::tail::{self, Tailer};
@@ -154,6 +156,10 @@ impl World {
         while let Some(out) = session.poll_output() {
             match out {
                 session::Output::Send(msg) => said.push(Said::Message(msg)),
+                // What the client receives is the batch's shared encoding: decode it as the client would.
+                session::Output::Forward(batch) => said.push(Said::Message(
+                    serde_json::from_str(batch.encoded().as_str()).expect("a forwarded batch decodes"),
+                )),
                 session::Output::Listen(stream) => {
                     listening.insert(stream);
                 }
@@ -565,6 +571,7 @@ impl World {
             }
         }
         for (stream, batch) in by_stream {
+            let published = Arc::new(Published::new(stream.clone(), batch.clone(), std::time::Instant::now()));
             if let Some(last) = batch.last() {
                 self.server.instances[inst].tailer.published(&stream, last.cursor);
             }
@@ -579,7 +586,7 @@ impl World {
                 if let (Some(s), Some(last)) = (self.server.sockets.get_mut(&sock), batch.last()) {
                     s.handed.insert(client_name(&stream), last.cursor);
                 }
-                let input = session::Input::Published { stream: stream.clone(), changes: batch.clone() };
+                let input = session::Input::Published(published.clone());
                 self.socket_session(sock, input);
             }
             let parked: Vec<u64> = self
@@ -594,7 +601,7 @@ impl World {
                 if p.epoch != self.server.instances[inst].epoch {
                     continue;
                 }
-                let input = session::Input::Published { stream: stream.clone(), changes: batch.clone() };
+                let input = session::Input::Published(published.clone());
                 let mut listening = BTreeSet::new();
                 let said = Self::run_session(
                     &self.server.conn,

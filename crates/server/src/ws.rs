@@ -152,8 +152,13 @@ impl Connection {
         let heartbeat_every = self.state.feed.heartbeat;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
         let mut last_heard = Instant::now();
+        // The listeners that live as long as the connection are made once, not at each turn of the loop: a
+        // broadcast or watch future made anew registers with its channel (under the channel's lock) and
+        // unregisters when dropped — for every connection on every change it is sent.
         let mut shutdown = self.state.shutdown.clone();
-        let mut ended = self.state.store.hub().ended_sessions();
+        let stopped = crate::stopped(&mut shutdown);
+        tokio::pin!(stopped);
+        let mut ended = BroadcastStream::new(self.state.store.hub().ended_sessions());
         let signed_out = || End::Close(close_code::SESSION_ENDED, "the session ended: sign in again".into());
         let hello = ServerMessage::Hello {
             log_id: self.state.store.log_id(),
@@ -194,13 +199,13 @@ impl Connection {
                         socket.send(Message::Ping(Default::default())).await.map_err(|_| End::Gone)
                     }
                 }
-                ended_session = ended.recv() => match ended_session {
+                Some(ended_session) = ended.next() => match ended_session {
                     Ok(id) if *id == *self.user.session => Err(signed_out()),
                     Ok(_) => Ok(()),
                     // Missed some announcements: look.
                     Err(_) => if self.session_alive().await { Ok(()) } else { Err(signed_out()) },
                 },
-                _ = crate::stopped(&mut shutdown) => Err(End::Close(1001, "server shutting down".into())),
+                _ = &mut stopped => Err(End::Close(1001, "server shutting down".into())),
             };
             end = step.err();
         }

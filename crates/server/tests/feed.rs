@@ -696,3 +696,25 @@ async fn a_title_edit_of_a_card_with_a_long_description_is_a_small_message() {
     assert!(text.len() <= 300, "a title edit took {} bytes: {}", text.len(), &text[..text.len().min(400)]);
     assert!(!text.contains("dddd"), "the description travelled again");
 }
+
+#[tokio::test]
+async fn a_server_that_stops_closes_its_feeds_saying_so_and_another_user_s_sign_out_closes_none() {
+    let f = Fixture::new().await;
+    let (board, _, _) = f.board().await;
+    let stream = StreamId::Board(board.id).name();
+    let since = f.cursor(&board).await;
+    let mut ws = f.connect().await;
+    subscribe(&mut ws, stream.clone(), since).await;
+    assert_eq!(next(&mut ws).await, ServerMessage::Synced { stream, cursor: since });
+    // Another user's sign-out is not this connection's business: it stays open.
+    let (other, _) = signed_in(&f.url(""), "someone-else").await;
+    assert!(other.post(f.url("/api/auth/signout")).send().await.unwrap().status().is_success());
+    f.server.stop(Duration::from_secs(5)).await;
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("closed within the grace") {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(frame.code, CloseCode::Away);
+            assert_eq!(frame.reason.as_str(), "server shutting down");
+        }
+        other => panic!("expected a close frame 1001, got {other:?}"),
+    }
+}

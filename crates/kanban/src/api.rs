@@ -225,7 +225,7 @@ impl BoardSnapshot {
 
     /// The cards of one column, in order.
     pub fn cards_in(&self, column: Uuid) -> impl Iterator<Item = &Card> {
-        self.cards.iter().map(|c| &**c).filter(move |c| c.column_id == column)
+        self.cards.iter().map(|c| &**c).filter(move |c| crate::same_id(c.column_id, column))
     }
 }
 

@@ -16,7 +16,8 @@ use crate::model::QueryData;
 use crate::{Board, BoardList, BoardSnapshot, Card, Change, ChangeOp, Column, Member, WriteOp};
 
 fn upsert<T: Clone>(list: &mut Vec<T>, item: &T, id: impl Fn(&T) -> Uuid, version: impl Fn(&T) -> u64) -> bool {
-    match list.iter_mut().find(|x| id(x) == id(item)) {
+    let wanted = id(item);
+    match list.iter_mut().find(|x| crate::same_id(id(x), wanted)) {
         Some(existing) if version(existing) >= version(item) => false,
         Some(existing) => {
             *existing = item.clone();
@@ -31,7 +32,7 @@ fn upsert<T: Clone>(list: &mut Vec<T>, item: &T, id: impl Fn(&T) -> Uuid, versio
 
 fn remove<T>(list: &mut Vec<T>, target: Uuid, id: impl Fn(&T) -> Uuid) -> bool {
     let before = list.len();
-    list.retain(|x| id(x) != target);
+    list.retain(|x| !crate::same_id(id(x), target));
     list.len() != before
 }
 
@@ -113,7 +114,9 @@ fn apply_to_board(snap: &mut BoardSnapshot, op: &ChangeOp) -> Applied {
             if column_id.is_some_and(|col| !snap.columns.iter().any(|c| c.id == col)) {
                 return Applied::CannotApply;
             }
-            let Some(card) = snap.cards.iter_mut().find(|c| c.id == *id) else { return Applied::CannotApply };
+            let Some(card) = snap.cards.iter_mut().find(|c| crate::same_id(c.id, *id)) else {
+                return Applied::CannotApply;
+            };
             if card.version >= *version {
                 return Applied::Unchanged; // already there (the write's own answer came first)
             }

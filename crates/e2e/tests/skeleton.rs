@@ -129,6 +129,34 @@ async fn a_card_moved_with_the_keyboard_lands_in_the_new_column() {
 }
 
 #[tokio::test]
+async fn a_card_edited_and_another_deleted_with_their_buttons_are_saved_so() {
+    let h = Harness::start().await.unwrap();
+    let seeded = seed(&h, "Buttons", &[("Todo", &["Keep me", "Delete me"])]).await;
+    let browser = TestBrowser::launch().await.unwrap();
+    let tab = open_board(&browser, &h, seeded.board).await;
+    let todo = seeded.columns[0];
+    let snap = snapshot(&h, seeded.board).await;
+    let card = |title: &str| snap.cards.iter().find(|c| c.title == title).unwrap().id;
+    let (kept, deleted) = (card("Keep me"), card("Delete me"));
+
+    // (The buttons have no listeners of their own: the column's list hears their clicks.)
+    tab.click(&format!("[data-card-id=\"{kept}\"] [data-action=edit]")).await.unwrap();
+    tab.wait_for_selector(&format!("[data-card-id=\"{kept}\"] .card-editor .edit-title"), WAIT).await.unwrap();
+    tab.exec("document.querySelector('.card-editor .edit-title').select()").await.unwrap();
+    tab.type_into(".card-editor .edit-title", "Kept").await.unwrap();
+    tab.press("Enter").await.unwrap();
+    tab.wait_for(&card_in_column(todo, "Kept"), WAIT).await.unwrap();
+    tab.click(&format!("[data-card-id=\"{deleted}\"] [data-action=delete]")).await.unwrap();
+    tab.wait_for(&format!("!document.querySelector('[data-card-id=\"{deleted}\"]')"), WAIT).await.unwrap();
+    tab.wait_for(SAVED, WAIT).await.unwrap();
+
+    let snap = snapshot(&h, seeded.board).await;
+    assert_eq!(snap.cards_in(todo).map(|c| c.title.as_str()).collect::<Vec<_>>(), vec!["Kept"]);
+    browser.close().await;
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_card_dragged_and_dropped_lands_where_it_was_dropped() {
     let h = Harness::start().await.unwrap();
     let seeded = seed(&h, "Drag", &[("Todo", &["Drag me"]), ("Done", &["Already done"])]).await;

@@ -572,6 +572,15 @@ async fn on_a_1000_card_board_one_change_re_renders_one_card_and_a_burst_of_100_
         .await
         .unwrap();
     assert_eq!(skipped, vec![20, 20], "20 blocks of 50 cards, each skipped as one");
+    // The cards' events are heard by their columns: the page's listeners do not grow with the board (each card
+    // had seven: 7,056 here).
+    let counters = tab
+        .page()
+        .execute(chromiumoxide::cdp::browser_protocol::memory::GetDomCountersParams::default())
+        .await
+        .unwrap()
+        .result;
+    assert!(counters.js_event_listeners < 200, "{} event listeners on a 1,000-card board", counters.js_event_listeners);
 
     // One change to one card re-renders that card and no other (counted, not timed): the view is O(change).
     card_renders(&tab).await;

@@ -389,7 +389,7 @@ async fn big_board() -> anyhow::Result<()> {
         "big boards, one visible tab: opening, and main-thread time per change (Chromium task time, idle subtracted)"
     );
     println!(
-        "{:>11} | {:>15} | {:>12} | {:>12} | {:>22} | {:>16} | {:>22} | {:>19}",
+        "{:>11} | {:>15} | {:>12} | {:>12} | {:>22} | {:>16} | {:>22} | {:>19} | {:>17} | {:>9}",
         "board",
         "first cards ms",
         "all cards ms",
@@ -397,9 +397,11 @@ async fn big_board() -> anyhow::Result<()> {
         "task ms/change paced",
         "script ms/change",
         "task ms/change burst",
-        "scroll fps (p99 ms)"
+        "scroll fps (p99 ms)",
+        "heap MB JS + DOM",
+        "listeners"
     );
-    println!("{}", "-".repeat(152));
+    println!("{}", "-".repeat(184));
     let profile = std::env::var("BENCH_PROFILE").ok();
     let (sizes, biggest) = board_sizes(&[10, 1000, 5000]);
     let sizes_min = sizes.iter().min().copied();
@@ -443,6 +445,20 @@ async fn big_board() -> anyhow::Result<()> {
         );
         tab.page().execute(EnableParams::default()).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
+        // What the open board holds, after a full collection: the JS heap, the DOM's (Blink's own collected heap),
+        // and the event listeners registered on it.
+        let memory = {
+            use chromiumoxide::cdp::browser_protocol::memory::GetDomCountersParams;
+            use chromiumoxide::cdp::js_protocol::{heap_profiler::CollectGarbageParams, runtime::GetHeapUsageParams};
+            tab.page().execute(CollectGarbageParams::default()).await?;
+            let heap = tab.page().execute(GetHeapUsageParams::default()).await?.result;
+            let counters = tab.page().execute(GetDomCountersParams::default()).await?.result;
+            let mb = |b: f64| b / 1_048_576.0;
+            (
+                format!("{:.1} + {:.1}", mb(heap.used_size), mb(heap.embedder_heap_used_size)),
+                counters.js_event_listeners,
+            )
+        };
         // `BENCH_TRACE_SCROLL=FILE`: a Chromium trace of the scrolling on the biggest board.
         let trace = match std::env::var("BENCH_TRACE_SCROLL") {
             Ok(file) if n >= biggest => Some((file, start_trace(&tab).await?)),
@@ -508,7 +524,7 @@ async fn big_board() -> anyhow::Result<()> {
             row.push((((t1 - t0) - idle.0 * secs).max(0.0) / 100.0, ((s1 - s0) - idle.1 * secs).max(0.0) / 100.0));
         }
         println!(
-            "{:>11} | {:>15.0} | {:>12.0} | {:>12} | {:>22.2} | {:>16.2} | {:>22.2} | {:>19}",
+            "{:>11} | {:>15.0} | {:>12.0} | {:>12} | {:>22.2} | {:>16.2} | {:>22.2} | {:>19} | {:>17} | {:>9}",
             format!("{n} cards"),
             first,
             all,
@@ -516,7 +532,9 @@ async fn big_board() -> anyhow::Result<()> {
             row[0].0,
             row[0].1,
             row[1].0,
-            scroll
+            scroll,
+            memory.0,
+            memory.1
         );
         browser.close().await;
         h.stop().await;

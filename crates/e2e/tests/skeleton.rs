@@ -146,6 +146,9 @@ async fn a_card_edited_and_another_deleted_with_their_buttons_are_saved_so() {
     tab.type_into(".card-editor .edit-title", "Kept").await.unwrap();
     tab.press("Enter").await.unwrap();
     tab.wait_for(&card_in_column(todo, "Kept"), WAIT).await.unwrap();
+    // Saved first: until then the edited card carries a "not yet saved" line, whose going moves the card below it
+    // — a click aimed while it shows could land beside the button.
+    tab.wait_for(SAVED, WAIT).await.unwrap();
     tab.click(&format!("[data-card-id=\"{deleted}\"] [data-action=delete]")).await.unwrap();
     tab.wait_for(&format!("!document.querySelector('[data-card-id=\"{deleted}\"]')"), WAIT).await.unwrap();
     tab.wait_for(SAVED, WAIT).await.unwrap();

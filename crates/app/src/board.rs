@@ -548,11 +548,7 @@ fn column_view(ctx: Ctx, column: Column) -> impl IntoView {
     };
     // A card's Edit and Delete buttons say which they are (`data-action`).
     let click = move |ev: leptos::ev::MouseEvent| {
-        let action = ev
-            .target()
-            .and_then(|t| t.dyn_into::<web_sys::Element>().ok())
-            .and_then(|t| t.closest("[data-action]").ok().flatten())
-            .and_then(|button| button.get_attribute("data-action"));
+        let action = closest(&ev, "[data-action]").and_then(|button| button.get_attribute("data-action"));
         let (Some(action), Some((_, card_id))) = (action, card_of(&ev)) else { return };
         match action.as_str() {
             "edit" => ctx.editing.set(Some(card_id)),
@@ -649,9 +645,14 @@ fn card_key(ctx: Ctx, card_id: CardId, ev: &leptos::ev::KeyboardEvent) {
     }
 }
 
+/// The element matching `selector` that an event happened on or inside.
+fn closest(ev: &web_sys::Event, selector: &str) -> Option<web_sys::Element> {
+    ev.target()?.dyn_into::<web_sys::Element>().ok()?.closest(selector).ok()?
+}
+
 /// The card an event happened on or inside: its element and its id.
 fn card_of(ev: &web_sys::Event) -> Option<(web_sys::Element, CardId)> {
-    let card = ev.target()?.dyn_into::<web_sys::Element>().ok()?.closest("[data-card-id]").ok()??;
+    let card = closest(ev, "[data-card-id]")?;
     let id = card.get_attribute("data-card-id")?.parse().ok()?;
     Some((card, id))
 }

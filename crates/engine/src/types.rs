@@ -18,7 +18,7 @@ pub type TabId = u64;
 pub type RequestId = u64;
 
 /// How fresh a query is, for the UI.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, syncline_protocol::TagFirstDeserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Freshness {
     /// Up to date: the live feed keeps it so, or it was fetched within its stale time.
@@ -140,7 +140,7 @@ pub struct PendingWrite<M: Model> {
 }
 
 /// How a write ended, told to every tab.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, syncline_protocol::TagFirstDeserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Settled {
     /// Applied; the entity as committed (`null` for a delete), and where its changes committed.
@@ -182,7 +182,7 @@ pub struct CopyAt<K> {
 }
 
 /// Messages between the tabs of one browser (BroadcastChannel).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, syncline_protocol::TagFirstDeserialize)]
 #[serde(tag = "type", rename_all = "snake_case", bound = "")]
 pub enum TabMessage<M: Model> {
     /// Sent on start, on every change of visibility or role, and as a heartbeat. `sent_at`: the sender's wall
@@ -268,7 +268,7 @@ pub enum TabMessage<M: Model> {
 }
 
 /// The connection as the user should see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, syncline_protocol::TagFirstDeserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ConnectionStatus {
     /// Nothing to do yet (no queries), or waiting for a leader.
@@ -331,7 +331,7 @@ pub enum HttpResult {
 }
 
 /// Records to keep across page loads (IndexedDB in a browser). Carry them out in the order given.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, syncline_protocol::TagFirstDeserialize)]
 #[serde(tag = "op", rename_all = "snake_case", bound = "")]
 pub enum PersistOp<M: Model> {
     /// Store an outbox entry; say when done with `Input::Persisted` (whether it worked or not).
@@ -418,7 +418,7 @@ pub enum Input<M: Model> {
 }
 
 /// Something the UI should re-read.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, syncline_protocol::TagFirstDeserialize)]
 #[serde(tag = "type", rename_all = "snake_case", bound = "")]
 pub enum Notification<M: Model> {
     /// A query's data or freshness changed.

@@ -60,7 +60,7 @@ impl<'de> Deserialize<'de> for StreamId {
 
 /// What changed. Upserts carry the whole entity as committed, so a client can apply the change to its cached
 /// data without asking the server again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, syncline_protocol::TagFirstDeserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ChangeOp {

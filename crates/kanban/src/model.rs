@@ -50,7 +50,7 @@ impl QueryKey {
 }
 
 /// A query's data as the server last gave it (the optimistic overlay is applied on read).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, syncline_protocol::TagFirstDeserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum QueryData {
     Boards(BoardList),

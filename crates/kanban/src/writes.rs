@@ -1,7 +1,7 @@
 //! Kanban writes as data: every write the API accepts, as one enum, so the REST routes, the batch endpoint and a
 //! client's outbox all describe a write the same way.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
@@ -9,7 +9,7 @@ use crate::{
 };
 
 /// One write. `base_version` (where present) makes the write conditional on the entity's current version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, syncline_protocol::TagFirstDeserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum WriteOp {

@@ -83,8 +83,9 @@ impl utoipa::PartialSchema for StreamName {
 #[cfg(feature = "openapi")]
 impl utoipa::ToSchema for StreamName {}
 
-/// One committed change, at `cursor` in `stream`; `op` is the app's description of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One committed change, at `cursor` in `stream`; `op` is the app's description of it. (Its `Deserialize` is
+/// written below: serde's for a flattened field buffers every change.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Change<Op> {
     pub stream: StreamName,
@@ -106,6 +107,121 @@ pub struct StreamCursor {
     pub stream: StreamName,
     /// The last cursor the client applied (0 for "from the beginning").
     pub since: Cursor,
+}
+
+/// A change's own fields are read as they come; the first other key starts the op's fields, which the op reads
+/// from the same map (a change's own fields that come after it are taken out of its way). serde's `flatten` would
+/// copy each change into its private buffer and read the op again from there — every change of every message.
+impl<'de, Op: Deserialize<'de>> Deserialize<'de> for Change<Op> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ChangeVisitor(std::marker::PhantomData))
+    }
+}
+
+struct ChangeVisitor<Op>(std::marker::PhantomData<fn() -> Op>);
+
+impl<'de, Op: Deserialize<'de>> serde::de::Visitor<'de> for ChangeVisitor<Op> {
+    type Value = Change<Op>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a change")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Change<Op>, A::Error> {
+        use serde::de::Error;
+        let mut own = ChangeFields::default();
+        let first = loop {
+            match map.next_key_seed(crate::tag_first::Text)? {
+                Some(key) if own.take(&key, &mut map)? => {}
+                other => break other,
+            }
+        };
+        let op = Op::deserialize(OpFields { first, own: &mut own, map: &mut map })?;
+        Ok(Change {
+            stream: own.stream.ok_or_else(|| A::Error::missing_field("stream"))?,
+            cursor: own.cursor.ok_or_else(|| A::Error::missing_field("cursor"))?,
+            at_ms: own.at_ms.ok_or_else(|| A::Error::missing_field("at_ms"))?,
+            write_id: own.write_id.flatten(),
+            op,
+        })
+    }
+}
+
+#[derive(Default)]
+struct ChangeFields {
+    stream: Option<StreamName>,
+    cursor: Option<Cursor>,
+    at_ms: Option<u64>,
+    write_id: Option<Option<Uuid>>,
+}
+
+impl ChangeFields {
+    /// Reads `key`'s value if it is one of a change's own fields (false: it is the op's).
+    fn take<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        fn once<'de, T: Deserialize<'de>, A: serde::de::MapAccess<'de>>(
+            slot: &mut Option<T>,
+            name: &'static str,
+            map: &mut A,
+        ) -> Result<bool, A::Error> {
+            if slot.is_some() {
+                return Err(serde::de::Error::duplicate_field(name));
+            }
+            *slot = Some(map.next_value()?);
+            Ok(true)
+        }
+        match key {
+            "stream" => once(&mut self.stream, "stream", map),
+            "cursor" => once(&mut self.cursor, "cursor", map),
+            "at_ms" => once(&mut self.at_ms, "at_ms", map),
+            "write_id" => once(&mut self.write_id, "write_id", map),
+            _ => Ok(false),
+        }
+    }
+}
+
+/// The rest of a change's map as the op sees it: from the first key that is not the change's, without the
+/// change's own fields.
+struct OpFields<'a, 'de, A> {
+    first: Option<std::borrow::Cow<'de, str>>,
+    own: &'a mut ChangeFields,
+    map: &'a mut A,
+}
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::Deserializer<'de> for OpFields<'_, 'de, A> {
+    type Error = A::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, A::Error> {
+        visitor.visit_map(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for OpFields<'_, 'de, A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
+        use serde::de::IntoDeserializer;
+        let key = match self.first.take() {
+            Some(key) => key,
+            None => loop {
+                match self.map.next_key_seed(crate::tag_first::Text)? {
+                    Some(key) if self.own.take(&key, self.map)? => {}
+                    Some(key) => break key,
+                    None => return Ok(None),
+                }
+            },
+        };
+        let key: serde::de::value::CowStrDeserializer<'de, A::Error> = key.into_deserializer();
+        seed.deserialize(key).map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
+    }
 }
 
 /// Client → server messages on the WebSocket feed (`GET /api/feed`, JSON text frames).
@@ -130,7 +246,7 @@ pub enum ClientMessage {
 }
 
 /// Server → client messages on the WebSocket feed, and the body of a long-poll answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, crate::TagFirstDeserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<Op> {
@@ -218,6 +334,92 @@ mod tests {
         assert_eq!(v["op"], "renamed");
         assert_eq!(v["cursor"], 3);
         assert_eq!(serde_json::from_value::<Change<Op>>(v).unwrap(), change);
+    }
+
+    /// A change as serde's `flatten` reads it: the reference for the hand-written `Deserialize`.
+    #[derive(Debug, PartialEq, Deserialize)]
+    struct Flattened<Op> {
+        stream: StreamName,
+        cursor: Cursor,
+        at_ms: u64,
+        #[serde(default)]
+        write_id: Option<Uuid>,
+        #[serde(flatten)]
+        op: Op,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, crate::TagFirstDeserialize)]
+    #[serde(tag = "op", rename_all = "snake_case")]
+    enum TagFirstOp {
+        Renamed { title: String },
+        Moved { to: u32 },
+    }
+
+    #[test]
+    fn a_change_reads_as_serde_s_flatten_would_in_any_order() {
+        fn same<Op: for<'de> Deserialize<'de> + PartialEq + fmt::Debug>(json: &str) {
+            let reference = serde_json::from_str::<Flattened<Op>>(json);
+            let ours = serde_json::from_str::<Change<Op>>(json);
+            match (reference, ours) {
+                (Ok(r), Ok(o)) => {
+                    assert_eq!(
+                        (r.stream, r.cursor, r.at_ms, r.write_id, r.op),
+                        (o.stream, o.cursor, o.at_ms, o.write_id, o.op),
+                        "{json}"
+                    )
+                }
+                (Err(_), Err(_)) => {}
+                (r, o) => panic!("{json}: serde says {r:?}, ours {o:?}"),
+            }
+        }
+        let id = Uuid::from_u128(5);
+        for json in [
+            r#"{"stream":"boards","cursor":3,"at_ms":1,"op":"renamed","title":"x"}"#.to_owned(),
+            format!(r#"{{"stream":"boards","cursor":3,"at_ms":1,"write_id":"{id}","op":"moved","to":2}}"#),
+            r#"{"stream":"boards","cursor":3,"at_ms":1,"write_id":null,"op":"renamed","title":"x"}"#.to_owned(),
+            r#"{"op":"renamed","title":"x","stream":"boards","cursor":3,"at_ms":1}"#.to_owned(),
+            r#"{"cursor":3,"title":"x","stream":"boards","op":"renamed","at_ms":1}"#.to_owned(),
+            r#"{"at_ms":1,"to":7,"cursor":3,"op":"moved","stream":"boards"}"#.to_owned(),
+            // Refused alike: a missing field of either, a duplicate, a bad stream name, an unknown op, not a map.
+            r#"{"cursor":3,"at_ms":1,"op":"renamed","title":"x"}"#.to_owned(),
+            r#"{"stream":"boards","cursor":3,"at_ms":1}"#.to_owned(),
+            r#"{"stream":"boards","cursor":3,"at_ms":1,"op":"renamed"}"#.to_owned(),
+            r#"{"stream":"boards","cursor":3,"cursor":4,"at_ms":1,"op":"renamed","title":"x"}"#.to_owned(),
+            r#"{"stream":"boards","cursor":3,"at_ms":1,"op":"renamed","title":"x","cursor":4}"#.to_owned(),
+            r#"{"stream":"no spaces","cursor":3,"at_ms":1,"op":"renamed","title":"x"}"#.to_owned(),
+            r#"{"stream":"boards","cursor":3,"at_ms":1,"op":"shouted","title":"x"}"#.to_owned(),
+            r#"{"stream":"boards","cursor":-3,"at_ms":1,"op":"renamed","title":"x"}"#.to_owned(),
+            r#"[1,2]"#.to_owned(),
+        ] {
+            same::<Op>(&json);
+            same::<TagFirstOp>(&json);
+        }
+    }
+
+    #[test]
+    fn server_messages_round_trip_tag_first_and_from_values() {
+        let change = Change {
+            stream: StreamName::new("boards").unwrap(),
+            cursor: 3,
+            at_ms: 1,
+            write_id: Some(Uuid::from_u128(9)),
+            op: TagFirstOp::Moved { to: 4 },
+        };
+        for msg in [
+            ServerMessage::Hello { log_id: Uuid::from_u128(1), heartbeat_ms: 30_000 },
+            ServerMessage::Changes { stream: change.stream.clone(), changes: vec![change.clone(), change] },
+            ServerMessage::Synced { stream: StreamName::new("boards").unwrap(), cursor: 8 },
+            ServerMessage::Revoked { stream: StreamName::new("boards").unwrap(), reason: "gone".into() },
+            ServerMessage::Pong { nonce: 2 },
+        ] {
+            let text = serde_json::to_string(&msg).unwrap();
+            assert!(text.starts_with(r#"{"type":"#), "{text}");
+            assert_eq!(serde_json::from_str::<ServerMessage<TagFirstOp>>(&text).unwrap(), msg);
+            let value = serde_json::to_value(&msg).unwrap();
+            assert_eq!(serde_json::from_value::<ServerMessage<TagFirstOp>>(value).unwrap(), msg);
+        }
+        assert!(serde_json::from_str::<ServerMessage<TagFirstOp>>(r#"{"type":"pong"}"#).is_err());
+        assert!(serde_json::from_str::<ServerMessage<TagFirstOp>>(r#"{"type":"shout","nonce":1}"#).is_err());
     }
 
     #[test]

@@ -7,8 +7,13 @@
 pub mod error;
 pub mod feed;
 pub mod limits;
+pub mod tag_first;
 pub mod writes;
+
+// The derive names this crate by path (`::syncline_protocol::tag_first`), also from inside it.
+extern crate self as syncline_protocol;
 
 pub use error::{ApiError, ErrorCode};
 pub use feed::{Change, ClientMessage, Cursor, ServerMessage, StreamCursor, StreamName};
+pub use syncline_derive::TagFirstDeserialize;
 pub use writes::{MAX_BATCH_WRITES, StreamPosition, Write, WriteBatch, WriteBatchResult, WriteOutcome};

@@ -52,16 +52,30 @@ fn expand(input: DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             _ => kept.push(meta),
         }
     }
+    let deny_unknown_fields = kept.iter().any(|m| matches!(m, Meta::Path(p) if p.is_ident("deny_unknown_fields")));
     let Some(tag) = tag else {
         return Err(syn::Error::new_spanned(name, "TagFirstDeserialize needs #[serde(tag = \"...\")]"));
     };
 
     let mut variants = Vec::new();
     let mut arms = Vec::new();
+    let mut helpers = Vec::new();
     for variant in &data.variants {
         let v = &variant.ident;
         let attrs = only_serde(&variant.attrs);
         let (fields, arm) = match &variant.fields {
+            Fields::Named(named) if named.named.iter().any(is_flatten) => {
+                if !input.generics.params.is_empty() {
+                    return Err(syn::Error::new_spanned(
+                        variant,
+                        "a flattened field in a generic enum is not supported",
+                    ));
+                }
+                let (flat, support) = flattened_variant(name, variant, named, deny_unknown_fields)?;
+                helpers.push(support);
+                let names: Vec<_> = named.named.iter().map(|f| f.ident.clone().expect("named")).collect();
+                (quote! { (#flat) }, quote! { #mirror::#v(#flat { #(#names),* }) => #name::#v { #(#names),* } })
+            }
             Fields::Named(named) => {
                 let names: Vec<_> = named.named.iter().map(|f| f.ident.clone().expect("named")).collect();
                 let fields = named.named.iter().map(|f| {
@@ -122,6 +136,8 @@ fn expand(input: DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
 
     Ok(quote! {
         const _: () = {
+            #(#helpers)*
+
             #[derive(::serde::Deserialize)]
             #container
             #[allow(non_camel_case_types, clippy::large_enum_variant)]
@@ -141,6 +157,73 @@ fn expand(input: DeriveInput) -> syn::Result<proc_macro2::TokenStream> {
             }
         };
     })
+}
+
+fn is_flatten(field: &syn::Field) -> bool {
+    serde_metas(&field.attrs)
+        .is_ok_and(|metas| metas.iter().any(|m| matches!(m, Meta::Path(p) if p.is_ident("flatten"))))
+}
+
+/// A struct variant with one `#[serde(flatten)]` field, for the twin: a newtype variant around a struct that reads
+/// its own fields as they come and gives the rest of the map to the flattened one (`tag_first::flattened`), where
+/// serde's derive would buffer the rest first. Own fields are plain (no serde attributes, not `Option`): that is
+/// what the enums here need, and anything else is refused at compile time rather than read differently.
+fn flattened_variant(
+    name: &syn::Ident,
+    variant: &syn::Variant,
+    named: &syn::FieldsNamed,
+    deny_unknown_fields: bool,
+) -> syn::Result<(syn::Ident, proc_macro2::TokenStream)> {
+    let flat = format_ident!("__TagFirst{}{}", name, variant.ident);
+    let own = format_ident!("__TagFirst{}{}Own", name, variant.ident);
+    let (flattened, own_fields): (Vec<_>, Vec<_>) = named.named.iter().partition(|f| is_flatten(f));
+    let [flattened] = flattened.as_slice() else {
+        return Err(syn::Error::new_spanned(variant, "one flattened field per variant is supported"));
+    };
+    for field in &own_fields {
+        let is_option =
+            matches!(&field.ty, syn::Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Option"));
+        if !only_serde(&field.attrs).is_empty() || is_option {
+            return Err(syn::Error::new_spanned(
+                field,
+                "beside a flattened field, only plain required fields are supported (no serde attributes, no Option)",
+            ));
+        }
+    }
+    let (body, body_ty) = (&flattened.ident, &flattened.ty);
+    let idents: Vec<_> = own_fields.iter().map(|f| f.ident.clone().expect("named")).collect();
+    let keys: Vec<_> = idents.iter().map(|i| i.to_string()).collect();
+    let types: Vec<_> = own_fields.iter().map(|f| &f.ty).collect();
+    Ok((
+        flat.clone(),
+        quote! {
+            #[allow(non_camel_case_types)]
+            struct #flat { #(#idents: #types,)* #body: #body_ty }
+
+            #[derive(Default)]
+            #[allow(non_camel_case_types)]
+            struct #own { #(#idents: ::core::option::Option<#types>),* }
+
+            impl<'de> ::syncline_protocol::tag_first::OwnFields<'de> for #own {
+                fn take<__A: ::serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut __A) -> ::core::result::Result<bool, __A::Error> {
+                    match key {
+                        #(#keys => ::syncline_protocol::tag_first::take_once(&mut self.#idents, #keys, map),)*
+                        _ => ::core::result::Result::Ok(false),
+                    }
+                }
+            }
+
+            impl<'de> ::serde::Deserialize<'de> for #flat {
+                fn deserialize<__D: ::serde::Deserializer<'de>>(deserializer: __D) -> ::core::result::Result<Self, __D::Error> {
+                    let (own, #body) = ::syncline_protocol::tag_first::flattened::<__D, #own, #body_ty>(deserializer, #deny_unknown_fields)?;
+                    ::core::result::Result::Ok(#flat {
+                        #(#idents: own.#idents.ok_or_else(|| <__D::Error as ::serde::de::Error>::missing_field(#keys))?,)*
+                        #body,
+                    })
+                }
+            }
+        },
+    ))
 }
 
 /// The metas of every `#[serde(...)]` attribute.

@@ -91,33 +91,27 @@ pub enum ConflictPolicy {
 
 /// The server refused a write because its base version was stale: the entity as it is now, and where that state
 /// stands in its streams.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(from = "StoredConflict")]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Conflict {
     pub current: serde_json::Value,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub at: Vec<StreamPosition>,
 }
 
-/// A conflict as stored: this version's shape, or an earlier one's (the bare entity), so an outbox stored by an
-/// earlier version still loads.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum StoredConflict {
-    Now {
-        current: serde_json::Value,
-        #[serde(default)]
-        at: Vec<StreamPosition>,
-    },
-    Earlier(serde_json::Value),
-}
-
-impl From<StoredConflict> for Conflict {
-    fn from(stored: StoredConflict) -> Conflict {
-        match stored {
-            StoredConflict::Now { current, at } => Conflict { current, at },
-            StoredConflict::Earlier(current) => Conflict { current, at: Vec::new() },
+/// A conflict as stored: this version's shape (`{"current": …, "at": […]}`), or an earlier one's — the bare
+/// entity — so an outbox stored by an earlier version still loads. (By hand rather than serde's `untagged`,
+/// which would bring its private buffer into the browser's wasm for this alone.)
+impl<'de> Deserialize<'de> for Conflict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if let serde_json::Value::Object(map) = &value
+            && map.contains_key("current")
+            && let Some(at) = map.get("at").map_or(Some(Vec::new()), |at| Vec::<StreamPosition>::deserialize(at).ok())
+            && let serde_json::Value::Object(mut map) = value
+        {
+            return Ok(Conflict { current: map.remove("current").unwrap_or_default(), at });
         }
+        Ok(Conflict { current: value, at: Vec::new() })
     }
 }
 
@@ -489,4 +483,30 @@ pub enum Output<M: Model> {
 /// A server message as the input a socket would give (for tests and simulations that build inputs).
 pub fn socket_message<M: Model>(msg: &ServerMessage<M::Change>) -> Input<M> {
     Input::SocketMessage(serde_json::to_string(msg).expect("server messages serialize"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_conflict_loads_in_this_version_s_shape_and_in_the_earlier_bare_entity() {
+        let position = json!({"stream": "board:x", "cursor": 4});
+        let now: Conflict = serde_json::from_value(json!({"current": {"id": 1}, "at": [position]})).unwrap();
+        assert_eq!(now.current, json!({"id": 1}));
+        assert_eq!(now.at, vec![serde_json::from_value::<StreamPosition>(position).unwrap()]);
+        let without_at: Conflict = serde_json::from_str(r#"{"current":{"id":1}}"#).unwrap();
+        assert_eq!((without_at.current, without_at.at), (json!({"id": 1}), vec![]));
+        // An earlier version stored the entity itself.
+        let earlier: Conflict = serde_json::from_str(r#"{"id":1,"title":"t","version":3}"#).unwrap();
+        assert_eq!((earlier.current, earlier.at), (json!({"id": 1, "title": "t", "version": 3}), vec![]));
+        let deleted: Conflict = serde_json::from_str("null").unwrap();
+        assert_eq!(deleted.current, serde_json::Value::Null);
+        // `at` that is not a list of positions: as serde's untagged read it, the whole is the entity.
+        let odd: Conflict = serde_json::from_str(r#"{"current":1,"at":"x"}"#).unwrap();
+        assert_eq!(odd.current, json!({"current": 1, "at": "x"}));
+        let round = Conflict { current: json!({"id": 2}), at: now.at };
+        assert_eq!(serde_json::from_str::<Conflict>(&serde_json::to_string(&round).unwrap()).unwrap(), round);
+    }
 }

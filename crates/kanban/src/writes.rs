@@ -106,4 +106,55 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    /// Every write reads back as written — from text (the type first, the fast path) and from a `Value` (keys
+    /// sorted, the slow path) — and the refusals the API promises still come (unknown fields, missing ones).
+    #[test]
+    fn every_write_reads_back_in_any_key_order_and_bad_ones_are_refused() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let ops = [
+            WriteOp::CreateBoard { body: CreateBoard { id: Some(a), title: "b".into() } },
+            WriteOp::RenameBoard { id: a, body: Rename { title: "r".into(), base_version: Some(2) } },
+            WriteOp::DeleteBoard { id: a, base_version: None },
+            WriteOp::CreateColumn { board_id: a, body: CreateColumn { id: None, title: "c".into() } },
+            WriteOp::RenameColumn { id: a, body: Rename { title: "r".into(), base_version: None } },
+            WriteOp::MoveColumn { id: a, body: MoveColumn { after_column_id: Some(b), base_version: Some(1) } },
+            WriteOp::DeleteColumn { id: a, base_version: Some(4) },
+            WriteOp::CreateCard {
+                column_id: a,
+                body: CreateCard { id: Some(b), title: "t".into(), description: "d".into() },
+            },
+            WriteOp::UpdateCard {
+                id: a,
+                body: UpdateCard { title: None, description: Some("d".into()), base_version: Some(3) },
+            },
+            WriteOp::MoveCard { id: a, body: MoveCard { column_id: b, after_card_id: None, base_version: None } },
+            WriteOp::DeleteCard { id: a, base_version: None },
+            WriteOp::AddMember { board_id: a, body: AddMember { username: "u".into(), role: crate::Role::Editor } },
+            WriteOp::SetMemberRole {
+                board_id: a,
+                user_id: b,
+                body: SetRole { role: crate::Role::Viewer, base_version: None },
+            },
+            WriteOp::RemoveMember { board_id: a, user_id: b },
+        ];
+        for op in ops {
+            let text = serde_json::to_string(&op).unwrap();
+            assert_eq!(serde_json::from_str::<WriteOp>(&text).unwrap(), op, "{text}");
+            assert_eq!(serde_json::from_value::<WriteOp>(serde_json::to_value(&op).unwrap()).unwrap(), op, "{text}");
+        }
+        let card = format!(r#""column_id":"{a}","title":"t""#);
+        for (json, error) in [
+            (format!(r#"{{"type":"create_card",{card},"titel":"x"}}"#), "unknown field `titel`"),
+            (format!(r#"{{"titel":"x",{card},"type":"create_card"}}"#), "unknown field `titel`"),
+            (r#"{"type":"create_card","title":"t"}"#.to_owned(), "missing field `column_id`"),
+            (format!(r#"{{"type":"create_card","column_id":"{a}"}}"#), "missing field `title`"),
+            (format!(r#"{{"type":"create_card",{card},"column_id":"{a}"}}"#), "duplicate field `column_id`"),
+            (format!(r#"{{"type":"create_cart",{card}}}"#), "unknown variant `create_cart`"),
+            (format!(r#"{{"type":"delete_card","id":"{a}","extra":1}}"#), "unknown field `extra`"),
+        ] {
+            let e = serde_json::from_str::<WriteOp>(&json).expect_err(&json).to_string();
+            assert!(e.contains(error), "{json}: {e}");
+        }
+    }
 }

@@ -110,37 +110,16 @@ pub struct StreamCursor {
 }
 
 /// A change's own fields are read as they come; the first other key starts the op's fields, which the op reads
-/// from the same map (a change's own fields that come after it are taken out of its way). serde's `flatten` would
-/// copy each change into its private buffer and read the op again from there — every change of every message.
+/// from the same map (`tag_first::flattened`). serde's `flatten` would copy each change into its private buffer
+/// and read the op again from there — every change of every message.
 impl<'de, Op: Deserialize<'de>> Deserialize<'de> for Change<Op> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(ChangeVisitor(std::marker::PhantomData))
-    }
-}
-
-struct ChangeVisitor<Op>(std::marker::PhantomData<fn() -> Op>);
-
-impl<'de, Op: Deserialize<'de>> serde::de::Visitor<'de> for ChangeVisitor<Op> {
-    type Value = Change<Op>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a change")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Change<Op>, A::Error> {
         use serde::de::Error;
-        let mut own = ChangeFields::default();
-        let first = loop {
-            match map.next_key_seed(crate::tag_first::Text)? {
-                Some(key) if own.take(&key, &mut map)? => {}
-                other => break other,
-            }
-        };
-        let op = Op::deserialize(OpFields { first, own: &mut own, map: &mut map })?;
+        let (own, op) = crate::tag_first::flattened::<D, ChangeFields, Op>(deserializer, false)?;
         Ok(Change {
-            stream: own.stream.ok_or_else(|| A::Error::missing_field("stream"))?,
-            cursor: own.cursor.ok_or_else(|| A::Error::missing_field("cursor"))?,
-            at_ms: own.at_ms.ok_or_else(|| A::Error::missing_field("at_ms"))?,
+            stream: own.stream.ok_or_else(|| D::Error::missing_field("stream"))?,
+            cursor: own.cursor.ok_or_else(|| D::Error::missing_field("cursor"))?,
+            at_ms: own.at_ms.ok_or_else(|| D::Error::missing_field("at_ms"))?,
             write_id: own.write_id.flatten(),
             op,
         })
@@ -155,72 +134,16 @@ struct ChangeFields {
     write_id: Option<Option<Uuid>>,
 }
 
-impl ChangeFields {
-    /// Reads `key`'s value if it is one of a change's own fields (false: it is the op's).
-    fn take<'de, A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
-        fn once<'de, T: Deserialize<'de>, A: serde::de::MapAccess<'de>>(
-            slot: &mut Option<T>,
-            name: &'static str,
-            map: &mut A,
-        ) -> Result<bool, A::Error> {
-            if slot.is_some() {
-                return Err(serde::de::Error::duplicate_field(name));
-            }
-            *slot = Some(map.next_value()?);
-            Ok(true)
-        }
+impl<'de> crate::tag_first::OwnFields<'de> for ChangeFields {
+    fn take<A: serde::de::MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        use crate::tag_first::take_once;
         match key {
-            "stream" => once(&mut self.stream, "stream", map),
-            "cursor" => once(&mut self.cursor, "cursor", map),
-            "at_ms" => once(&mut self.at_ms, "at_ms", map),
-            "write_id" => once(&mut self.write_id, "write_id", map),
+            "stream" => take_once(&mut self.stream, "stream", map),
+            "cursor" => take_once(&mut self.cursor, "cursor", map),
+            "at_ms" => take_once(&mut self.at_ms, "at_ms", map),
+            "write_id" => take_once(&mut self.write_id, "write_id", map),
             _ => Ok(false),
         }
-    }
-}
-
-/// The rest of a change's map as the op sees it: from the first key that is not the change's, without the
-/// change's own fields.
-struct OpFields<'a, 'de, A> {
-    first: Option<std::borrow::Cow<'de, str>>,
-    own: &'a mut ChangeFields,
-    map: &'a mut A,
-}
-
-impl<'de, A: serde::de::MapAccess<'de>> serde::Deserializer<'de> for OpFields<'_, 'de, A> {
-    type Error = A::Error;
-
-    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, A::Error> {
-        visitor.visit_map(self)
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
-        unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
-    }
-}
-
-impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for OpFields<'_, 'de, A> {
-    type Error = A::Error;
-
-    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
-        use serde::de::IntoDeserializer;
-        let key = match self.first.take() {
-            Some(key) => key,
-            None => loop {
-                match self.map.next_key_seed(crate::tag_first::Text)? {
-                    Some(key) if self.own.take(&key, self.map)? => {}
-                    Some(key) => break key,
-                    None => return Ok(None),
-                }
-            },
-        };
-        let key: serde::de::value::CowStrDeserializer<'de, A::Error> = key.into_deserializer();
-        seed.deserialize(key).map(Some)
-    }
-
-    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
-        self.map.next_value_seed(seed)
     }
 }
 

@@ -98,8 +98,141 @@ fn reread<T: DeserializeOwned>(variant: &str, rest: &str) -> Result<T, serde_jso
     Ok(value)
 }
 
+/// A struct's own fields, read as they come, beside one flattened field that reads the rest of the map
+/// ([`flattened`]).
+pub trait OwnFields<'de>: Default {
+    /// Reads `key`'s value if it names one of the own fields; false if it is the flattened field's.
+    fn take<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error>;
+}
+
+/// For [`OwnFields::take`]: reads a field's value into its slot, once.
+pub fn take_once<'de, T: serde::Deserialize<'de>, A: MapAccess<'de>>(
+    slot: &mut Option<T>,
+    name: &'static str,
+    map: &mut A,
+) -> Result<bool, A::Error> {
+    if slot.is_some() {
+        return Err(A::Error::duplicate_field(name));
+    }
+    *slot = Some(map.next_value()?);
+    Ok(true)
+}
+
+/// Reads a map as a struct's own fields `O` and one `#[serde(flatten)]` field `F`: own fields are read as they
+/// come; the first other key starts `F`'s fields, which `F` reads from the same map (own fields after it are
+/// taken out of its way). serde's `flatten` buffers the other entries first and reads `F` from the copy.
+/// As there, a struct `F` is shown only the keys it names; any other key is refused if `deny_unknown_fields`,
+/// else skipped.
+pub fn flattened<'de, D, O, F>(deserializer: D, deny_unknown_fields: bool) -> Result<(O, F), D::Error>
+where
+    D: Deserializer<'de>,
+    O: OwnFields<'de>,
+    F: serde::Deserialize<'de>,
+{
+    deserializer.deserialize_map(Flattened { deny_unknown_fields, marker: PhantomData })
+}
+
+struct Flattened<O, F> {
+    deny_unknown_fields: bool,
+    marker: PhantomData<fn() -> (O, F)>,
+}
+
+impl<'de, O: OwnFields<'de>, F: serde::Deserialize<'de>> Visitor<'de> for Flattened<O, F> {
+    type Value = (O, F);
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(O, F), A::Error> {
+        let mut own = O::default();
+        let first = loop {
+            match map.next_key_seed(Text)? {
+                Some(key) if own.take(&key, &mut map)? => {}
+                other => break other,
+            }
+        };
+        let rest = F::deserialize(Rest {
+            first,
+            own: &mut own,
+            map: &mut map,
+            fields: None,
+            deny_unknown_fields: self.deny_unknown_fields,
+        })?;
+        Ok((own, rest))
+    }
+}
+
+/// The rest of a map as the flattened field sees it: from the first key that is not an own field, without the
+/// own fields.
+struct Rest<'a, 'de, O, A> {
+    first: Option<Cow<'de, str>>,
+    own: &'a mut O,
+    map: &'a mut A,
+    /// The fields of a struct `F` (known once it asks for a struct).
+    fields: Option<&'static [&'static str]>,
+    deny_unknown_fields: bool,
+}
+
+impl<'de, O: OwnFields<'de>, A: MapAccess<'de>> Deserializer<'de> for Rest<'_, 'de, O, A> {
+    type Error = A::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, A::Error> {
+        visitor.visit_map(self)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        mut self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, A::Error> {
+        self.fields = Some(fields);
+        visitor.visit_map(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+impl<'de, O: OwnFields<'de>, A: MapAccess<'de>> MapAccess<'de> for Rest<'_, 'de, O, A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
+        let mut next = self.first.take();
+        loop {
+            let key = match next.take() {
+                Some(key) => key,
+                None => match self.map.next_key_seed(Text)? {
+                    Some(key) if self.own.take(&key, self.map)? => continue,
+                    Some(key) => key,
+                    None => return Ok(None),
+                },
+            };
+            match self.fields {
+                Some(fields) if !fields.contains(&&*key) => {
+                    if self.deny_unknown_fields {
+                        return Err(A::Error::unknown_field(&key, fields));
+                    }
+                    self.map.next_value::<IgnoredAny>()?;
+                }
+                _ => {
+                    let key: CowStrDeserializer<'de, A::Error> = key.into_deserializer();
+                    return seed.deserialize(key).map(Some);
+                }
+            }
+        }
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
+    }
+}
+
 /// A string, borrowed from the input when it can be (a key, a tag's value).
-pub(crate) struct Text;
+struct Text;
 
 impl<'de> DeserializeSeed<'de> for Text {
     type Value = Cow<'de, str>;
@@ -206,8 +339,59 @@ mod tests {
                 Newtype(Inner),
                 #[serde(rename = "renamed")]
                 Other { x: bool },
+                Flat {
+                    id: u32,
+                    #[serde(flatten)]
+                    body: Body,
+                },
             }
         )*};
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Body {
+        title: String,
+        #[serde(default)]
+        n: Option<i64>,
+    }
+
+    /// Without `deny_unknown_fields`: a flattened struct's unknown keys are skipped, as serde skips them.
+    macro_rules! lenient_twins {
+        ($($derive:path => $name:ident),*) => {$(
+            #[derive(Debug, Clone, PartialEq, Serialize, $derive)]
+            #[serde(tag = "type", rename_all = "snake_case")]
+            enum $name {
+                Flat {
+                    id: u32,
+                    #[serde(flatten)]
+                    body: Body,
+                },
+            }
+        )*};
+    }
+    lenient_twins!(serde::Deserialize => LenientReference, syncline_derive::TagFirstDeserialize => LenientTagFirst);
+
+    #[test]
+    fn a_flattened_field_reads_as_serde_reads_it() {
+        for json in [
+            r#"{"type":"flat","id":1,"title":"t"}"#,
+            r#"{"type":"flat","title":"t","id":1,"n":3}"#,
+            r#"{"id":1,"title":"t","type":"flat"}"#,
+            r#"{"type":"flat","id":1,"title":"t","z":{"deep":[1]}}"#,
+            r#"{"type":"flat","z":0,"id":1,"title":"t"}"#,
+        ] {
+            let reference = serde_json::from_str::<LenientReference>(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            let ours = serde_json::from_str::<LenientTagFirst>(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(json!(reference), json!(ours), "{json}");
+        }
+        for json in [
+            r#"{"type":"flat","id":1}"#,
+            r#"{"type":"flat","title":"t"}"#,
+            r#"{"type":"flat","id":1,"id":2,"title":"t"}"#,
+        ] {
+            assert!(serde_json::from_str::<LenientReference>(json).is_err(), "serde reads {json}");
+            assert!(serde_json::from_str::<LenientTagFirst>(json).is_err(), "tag-first reads {json}");
+        }
     }
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,6 +424,9 @@ mod tests {
             r#"{"n":-3,"s":"é\"x","type":"newtype"}"#,
             r#"{"type":"renamed","x":true}"#,
             r#"{"x":false,"type":"renamed"}"#,
+            r#"{"type":"flat","id":1,"title":"t"}"#,
+            r#"{"type":"flat","title":"t","n":-1,"id":1}"#,
+            r#"{"title":"t","id":1,"type":"flat"}"#,
         ];
         for json in cases {
             let (reference, tag_first) = both(json);
@@ -266,6 +453,12 @@ mod tests {
             r#"{"type":"newtype","s":"x"}"#,
             r#"{"type":"renamed"}"#,
             r#"{"type":"other","x":true}"#,
+            r#"{"type":"flat","id":1}"#,
+            r#"{"type":"flat","title":"t"}"#,
+            r#"{"type":"flat","id":1,"title":"t","z":0}"#,
+            r#"{"type":"flat","z":0,"id":1,"title":"t"}"#,
+            r#"{"type":"flat","id":1,"id":2,"title":"t"}"#,
+            r#"{"type":"flat","id":1,"title":"t","title":"u"}"#,
         ];
         for json in cases {
             let (reference, tag_first) = both(json);
@@ -289,6 +482,7 @@ mod tests {
             TagFirst::Struct { a: 9, b: Some("b".into()), c: vec![1] },
             TagFirst::Newtype(Inner { n: 1, s: "s".into() }),
             TagFirst::Other { x: true },
+            TagFirst::Flat { id: 3, body: Body { title: "t".into(), n: Some(2) } },
         ] {
             let text = serde_json::to_string(&value).unwrap();
             assert!(text.starts_with(r#"{"type":"#), "{text}");

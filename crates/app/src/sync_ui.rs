@@ -269,7 +269,7 @@ fn Panel(
                 on:keydown=move |ev: leptos::ev::KeyboardEvent| if ev.key() == "Escape" { open.set(false) }>
                 <header class="panel-header">
                     <h2 id=title_id.clone()>{title}</h2>
-                    <button class="icon" aria-label=format!("Close {}", title.to_lowercase()) on:click=move |_| open.set(false)>"×"</button>
+                    <button class="icon" aria-label=format!("Close {}", title.to_ascii_lowercase()) on:click=move |_| open.set(false)>"×"</button>
                 </header>
                 {children()}
             </section>

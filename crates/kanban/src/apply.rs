@@ -45,7 +45,9 @@ pub fn normalize(snap: &mut BoardSnapshot) {
         crate::Role::Editor => 1,
         crate::Role::Viewer => 2,
     };
-    snap.members.sort_by_cached_key(|m| (rank(m.role), m.username.to_lowercase()));
+    // Usernames are ASCII (the server refuses others), so ASCII case-folding is the same and keeps Unicode's case
+    // tables out of the browser's wasm.
+    snap.members.sort_by_cached_key(|m| (rank(m.role), m.username.to_ascii_lowercase()));
     snap.columns.sort_by(|a, b| (&a.position, a.id).cmp(&(&b.position, b.id)));
     let column_index = |c: &Card| snap.columns.iter().position(|col| col.id == c.column_id).unwrap_or(usize::MAX);
     let mut cards = std::mem::take(&mut snap.cards);
@@ -188,7 +190,7 @@ pub fn entity_of(op: &WriteOp) -> Uuid {
         WriteOp::UpdateCard { id, .. } | WriteOp::MoveCard { id, .. } | WriteOp::DeleteCard { id, .. } => *id,
         // A member is added by username (its user id is the server's to know): named by board and username.
         WriteOp::AddMember { board_id, body } => {
-            Uuid::new_v5(board_id, format!("username:{}", body.username.to_lowercase()).as_bytes())
+            Uuid::new_v5(board_id, format!("username:{}", body.username.to_ascii_lowercase()).as_bytes())
         }
         WriteOp::SetMemberRole { board_id, user_id, .. } | WriteOp::RemoveMember { board_id, user_id } => {
             Member::id_of(*board_id, *user_id)

@@ -7,7 +7,8 @@
 //! status shown to the user (`status.rs`). This file keeps the environment (visibility, network, link, role,
 //! clocks), dispatches inputs, orders the reconciliation that follows every input, and merges the parts' timers.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use crate::collections::{Map, Set};
+use std::collections::VecDeque;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -66,7 +67,7 @@ pub struct Engine<M: Model> {
     pub(crate) outbox: Outbox<M>,
     pub(crate) tabs: Tabs<M>,
     pub(crate) status: Status,
-    pub(crate) requests: BTreeMap<RequestId, InFlight<M>>,
+    pub(crate) requests: Map<RequestId, InFlight<M>>,
     next_request: RequestId,
     /// Outbox reads asked for, and the one whose answer makes this tab the leader (the lock was granted).
     pub(crate) outbox_loads_issued: u32,
@@ -81,13 +82,13 @@ pub struct Engine<M: Model> {
     pub(crate) out: VecDeque<Output<M>>,
     /// Queries whose views must re-read, told at the end of the reconcile — or, while the tab is hidden, when it
     /// is shown (with the latest connection status and outbox count held back meanwhile).
-    pub(crate) to_notify: BTreeSet<M::Key>,
+    pub(crate) to_notify: Set<M::Key>,
     held_connection: Option<ConnectionStatus>,
     held_outbox: Option<usize>,
     /// Changes the leader shared while this tab was a hidden follower, not yet applied (`tabs.rs`
     /// `hold_changes`), and whether some were dropped for being too many.
     pub(crate) held_changes: Vec<(StreamName, Vec<Change<M::Change>>)>,
-    pub(crate) held_dropped: BTreeSet<StreamName>,
+    pub(crate) held_dropped: Set<StreamName>,
     pub(crate) held_count: usize,
     /// Server commit time (epoch ms) of the oldest change applied since the UI last said it rendered.
     pub(crate) unrendered_since: Option<u64>,
@@ -123,7 +124,7 @@ impl<M: Model> Engine<M> {
             // presence goes out with the first input, so a tab that opens hidden never announces itself visible.
             tabs: Tabs::new(now),
             status: Status::default(),
-            requests: BTreeMap::new(),
+            requests: Map::new(),
             next_request: 1,
             outbox_loads_issued: 1,
             outbox_loads_done: 0,
@@ -132,10 +133,10 @@ impl<M: Model> Engine<M> {
             metrics: Metrics::default(),
             signed_out: false,
             out: VecDeque::new(),
-            to_notify: BTreeSet::new(),
+            to_notify: Set::new(),
             held_connection: None,
             held_changes: Vec::new(),
-            held_dropped: BTreeSet::new(),
+            held_dropped: Set::new(),
             held_count: 0,
             held_outbox: None,
             unrendered_since: None,
@@ -355,7 +356,7 @@ impl<M: Model> Engine<M> {
             self.transport_online();
             self.outbox.retry_at = self.now;
             self.outbox.failures = 0;
-            for q in self.queries.map.values_mut() {
+            for q in self.queries.map.iter_mut().map(|(_, v)| v) {
                 q.retry_at = None;
                 q.error = None;
                 q.failures = 0;
@@ -375,10 +376,10 @@ impl<M: Model> Engine<M> {
         }
         self.prefs = prefs;
         self.out.push_back(Output::Notify(Notification::Preferences));
-        for q in self.queries.map.values_mut() {
+        for q in self.queries.map.iter_mut().map(|(_, v)| v) {
             q.next_poll = None;
         }
-        for s in self.transport.streams.values_mut() {
+        for s in self.transport.streams.iter_mut().map(|(_, v)| v) {
             s.next_longpoll = s.next_longpoll.min(self.now);
         }
     }
@@ -386,7 +387,7 @@ impl<M: Model> Engine<M> {
     pub(crate) fn retry_now(&mut self) {
         self.transport_retry_now();
         self.outbox.retry_at = self.now;
-        for q in self.queries.map.values_mut() {
+        for q in self.queries.map.iter_mut().map(|(_, v)| v) {
             if q.retry_at.is_some() {
                 q.retry_at = Some(self.now);
             }

@@ -21,6 +21,7 @@
 //! What the data *is* — queries, their data, writes, changes — the app tells through [`Model`].
 
 mod cache;
+pub mod collections;
 pub mod config;
 mod engine;
 pub mod metrics;

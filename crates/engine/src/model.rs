@@ -3,7 +3,7 @@
 //! *means* is the app's, told through this trait. The Kanban app's model is `syncline_kanban::Kanban`; the
 //! engine's tests also drive a shared to-do list.
 
-use std::collections::BTreeSet;
+use crate::collections::Set;
 use std::fmt::Debug;
 
 use serde::Serialize;
@@ -87,7 +87,7 @@ pub trait Model: Debug + Clone + PartialEq + 'static {
     /// The write's `base_version`, for the kinds of write that have one.
     fn base_version(op: &mut Self::Op) -> Option<&mut Option<u64>>;
     /// The fields it changes, for telling a conflict apart from a concurrent edit of other fields (`"*"`: all).
-    fn fields_written(op: &Self::Op) -> BTreeSet<String>;
+    fn fields_written(op: &Self::Op) -> Set<String>;
     /// Whether it changes what this query shows (its views are notified when it is queued or settles).
     fn affects(key: &Self::Key, data: Option<&Self::Data>, op: &Self::Op) -> bool;
     /// The data as the user should see it: `data` (what the server gave, if anything) with the pending writes
@@ -96,7 +96,7 @@ pub trait Model: Debug + Clone + PartialEq + 'static {
 }
 
 /// The fields that differ between two versions of an entity, `version` aside (`"*"` when they are not objects).
-pub fn fields_changed(base: &Value, current: &Value) -> BTreeSet<String> {
+pub fn fields_changed(base: &Value, current: &Value) -> Set<String> {
     let (Some(a), Some(b)) = (base.as_object(), current.as_object()) else { return ["*".to_owned()].into() };
     a.keys().chain(b.keys()).filter(|k| k.as_str() != "version" && a.get(*k) != b.get(*k)).cloned().collect()
 }

@@ -5,7 +5,8 @@
 //!
 //! State: [`Outbox`]. Policy: the `impl Engine` block below.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use crate::collections::{Map, Set};
+use std::collections::VecDeque;
 
 use serde_json::Value;
 use syncline_protocol::{Change, StreamPosition, Write, WriteBatch, WriteBatchResult};
@@ -21,16 +22,16 @@ use crate::types::*;
 /// The outbox's state.
 #[derive(Debug)]
 pub(crate) struct Outbox<M: Model> {
-    pub writes: BTreeMap<Uuid, PendingWrite<M>>,
+    pub writes: Map<Uuid, PendingWrite<M>>,
     /// Writes accepted here whose `OutboxPut` the driver has not yet confirmed (`Input::Persisted`). They are
     /// neither shared with other tabs nor sent until stored: otherwise the leader could settle a write and delete
     /// its stored entry before this tab's put lands, and the put would bring it back for good.
-    pub unstored: BTreeSet<Uuid>,
+    pub unstored: Set<Uuid>,
     /// Writes this tab stored itself: it deletes their entries when it learns they settled (as the leader does),
     /// so an entry never outlives its write, whoever settles it.
-    pub stored_here: BTreeSet<Uuid>,
+    pub stored_here: Set<Uuid>,
     /// Rebased writes (new id → old id) whose old one settles once the new one is stored.
-    pub replacing: BTreeMap<Uuid, Uuid>,
+    pub replacing: Map<Uuid, Uuid>,
     /// Recently settled write ids: a `WriteQueued` for one of them is a late echo (sent before the settle crossed
     /// it) or comes from a tab that missed the settle.
     pub settled: VecDeque<Uuid>,
@@ -47,10 +48,10 @@ pub(crate) struct Outbox<M: Model> {
 impl<M: Model> Default for Outbox<M> {
     fn default() -> Self {
         Outbox {
-            writes: BTreeMap::new(),
-            unstored: BTreeSet::new(),
-            stored_here: BTreeSet::new(),
-            replacing: BTreeMap::new(),
+            writes: Map::new(),
+            unstored: Set::new(),
+            stored_here: Set::new(),
+            replacing: Map::new(),
             settled: VecDeque::new(),
             batch: None,
             failures: 0,
@@ -387,7 +388,7 @@ impl<M: Model> Engine<M> {
     /// was lost, or is still on its way). Settle it now, so its optimistic overlay does not outlive it — an item this
     /// browser created and another user deleted since must not come back as "not yet saved".
     pub(crate) fn confirm_from_feed(&mut self, changes: &[Change<M::Change>]) {
-        let confirmed: BTreeSet<Uuid> = changes
+        let confirmed: Set<Uuid> = changes
             .iter()
             .filter_map(|c| c.write_id.filter(|w| self.outbox.writes.get(w).is_some_and(|w| w.conflict.is_none())))
             .collect();
@@ -421,7 +422,7 @@ impl<M: Model> Engine<M> {
             return;
         }
         let mut batch: Vec<&PendingWrite<M>> = Vec::new();
-        let mut blocked: BTreeSet<Uuid> = BTreeSet::new();
+        let mut blocked: Set<Uuid> = Set::new();
         let has_user_visible = ob.writes.values().any(|w| w.priority == Priority::UserVisible && w.conflict.is_none());
         for w in ob.sorted() {
             let entity = M::entity(&w.op);

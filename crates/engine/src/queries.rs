@@ -4,7 +4,7 @@
 //! State: [`Queries`]. Policy: the `impl Engine` block below (it needs the transport's and the tabs' view of
 //! the world: whether the feed keeps a query fresh, whether any tab is visible).
 
-use std::collections::{BTreeMap, BTreeSet};
+use crate::collections::{Map, Set};
 
 use serde_json::Value;
 use syncline_protocol::{Change, Cursor, StreamName, StreamPosition};
@@ -95,16 +95,16 @@ impl<M: Model> Query<M> {
 /// The query cache's state.
 #[derive(Debug)]
 pub(crate) struct Queries<M: Model> {
-    pub map: BTreeMap<M::Key, Query<M>>,
+    pub map: Map<M::Key, Query<M>>,
     /// Queries changed and not yet saved to the persistent cache, with when their save is due.
-    pub unsaved: BTreeMap<M::Key, Millis>,
+    pub unsaved: Map<M::Key, Millis>,
     /// When each query was last saved (kept while the query is in memory).
-    pub saved_at: BTreeMap<M::Key, Millis>,
+    pub saved_at: Map<M::Key, Millis>,
 }
 
 impl<M: Model> Default for Queries<M> {
     fn default() -> Self {
-        Queries { map: BTreeMap::new(), unsaved: BTreeMap::new(), saved_at: BTreeMap::new() }
+        Queries { map: Map::new(), unsaved: Map::new(), saved_at: Map::new() }
     }
 }
 
@@ -301,7 +301,7 @@ impl<M: Model> Engine<M> {
     /// on what changed, is invalidated (each key once per batch).
     pub(crate) fn apply_changes(&mut self, stream: &StreamName, changes: &[Change<M::Change>]) {
         let mut touched = false;
-        let mut invalidate = BTreeSet::new();
+        let mut invalidate = Set::new();
         let leader = self.is_leader();
         let keys = self.queries.keys_of(stream);
         for key in &keys {
@@ -691,8 +691,8 @@ impl<M: Model> Engine<M> {
     }
 
     /// Streams to follow, with the cursor to follow each from (when there is data to follow).
-    pub(crate) fn wanted_streams(&self) -> BTreeMap<StreamName, Option<Cursor>> {
-        let mut out: BTreeMap<StreamName, Option<Cursor>> = BTreeMap::new();
+    pub(crate) fn wanted_streams(&self) -> Map<StreamName, Option<Cursor>> {
+        let mut out: Map<StreamName, Option<Cursor>> = Map::new();
         for key in self.wanted_keys() {
             let q = &self.queries.map[&key];
             let takes_deltas = M::options(&key).takes_deltas;

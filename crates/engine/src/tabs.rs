@@ -4,7 +4,8 @@
 //!
 //! State: [`Tabs`]. Policy: the `impl Engine` block below.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use crate::collections::{Map, Set};
+use std::collections::VecDeque;
 
 use syncline_protocol::{Change, Cursor, StreamName};
 use uuid::Uuid;
@@ -21,9 +22,9 @@ pub(crate) struct Peer<M: Model> {
     pub leader: bool,
     /// When it last spoke (its presence's send time, on this tab's clock).
     pub last_seen: Millis,
-    pub interests: BTreeSet<M::Key>,
+    pub interests: Set<M::Key>,
     /// Those of its interests it marked critical.
-    pub critical: BTreeSet<M::Key>,
+    pub critical: Set<M::Key>,
     /// It said it fell asleep (`TabMessage::Asleep`): it hears nothing and says nothing until it wakes; its tab
     /// lock tells when it is gone (`Engine::on_tab_gone`).
     pub asleep: bool,
@@ -31,7 +32,7 @@ pub(crate) struct Peer<M: Model> {
 
 impl<M: Model> Peer<M> {
     fn new(visible: bool, leader: bool, last_seen: Millis) -> Peer<M> {
-        Peer { visible, leader, last_seen, interests: BTreeSet::new(), critical: BTreeSet::new(), asleep: false }
+        Peer { visible, leader, last_seen, interests: Set::new(), critical: Set::new(), asleep: false }
     }
 
     /// Silent this long, it is gone (crashed, or frozen by the browser). Never for an asleep tab: it is silent
@@ -44,7 +45,7 @@ impl<M: Model> Peer<M> {
 /// The tabs' state.
 #[derive(Debug)]
 pub(crate) struct Tabs<M: Model> {
-    pub peers: BTreeMap<TabId, Peer<M>>,
+    pub peers: Map<TabId, Peer<M>>,
     pub next_presence: Millis,
     /// Since when no tab (this one included) is visible.
     pub no_visible_since: Option<Millis>,
@@ -58,9 +59,9 @@ pub(crate) struct Tabs<M: Model> {
     pub asleep: bool,
     /// The leader's latest changes of each stream (`Engine::share_changes`): what a follower's copy at an older
     /// cursor lacks (`Engine::bring_up_to_date`).
-    pub recent: BTreeMap<StreamName, Recent<M>>,
+    pub recent: Map<StreamName, Recent<M>>,
     /// The tabs whose tab lock this one waits for (`Output::WatchTab`), until `Input::TabGone`.
-    pub watching: BTreeSet<TabId>,
+    pub watching: Set<TabId>,
 }
 
 /// A stream's latest changes, contiguous, of one change log; at most `RECENT_CHANGES_KEPT`.
@@ -104,15 +105,15 @@ impl<M: Model> Recent<M> {
 impl<M: Model> Tabs<M> {
     pub fn new(now: Millis) -> Tabs<M> {
         Tabs {
-            peers: BTreeMap::new(),
+            peers: Map::new(),
             next_presence: now,
             no_visible_since: None,
             leader_hidden_since: None,
             leader_check_since: None,
             hidden_since: None,
             asleep: false,
-            recent: BTreeMap::new(),
-            watching: BTreeSet::new(),
+            recent: Map::new(),
+            watching: Set::new(),
         }
     }
 
@@ -126,7 +127,7 @@ impl<M: Model> Tabs<M> {
     }
 
     /// What the other tabs want kept fresh.
-    pub fn interests(&self) -> BTreeSet<M::Key> {
+    pub fn interests(&self) -> Set<M::Key> {
         self.peers.values().flat_map(|p| p.interests.iter().cloned()).collect()
     }
 
@@ -370,7 +371,7 @@ impl<M: Model> Engine<M> {
         self.held_dropped.clear();
         self.held_count = 0;
         // What it has is no longer kept current: if it wakes to lead, it must not share it as such.
-        for q in self.queries.map.values_mut() {
+        for q in self.queries.map.iter_mut().map(|(_, v)| v) {
             q.invalidated = true;
         }
         self.announce();
@@ -392,7 +393,7 @@ impl<M: Model> Engine<M> {
     /// The stored outbox as read on waking: a write this tab holds (and knows stored) that is no longer stored
     /// settled while it slept — its entry is deleted when it settles. Forget it; hand the others to the leader.
     pub(crate) fn settled_while_asleep(&mut self, stored: &[PendingWrite<M>]) {
-        let stored_ids: BTreeSet<uuid::Uuid> = stored.iter().map(|w| w.write_id).collect();
+        let stored_ids: Set<uuid::Uuid> = stored.iter().map(|w| w.write_id).collect();
         let gone: Vec<uuid::Uuid> = self
             .outbox
             .writes
@@ -660,7 +661,7 @@ impl<M: Model> Engine<M> {
         if self.visible_somewhere() {
             if self.tabs.no_visible_since.take().is_some() {
                 // Active again: follow the streams now rather than at the background schedule.
-                for s in self.transport.streams.values_mut() {
+                for s in self.transport.streams.iter_mut().map(|(_, v)| v) {
                     s.next_longpoll = s.next_longpoll.min(now);
                 }
             }

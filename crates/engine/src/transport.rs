@@ -6,7 +6,7 @@
 //!
 //! State: [`Transport`]. Policy: the `impl Engine` block below.
 
-use std::collections::BTreeMap;
+use crate::collections::Map;
 
 use rand::Rng;
 use syncline_protocol::{ClientMessage, Cursor, ServerMessage, StreamCursor, StreamName};
@@ -67,7 +67,7 @@ pub(crate) enum Mode {
 pub(crate) struct Transport {
     pub conn: Conn,
     pub mode: Mode,
-    pub streams: BTreeMap<StreamName, Stream>,
+    pub streams: Map<StreamName, Stream>,
     /// Consecutive socket failures: reaching `fallback_after_failures` switches to long-poll.
     pub socket_failures: u32,
     /// Consecutive failed attempts to reach the server by any transport (socket or long-poll): the reconnect
@@ -92,7 +92,7 @@ impl Default for Transport {
         Transport {
             conn: Conn::Closed,
             mode: Mode::Socket,
-            streams: BTreeMap::new(),
+            streams: Map::new(),
             socket_failures: 0,
             reconnect_attempts: 0,
             http_answered: false,
@@ -156,7 +156,7 @@ impl Transport {
     }
 
     fn reset_subscriptions(&mut self) {
-        for s in self.streams.values_mut() {
+        for s in self.streams.iter_mut().map(|(_, v)| v) {
             s.sub = Sub::None;
             s.delivered = None;
         }
@@ -303,7 +303,7 @@ impl<M: Model> Engine<M> {
             // WebSocket, and `on_long_poll_result` goes back to the socket.
             let next_probe = self.now + self.probe_delay();
             self.transport.mode = Mode::Fallback { next_probe };
-            for s in self.transport.streams.values_mut() {
+            for s in self.transport.streams.iter_mut().map(|(_, v)| v) {
                 s.polled_ok = false;
                 s.poll_failures = 0;
                 s.next_longpoll = self.now;
@@ -386,7 +386,7 @@ impl<M: Model> Engine<M> {
     /// The server serves another change log than the one our cursors belong to: every copy is suspect.
     fn forget_cursors(&mut self) {
         self.tabs.recent.clear();
-        for q in self.queries.map.values_mut() {
+        for q in self.queries.map.iter_mut().map(|(_, v)| v) {
             q.invalidated = true;
             q.ahead_to = 0;
         }
@@ -457,7 +457,7 @@ impl<M: Model> Engine<M> {
     pub(crate) fn long_polls(&mut self) {
         let fallback = self.transport.in_fallback() && self.prefs.realtime && !self.transport.socket_ready();
         let ctx = PollContext { visible: self.active(), ..self.poll_context(true) };
-        let wanted = if fallback && self.env.online { self.wanted_streams() } else { BTreeMap::new() };
+        let wanted = if fallback && self.env.online { self.wanted_streams() } else { Map::new() };
         // No tab active: long-polls continue only if the background preference polls at all.
         let allowed = ctx.visible || policy::poll_interval(&self.prefs, &ctx).is_some();
         let cancel: Vec<RequestId> = self
@@ -584,7 +584,7 @@ impl<M: Model> Engine<M> {
         t.reconnect_attempts = 0;
         t.http_answered = false; // what answered before going offline says nothing about now
         t.mode = Mode::Socket;
-        for s in t.streams.values_mut() {
+        for s in t.streams.iter_mut().map(|(_, v)| v) {
             s.next_longpoll = self.now;
             s.poll_failures = 0;
         }
@@ -599,7 +599,7 @@ impl<M: Model> Engine<M> {
         if t.in_fallback() {
             t.mode = Mode::Fallback { next_probe: self.now };
         }
-        for s in t.streams.values_mut() {
+        for s in t.streams.iter_mut().map(|(_, v)| v) {
             s.next_longpoll = s.next_longpoll.min(self.now);
         }
     }

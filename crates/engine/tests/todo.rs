@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use syncline_engine::collections::Set;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use syncline_engine::{
@@ -221,11 +223,11 @@ impl Model for Todos {
         }
     }
 
-    fn fields_written(op: &TodoOp) -> BTreeSet<String> {
+    fn fields_written(op: &TodoOp) -> Set<String> {
         match op {
             TodoOp::Add { .. } => ["*".to_owned()].into(),
             TodoOp::Edit { text, done, .. } => {
-                let mut f = BTreeSet::new();
+                let mut f = Set::new();
                 if text.is_some() {
                     f.insert("text".to_owned());
                 }

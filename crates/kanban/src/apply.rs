@@ -4,7 +4,7 @@
 //! Everything is version-checked: an entity is replaced only by a newer version of itself, so applying a change
 //! twice, or a change older than a snapshot, changes nothing.
 
-use std::collections::BTreeSet;
+use syncline_engine::collections::Set;
 
 use serde_json::Value;
 use std::sync::Arc;
@@ -199,8 +199,8 @@ pub fn entity_of(op: &WriteOp) -> Uuid {
 }
 
 /// The fields a write changes, for conflict resolution ("*" = the whole entity).
-pub fn fields_written(op: &WriteOp) -> BTreeSet<String> {
-    let mut f = BTreeSet::new();
+pub fn fields_written(op: &WriteOp) -> Set<String> {
+    let mut f = Set::new();
     match op {
         WriteOp::UpdateCard { body, .. } => {
             if body.title.is_some() {

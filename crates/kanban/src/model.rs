@@ -1,7 +1,7 @@
 //! The Kanban app's model for the sync engine: its queries (the board list, a board, a board's summary), their
 //! data, its writes and changes — and the views the app reads through the engine.
 
-use std::collections::BTreeSet;
+use syncline_engine::collections::Set;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -200,7 +200,7 @@ impl Model for Kanban {
         apply::base_version_slot(op)
     }
 
-    fn fields_written(op: &WriteOp) -> BTreeSet<String> {
+    fn fields_written(op: &WriteOp) -> Set<String> {
         apply::fields_written(op)
     }
 

@@ -82,15 +82,21 @@ impl<T: fmt::Debug> fmt::Debug for Set<T> {
     }
 }
 
+// Collected one insert at a time: litemap's own `collect`/`extend` sorts, and every element type sorted brings its
+// own copy of the standard library's sort (~2.5 KB). The engine's sets are small.
 impl<T: Ord> FromIterator<T> for Set<T> {
     fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Set<T> {
-        Set(iter.into_iter().map(|v| (v, ())).collect())
+        let mut set = Set::new();
+        set.extend(iter);
+        set
     }
 }
 
 impl<T: Ord> Extend<T> for Set<T> {
     fn extend<I: IntoIterator<Item = T>>(&mut self, iter: I) {
-        self.0.extend(iter.into_iter().map(|v| (v, ())))
+        for value in iter {
+            self.insert(value);
+        }
     }
 }
 

@@ -8,7 +8,10 @@
 //! The derive writes a private, externally tagged twin of the enum (same variants, same `#[serde]` attributes
 //! but the tag), lets serde derive its `Deserialize`, and converts: serde keeps the knowledge of field names,
 //! defaults, renames and unknown fields; `syncline_protocol::tag_first` feeds it the tag and the rest of the map.
-//! Input in another order (the tag not first) is still read, more slowly (see there).
+//! Input in another order (the tag not first) is still read, more slowly (see there). A struct variant with one
+//! `#[serde(flatten)]` field (the Kanban writes' request bodies) becomes a newtype variant of the twin around a
+//! generated struct that reads its own fields as they come and hands the rest of the map to the flattened one
+//! (`tag_first::flattened`), where serde's `flatten` would buffer the rest first.
 //!
 //! Written by hand because no maintained crate does this (serde's derive is the one to change; the PR above is
 //! not merged).

@@ -460,9 +460,9 @@ fn build_web(root: &Path) -> Result<PathBuf> {
 }
 
 /// The first load's budget, in bytes on the wire (brotli): what a first visit downloads may not grow past it
-/// unnoticed. Issue 14's target is 250 KB; the app is at ~298 KiB (the wasm 286 KiB of it) — this is a ceiling
+/// unnoticed. Issue 14's target is 250 KB; the app is at ~293 KiB (the wasm 282 KiB of it) — this is a ceiling
 /// against regressions a little above that, to be lowered as the app shrinks, not the target.
-const FIRST_LOAD_BUDGET_BYTES: u64 = 314_000;
+const FIRST_LOAD_BUDGET_BYTES: u64 = 310_000;
 
 fn check_first_load_budget(dist: &Path, budget: u64) -> Result<()> {
     let bytes = web::cold_load_bytes(dist)?;

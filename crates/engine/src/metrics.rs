@@ -31,7 +31,7 @@ impl Samples {
             return None;
         }
         let mut sorted = self.values.clone();
-        sorted.sort_unstable();
+        crate::collections::sort_by(&mut sorted, Ord::cmp);
         Some(sorted[((sorted.len() - 1) as f64 * p).round() as usize])
     }
 

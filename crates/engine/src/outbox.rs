@@ -73,7 +73,9 @@ impl<M: Model> Outbox<M> {
     /// Pending writes, in the order they will be sent.
     pub fn sorted(&self) -> Vec<&PendingWrite<M>> {
         let mut v: Vec<&PendingWrite<M>> = self.writes.values().collect();
-        v.sort_by_key(|w| (w.priority, w.lamport, w.write_id));
+        crate::collections::sort_by(&mut v, |a, b| {
+            (a.priority, a.lamport, a.write_id).cmp(&(b.priority, b.lamport, b.write_id))
+        });
         v
     }
 

@@ -612,7 +612,7 @@ impl<M: Model> Engine<M> {
             };
             self.queries.map.get_mut(&key).expect("present").next_poll = next_poll;
         }
-        due.sort();
+        crate::collections::sort_by(&mut due, Ord::cmp);
         for (_, key) in due {
             if slots == 0 {
                 break;

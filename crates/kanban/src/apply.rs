@@ -4,7 +4,7 @@
 //! Everything is version-checked: an entity is replaced only by a newer version of itself, so applying a change
 //! twice, or a change older than a snapshot, changes nothing.
 
-use syncline_engine::collections::Set;
+use syncline_engine::collections::{Set, sort_by};
 
 use serde_json::Value;
 use std::sync::Arc;
@@ -47,11 +47,13 @@ pub fn normalize(snap: &mut BoardSnapshot) {
     };
     // Usernames are ASCII (the server refuses others), so ASCII case-folding is the same and keeps Unicode's case
     // tables out of the browser's wasm.
-    snap.members.sort_by_cached_key(|m| (rank(m.role), m.username.to_ascii_lowercase()));
-    snap.columns.sort_by(|a, b| (&a.position, a.id).cmp(&(&b.position, b.id)));
+    // (`collections::sort_by`: one copy of the sort's code for every type sorted.)
+    let member_key = |m: &Member| (rank(m.role), m.username.to_ascii_lowercase());
+    sort_by(&mut snap.members, |a, b| member_key(a).cmp(&member_key(b)));
+    sort_by(&mut snap.columns, |a, b| (&a.position, a.id).cmp(&(&b.position, b.id)));
     let column_index = |c: &Card| snap.columns.iter().position(|col| col.id == c.column_id).unwrap_or(usize::MAX);
     let mut cards = std::mem::take(&mut snap.cards);
-    cards.sort_by(|a, b| (column_index(a), &a.position, a.id).cmp(&(column_index(b), &b.position, b.id)));
+    sort_by(&mut cards, |a, b| (column_index(a), &a.position, a.id).cmp(&(column_index(b), &b.position, b.id)));
     snap.cards = cards;
 }
 

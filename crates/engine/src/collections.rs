@@ -39,10 +39,6 @@ impl<T> Set<T> {
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &T> + '_ {
         self.0.keys()
     }
-
-    pub fn first(&self) -> Option<&T> {
-        self.0.first().map(|(k, _)| k)
-    }
 }
 
 impl<T: Ord> Set<T> {
@@ -64,10 +60,6 @@ impl<T: Ord> Set<T> {
         T: Borrow<Q>,
     {
         self.0.contains_key(value)
-    }
-
-    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        self.0.retain(|k, _| keep(k))
     }
 }
 
@@ -159,8 +151,7 @@ mod tests {
         assert!(set.remove(&1) && !set.remove(&1));
         assert!(set.contains(&5) && !set.contains(&1));
         set.extend([9, 0]);
-        set.retain(|v| *v != 3);
-        assert_eq!(set.first(), Some(&0));
+        assert!(set.remove(&3));
         assert_eq!(set.clone().into_iter().collect::<Vec<_>>(), [0, 2, 5, 9]);
         assert_eq!((&set).into_iter().count(), set.len());
         let mut map: Map<u32, &str> = [(2, "b"), (1, "a"), (2, "c")].into_iter().collect();

@@ -328,6 +328,43 @@ async fn a_conflict_is_marked_on_the_card_and_take_theirs_drops_mine() {
     h.stop().await;
 }
 
+/// What someone is typing into the board's or a column's title (not yet committed: no `change` event) is theirs
+/// until they commit it: a live change elsewhere on the board — another user's edit of a card — leaves it alone.
+#[tokio::test]
+async fn a_title_being_typed_is_not_reset_by_a_live_change_to_a_card() {
+    let (h, board, browser, url) = setup("Launch plan").await;
+    let tab = browser.open(&url).await.unwrap();
+    tab.wait_for(live_leader(), WAIT).await.unwrap();
+    tab.wait_for(&shows(board.card, "Write the release notes"), WAIT).await.unwrap();
+    let value = |selector: &str| format!("document.querySelector({}).value", serde_json::to_string(selector).unwrap());
+    for (n, (selector, typed)) in [("#board-title", " (draft)"), (".column-title", " later")].into_iter().enumerate() {
+        let before: String = tab.eval(&value(selector)).await.unwrap();
+        tab.focus(selector).await.unwrap();
+        tab.exec(&format!(
+            "(e => e.setSelectionRange(e.value.length, e.value.length))(document.querySelector({}))",
+            serde_json::to_string(selector).unwrap()
+        ))
+        .await
+        .unwrap();
+        tab.type_into(selector, typed).await.unwrap();
+        let title = format!("Edited elsewhere {n}");
+        rename(&h, board.card, &title).await;
+        tab.wait_for(&shows(board.card, &title), WAIT).await.unwrap();
+        let now: String = tab.eval(&value(selector)).await.unwrap();
+        assert_eq!(now, format!("{before}{typed}"), "{selector}: the typing was reset by a change to a card");
+        let focused: bool = tab
+            .eval(&format!(
+                "document.activeElement === document.querySelector({})",
+                serde_json::to_string(selector).unwrap()
+            ))
+            .await
+            .unwrap();
+        assert!(focused, "{selector} kept the focus");
+    }
+    browser.close().await;
+    h.stop().await;
+}
+
 // ---- freshness ---------------------------------------------------------------------------------------------
 
 /// Navigates within the app (a hash change: no page load for `goto` to wait for).

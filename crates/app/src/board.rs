@@ -706,7 +706,10 @@ fn card_view(ctx: Ctx, card_id: CardId) -> impl IntoView {
             aria-label=move || format!("Card: {}", title())>
             {move || if ctx.is_editing(card_id) {
                 rendered(card_id);
-                card_editor(ctx, card_id, title(), description()).into_any()
+                // The editor starts from the card as it is now and then holds what the user types: a live change
+                // to the card while it is open does not re-make it (that threw the typing away).
+                let (title, description) = text.get_untracked();
+                card_editor(ctx, card_id, title, description).into_any()
             } else {
                 view! {
                     <div class="card-body">
@@ -739,6 +742,9 @@ fn card_view(ctx: Ctx, card_id: CardId) -> impl IntoView {
 fn card_editor(ctx: Ctx, card_id: CardId, title: String, description: String) -> impl IntoView {
     let (original_title, original_description) =
         (StoredValue::new(title.clone()), StoredValue::new(description.clone()));
+    // What the user saw when the editor opened: the save is based on it, so someone else's change to the same
+    // field meanwhile is a conflict put to the user, and a change to the other field is kept (rebased).
+    let seen = StoredValue::new(rt().seen(card_id));
     let title = RwSignal::new(title);
     let description = RwSignal::new(description);
     let save = move |ev: leptos::ev::SubmitEvent| {
@@ -753,7 +759,7 @@ fn card_editor(ctx: Ctx, card_id: CardId, title: String, description: String) ->
         };
         ctx.editing.set(None);
         if update.title.is_some() || update.description.is_some() {
-            ctx.write(WriteOp::UpdateCard { id: card_id, body: update });
+            rt().edit_seen(WriteOp::UpdateCard { id: card_id, body: update }, seen.get_value());
         }
         focus_card(card_id);
     };

@@ -10,7 +10,7 @@ mod sync_ui;
 
 use std::cell::RefCell;
 
-use syncline_engine::{ConflictPolicy, EngineConfig, Priority};
+use syncline_engine::{ConflictPolicy, EngineConfig, Priority, Seen};
 use syncline_kanban::{BoardList, BoardSnapshot, BoardSummary, Kanban, KanbanViews, WriteOp};
 
 /// The sync runtime, for the Kanban model.
@@ -36,6 +36,8 @@ pub(crate) trait KanbanRuntime {
     /// looking at (so it goes first), and a stale edit is re-sent when it touches other fields than the
     /// concurrent change and put to the user otherwise.
     fn edit(&self, op: WriteOp) -> Uuid;
+    /// An edit the user began earlier, from what they saw then (`Runtime::seen` when the editor opened).
+    fn edit_seen(&self, op: WriteOp, seen: Seen) -> Uuid;
 }
 
 impl KanbanRuntime for Runtime {
@@ -57,6 +59,10 @@ impl KanbanRuntime for Runtime {
 
     fn edit(&self, op: WriteOp) -> Uuid {
         self.write(op, Priority::UserVisible, ConflictPolicy::RebaseOrAsk)
+    }
+
+    fn edit_seen(&self, op: WriteOp, seen: Seen) -> Uuid {
+        self.write_seen(op, Priority::UserVisible, ConflictPolicy::RebaseOrAsk, seen)
     }
 }
 

@@ -365,6 +365,60 @@ async fn a_title_being_typed_is_not_reset_by_a_live_change_to_a_card() {
     h.stop().await;
 }
 
+/// A card's editor holds what its user typed until they save or cancel: another user's change to the same card
+/// while it is open does not reset it. Saving then sends the fields this user changed, based on the card as it was
+/// when the editor opened: their change to the other field is kept, and a change to the same field is a conflict
+/// shown on the card, not overwritten unseen.
+#[tokio::test]
+async fn a_card_editor_keeps_what_was_typed_through_a_live_change_to_its_card() {
+    let (h, board, browser, url) = setup("Launch plan").await;
+    let tab = browser.open(&url).await.unwrap();
+    tab.wait_for(live_leader(), WAIT).await.unwrap();
+    tab.wait_for(&shows(board.card, "Write the release notes"), WAIT).await.unwrap();
+    let card = |rest: &str| format!("[data-card-id=\"{}\"] {rest}", board.card);
+    let editor_value = |field: &str| format!("document.querySelector('.card-editor .{field}').value");
+    let db = || {
+        let conn = rusqlite::Connection::open(h.db_path()).unwrap();
+        conn.query_row("SELECT title, description FROM cards WHERE id = ?1", [board.card.to_string()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .unwrap()
+    };
+
+    // Someone else changes the description while this user types a title.
+    tab.click(&card(".card-actions button")).await.unwrap();
+    tab.wait_for_selector(".card-editor .edit-title", WAIT).await.unwrap();
+    tab.exec("(e => e.setSelectionRange(e.value.length, e.value.length))(document.querySelector('.card-editor .edit-title'))")
+        .await
+        .unwrap();
+    tab.type_into(".card-editor .edit-title", " for 2.0").await.unwrap();
+    let body = UpdateCard { description: Some("Theirs".into()), ..Default::default() };
+    h.write(WriteOp::UpdateCard { id: board.card, body }).await.unwrap();
+    // (The live change reaches the page in milliseconds.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let typed: String = tab.eval(&editor_value("edit-title")).await.unwrap();
+    assert_eq!(typed, "Write the release notes for 2.0", "a live change reset the editor");
+    tab.press("Enter").await.unwrap();
+    tab.wait_for(&shows(board.card, "Write the release notes for 2.0"), WAIT).await.unwrap();
+    tab.wait_for("JSON.parse(window.__syncline()).pending === 0", WAIT).await.unwrap();
+    assert_eq!(db(), ("Write the release notes for 2.0".to_owned(), "Theirs".to_owned()), "both changes kept");
+
+    // Someone else changes the title while this user types one: saving is a conflict, not an overwrite.
+    tab.click(&card(".card-actions button")).await.unwrap();
+    tab.wait_for_selector(".card-editor .edit-title", WAIT).await.unwrap();
+    tab.exec("document.querySelector('.card-editor .edit-title').select()").await.unwrap();
+    tab.type_into(".card-editor .edit-title", "Mine").await.unwrap();
+    rename(&h, board.card, "Theirs too").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let typed: String = tab.eval(&editor_value("edit-title")).await.unwrap();
+    assert_eq!(typed, "Mine", "a live change reset the editor");
+    tab.press("Enter").await.unwrap();
+    tab.wait_for_selector(&card(".conflict-mark"), WAIT).await.unwrap();
+    assert_eq!(db().0, "Theirs too", "their title is not overwritten unseen");
+    browser.close().await;
+    h.stop().await;
+}
+
 // ---- freshness ---------------------------------------------------------------------------------------------
 
 /// Navigates within the app (a hash change: no page load for `goto` to wait for).

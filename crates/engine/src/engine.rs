@@ -179,7 +179,7 @@ impl<M: Model> Engine<M> {
             Input::Unsubscribe(key) => self.unsubscribe(key),
             Input::Critical { key, critical } => self.set_critical(key, critical),
             Input::Write { op, priority, policy } => {
-                self.write(op, priority, policy);
+                self.write(op, priority, policy, None);
             }
             Input::ResolveConflict { write_id, keep_mine } => self.resolve_conflict(write_id, keep_mine),
             Input::RetryNow => {
@@ -237,7 +237,24 @@ impl<M: Model> Engine<M> {
     /// Accepts a write from the UI; returns its id. (Same as `Input::Write`, with the id.)
     pub fn write_at(&mut self, now: Millis, op: M::Op, priority: Priority, policy: ConflictPolicy) -> Uuid {
         self.advance(now);
-        let id = self.write(op, priority, policy);
+        let id = self.write(op, priority, policy, None);
+        self.reconcile();
+        id
+    }
+
+    /// A write the user began from what they saw earlier (`seen`, from [`Engine::seen`] when they opened an
+    /// editor): based on that, not on the entity as it is by now — so a change someone else made in between is
+    /// a conflict the policy decides (rebased if it touched other fields), not overwritten unseen.
+    pub fn write_seen_at(
+        &mut self,
+        now: Millis,
+        op: M::Op,
+        priority: Priority,
+        policy: ConflictPolicy,
+        seen: Seen,
+    ) -> Uuid {
+        self.advance(now);
+        let id = self.write(op, priority, policy, Some(seen));
         self.reconcile();
         id
     }

@@ -100,18 +100,33 @@ impl<M: Model> Outbox<M> {
 }
 
 impl<M: Model> Engine<M> {
-    pub(crate) fn write(&mut self, mut op: M::Op, priority: Priority, policy: ConflictPolicy) -> Uuid {
+    /// What the user sees of `entity` now: what a write made now is based on, and what one made later from this
+    /// (`Seen`) is based on — the server's data, and its version plus this browser's writes on it still ahead.
+    pub fn seen(&self, entity: Uuid) -> Seen {
+        let data = self.queries.find_entity(entity);
+        let version = data.as_ref().and_then(|b| b.get("version")).and_then(Value::as_u64).map(|version| {
+            let ahead =
+                self.outbox.writes.values().filter(|w| M::entity(&w.op) == entity && w.conflict.is_none()).count();
+            version + ahead as u64
+        });
+        Seen { entity, data, version }
+    }
+
+    /// A write based on what the user saw: `seen` (taken when they began changing the entity: an editor opened),
+    /// or what the tab has now.
+    pub(crate) fn write(
+        &mut self,
+        mut op: M::Op,
+        priority: Priority,
+        policy: ConflictPolicy,
+        seen: Option<Seen>,
+    ) -> Uuid {
         // Creates get their ids here, so later writes (and the optimistic view) can refer to the new entity.
         M::assign_ids(&mut op, &mut || uuid::Builder::from_random_bytes(rand::Rng::random(&mut self.rng)).into_uuid());
         let entity = M::entity(&op);
-        let base = self.queries.find_entity(entity);
-        // Based on what the user saw: the server's version plus this browser's writes on it still ahead.
-        if let Some(version) = base.as_ref().and_then(|b| b.get("version")).and_then(Value::as_u64) {
-            let ahead =
-                self.outbox.writes.values().filter(|w| M::entity(&w.op) == entity && w.conflict.is_none()).count();
-            if let Some(slot @ None) = M::base_version(&mut op) {
-                *slot = Some(version + ahead as u64);
-            }
+        let seen = seen.filter(|s| s.entity == entity).unwrap_or_else(|| self.seen(entity));
+        if let (Some(version), Some(slot @ None)) = (seen.version, M::base_version(&mut op)) {
+            *slot = Some(version);
         }
         self.outbox.lamport += 1;
         let write = PendingWrite {
@@ -120,7 +135,7 @@ impl<M: Model> Engine<M> {
             priority,
             policy,
             lamport: self.outbox.lamport,
-            base,
+            base: seen.data,
             conflict: None,
         };
         let id = write.write_id;

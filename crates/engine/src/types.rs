@@ -133,6 +133,16 @@ pub struct PendingWrite<M: Model> {
     pub conflict: Option<Conflict>,
 }
 
+/// What the user saw of an entity when they began changing it (an editor opened): the server's data and the
+/// version a write would be based on (`Engine::seen`). A write made later from it (`Engine::write_seen_at`) is
+/// based on this rather than on what the tab holds by then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    pub(crate) entity: Uuid,
+    pub(crate) data: Option<serde_json::Value>,
+    pub(crate) version: Option<u64>,
+}
+
 /// How a write ended, told to every tab.
 #[derive(Debug, Clone, PartialEq, Serialize, syncline_protocol::TagFirstDeserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]

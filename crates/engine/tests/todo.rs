@@ -732,6 +732,54 @@ fn a_conflicting_edit_of_the_same_field_is_put_to_the_user_and_keep_mine_wins() 
     assert_eq!(w.texts(), ["oat milk"]);
 }
 
+/// An edit the user began before someone else's change reached the tab (an editor open while the change arrives
+/// live) is based on what the user saw when they began: the same field changed in between is put to the user, not
+/// overwritten unseen; another field changed in between is rebased and both are kept. (Based on what the tab
+/// holds at the time of writing, both would be sent on the new version and the first would overwrite theirs.)
+#[test]
+fn an_edit_begun_before_a_live_change_is_based_on_what_the_user_saw_then() {
+    let mut w = World::new(TodoServer::new(LIST, &["milk", "eggs"]));
+    w.input(Input::Subscribe(TodoKey::List(LIST)));
+    w.run();
+    let (milk, eggs) = (w.e.seen(item_id(0)), w.e.seen(item_id(1)));
+    // Someone else renames both while the user has them open; the changes arrive live and are shown.
+    w.server.edit_as_other(item_id(0), Some("soy milk"), None);
+    w.server.edit_as_other(item_id(1), Some("free-range eggs"), None);
+    w.run();
+    assert_eq!(w.texts(), ["free-range eggs", "soy milk"]);
+
+    // The user saves a new text for milk (the field they changed too) and ticks eggs off (another field).
+    let mine = w.e.write_seen_at(
+        w.now,
+        TodoOp::Edit { id: item_id(0), text: Some("oat milk".into()), done: None, base_version: None },
+        Priority::UserVisible,
+        ConflictPolicy::RebaseOrAsk,
+        milk,
+    );
+    w.e.write_seen_at(
+        w.now,
+        TodoOp::Edit { id: item_id(1), text: None, done: Some(true), base_version: None },
+        Priority::UserVisible,
+        ConflictPolicy::RebaseOrAsk,
+        eggs,
+    );
+    w.run();
+    w.advance(5_000);
+    let asked: Vec<Uuid> = w
+        .notes
+        .iter()
+        .filter_map(|n| match n {
+            Notification::Conflict { write_id, needs_decision: true, .. } => Some(*write_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, [mine], "the same field is put to the user");
+    let items = &w.server.lists[&LIST].items;
+    let item = |id| items.iter().find(|i| i.id == id).unwrap();
+    assert_eq!(item(item_id(0)).text, "soy milk", "theirs is not overwritten unseen");
+    assert!(item(item_id(1)).done && item(item_id(1)).text == "free-range eggs", "both kept: {:?}", item(item_id(1)));
+}
+
 #[test]
 fn a_concurrent_edit_of_another_field_is_rebased_without_asking() {
     let mut w = World::new(TodoServer::new(LIST, &["milk"]));

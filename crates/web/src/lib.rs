@@ -28,7 +28,7 @@ use std::rc::Rc;
 
 use syncline_engine::{
     ConflictPolicy, Engine, EngineConfig, Freshness, Input, Millis, Model, Notification, Output, Preferences, Priority,
-    RequestId, Role,
+    RequestId, Role, Seen,
 };
 use uuid::Uuid;
 use wasm_bindgen::JsCast;
@@ -155,6 +155,19 @@ impl<M: Model> Runtime<M> {
     /// returns its id.
     pub fn write(&self, op: M::Op, priority: Priority, policy: ConflictPolicy) -> Uuid {
         let id = self.inner.engine.borrow_mut().write_at(now(), op, priority, policy);
+        self.pump();
+        id
+    }
+
+    /// What the user sees of `entity` now, for a write they make later from it (`write_seen`): take it when they
+    /// begin changing it (an editor opens).
+    pub fn seen(&self, entity: Uuid) -> Seen {
+        self.inner.engine.borrow().seen(entity)
+    }
+
+    /// As `write`, based on what the user saw when they began (`seen`) rather than on the entity as it is now.
+    pub fn write_seen(&self, op: M::Op, priority: Priority, policy: ConflictPolicy, seen: Seen) -> Uuid {
+        let id = self.inner.engine.borrow_mut().write_seen_at(now(), op, priority, policy, seen);
         self.pump();
         id
     }

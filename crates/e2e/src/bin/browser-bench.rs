@@ -145,9 +145,9 @@ fn board_sizes(default: &[usize]) -> (Vec<usize>, usize) {
 /// shown.
 async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
     println!();
-    // `BENCH_SETTLE_SECONDS` (3 by default): how long the followers stay hidden before the idle span and the
-    // changes — a minute or more measures a tab hidden for a while rather than one just hidden (a page just
-    // hidden collects its garbage, once).
+    // `BENCH_SETTLE_SECONDS` (3 by default): how long the followers stay hidden before the measured span (with
+    // changes, and in the control without) — a minute or more measures a tab hidden for a while rather than one
+    // just hidden (a page just hidden collects its garbage, once).
     let settle: u64 = std::env::var("BENCH_SETTLE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     println!(
         "hidden followers: 4 tabs (1 visible leader, 3 hidden followers, hidden {settle} s before), 1 change/s for {seconds} s"
@@ -156,7 +156,7 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
         "{:>12} | {:>20} | {:>20} | {:>20} | {:>20} | {:>29}",
         "board",
         "hidden ms/change",
-        "idle-subtracted",
+        "minus no changes",
         "hidden script ms",
         "visible ms/change",
         "shown → current (in the page)"
@@ -183,35 +183,22 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
                 cards.push(id(h.write(WriteOp::CreateCard { column_id: column, body }).await?));
             }
         }
-        let browser = TestBrowser::launch().await?;
         let url = h.url(&format!("/#/boards/{board}"));
-        let mut tabs = Vec::new();
-        for i in 0..4 {
-            let tab = browser.open(&url).await?;
-            tab.wait_for(&format!("document.querySelectorAll('.card').length === {cards_n}"), Duration::from_secs(30))
-                .await?;
-            tab.page().execute(EnableParams::default()).await?;
-            if i > 0 {
-                tab.hide().await?;
-            }
-            tabs.push(tab);
-        }
-        tabs[0].show().await?;
-        tokio::time::sleep(Duration::from_secs(settle)).await;
+        // The control: the same tabs, hidden as long, with no changes at all — what being hidden costs by itself
+        // (a page just hidden collects its garbage, and Chromium reduces its memory, once), and the page's own
+        // clock and heartbeats.
+        let quiet_per_s = {
+            let (browser, tabs) = open_hidden(&url, cards_n, settle).await?;
+            let (q0, _) = busy_ms(&tabs[3]).await?;
+            let started = std::time::Instant::now();
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            let (q1, _) = busy_ms(&tabs[3]).await?;
+            let per_s = (q1 - q0) / started.elapsed().as_secs_f64();
+            browser.close().await;
+            per_s
+        };
+        let (browser, tabs) = open_hidden(&url, cards_n, settle).await?;
         let watched = &tabs[3];
-        // A span with no changes: what the page costs doing nothing (clock, heartbeats) — 10 s, or
-        // `BENCH_IDLE_SECONDS` (as long as the changes' span: what a tab just hidden costs with no changes at all).
-        let idle_secs: u64 = std::env::var("BENCH_IDLE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-        let (i0, _) = busy_ms(watched).await?;
-        tokio::time::sleep(Duration::from_secs(idle_secs)).await;
-        let (i1, _) = busy_ms(watched).await?;
-        let idle_per_s = (i1 - i0) / idle_secs as f64;
-        if std::env::var("BENCH_IDLE_SECONDS").is_ok() {
-            eprintln!(
-                "{cards_n} cards: hidden follower, no changes, {idle_secs} s from {settle} s after hiding: {:.1} ms task",
-                i1 - i0
-            );
-        }
         // `BENCH_PROFILE=FILE`: a CPU profile of the hidden follower on the biggest board (of the visible leader
         // with `BENCH_PROFILE_TAB=leader`).
         let profile = std::env::var("BENCH_PROFILE").ok().filter(|_| cards_n == biggest);
@@ -270,7 +257,7 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
             std::fs::write(file, serde_json::to_vec(&stopped.result.profile)?)?;
         }
         let hidden = (h1 - h0) / seconds as f64;
-        let subtracted = ((h1 - h0) - idle_per_s * secs).max(0.0) / seconds as f64;
+        let subtracted = ((h1 - h0) - quiet_per_s * secs) / seconds as f64;
         // Shown: how long until it shows the last change.
         // In the page too: from the `visibilitychange` event to the last change in the DOM (no CDP round trip).
         watched.exec(&format!("window.__shownWait = null; {}", in_page_shown(card, &last))).await?;
@@ -299,14 +286,34 @@ async fn hidden_tabs(seconds: u64) -> anyhow::Result<()> {
         h.stop().await;
     }
     println!(
-        "(ms/change: the tab's main-thread task time over the run / changes; idle-subtracted: minus what it costs"
+        "(ms/change: the tab's main-thread task time over the run / changes; minus no changes: minus what the same"
     );
     println!(
-        " with no changes; script: of which JavaScript/wasm ran (CDP ScriptDuration); shown → current includes the"
+        " tab costs hidden as long with no changes (a separate run, the same tabs); script: of which JavaScript/wasm"
     );
-    println!(" CDP round trip of showing the window and polling the DOM; in the page: from the visibilitychange");
-    println!(" event to the last change's title in the DOM)");
+    println!(" ran (CDP ScriptDuration); shown → current includes the CDP round trip of showing the window and");
+    println!(" polling the DOM; in the page: from the visibilitychange event to the last change's title in the DOM)");
     Ok(())
+}
+
+/// A browser with 4 tabs on `url` (a board of `cards_n` cards), the first visible, the others hidden `settle`
+/// seconds ago.
+async fn open_hidden(url: &str, cards_n: usize, settle: u64) -> anyhow::Result<(TestBrowser, Vec<Tab>)> {
+    let browser = TestBrowser::launch().await?;
+    let mut tabs = Vec::new();
+    for i in 0..4 {
+        let tab = browser.open(url).await?;
+        tab.wait_for(&format!("document.querySelectorAll('.card').length === {cards_n}"), Duration::from_secs(30))
+            .await?;
+        tab.page().execute(EnableParams::default()).await?;
+        if i > 0 {
+            tab.hide().await?;
+        }
+        tabs.push(tab);
+    }
+    tabs[0].show().await?;
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    Ok((browser, tabs))
 }
 
 /// Sets `window.__visibleAt` when the page becomes visible and `window.__currentAt` when `card`'s title reads

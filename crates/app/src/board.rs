@@ -15,7 +15,7 @@ use syncline_kanban::{
 use uuid::Uuid;
 use wasm_bindgen::JsCast;
 
-use syncline_engine::Notification;
+use syncline_engine::{Notification, Seen};
 
 use crate::{KanbanRuntime, rt};
 
@@ -368,10 +368,23 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
             {move || {
                 ctx.version.get();
                 rt().conflicts().into_iter().map(|(write_id, _, theirs)| {
-                    let title = theirs.get("title").and_then(|t| t.as_str()).unwrap_or("").to_owned();
+                    // What changed: a card (it has a column), a membership (a role), a column (a board), or the
+                    // board; and to what (its title, or the role).
+                    let has = |field: &str| theirs.get(field).is_some();
+                    let what = if has("column_id") {
+                        "this card"
+                    } else if has("role") {
+                        "this member's role"
+                    } else if has("board_id") {
+                        "the column"
+                    } else {
+                        "the board"
+                    };
+                    let field = if has("role") { "role" } else { "title" };
+                    let title = theirs.get(field).and_then(|t| t.as_str()).unwrap_or("").to_owned();
                     view! {
                         <div class="conflict" role="alert" data-write-id=write_id.to_string()>
-                            <span>"Someone else changed this card to “" {title} "” while you were editing it."</span>
+                            <span>"Someone else changed " {what} " to “" {title} "” while you were editing it."</span>
                             <button class="keep-mine" on:click=move |_| rt().resolve_conflict(write_id, true)>"Keep mine"</button>
                             <button class="take-theirs link" on:click=move |_| rt().resolve_conflict(write_id, false)>"Take theirs"</button>
                         </div>
@@ -407,9 +420,10 @@ fn board_body(ctx: Ctx) -> impl IntoView {
     // view that read the board itself would re-run on every change — setting an input's value each time, which
     // also threw away what someone was typing into a title. A memo tells its readers only when it changes.
     let title = Memo::new(move |_| ctx.board.with(|s| s.as_ref().map(|s| s.board.title.clone()).unwrap_or_default()));
+    let title_field = TitleField::new(ctx.id, title);
     let rename_board = move |ev: leptos::ev::Event| {
         let title = event_target_value(&ev);
-        ctx.write(WriteOp::RenameBoard { id: ctx.id, body: Rename { title, base_version: None } });
+        title_field.commit(WriteOp::RenameBoard { id: ctx.id, body: Rename { title, base_version: None } });
     };
     let delete_board = move |_| {
         if window().confirm_with_message("Delete this board with all its columns and cards?").unwrap_or(false) {
@@ -433,7 +447,8 @@ fn board_body(ctx: Ctx) -> impl IntoView {
         <div class="board-header">
             <a href="#/" class="back" aria-label="All boards">"←"</a>
             <label for="board-title" class="visually-hidden">"Board title"</label>
-            <input id="board-title" class="board-title" maxlength="200" prop:value=move || title.get() on:change=rename_board
+            <input id="board-title" class="board-title" maxlength="200" node_ref=title_field.input
+                on:focus=move |_| title_field.begin() on:change=rename_board
                 prop:readOnly=move || !ctx.can_edit() />
             <Show when=move || ctx.is_owner()>
                 <button class="danger" on:click=delete_board>"Delete board"</button>
@@ -458,6 +473,62 @@ fn board_body(ctx: Ctx) -> impl IntoView {
                 </form>
             </Show>
         </div>
+    }
+}
+
+/// A title edited in place (the board's, a column's). The input shows the title as it changes, except while the
+/// user is typing into it (focused, holding something other than what it was last shown): a rename someone else
+/// makes then does not throw the typing away. What the user commits is based on the entity as it was when they
+/// began (`Runtime::seen` on focus), so that rename is a conflict put to the user, not overwritten unseen.
+#[derive(Clone, Copy)]
+struct TitleField {
+    entity: Uuid,
+    input: NodeRef<leptos::html::Input>,
+    /// What the input was last given (or committed).
+    shown: StoredValue<String>,
+    seen: StoredValue<Option<Seen>>,
+}
+
+impl TitleField {
+    fn new(entity: Uuid, title: Memo<String>) -> TitleField {
+        let field = TitleField {
+            entity,
+            input: NodeRef::new(),
+            shown: StoredValue::new(String::new()),
+            seen: StoredValue::new(None),
+        };
+        Effect::new(move |_| {
+            let title = title.get();
+            let Some(input) = field.input.get() else { return };
+            let element: &web_sys::Element = &input;
+            let focused = document().active_element().as_ref() == Some(element);
+            if focused && field.shown.with_value(|shown| input.value() != *shown) {
+                return;
+            }
+            if input.value() != title {
+                input.set_value(&title);
+            }
+            field.shown.set_value(title);
+        });
+        field
+    }
+
+    /// The user began editing (the field took focus).
+    fn begin(self) {
+        self.seen.set_value(Some(rt().seen(self.entity)));
+    }
+
+    /// The user committed `op` (the field's `change`): based on what they saw when they began.
+    fn commit(self, op: WriteOp) {
+        if let Some(input) = self.input.get_untracked() {
+            self.shown.set_value(input.value());
+        }
+        match self.seen.get_value() {
+            Some(seen) => rt().edit_seen(op, seen),
+            None => rt().edit(op),
+        };
+        // Typing on in the same field is a new edit, of what the user sees now.
+        self.begin();
     }
 }
 
@@ -494,9 +565,10 @@ fn column_view(ctx: Ctx, column_id: Uuid) -> impl IntoView {
     });
     let blocks =
         move || (0..card_ids.with(Vec::len).min(shown.get()).div_ceil(CARDS_PER_BLOCK)).collect::<Vec<usize>>();
+    let title_field = TitleField::new(column_id, column_title);
     let rename = move |ev: leptos::ev::Event| {
         let title = event_target_value(&ev);
-        ctx.write(WriteOp::RenameColumn { id: column_id, body: Rename { title, base_version: None } });
+        title_field.commit(WriteOp::RenameColumn { id: column_id, body: Rename { title, base_version: None } });
     };
     let delete = move |_| {
         if window().confirm_with_message("Delete this column and its cards?").unwrap_or(false) {
@@ -568,7 +640,8 @@ fn column_view(ctx: Ctx, column_id: Uuid) -> impl IntoView {
         <section class="column" data-column-id=column_id.to_string() aria-label=move || column_title.get()>
             <header class="column-header">
                 <input class="column-title" aria-label="Column title" maxlength="200"
-                    prop:value=move || column_title.get() on:change=rename prop:readOnly=move || !ctx.can_edit() />
+                    node_ref=title_field.input on:focus=move |_| title_field.begin()
+                    on:change=rename prop:readOnly=move || !ctx.can_edit() />
                 <span class="count" aria-label="cards">{count}</span>
                 <Show when=move || ctx.can_edit()>
                     <button class="icon danger" aria-label="Delete column" title="Delete column" on:click=delete>"×"</button>

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use syncline_e2e::{Harness, Tab, TestBrowser, eventually, repo_root};
-use syncline_kanban::{CreateBoard, CreateCard, CreateColumn, UpdateCard, WriteOp};
+use syncline_kanban::{CreateBoard, CreateCard, CreateColumn, Rename, UpdateCard, WriteOp};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -360,6 +360,53 @@ async fn a_title_being_typed_is_not_reset_by_a_live_change_to_a_card() {
             .await
             .unwrap();
         assert!(focused, "{selector} kept the focus");
+    }
+    browser.close().await;
+    h.stop().await;
+}
+
+/// Someone else renames the board (a column) while this user is typing its title: the typing stays, and
+/// committing it (leaving the field) is a conflict put to the user — their rename is not overwritten unseen.
+#[tokio::test]
+async fn a_title_renamed_elsewhere_while_being_typed_keeps_the_typing_and_committing_asks() {
+    let (h, board, browser, url) = setup("Launch plan").await;
+    let tab = browser.open(&url).await.unwrap();
+    tab.wait_for(live_leader(), WAIT).await.unwrap();
+    tab.wait_for(&shows(board.card, "Write the release notes"), WAIT).await.unwrap();
+    let js = |selector: &str| serde_json::to_string(selector).unwrap();
+    let fields: [(&str, &str, WriteOp, &str); 2] = [
+        (
+            "#board-title",
+            "SELECT title FROM boards WHERE id = ?1",
+            WriteOp::RenameBoard { id: board.id, body: Rename { title: "Their board".into(), base_version: None } },
+            &board.id.to_string(),
+        ),
+        (
+            ".column-title",
+            "SELECT title FROM columns WHERE id = ?1",
+            WriteOp::RenameColumn {
+                id: board.columns[0],
+                body: Rename { title: "Their column".into(), base_version: None },
+            },
+            &board.columns[0].to_string(),
+        ),
+    ];
+    for (selector, query, theirs, id) in fields {
+        tab.focus(selector).await.unwrap();
+        tab.exec(&format!("document.querySelector({}).select()", js(selector))).await.unwrap();
+        tab.type_into(selector, "Mine").await.unwrap();
+        h.write(theirs).await.unwrap();
+        // (The live change reaches the page in milliseconds.)
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let value: String = tab.eval(&format!("document.querySelector({}).value", js(selector))).await.unwrap();
+        assert_eq!(value, "Mine", "{selector}: a rename elsewhere reset the typing");
+        tab.exec("document.activeElement.blur()").await.unwrap();
+        tab.wait_for_selector(".conflict .keep-mine", WAIT).await.unwrap();
+        let stored: String =
+            rusqlite::Connection::open(h.db_path()).unwrap().query_row(query, [id], |r| r.get(0)).unwrap();
+        assert!(stored.starts_with("Their"), "{selector}: their rename was overwritten: {stored}");
+        tab.click(".conflict .take-theirs").await.unwrap();
+        tab.wait_for("!document.querySelector('.conflict')", WAIT).await.unwrap();
     }
     browser.close().await;
     h.stop().await;

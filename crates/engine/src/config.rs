@@ -75,6 +75,9 @@ pub enum InjectedBug {
     FollowerPersistsAfterBroadcasting,
     /// A tab's lock released (`Input::TabGone`) is not heard: an asleep tab that is gone is kept for good.
     IgnoresTabGone,
+    /// A write the user began earlier (an editor opened) is based on the entity as the tab has it when saved, not
+    /// as the user saw it: a change that arrived in between is overwritten unseen — what a real browser showed.
+    EditBasedOnSaveTime,
 }
 
 impl Default for EngineConfig {

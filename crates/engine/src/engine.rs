@@ -178,8 +178,8 @@ impl<M: Model> Engine<M> {
             Input::Subscribe(key) => self.subscribe(key),
             Input::Unsubscribe(key) => self.unsubscribe(key),
             Input::Critical { key, critical } => self.set_critical(key, critical),
-            Input::Write { op, priority, policy } => {
-                self.write(op, priority, policy, None);
+            Input::Write { op, priority, policy, seen } => {
+                self.write(op, priority, policy, seen);
             }
             Input::ResolveConflict { write_id, keep_mine } => self.resolve_conflict(write_id, keep_mine),
             Input::RetryNow => {

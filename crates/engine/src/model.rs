@@ -67,7 +67,9 @@ pub trait Model: Debug + Clone + PartialEq + 'static {
     /// data, if the data holds that entity and the version is newer.
     fn apply_entity(data: &mut Self::Data, entity: &Value) -> Applied;
     /// The entity with this id as the data holds it, as JSON: a write's base, to tell what changed since. Its
-    /// `version` field (a number, when the entity has one) is the base version of writes on it.
+    /// `version` field (a number, when the entity has one) is the base version of writes on it. Versions count
+    /// the entity's writes: its create makes version 1, and each write adds one (the engine bases a write on the
+    /// version plus this browser's writes on the entity still ahead).
     fn find_entity(data: &Self::Data, id: Uuid) -> Option<Value>;
     /// The entity whose creation brings this query into being: while that create is pending here, the query is
     /// not fetched (the server does not have it yet).

@@ -102,9 +102,17 @@ impl<M: Model> Outbox<M> {
 impl<M: Model> Engine<M> {
     /// What the user sees of `entity` now: what a write made now is based on, and what one made later from this
     /// (`Seen`) is based on — the server's data, and its version plus this browser's writes on it still ahead.
+    /// (Versions count writes: a create makes version 1, each write adds one — see `Model`.) An entity this browser
+    /// is still creating is at version 0 on the server, its create one of the writes ahead: a write on it is based
+    /// on the version the create makes, not on none (which the server would take as "overwrite whatever is there",
+    /// losing a change someone made once the create landed — what the simulation found).
     pub fn seen(&self, entity: Uuid) -> Seen {
         let data = self.queries.find_entity(entity);
-        let version = data.as_ref().and_then(|b| b.get("version")).and_then(Value::as_u64).map(|version| {
+        let on_server = match &data {
+            Some(data) => data.get("version").and_then(Value::as_u64),
+            None => self.outbox.pending_create(entity).map(|_| 0),
+        };
+        let version = on_server.map(|version| {
             let ahead =
                 self.outbox.writes.values().filter(|w| M::entity(&w.op) == entity && w.conflict.is_none()).count();
             version + ahead as u64
@@ -124,7 +132,8 @@ impl<M: Model> Engine<M> {
         // Creates get their ids here, so later writes (and the optimistic view) can refer to the new entity.
         M::assign_ids(&mut op, &mut || uuid::Builder::from_random_bytes(rand::Rng::random(&mut self.rng)).into_uuid());
         let entity = M::entity(&op);
-        let seen = seen.filter(|s| s.entity == entity).unwrap_or_else(|| self.seen(entity));
+        let seen = seen.filter(|s| s.entity == entity && !self.bug(InjectedBug::EditBasedOnSaveTime));
+        let seen = seen.unwrap_or_else(|| self.seen(entity));
         if let (Some(version), Some(slot @ None)) = (seen.version, M::base_version(&mut op)) {
             *slot = Some(version);
         }

@@ -143,6 +143,13 @@ pub struct Seen {
     pub(crate) version: Option<u64>,
 }
 
+impl Seen {
+    /// The version a write made from this is based on (`None`: the entity was not in the tab's data).
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+}
+
 /// How a write ended, told to every tab.
 #[derive(Debug, Clone, PartialEq, Serialize, syncline_protocol::TagFirstDeserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -395,7 +402,14 @@ pub enum Input<M: Model> {
     /// Marks a query critical (polled while hidden under the "critical data only" preference) or not.
     Critical { key: M::Key, critical: bool },
     /// The user made a write; the app chooses how urgent it is and what to do on a conflict.
-    Write { op: M::Op, priority: Priority, policy: ConflictPolicy },
+    Write {
+        op: M::Op,
+        priority: Priority,
+        policy: ConflictPolicy,
+        /// What the user saw when they began the change (`Engine::seen`, taken when an editor opened), or `None`:
+        /// what the tab holds now.
+        seen: Option<Seen>,
+    },
     /// The user chose, for a write in conflict: keep mine (re-send on the current version) or take theirs.
     ResolveConflict { write_id: Uuid, keep_mine: bool },
     /// The user asked to retry now ("retry now" on the badge).

@@ -473,7 +473,8 @@ fn a_server_answer_during_the_reconnect_backoff_reconnects_at_once() {
     assert!(retry_at > d.now + 100, "waiting out a backoff: {retry_at} at {}", d.now);
     // It comes back, and a write gets through: the server answers, so the socket need not wait out the backoff.
     let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
-    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    let out =
+        d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default(), seen: None });
     let (rid, batch) = posted(&out).expect("the write is sent");
     let result = WriteBatchResult {
         results: vec![WriteOutcome {
@@ -498,7 +499,8 @@ fn after_recovery_it_catches_up_then_sends_the_outbox_then_goes_live() {
         id: id(1),
         body: UpdateCard { title: Some("offline edit".into()), ..Default::default() },
     };
-    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    let out =
+        d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default(), seen: None });
     assert!(out.iter().any(|o| matches!(o, Output::Persist(PersistOp::OutboxPut { .. }))), "persisted at once");
     assert_eq!(d.e.board(id(BOARD)).unwrap().cards[0].title, "offline edit", "optimistic view");
     assert_eq!(d.e.pending_for(id(1)), 1);
@@ -613,16 +615,19 @@ fn user_visible_writes_go_before_background_work_and_each_entity_keeps_its_order
         op: WriteOp::UpdateCard { id: id(1), body: title("bg") },
         priority: Priority::Background,
         policy: ConflictPolicy::default(),
+        seen: None,
     });
     d.input(Input::Write {
         op: WriteOp::UpdateCard { id: id(2), body: title("a") },
         priority: Priority::UserVisible,
         policy: ConflictPolicy::default(),
+        seen: None,
     });
     d.input(Input::Write {
         op: WriteOp::UpdateCard { id: id(2), body: title("b") },
         priority: Priority::UserVisible,
         policy: ConflictPolicy::default(),
+        seen: None,
     });
     d.input(Input::Network { online: true });
     d.input(Input::SocketOpened);
@@ -653,7 +658,7 @@ fn one_write(policy: ConflictPolicy, body: UpdateCard) -> (Driver, RequestId, Uu
     let mut d = Driver::leader();
     d.live_on_board(3);
     let op = WriteOp::UpdateCard { id: id(1), body };
-    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy });
+    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy, seen: None });
     let (rid, batch) = posted(&out).expect("sent at once when live");
     (d, rid, batch.writes[0].write_id)
 }
@@ -735,7 +740,8 @@ fn a_conflict_on_the_same_field_asks_the_user_and_keep_mine_resends() {
     // Later writes on the same card wait for the decision.
     let op =
         WriteOp::MoveCard { id: id(1), body: MoveCard { column_id: id(20), after_card_id: None, base_version: None } };
-    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    let out =
+        d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default(), seen: None });
     assert!(posted(&out).is_none());
     let out = d.input(Input::ResolveConflict { write_id, keep_mine: true });
     let (_, batch) = posted(&out).expect("resent after the decision");
@@ -761,7 +767,8 @@ fn a_write_is_shared_with_other_tabs_and_sent_only_once_it_is_stored() {
     d.store_at_once = false;
     d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));
     let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
-    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    let out =
+        d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default(), seen: None });
     let write_id = out
         .iter()
         .find_map(|o| if let Output::Persist(PersistOp::OutboxPut { write }) = o { Some(write.write_id) } else { None })
@@ -790,7 +797,8 @@ fn the_leader_sends_its_own_write_once_stored() {
     d.live_on_board(3);
     d.store_at_once = false;
     let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
-    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    let out =
+        d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default(), seen: None });
     assert!(posted(&out).is_none(), "{out:?}");
     let write_id = d.e.pending()[0].write_id;
     let out = d.input(Input::Persisted { write_id });
@@ -851,7 +859,8 @@ fn a_replayed_outcome_does_not_bring_back_a_card_deleted_since() {
     assert!(view.cards.iter().all(|c| c.id != id(2)), "the deleted card stays deleted: {view:?}");
     // A write this copy has not seen yet still shows at once (before its change arrives on the feed).
     let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("new".into()), ..Default::default() } };
-    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    let out =
+        d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default(), seen: None });
     let (rid, batch) = posted(&out).unwrap();
     let at = vec![syncline_protocol::StreamPosition { stream: StreamId::Board(id(BOARD)).name(), cursor: 11 }];
     let result = WriteBatchResult {
@@ -876,7 +885,8 @@ fn a_writes_own_change_on_the_feed_settles_it_before_its_answer_comes() {
         column_id: id(10),
         body: syncline_kanban::CreateCard { id: Some(id(4)), title: "mine".into(), description: String::new() },
     };
-    let out = d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    let out =
+        d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default(), seen: None });
     let (rid, batch) = posted(&out).expect("sent");
     let write_id = batch.writes[0].write_id;
     let stream = StreamId::Board(id(BOARD)).name();
@@ -988,6 +998,7 @@ fn a_follower_makes_no_requests_and_routes_its_writes_through_the_leader() {
         op: WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } },
         priority: Priority::UserVisible,
         policy: ConflictPolicy::default(),
+        seen: None,
     }));
     out.extend(d.advance(10 * 60_000));
     assert!(http(&out).is_empty() && opens(&out) == 0, "followers never touch the network");
@@ -1781,6 +1792,7 @@ fn queued_writes_go_as_soon_as_the_feed_is_live_again_not_at_the_end_of_their_ba
         op: WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } },
         priority: Priority::UserVisible,
         policy: ConflictPolicy::default(),
+        seen: None,
     });
     // The server is unreachable: every batch fails, and the backoff grows. (Socket attempts go unanswered.)
     let mut failures = 0;
@@ -1895,7 +1907,7 @@ fn an_ended_session_stops_all_network_and_tells_every_tab() {
     assert!(out.iter().any(|o| matches!(o, Output::Notify(Notification::SignedOut))));
     assert!(out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::SignedOut))));
     let op = WriteOp::UpdateCard { id: id(1), body: UpdateCard { title: Some("x".into()), ..Default::default() } };
-    d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default() });
+    d.input(Input::Write { op, priority: Priority::UserVisible, policy: ConflictPolicy::default(), seen: None });
     let out = d.advance(10 * 60_000);
     assert!(http(&out).is_empty() && opens(&out) == 0, "no request after the session ended: {out:?}");
     assert_eq!(d.e.pending().len(), 1, "the write stays stored for the next sign-in");

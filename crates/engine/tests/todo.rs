@@ -780,6 +780,46 @@ fn an_edit_begun_before_a_live_change_is_based_on_what_the_user_saw_then() {
     assert!(item(item_id(1)).done && item(item_id(1)).text == "free-range eggs", "both kept: {:?}", item(item_id(1)));
 }
 
+/// An edit begun while the item was still being created by this browser (not on the server yet) is based on the
+/// version the create makes (1): someone else's change after the create lands is a conflict, not overwritten by
+/// a write with no base version. (Found by the simulation's lost-update invariant.)
+#[test]
+fn an_edit_begun_before_its_item_reached_the_server_is_based_on_the_version_the_create_makes() {
+    let mut w = World::new(TodoServer::new(LIST, &["milk"]));
+    w.input(Input::Subscribe(TodoKey::List(LIST)));
+    w.set_online(false);
+    w.write(TodoOp::Add { list_id: LIST, id: None, text: "bread".into() }, ConflictPolicy::RebaseOrAsk);
+    let bread = match &w.e.pending()[0].op {
+        TodoOp::Add { id: Some(id), .. } => *id,
+        op => panic!("{op:?}"),
+    };
+    let seen = w.e.seen(bread);
+    assert_eq!(seen.version(), Some(1), "the version its create makes");
+    w.set_online(true);
+    w.advance(5_000);
+    assert!(w.e.pending().is_empty(), "created");
+    w.server.edit_as_other(bread, Some("rye bread"), None);
+    w.run();
+    let mine = w.e.write_seen_at(
+        w.now,
+        TodoOp::Edit { id: bread, text: Some("brown bread".into()), done: None, base_version: None },
+        Priority::UserVisible,
+        ConflictPolicy::RebaseOrAsk,
+        seen,
+    );
+    w.run();
+    w.advance(5_000);
+    assert!(
+        w.notes
+            .iter()
+            .any(|n| matches!(n, Notification::Conflict { write_id, needs_decision: true, .. } if *write_id == mine)),
+        "put to the user: {:?}",
+        w.notes
+    );
+    let item = w.server.lists[&LIST].items.iter().find(|i| i.id == bread).unwrap();
+    assert_eq!(item.text, "rye bread", "theirs is not overwritten unseen");
+}
+
 #[test]
 fn a_concurrent_edit_of_another_field_is_rebased_without_asking() {
     let mut w = World::new(TodoServer::new(LIST, &["milk"]));

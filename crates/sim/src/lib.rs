@@ -9,7 +9,8 @@
 //! or not) make no network requests; the long-poll rate stays within its budget; no stored outbox entry
 //! outlives its write; a card deleted in a tab's view never comes back there; every tab shows its leader's
 //! connection state; the app long-polls only when the WebSocket itself was refused; a tab that is shown
-//! while its leader is frozen takes over.
+//! while its leader is frozen takes over; no user's edit overwrites a change to the same field made after what
+//! that user saw when they began it (half the card edits are made in an editor that stays open a few seconds).
 //!
 //! The model is as hostile as a browser: IndexedDB requests complete after a random delay, in order per tab
 //! but not across tabs, so a put may land after BroadcastChannel messages sent later (and after another
@@ -28,7 +29,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use syncline_engine::{
     BackgroundMode, ConflictPolicy, ConnectionStatus, EffectiveType, EngineConfig, HttpRequest, HttpResult,
-    InjectedBug, LinkQuality, Load, Millis, Preferences, Priority, Role, Settled,
+    InjectedBug, LinkQuality, Load, Millis, Preferences, Priority, Role, Seen, Settled,
 };
 use syncline_kanban::{
     AddMember, BoardSnapshot, ClientMessage, CreateBoard, CreateCard, CreateColumn, Cursor, Kanban, KanbanViews,
@@ -130,6 +131,9 @@ pub enum Invariant {
     /// A socket listening to the board was not sent a change [`FRESH_BOUND_MS`] after it committed (while the
     /// socket's instance and the server were up): a change stuck between instances.
     Stale,
+    /// A user's save overwrote a field of a card that another user changed after the version this user saw when
+    /// they began the edit (an editor opened, or the write made), without this user choosing "keep mine".
+    LostUpdate,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +215,14 @@ pub(crate) enum Event {
     },
     /// The server forgets write ids older than its TTL.
     Prune,
+    /// A user saves the card editor they opened earlier (`seen`: the card as they saw it then).
+    UserSaves {
+        b: usize,
+        t: usize,
+        op: WriteOp,
+        policy: ConflictPolicy,
+        seen: Seen,
+    },
     HttpAtServer {
         b: usize,
         t: usize,
@@ -368,6 +380,12 @@ pub(crate) struct World {
     settled: BTreeSet<Uuid>,
     /// How many times the server applied each write id.
     applied: BTreeMap<Uuid, u32>,
+    /// Every card edit users made, by the value it sets (each is unique): the card's version its user saw when
+    /// they began, and whether they chose "keep mine" over someone else's change.
+    edits: BTreeMap<String, Edit>,
+    edit_seq: u64,
+    /// The last change to each card field on the server: the card's version then, and the browser that made it.
+    field_changed: BTreeMap<(Uuid, &'static str), (u64, usize)>,
     stats: RunStats,
     violation: Option<(Invariant, String)>,
     next_tab_seed: u64,
@@ -380,6 +398,12 @@ pub(crate) struct World {
     board_stream: syncline_kanban::StreamName,
     /// The board stream's cursor at which a user was removed: nothing from there on may reach them.
     revoked_at: BTreeMap<UserId, Cursor>,
+}
+
+/// A card edit a user made (see `World::edits`).
+struct Edit {
+    seen_version: Option<u64>,
+    kept: bool,
 }
 
 /// A known bug the simulation can switch on, in the engine or in the server's feed session.
@@ -396,8 +420,9 @@ pub fn run(seed: u64, trace: bool) -> Result<RunStats, Violation> {
 }
 
 /// The injected bugs by their command-line names.
-pub const INJECTED_BUGS: [(&str, Bug); 9] = [
+pub const INJECTED_BUGS: [(&str, Bug); 10] = [
     ("new-leader-drops-outbox", Bug::Engine(InjectedBug::NewLeaderDropsOutbox)),
+    ("edit-based-on-save-time", Bug::Engine(InjectedBug::EditBasedOnSaveTime)),
     ("hidden-tabs-count-as-active", Bug::Engine(InjectedBug::HiddenTabsCountAsActive)),
     ("followers-fetch", Bug::Engine(InjectedBug::FollowersFetch)),
     ("follower-persists-after-broadcasting", Bug::Engine(InjectedBug::FollowerPersistsAfterBroadcasting)),
@@ -509,6 +534,9 @@ impl World {
             surfaced: BTreeSet::new(),
             settled: BTreeSet::new(),
             applied: BTreeMap::new(),
+            edits: BTreeMap::new(),
+            edit_seq: 0,
+            field_changed: BTreeMap::new(),
             stats: RunStats { browsers, instances, ..RunStats::default() },
             violation: None,
             next_tab_seed: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -1137,6 +1165,13 @@ impl World {
                     self.schedule(gap, Event::UserWrite { b });
                 }
             }
+            Event::UserSaves { b, t, op, policy, seen } => {
+                if self.browsers[b].tabs[t].alive {
+                    self.stats.writes_accepted += 1;
+                    self.log(|| format!("b{b}/t{t} user saves the editor: {op:?}"));
+                    self.input(b, t, Input::Write { op, priority: Priority::UserVisible, policy, seen: Some(seen) });
+                }
+            }
             Event::UserResolve { b } => {
                 self.user_resolve(b);
                 self.schedule(1_500, Event::UserResolve { b });
@@ -1181,19 +1216,29 @@ impl World {
         }
         let op = match self.rng.random_range(0..10) {
             0..=3 if !view.cards.is_empty() => {
-                let card = &view.cards[self.rng.random_range(0..view.cards.len())];
+                let card = view.cards[self.rng.random_range(0..view.cards.len())].id;
+                // Each value is unique, so the server can tell whose edit it applies (`check_lost_update`).
+                self.edit_seq += 1;
                 let body = if self.rng.random_bool(0.5) {
-                    UpdateCard {
-                        title: Some(format!("title {}", self.rng.random_range(0..1000))),
-                        ..Default::default()
-                    }
+                    UpdateCard { title: Some(format!("title {b}.{}", self.edit_seq)), ..Default::default() }
                 } else {
-                    UpdateCard {
-                        description: Some(format!("desc {}", self.rng.random_range(0..1000))),
-                        ..Default::default()
-                    }
+                    UpdateCard { description: Some(format!("desc {b}.{}", self.edit_seq)), ..Default::default() }
                 };
-                WriteOp::UpdateCard { id: card.id, body }
+                let seen = self.browsers[b].tabs[t].engine.seen(card);
+                for value in [&body.title, &body.description].into_iter().flatten() {
+                    self.edits.insert(value.clone(), Edit { seen_version: seen.version(), kept: false });
+                }
+                let op = WriteOp::UpdateCard { id: card, body };
+                // Half the edits are made in the card editor: opened now, saved a few seconds later — changes
+                // arriving meanwhile are not what the user saw.
+                if self.rng.random_bool(0.5) {
+                    let policy = self.policy();
+                    let after = self.rng.random_range(200..8_000);
+                    self.log(|| format!("b{b}/t{t} user opens the editor of {card}"));
+                    self.schedule(after, Event::UserSaves { b, t, op, policy, seen });
+                    return;
+                }
+                op
             }
             9 if !view.cards.is_empty() => {
                 let card = &view.cards[self.rng.random_range(0..view.cards.len())];
@@ -1225,10 +1270,52 @@ impl World {
             }
         };
         self.stats.writes_accepted += 1;
-        let policy = [ConflictPolicy::RebaseOrAsk, ConflictPolicy::RebaseOrServerWins, ConflictPolicy::ServerWins]
-            [self.rng.random_range(0..3)];
+        let policy = self.policy();
         self.log(|| format!("b{b}/t{t} user writes {op:?}"));
-        self.input(b, t, Input::Write { op, priority: Priority::UserVisible, policy });
+        self.input(b, t, Input::Write { op, priority: Priority::UserVisible, policy, seen: None });
+    }
+
+    fn policy(&mut self) -> ConflictPolicy {
+        [ConflictPolicy::RebaseOrAsk, ConflictPolicy::RebaseOrServerWins, ConflictPolicy::ServerWins]
+            [self.rng.random_range(0..3)]
+    }
+
+    /// The server applied `op` from browser `b` (the card as committed: `body`): a field it sets that another
+    /// browser changed after the version its user saw is a lost update, unless the user chose to keep theirs.
+    pub(crate) fn check_lost_update(&mut self, b: usize, op: &WriteOp, body: &serde_json::Value) {
+        let Some(version) = body.get("version").and_then(serde_json::Value::as_u64) else { return };
+        let fields: Vec<(&'static str, &String)> = match op {
+            WriteOp::UpdateCard { body, .. } => [("title", &body.title), ("description", &body.description)]
+                .into_iter()
+                .filter_map(|(f, v)| v.as_ref().map(|v| (f, v)))
+                .collect(),
+            WriteOp::CreateCard { body, .. } => vec![("title", &body.title), ("description", &body.description)],
+            _ => return,
+        };
+        let card = match op {
+            WriteOp::UpdateCard { id, .. } => *id,
+            _ => match body.get("id").and_then(|i| i.as_str()).and_then(|i| Uuid::parse_str(i).ok()) {
+                Some(id) => id,
+                None => return,
+            },
+        };
+        for (field, value) in fields {
+            if let (WriteOp::UpdateCard { .. }, Some(edit)) = (op, self.edits.get(value))
+                && let Some(&(changed_at, by)) = self.field_changed.get(&(card, field))
+                && by != b
+                && changed_at > edit.seen_version.unwrap_or(0)
+                && !edit.kept
+            {
+                let seen = edit.seen_version;
+                self.fail(
+                    Invariant::LostUpdate,
+                    format!(
+                        "browser {b} set {field} of card {card} to {value:?} (version {version}), over browser {by}'s change at version {changed_at}; its user saw version {seen:?}"
+                    ),
+                );
+            }
+            self.field_changed.insert((card, field), (version, b));
+        }
     }
 
     /// The user answers conflicts that ask for a decision.
@@ -1237,9 +1324,17 @@ impl World {
             if !self.browsers[b].tabs[t].visible {
                 continue;
             }
-            let conflicts: Vec<Uuid> = self.browsers[b].tabs[t].engine.conflicts().iter().map(|w| w.write_id).collect();
-            for write_id in conflicts {
+            let conflicts: Vec<(Uuid, WriteOp)> =
+                self.browsers[b].tabs[t].engine.conflicts().iter().map(|w| (w.write_id, w.op.clone())).collect();
+            for (write_id, op) in conflicts {
                 let keep_mine = self.rng.random_bool(0.5);
+                if let (true, WriteOp::UpdateCard { body, .. }) = (keep_mine, &op) {
+                    for value in [&body.title, &body.description].into_iter().flatten() {
+                        if let Some(edit) = self.edits.get_mut(value) {
+                            edit.kept = true;
+                        }
+                    }
+                }
                 self.input(b, t, Input::ResolveConflict { write_id, keep_mine });
             }
             return;

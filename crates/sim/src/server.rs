@@ -364,6 +364,7 @@ impl World {
             for w in batch.writes {
                 let allowed = matches!(w.op, WriteOp::CreateBoard { .. })
                     || self.roles.get(&user).is_some_and(|r| *r >= BoardRole::Editor);
+                let op = w.op.clone();
                 let (outcome, rec) =
                     writes::execute_locked(&mut self.server.conn, user, Some(w.write_id), w.op, ctx).expect("sqlite");
                 if outcome.status.is_success() && !outcome.replayed && !allowed {
@@ -376,6 +377,7 @@ impl World {
                 changes.extend(rec.changes().iter().cloned());
                 if outcome.status.is_success() && !outcome.replayed {
                     *self.applied.entry(w.write_id).or_default() += 1;
+                    self.check_lost_update(b, &op, &outcome.body);
                 }
                 let status = outcome.status.as_u16();
                 results.push(WriteOutcome { write_id: w.write_id, status, body: outcome.body, at: outcome.at });

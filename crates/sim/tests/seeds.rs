@@ -45,8 +45,9 @@ fn a_seed_replays_identically() {
 
 /// Each bug the simulation documents (`syncline_sim::INJECTED_BUGS`) breaks the invariant that guards against
 /// it within a few seeds: proof that the invariants bite. (Seeds needed at the time of writing: new leader
-/// drops the outbox 4, hidden tabs count as active 72, followers fetch 1, follower persists after broadcasting 1,
-/// ignores tab gone 55.)
+/// drops the outbox 2, edit based on save time 3, hidden tabs count as active 3, followers fetch 1, follower
+/// persists after broadcasting 13, ignores tab gone 3, feed drops batches during catch-up 122, feed authorizes only
+/// at subscribe 12, tail forgets streams on reconnect 3, tail starts at head 5.)
 #[test]
 fn every_injected_bug_is_caught() {
     use syncline_engine::InjectedBug::*;
@@ -58,6 +59,7 @@ fn every_injected_bug_is_caught() {
             Bug::Engine(FollowersFetch) => &[Invariant::FollowerRequest],
             Bug::Engine(FollowerPersistsAfterBroadcasting) => &[Invariant::OutboxOutlivesWrite],
             Bug::Engine(IgnoresTabGone) => &[Invariant::GoneTabKept],
+            Bug::Engine(EditBasedOnSaveTime) => &[Invariant::LostUpdate],
             Bug::Feed(syncline_server::session::InjectedBug::DropsBatchesDuringCatchUp) => &[Invariant::SyncedBehind],
             Bug::Feed(syncline_server::session::InjectedBug::AuthorizesOnlyAtSubscribe) => {
                 &[Invariant::RevokedDelivered]

@@ -301,11 +301,18 @@ async fn chaos_loses_and_doubles_nothing_and_every_tab_comes_back_live() {
         if shown != want {
             let shown_ids: BTreeSet<&String> = shown.iter().map(|c| &c.0).collect();
             let want_ids: BTreeSet<&String> = want.iter().map(|c| &c.0).collect();
+            // What the tab shows instead, to tell a tab on the wrong screen from one behind.
+            let page: String = t
+                .tab
+                .eval("location.hash + ' | ' + (document.querySelector('main')?.innerText ?? '').slice(0, 300)")
+                .await
+                .unwrap_or_default();
             differing.push(format!(
-                "tab {i}: {} shown, {} in the database, {} missing",
+                "tab {i}: {} shown, {} in the database, {} missing; the page: {page:?}; the runtime: {}",
                 shown.len(),
                 want.len(),
-                want_ids.difference(&shown_ids).count()
+                want_ids.difference(&shown_ids).count(),
+                Chaos::state(&t.tab).await
             ));
         }
     }
@@ -335,7 +342,10 @@ async fn chaos_loses_and_doubles_nothing_and_every_tab_comes_back_live() {
 
     assert!(missing.is_empty(), "accepted writes missing from the database: {missing:?}");
     assert!(doubled.is_empty(), "writes applied more than once: {doubled:?}");
-    assert!(differing.is_empty(), "tabs that do not show the server's board: {differing:?}");
+    assert!(
+        differing.is_empty(),
+        "tabs that do not show the server's board: {differing:?} (page exceptions: {exceptions:?})"
+    );
     assert_eq!(stored, 0, "outbox entries left in IndexedDB");
     assert!(exceptions.is_empty(), "uncaught page exceptions: {exceptions:?}");
     let live_after = live_after.expect("every tab live again after the last fault");

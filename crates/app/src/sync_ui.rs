@@ -315,6 +315,22 @@ fn parse_secs(field: &str, value: &str) -> Result<u64, String> {
     value.trim().parse::<u64>().map(|s| s * 1000).map_err(|_| format!("{field}: enter a whole number of seconds"))
 }
 
+fn background_name(mode: BackgroundMode) -> String {
+    match mode {
+        BackgroundMode::Pause => "pause",
+        BackgroundMode::CriticalOnly => "critical_only",
+        BackgroundMode::Slower => "slower",
+    }
+    .to_owned()
+}
+
+/// Sets a form field to `now`, unless the user has changed it from what it last showed (`was`).
+fn follow<T: PartialEq + Send + Sync + 'static>(field: RwSignal<T>, was: Option<T>, now: T) {
+    if was.is_none_or(|was| field.with_untracked(|value| *value == was)) {
+        field.set(now);
+    }
+}
+
 /// Realtime, polling intervals, background behaviour, data saver, maximum retry delay: validated, saved for
 /// every tab of this browser, applied at once.
 #[component]
@@ -328,23 +344,22 @@ pub fn PreferencesPanel(open: RwSignal<bool>) -> impl IntoView {
     let max_retry = RwSignal::new(String::new());
     let error = RwSignal::new(None::<String>);
     let saved = RwSignal::new(false);
-    // The form shows the preferences in force, including those set in another tab.
+    // The form shows the preferences in force, including those another tab saves while it is open — except in a
+    // field the user has changed since it was last shown: what they typed stays theirs until they save it (and
+    // saving then keeps the other tab's change to the fields they did not touch).
+    let shown = StoredValue::new(None::<Preferences>);
     Effect::new(move |_| {
         s.prefs.get();
-        let p = rt().preferences();
-        realtime.set(p.realtime);
-        foreground.set(secs(p.foreground_interval_ms));
-        background.set(
-            match p.background {
-                BackgroundMode::Pause => "pause",
-                BackgroundMode::CriticalOnly => "critical_only",
-                BackgroundMode::Slower => "slower",
-            }
-            .to_owned(),
-        );
-        background_interval.set(secs(p.background_interval_ms));
-        data_saver.set(p.data_saver);
-        max_retry.set(secs(p.max_retry_delay_ms));
+        let now = rt().preferences();
+        let was = shown.get_value();
+        let was = was.as_ref();
+        follow(realtime, was.map(|p| p.realtime), now.realtime);
+        follow(foreground, was.map(|p| secs(p.foreground_interval_ms)), secs(now.foreground_interval_ms));
+        follow(background, was.map(|p| background_name(p.background)), background_name(now.background));
+        follow(background_interval, was.map(|p| secs(p.background_interval_ms)), secs(now.background_interval_ms));
+        follow(data_saver, was.map(|p| p.data_saver), now.data_saver);
+        follow(max_retry, was.map(|p| secs(p.max_retry_delay_ms)), secs(now.max_retry_delay_ms));
+        shown.set_value(Some(now));
     });
     let save = move |ev: leptos::ev::SubmitEvent| {
         ev.prevent_default();

@@ -616,6 +616,46 @@ async fn preferences_set_with_the_keyboard_in_one_tab_take_effect_in_the_leader_
     h.stop().await;
 }
 
+/// Preferences another tab saves while this tab's panel is open show up in it — except in a field this user has
+/// changed and not yet saved: what they typed stays theirs, and saving keeps the other tab's change to the rest.
+#[tokio::test]
+async fn a_preference_being_edited_is_not_reset_when_another_tab_saves_preferences() {
+    let (h, board, browser, url) = setup("Launch plan").await;
+    let a = browser.open(&url).await.unwrap();
+    a.wait_for(live_leader(), WAIT).await.unwrap();
+    let b = browser.open(&url).await.unwrap();
+    b.wait_for(&shows(board.card, "Write the release notes"), WAIT).await.unwrap();
+    for tab in [&a, &b] {
+        tab.click("#open-preferences").await.unwrap();
+        tab.wait_for_selector("#preferences-panel", WAIT).await.unwrap();
+    }
+    // A types a foreground interval and does not save yet.
+    retype(&a, "#pref-foreground", "42").await;
+    // B turns the data saver on and saves.
+    b.focus("#pref-data-saver").await.unwrap();
+    b.press(" ").await.unwrap();
+    b.click("#preferences-save").await.unwrap();
+    a.wait_for("JSON.parse(window.__syncline()).preferences.data_saver === true", WAIT).await.unwrap();
+    // A's panel follows B's change and keeps A's typing.
+    a.wait_for("document.querySelector('#pref-data-saver').checked", WAIT).await.unwrap();
+    assert_eq!(
+        a.eval::<String>("document.querySelector('#pref-foreground').value").await.unwrap(),
+        "42",
+        "another tab's save reset what was typed"
+    );
+    // Saving A keeps both.
+    a.click("#preferences-save").await.unwrap();
+    b.wait_for(
+        "(p => p.foreground_interval_ms === 42000 && p.data_saver)(JSON.parse(window.__syncline()).preferences)",
+        WAIT,
+    )
+    .await
+    .unwrap();
+    b.wait_for("document.querySelector('#pref-foreground')?.value === '42'", WAIT).await.unwrap();
+    browser.close().await;
+    h.stop().await;
+}
+
 // ---- prefetch ----------------------------------------------------------------------------------------------
 
 #[tokio::test]

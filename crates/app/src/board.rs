@@ -9,13 +9,13 @@ use std::sync::Arc;
 use leptos::prelude::*;
 use syncline_kanban::moves::Direction;
 use syncline_kanban::{
-    AddMember, BoardSnapshot, Card, CardId, Column, CreateCard, CreateColumn, Member, MoveCard, QueryKey, Rename, Role,
+    AddMember, BoardSnapshot, Card, CardId, CreateCard, CreateColumn, Member, MoveCard, QueryKey, Rename, Role,
     SetRole, UpdateCard, WriteOp, same_id,
 };
 use uuid::Uuid;
 use wasm_bindgen::JsCast;
 
-use syncline_engine::Notification;
+use syncline_engine::{Notification, Seen};
 
 use crate::{KanbanRuntime, rt};
 
@@ -416,10 +416,14 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
 }
 
 fn board_body(ctx: Ctx) -> impl IntoView {
-    let title = move || ctx.board.with(|s| s.as_ref().map(|s| s.board.title.clone()).unwrap_or_default());
+    // What the header and the columns show of the board are memos: a change to a card changes the board, and a
+    // view that read the board itself would re-run on every change — setting an input's value each time, which
+    // also threw away what someone was typing into a title. A memo tells its readers only when it changes.
+    let title = Memo::new(move |_| ctx.board.with(|s| s.as_ref().map(|s| s.board.title.clone()).unwrap_or_default()));
+    let title_field = TitleField::new(ctx.id, title);
     let rename_board = move |ev: leptos::ev::Event| {
         let title = event_target_value(&ev);
-        ctx.write(WriteOp::RenameBoard { id: ctx.id, body: Rename { title, base_version: None } });
+        title_field.commit(WriteOp::RenameBoard { id: ctx.id, body: Rename { title, base_version: None } });
     };
     let delete_board = move |_| {
         if window().confirm_with_message("Delete this board with all its columns and cards?").unwrap_or(false) {
@@ -434,13 +438,17 @@ fn board_body(ctx: Ctx) -> impl IntoView {
         new_column.set(String::new());
         ctx.write(WriteOp::CreateColumn { board_id: ctx.id, body: CreateColumn { id: None, title } });
     };
-    let columns = move || ctx.board.with(|s| s.as_ref().map(|s| s.columns.clone()).unwrap_or_default());
+    let columns = Memo::new(move |_| {
+        ctx.board
+            .with(|s| s.as_ref().map(|s| s.columns.iter().map(|c| c.id).collect::<Vec<Uuid>>()).unwrap_or_default())
+    });
 
     view! {
         <div class="board-header">
             <a href="#/" class="back" aria-label="All boards">"←"</a>
             <label for="board-title" class="visually-hidden">"Board title"</label>
-            <input id="board-title" class="board-title" maxlength="200" prop:value=title on:change=rename_board
+            <input id="board-title" class="board-title" maxlength="200" node_ref=title_field.input
+                on:focus=move |_| title_field.begin() on:change=rename_board
                 prop:readOnly=move || !ctx.can_edit() />
             <Show when=move || ctx.is_owner()>
                 <button class="danger" on:click=delete_board>"Delete board"</button>
@@ -452,8 +460,8 @@ fn board_body(ctx: Ctx) -> impl IntoView {
             <p class="hint">"Drag cards, or focus one and press Space, then the arrow keys, then Space to put it down."</p>
         </Show>
         <div class="columns">
-            <For each=columns key=|c: &Column| c.id let:col>
-                {column_view(ctx, col)}
+            <For each=move || columns.get() key=|c: &Uuid| *c let:column_id>
+                {column_view(ctx, column_id)}
             </For>
             <Show when=move || ctx.can_edit()>
                 <form class="add-column" on:submit=add_column>
@@ -468,6 +476,62 @@ fn board_body(ctx: Ctx) -> impl IntoView {
     }
 }
 
+/// A title edited in place (the board's, a column's). The input shows the title as it changes, except while the
+/// user is typing into it (focused, holding something other than what it was last shown): a rename someone else
+/// makes then does not throw the typing away. What the user commits is based on the entity as it was when they
+/// began (`Runtime::seen` on focus), so that rename is a conflict put to the user, not overwritten unseen.
+#[derive(Clone, Copy)]
+struct TitleField {
+    entity: Uuid,
+    input: NodeRef<leptos::html::Input>,
+    /// What the input was last given (or committed).
+    shown: StoredValue<String>,
+    seen: StoredValue<Option<Seen>>,
+}
+
+impl TitleField {
+    fn new(entity: Uuid, title: Memo<String>) -> TitleField {
+        let field = TitleField {
+            entity,
+            input: NodeRef::new(),
+            shown: StoredValue::new(String::new()),
+            seen: StoredValue::new(None),
+        };
+        Effect::new(move |_| {
+            let title = title.get();
+            let Some(input) = field.input.get() else { return };
+            let element: &web_sys::Element = &input;
+            let focused = document().active_element().as_ref() == Some(element);
+            if focused && field.shown.with_value(|shown| input.value() != *shown) {
+                return;
+            }
+            if input.value() != title {
+                input.set_value(&title);
+            }
+            field.shown.set_value(title);
+        });
+        field
+    }
+
+    /// The user began editing (the field took focus).
+    fn begin(self) {
+        self.seen.set_value(Some(rt().seen(self.entity)));
+    }
+
+    /// The user committed `op` (the field's `change`): based on what they saw when they began.
+    fn commit(self, op: WriteOp) {
+        if let Some(input) = self.input.get_untracked() {
+            self.shown.set_value(input.value());
+        }
+        match self.seen.get_value() {
+            Some(seen) => rt().edit_seen(op, seen),
+            None => rt().edit(op),
+        };
+        // Typing on in the same field is a new edit, of what the user sees now.
+        self.begin();
+    }
+}
+
 /// Cards a column mounts per animation frame while it fills (see `column_view`).
 const CARDS_PER_FRAME: usize = 10;
 
@@ -477,13 +541,13 @@ const CARDS_PER_FRAME: usize = 10;
 /// frame of a scroll (that alone held scrolling to ~28 fps); 100 blocks cost nothing.
 const CARDS_PER_BLOCK: usize = 50;
 
-fn column_view(ctx: Ctx, column: Column) -> impl IntoView {
-    let column_id = column.id;
-    let column_title = move || {
+fn column_view(ctx: Ctx, column_id: Uuid) -> impl IntoView {
+    // A memo, as the board's title (see `board_body`).
+    let column_title = Memo::new(move |_| {
         ctx.board
             .with(|s| s.as_ref().and_then(|s| s.columns.iter().find(|c| c.id == column_id).map(|c| c.title.clone())))
             .unwrap_or_default()
-    };
+    });
     let card_ids = Memo::new(move |_| {
         ctx.layout.track();
         ctx.board.with_untracked(|s| {
@@ -501,9 +565,10 @@ fn column_view(ctx: Ctx, column: Column) -> impl IntoView {
     });
     let blocks =
         move || (0..card_ids.with(Vec::len).min(shown.get()).div_ceil(CARDS_PER_BLOCK)).collect::<Vec<usize>>();
+    let title_field = TitleField::new(column_id, column_title);
     let rename = move |ev: leptos::ev::Event| {
         let title = event_target_value(&ev);
-        ctx.write(WriteOp::RenameColumn { id: column_id, body: Rename { title, base_version: None } });
+        title_field.commit(WriteOp::RenameColumn { id: column_id, body: Rename { title, base_version: None } });
     };
     let delete = move |_| {
         if window().confirm_with_message("Delete this column and its cards?").unwrap_or(false) {
@@ -572,10 +637,11 @@ fn column_view(ctx: Ctx, column: Column) -> impl IntoView {
     let input_id = format!("new-card-{column_id}");
 
     view! {
-        <section class="column" data-column-id=column_id.to_string() aria-label=column_title>
+        <section class="column" data-column-id=column_id.to_string() aria-label=move || column_title.get()>
             <header class="column-header">
                 <input class="column-title" aria-label="Column title" maxlength="200"
-                    prop:value=column_title on:change=rename prop:readOnly=move || !ctx.can_edit() />
+                    node_ref=title_field.input on:focus=move |_| title_field.begin()
+                    on:change=rename prop:readOnly=move || !ctx.can_edit() />
                 <span class="count" aria-label="cards">{count}</span>
                 <Show when=move || ctx.can_edit()>
                     <button class="icon danger" aria-label="Delete column" title="Delete column" on:click=delete>"×"</button>
@@ -793,7 +859,7 @@ fn card_editor(ctx: Ctx, card_id: CardId, title: String, description: String) ->
 /// members; anyone may leave (a board keeps at least one owner: the server says so when a change would leave none).
 fn members_panel(ctx: Ctx) -> impl IntoView {
     let me = crate::account::me().id;
-    let members = move || ctx.board.with(|b| b.as_ref().map(|b| b.members.clone()).unwrap_or_default());
+    let members = Memo::new(move |_| ctx.board.with(|b| b.as_ref().map(|b| b.members.clone()).unwrap_or_default()));
     let new_member = RwSignal::new(String::new());
     let new_role = RwSignal::new(Role::Editor);
     let add = move |ev: leptos::ev::SubmitEvent| {
@@ -816,9 +882,9 @@ fn members_panel(ctx: Ctx) -> impl IntoView {
     let parse_role = |s: &str| Role::parse(s).unwrap_or(Role::Viewer);
     view! {
         <details id="members" class="members">
-            <summary>{move || format!("Members ({})", members().len())}</summary>
+            <summary>{move || format!("Members ({})", members.with(Vec::len))}</summary>
             <ul class="member-list">
-                <For each=members key=|m: &Member| (m.user_id, m.role, m.version) let:m>
+                <For each=move || members.get() key=|m: &Member| (m.user_id, m.role, m.version) let:m>
                     {
                         let user = m.user_id;
                         let is_me = user == me;

@@ -331,7 +331,6 @@ async fn a_conflict_is_marked_on_the_card_and_take_theirs_drops_mine() {
 /// What someone is typing into the board's or a column's title (not yet committed: no `change` event) is theirs
 /// until they commit it: a live change elsewhere on the board — another user's edit of a card — leaves it alone.
 #[tokio::test]
-#[ignore = "known bug, open: the fix (the board's and columns' titles as memos) made the chaos test's tabs show stale empty columns 3 times in 13 runs — see issue 14's notes"]
 async fn a_title_being_typed_is_not_reset_by_a_live_change_to_a_card() {
     let (h, board, browser, url) = setup("Launch plan").await;
     let tab = browser.open(&url).await.unwrap();
@@ -369,7 +368,6 @@ async fn a_title_being_typed_is_not_reset_by_a_live_change_to_a_card() {
 /// Someone else renames the board (a column) while this user is typing its title: the typing stays, and
 /// committing it (leaving the field) is a conflict put to the user — their rename is not overwritten unseen.
 #[tokio::test]
-#[ignore = "known bug, open: fixed together with a_title_being_typed_is_not_reset_by_a_live_change_to_a_card, and withdrawn with it"]
 async fn a_title_renamed_elsewhere_while_being_typed_keeps_the_typing_and_committing_asks() {
     let (h, board, browser, url) = setup("Launch plan").await;
     let tab = browser.open(&url).await.unwrap();

@@ -230,6 +230,8 @@ thread_local! {
     /// How many times each card's view re-ran a part of itself (title, marks, body, classes): what the tests
     /// count to show that one change re-renders one card (`window.__cardRenders()`).
     static CARD_RENDERS: std::cell::RefCell<HashMap<CardId, u32>> = Default::default();
+    /// The board on screen (for `window.__boardCards()`).
+    static OPEN_BOARD: std::cell::Cell<Option<Uuid>> = const { std::cell::Cell::new(None) };
 }
 
 fn rendered(card: CardId) {
@@ -244,6 +246,18 @@ pub(crate) fn expose_render_counts() {
         wasm_bindgen::JsValue::from_str(&serde_json::to_string(&counts).unwrap_or_default())
     });
     let _ = js_sys::Reflect::set(&window(), &wasm_bindgen::JsValue::from_str("__cardRenders"), f.as_ref());
+    f.forget();
+    // `window.__boardCards()`: how many cards the runtime's copy of the open board has in each column, so a test
+    // that finds the page showing something else can tell a view behind its data from data behind the server.
+    let f = wasm_bindgen::closure::Closure::<dyn Fn() -> wasm_bindgen::JsValue>::new(|| {
+        let counts: HashMap<String, usize> = OPEN_BOARD
+            .get()
+            .and_then(|id| rt().board(id))
+            .map(|b| b.columns.iter().map(|c| (c.id.to_string(), b.cards_in(c.id).count())).collect())
+            .unwrap_or_default();
+        wasm_bindgen::JsValue::from_str(&serde_json::to_string(&counts).unwrap_or_default())
+    });
+    let _ = js_sys::Reflect::set(&window(), &wasm_bindgen::JsValue::from_str("__boardCards"), f.as_ref());
     f.forget();
 }
 
@@ -318,7 +332,11 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
     runtime.set_critical(QueryKey::Board(id), true);
     let has_board = Memo::new(move |_| board_memo.with(Option::is_some));
     let summary_open = RwSignal::new(false);
+    OPEN_BOARD.set(Some(id));
     on_cleanup(move || {
+        if OPEN_BOARD.get() == Some(id) {
+            OPEN_BOARD.set(None);
+        }
         let runtime = rt();
         runtime.off(listener);
         runtime.unsubscribe(QueryKey::Board(id));

@@ -1,7 +1,7 @@
 //! Chaos in a real Chromium against a real server process: several tabs of one browser write from visible
 //! and hidden tabs while the network goes offline, the server is killed with SIGKILL and restarted on the same
 //! port and database, the leader tab is closed and tabs are switched. Everything is checked from the server's
-//! database, not from the page: every accepted write is there exactly once, every tab shows the server's
+//! database, not from the page: every accepted write is there exactly once, every tab holds and shows the server's
 //! board, no outbox entry is left in IndexedDB, no page threw, and every tab is live within a bound after the
 //! last fault.
 //!
@@ -298,7 +298,15 @@ async fn chaos_loses_and_doubles_nothing_and_every_tab_comes_back_live() {
         let shown = tab_cards(&t.tab).await;
         let mut want = truth.clone();
         want.sort();
-        if shown != want {
+        // What the tab's runtime holds, by column (the view's data).
+        let held: BTreeMap<String, usize> =
+            serde_json::from_str(&t.tab.eval::<String>("window.__boardCards()").await.expect("the runtime's board"))
+                .expect("cards by column");
+        let mut by_column: BTreeMap<String, usize> = chaos.columns.iter().map(|c| (c.clone(), 0)).collect();
+        for (_, _, column) in &truth {
+            *by_column.entry(column.clone()).or_default() += 1;
+        }
+        if shown != want || held != by_column {
             let shown_ids: BTreeSet<&String> = shown.iter().map(|c| &c.0).collect();
             let want_ids: BTreeSet<&String> = want.iter().map(|c| &c.0).collect();
             // What the tab shows instead, to tell a tab on the wrong screen from one behind.
@@ -308,7 +316,7 @@ async fn chaos_loses_and_doubles_nothing_and_every_tab_comes_back_live() {
                 .await
                 .unwrap_or_default();
             differing.push(format!(
-                "tab {i}: {} shown, {} in the database, {} missing; the page: {page:?}; the runtime: {}",
+                "tab {i}: {} shown, {} in the database, {} missing; cards by column in the runtime {held:?}, in the database {by_column:?}; the page: {page:?}; the runtime: {}",
                 shown.len(),
                 want.len(),
                 want_ids.difference(&shown_ids).count(),

@@ -236,10 +236,7 @@ impl<M: Model> Engine<M> {
 
     /// Accepts a write from the UI; returns its id. (Same as `Input::Write`, with the id.)
     pub fn write_at(&mut self, now: Millis, op: M::Op, priority: Priority, policy: ConflictPolicy) -> Uuid {
-        self.advance(now);
-        let id = self.write(op, priority, policy, None);
-        self.reconcile();
-        id
+        self.accept_write(now, op, priority, policy, None)
     }
 
     /// A write the user began from what they saw earlier (`seen`, from [`Engine::seen`] when they opened an
@@ -253,8 +250,19 @@ impl<M: Model> Engine<M> {
         policy: ConflictPolicy,
         seen: Seen,
     ) -> Uuid {
+        self.accept_write(now, op, priority, policy, Some(seen))
+    }
+
+    fn accept_write(
+        &mut self,
+        now: Millis,
+        op: M::Op,
+        priority: Priority,
+        policy: ConflictPolicy,
+        seen: Option<Seen>,
+    ) -> Uuid {
         self.advance(now);
-        let id = self.write(op, priority, policy, Some(seen));
+        let id = self.write(op, priority, policy, seen);
         self.reconcile();
         id
     }

@@ -33,7 +33,7 @@ use syncline_engine::{
 };
 use syncline_kanban::{
     AddMember, BoardSnapshot, ClientMessage, CreateBoard, CreateCard, CreateColumn, Cursor, Kanban, KanbanViews,
-    MoveCard, QueryData, QueryKey, Role as BoardRole, SetRole, UpdateCard, UserId, WriteOp,
+    MoveCard, QueryData, QueryKey, Rename, Role as BoardRole, SetRole, UpdateCard, UserId, WriteOp,
 };
 use syncline_server::access;
 use syncline_server::feed::{Retention, prune};
@@ -131,8 +131,9 @@ pub enum Invariant {
     /// A socket listening to the board was not sent a change [`FRESH_BOUND_MS`] after it committed (while the
     /// socket's instance and the server were up): a change stuck between instances.
     Stale,
-    /// A user's save overwrote a field of a card that another user changed after the version this user saw when
-    /// they began the edit (an editor opened, or the write made), without this user choosing "keep mine".
+    /// A user's save overwrote a field of a card or a column's title that another user changed after the version
+    /// this user saw when they began the edit (an editor opened or a title focused, or the write made), without
+    /// this user choosing "keep mine".
     LostUpdate,
 }
 
@@ -404,6 +405,15 @@ pub(crate) struct World {
 struct Edit {
     seen_version: Option<u64>,
     kept: bool,
+}
+
+/// The values a user's edit sets (each unique: how the server-side check knows whose edit it applies).
+fn edit_values(op: &WriteOp) -> Vec<&String> {
+    match op {
+        WriteOp::UpdateCard { body, .. } => [&body.title, &body.description].into_iter().flatten().collect(),
+        WriteOp::RenameColumn { body, .. } => vec![&body.title],
+        _ => Vec::new(),
+    }
 }
 
 /// A known bug the simulation can switch on, in the engine or in the server's feed session.
@@ -1225,20 +1235,25 @@ impl World {
                     UpdateCard { description: Some(format!("desc {b}.{}", self.edit_seq)), ..Default::default() }
                 };
                 let seen = self.browsers[b].tabs[t].engine.seen(card);
-                for value in [&body.title, &body.description].into_iter().flatten() {
-                    self.edits.insert(value.clone(), Edit { seen_version: seen.version(), kept: false });
-                }
-                let op = WriteOp::UpdateCard { id: card, body };
                 // Half the edits are made in the card editor: opened now, saved a few seconds later — changes
                 // arriving meanwhile are not what the user saw.
-                if self.rng.random_bool(0.5) {
-                    let policy = self.policy();
-                    let after = self.rng.random_range(200..8_000);
-                    self.log(|| format!("b{b}/t{t} user opens the editor of {card}"));
-                    self.schedule(after, Event::UserSaves { b, t, op, policy, seen });
-                    return;
+                match self.edit(b, t, WriteOp::UpdateCard { id: card, body }, seen, "opens the card editor") {
+                    Some(op) => op,
+                    None => return,
                 }
-                op
+            }
+            7 if self.rng.random_bool(0.5) => {
+                let column = view.columns[self.rng.random_range(0..view.columns.len())].id;
+                self.edit_seq += 1;
+                let title = format!("column {b}.{}", self.edit_seq);
+                let seen = self.browsers[b].tabs[t].engine.seen(column);
+                // Half the renames are typed into the column's title field, focused a few seconds before they are
+                // committed (the app's `TitleField` takes what the user saw on focus).
+                let op = WriteOp::RenameColumn { id: column, body: Rename { title, base_version: None } };
+                match self.edit(b, t, op, seen, "focuses a column title") {
+                    Some(op) => op,
+                    None => return,
+                }
             }
             9 if !view.cards.is_empty() => {
                 let card = &view.cards[self.rng.random_range(0..view.cards.len())];
@@ -1275,33 +1290,54 @@ impl World {
         self.input(b, t, Input::Write { op, priority: Priority::UserVisible, policy, seen: None });
     }
 
+    /// A user's edit of what they see (`seen`: the entity then): recorded by the unique values it sets, then made
+    /// at once (returned) or, half the time, saved a few seconds later (`Event::UserSaves`; `None`).
+    fn edit(&mut self, b: usize, t: usize, op: WriteOp, seen: Seen, opens: &str) -> Option<WriteOp> {
+        for value in edit_values(&op) {
+            self.edits.insert(value.clone(), Edit { seen_version: seen.version(), kept: false });
+        }
+        if !self.rng.random_bool(0.5) {
+            return Some(op);
+        }
+        let policy = self.policy();
+        let after = self.rng.random_range(200..8_000);
+        self.log(|| format!("b{b}/t{t} user {opens}, to save later: {op:?}"));
+        self.schedule(after, Event::UserSaves { b, t, op, policy, seen });
+        None
+    }
+
     fn policy(&mut self) -> ConflictPolicy {
         [ConflictPolicy::RebaseOrAsk, ConflictPolicy::RebaseOrServerWins, ConflictPolicy::ServerWins]
             [self.rng.random_range(0..3)]
     }
 
-    /// The server applied `op` from browser `b` (the card as committed: `body`): a field it sets that another
+    /// The server applied `op` from browser `b` (the entity as committed: `body`): a field it sets that another
     /// browser changed after the version its user saw is a lost update, unless the user chose to keep theirs.
+    /// (Card titles and descriptions, column titles.)
     pub(crate) fn check_lost_update(&mut self, b: usize, op: &WriteOp, body: &serde_json::Value) {
         let Some(version) = body.get("version").and_then(serde_json::Value::as_u64) else { return };
-        let fields: Vec<(&'static str, &String)> = match op {
-            WriteOp::UpdateCard { body, .. } => [("title", &body.title), ("description", &body.description)]
-                .into_iter()
-                .filter_map(|(f, v)| v.as_ref().map(|v| (f, v)))
-                .collect(),
-            WriteOp::CreateCard { body, .. } => vec![("title", &body.title), ("description", &body.description)],
+        let committed_id = || body.get("id").and_then(|i| i.as_str()).and_then(|i| Uuid::parse_str(i).ok());
+        let (entity, fields): (Option<Uuid>, Vec<(&'static str, &String)>) = match op {
+            WriteOp::UpdateCard { id, body } => (
+                Some(*id),
+                [("title", &body.title), ("description", &body.description)]
+                    .into_iter()
+                    .filter_map(|(f, v)| v.as_ref().map(|v| (f, v)))
+                    .collect(),
+            ),
+            WriteOp::CreateCard { body, .. } => {
+                (committed_id(), vec![("title", &body.title), ("description", &body.description)])
+            }
+            WriteOp::RenameColumn { id, body } => (Some(*id), vec![("title", &body.title)]),
+            WriteOp::CreateColumn { body, .. } => (committed_id(), vec![("title", &body.title)]),
             _ => return,
         };
-        let card = match op {
-            WriteOp::UpdateCard { id, .. } => *id,
-            _ => match body.get("id").and_then(|i| i.as_str()).and_then(|i| Uuid::parse_str(i).ok()) {
-                Some(id) => id,
-                None => return,
-            },
-        };
+        let Some(entity) = entity else { return };
+        let is_edit = matches!(op, WriteOp::UpdateCard { .. } | WriteOp::RenameColumn { .. });
         for (field, value) in fields {
-            if let (WriteOp::UpdateCard { .. }, Some(edit)) = (op, self.edits.get(value))
-                && let Some(&(changed_at, by)) = self.field_changed.get(&(card, field))
+            if is_edit
+                && let Some(edit) = self.edits.get(value)
+                && let Some(&(changed_at, by)) = self.field_changed.get(&(entity, field))
                 && by != b
                 && changed_at > edit.seen_version.unwrap_or(0)
                 && !edit.kept
@@ -1310,11 +1346,11 @@ impl World {
                 self.fail(
                     Invariant::LostUpdate,
                     format!(
-                        "browser {b} set {field} of card {card} to {value:?} (version {version}), over browser {by}'s change at version {changed_at}; its user saw version {seen:?}"
+                        "browser {b} set {field} of {entity} to {value:?} (version {version}), over browser {by}'s change at version {changed_at}; its user saw version {seen:?}"
                     ),
                 );
             }
-            self.field_changed.insert((card, field), (version, b));
+            self.field_changed.insert((entity, field), (version, b));
         }
     }
 
@@ -1328,8 +1364,8 @@ impl World {
                 self.browsers[b].tabs[t].engine.conflicts().iter().map(|w| (w.write_id, w.op.clone())).collect();
             for (write_id, op) in conflicts {
                 let keep_mine = self.rng.random_bool(0.5);
-                if let (true, WriteOp::UpdateCard { body, .. }) = (keep_mine, &op) {
-                    for value in [&body.title, &body.description].into_iter().flatten() {
+                if keep_mine {
+                    for value in edit_values(&op) {
                         if let Some(edit) = self.edits.get_mut(value) {
                             edit.kept = true;
                         }

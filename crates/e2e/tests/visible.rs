@@ -374,15 +374,17 @@ async fn a_title_renamed_elsewhere_while_being_typed_keeps_the_typing_and_commit
     tab.wait_for(live_leader(), WAIT).await.unwrap();
     tab.wait_for(&shows(board.card, "Write the release notes"), WAIT).await.unwrap();
     let js = |selector: &str| serde_json::to_string(selector).unwrap();
-    let fields: [(&str, &str, WriteOp, &str); 2] = [
+    let fields: [(&str, &str, &str, WriteOp, &str); 2] = [
         (
             "#board-title",
+            "the board",
             "SELECT title FROM boards WHERE id = ?1",
             WriteOp::RenameBoard { id: board.id, body: Rename { title: "Their board".into(), base_version: None } },
             &board.id.to_string(),
         ),
         (
             ".column-title",
+            "the column",
             "SELECT title FROM columns WHERE id = ?1",
             WriteOp::RenameColumn {
                 id: board.columns[0],
@@ -391,7 +393,7 @@ async fn a_title_renamed_elsewhere_while_being_typed_keeps_the_typing_and_commit
             &board.columns[0].to_string(),
         ),
     ];
-    for (selector, query, theirs, id) in fields {
+    for (n, (selector, what, query, theirs, id)) in fields.into_iter().enumerate() {
         tab.focus(selector).await.unwrap();
         tab.exec(&format!("document.querySelector({}).select()", js(selector))).await.unwrap();
         tab.type_into(selector, "Mine").await.unwrap();
@@ -405,6 +407,17 @@ async fn a_title_renamed_elsewhere_while_being_typed_keeps_the_typing_and_commit
         let stored: String =
             rusqlite::Connection::open(h.db_path()).unwrap().query_row(query, [id], |r| r.get(0)).unwrap();
         assert!(stored.starts_with("Their"), "{selector}: their rename was overwritten: {stored}");
+        let banner = text(&tab, ".conflict span").await;
+        assert!(banner.contains(&format!("changed {what} to “Their")), "{selector}: the banner says {banner:?}");
+        // The user is about to answer (focus on a button of the banner) when a change to a card arrives: the
+        // banner stays as it is, focus included.
+        tab.focus(".conflict .take-theirs").await.unwrap();
+        let meanwhile = format!("Meanwhile {n}");
+        rename(&h, board.card, &meanwhile).await;
+        tab.wait_for(&shows(board.card, &meanwhile), WAIT).await.unwrap();
+        let focused: bool =
+            tab.eval("document.activeElement?.classList.contains('take-theirs') ?? false").await.unwrap();
+        assert!(focused, "{selector}: a live change to a card took the focus off the conflict's buttons");
         tab.click(".conflict .take-theirs").await.unwrap();
         tab.wait_for("!document.querySelector('.conflict')", WAIT).await.unwrap();
     }

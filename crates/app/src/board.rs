@@ -322,8 +322,8 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
         Notification::Outbox { .. } | Notification::Connection { .. } => bump(),
         Notification::WriteRejected { message, .. } => ctx.error.set(Some(message.clone())),
         Notification::Revoked { key: QueryKey::Board(b) } if *b == id => revoked.set(true),
-        Notification::Conflict { needs_decision: false, .. } => {
-            ctx.error.set(Some("Someone else changed this card; their version was kept.".into()))
+        Notification::Conflict { needs_decision: false, current, .. } => {
+            ctx.error.set(Some(format!("Someone else changed {}; their version was kept.", what_changed(current))))
         }
         _ => {}
     });
@@ -386,19 +386,9 @@ pub fn BoardView(id: Uuid) -> impl IntoView {
             {move || {
                 ctx.version.get();
                 rt().conflicts().into_iter().map(|(write_id, _, theirs)| {
-                    // What changed: a card (it has a column), a membership (a role), a column (a board), or the
-                    // board; and to what (its title, or the role).
-                    let has = |field: &str| theirs.get(field).is_some();
-                    let what = if has("column_id") {
-                        "this card"
-                    } else if has("role") {
-                        "this member's role"
-                    } else if has("board_id") {
-                        "the column"
-                    } else {
-                        "the board"
-                    };
-                    let field = if has("role") { "role" } else { "title" };
+                    let what = what_changed(&theirs);
+                    // To what: its title, or the role.
+                    let field = if theirs.get("role").is_some() { "role" } else { "title" };
                     let title = theirs.get(field).and_then(|t| t.as_str()).unwrap_or("").to_owned();
                     view! {
                         <div class="conflict" role="alert" data-write-id=write_id.to_string()>
@@ -547,6 +537,21 @@ impl TitleField {
         };
         // Typing on in the same field is a new edit, of what the user sees now.
         self.begin();
+    }
+}
+
+/// What a conflicting change (the entity as the server has it) changed: a card (it has a column), a membership
+/// (a role), a column (it has a board), or the board.
+fn what_changed(theirs: &serde_json::Value) -> &'static str {
+    let has = |field: &str| theirs.get(field).is_some();
+    if has("column_id") {
+        "this card"
+    } else if has("role") {
+        "this member's role"
+    } else if has("board_id") {
+        "the column"
+    } else {
+        "the board"
     }
 }
 

@@ -131,7 +131,7 @@ pub enum Invariant {
     /// A socket listening to the board was not sent a change [`FRESH_BOUND_MS`] after it committed (while the
     /// socket's instance and the server were up): a change stuck between instances.
     Stale,
-    /// A user's save overwrote a field of a card or a column's title that another user changed after the version
+    /// A user's save overwrote a field of a card or a column's or the board's title that another user changed after the version
     /// this user saw when they began the edit (an editor opened or a title focused, or the write made), without
     /// this user choosing "keep mine".
     LostUpdate,
@@ -411,7 +411,7 @@ struct Edit {
 fn edit_values(op: &WriteOp) -> Vec<&String> {
     match op {
         WriteOp::UpdateCard { body, .. } => [&body.title, &body.description].into_iter().flatten().collect(),
-        WriteOp::RenameColumn { body, .. } => vec![&body.title],
+        WriteOp::RenameColumn { body, .. } | WriteOp::RenameBoard { body, .. } => vec![&body.title],
         _ => Vec::new(),
     }
 }
@@ -1255,6 +1255,17 @@ impl World {
                     None => return,
                 }
             }
+            8 if self.rng.random_bool(0.25) => {
+                self.edit_seq += 1;
+                let title = format!("board {b}.{}", self.edit_seq);
+                let seen = self.browsers[b].tabs[t].engine.seen(self.board);
+                // As a column's: typed into the board's title field, focused earlier half the time.
+                let op = WriteOp::RenameBoard { id: self.board, body: Rename { title, base_version: None } };
+                match self.edit(b, t, op, seen, "focuses the board's title") {
+                    Some(op) => op,
+                    None => return,
+                }
+            }
             9 if !view.cards.is_empty() => {
                 let card = &view.cards[self.rng.random_range(0..view.cards.len())];
                 WriteOp::DeleteCard { id: card.id, base_version: None }
@@ -1313,7 +1324,7 @@ impl World {
 
     /// The server applied `op` from browser `b` (the entity as committed: `body`): a field it sets that another
     /// browser changed after the version its user saw is a lost update, unless the user chose to keep theirs.
-    /// (Card titles and descriptions, column titles.)
+    /// (Card titles and descriptions, column and board titles.)
     pub(crate) fn check_lost_update(&mut self, b: usize, op: &WriteOp, body: &serde_json::Value) {
         let Some(version) = body.get("version").and_then(serde_json::Value::as_u64) else { return };
         let committed_id = || body.get("id").and_then(|i| i.as_str()).and_then(|i| Uuid::parse_str(i).ok());
@@ -1330,10 +1341,13 @@ impl World {
             }
             WriteOp::RenameColumn { id, body } => (Some(*id), vec![("title", &body.title)]),
             WriteOp::CreateColumn { body, .. } => (committed_id(), vec![("title", &body.title)]),
+            WriteOp::RenameBoard { id, body } => (Some(*id), vec![("title", &body.title)]),
+            WriteOp::CreateBoard { body } => (committed_id(), vec![("title", &body.title)]),
             _ => return,
         };
         let Some(entity) = entity else { return };
-        let is_edit = matches!(op, WriteOp::UpdateCard { .. } | WriteOp::RenameColumn { .. });
+        let is_edit =
+            matches!(op, WriteOp::UpdateCard { .. } | WriteOp::RenameColumn { .. } | WriteOp::RenameBoard { .. });
         for (field, value) in fields {
             if is_edit
                 && let Some(edit) = self.edits.get(value)

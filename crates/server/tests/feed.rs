@@ -63,6 +63,10 @@ impl Fixture {
         format!("{}{}", self.server.url(), path)
     }
 
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.http.get(self.url(path)).send().await.unwrap().json().await.unwrap()
+    }
+
     async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: Value) -> T {
         let resp = self.http.post(self.url(path)).json(&body).send().await.unwrap();
         assert!(resp.status().is_success(), "{path}: {}", resp.status());
@@ -293,25 +297,9 @@ async fn a_long_poll_returns_within_100_ms_of_a_write_landing() {
     }
 
     // With changes already there, it answers at once; with none and wait=0, at once and empty.
-    let now: ServerMessage = f
-        .http
-        .get(f.url(&format!("/api/changes?stream=board:{}&since={since}&wait=20", board.id)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let now: ServerMessage = f.get(&format!("/api/changes?stream=board:{}&since={since}&wait=20", board.id)).await;
     assert!(matches!(now, ServerMessage::Changes { ref changes, .. } if changes.len() == 1));
-    let empty: ServerMessage = f
-        .http
-        .get(f.url(&format!("/api/changes?stream=board:{}&since={}", board.id, since + 1)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let empty: ServerMessage = f.get(&format!("/api/changes?stream=board:{}&since={}", board.id, since + 1)).await;
     assert!(matches!(empty, ServerMessage::Changes { ref changes, .. } if changes.is_empty()));
     let bad = f.http.get(f.url("/api/changes?stream=cards&since=0")).send().await.unwrap();
     assert_eq!(bad.status(), 400);
@@ -371,15 +359,7 @@ async fn a_cursor_older_than_retention_or_from_another_log_gets_reset() {
     let started = Instant::now();
     loop {
         assert!(started.elapsed() < WAIT, "retention never dropped the board's old changes");
-        let polled: ServerMessage = f
-            .http
-            .get(f.url(&format!("/api/changes?stream=board:{}&since=1", board.id)))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let polled: ServerMessage = f.get(&format!("/api/changes?stream=board:{}&since=1", board.id)).await;
         if matches!(polled, ServerMessage::Reset { .. }) {
             break;
         }

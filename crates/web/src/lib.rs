@@ -154,7 +154,9 @@ impl<M: Model> Runtime<M> {
     /// Queues a user write (applied optimistically at once) with how urgent it is and what to do on a conflict;
     /// returns its id.
     pub fn write(&self, op: M::Op, priority: Priority, policy: ConflictPolicy) -> Uuid {
-        self.write_from(op, priority, policy, None)
+        let id = self.inner.engine.borrow_mut().write_at(now(), op, priority, policy);
+        self.pump();
+        id
     }
 
     /// What the user sees of `entity` now, for a write they make later from it (`write_seen`): take it when they
@@ -165,17 +167,7 @@ impl<M: Model> Runtime<M> {
 
     /// As `write`, based on what the user saw when they began (`seen`) rather than on the entity as it is now.
     pub fn write_seen(&self, op: M::Op, priority: Priority, policy: ConflictPolicy, seen: Seen) -> Uuid {
-        self.write_from(op, priority, policy, Some(seen))
-    }
-
-    fn write_from(&self, op: M::Op, priority: Priority, policy: ConflictPolicy, seen: Option<Seen>) -> Uuid {
-        let id = {
-            let mut engine = self.inner.engine.borrow_mut();
-            match seen {
-                Some(seen) => engine.write_seen_at(now(), op, priority, policy, seen),
-                None => engine.write_at(now(), op, priority, policy),
-            }
-        };
+        let id = self.inner.engine.borrow_mut().write_seen_at(now(), op, priority, policy, seen);
         self.pump();
         id
     }

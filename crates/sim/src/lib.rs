@@ -381,12 +381,14 @@ pub(crate) struct World {
     settled: BTreeSet<Uuid>,
     /// How many times the server applied each write id.
     applied: BTreeMap<Uuid, u32>,
-    /// Every card edit users made, by the value it sets (each is unique): the card's version its user saw when
-    /// they began, and whether they chose "keep mine" over someone else's change.
+    /// Every edit users made, by its key (`edit_keys`: the unique value it sets, or for a move the browser and
+    /// where it puts the card): the entity's version its user saw when they began, and whether they chose "keep
+    /// mine" over someone else's change.
     edits: BTreeMap<String, Edit>,
     edit_seq: u64,
-    /// The last change to each card field on the server: the card's version then, and the browser that made it.
-    field_changed: BTreeMap<(Uuid, &'static str), (u64, usize)>,
+    /// The last change to each field on the server: the entity's version then, the browser that made it, and the
+    /// value it set (a write that sets a field to the value it has changes nothing: moving a card where it is).
+    field_changed: BTreeMap<(Uuid, &'static str), (u64, usize, serde_json::Value)>,
     stats: RunStats,
     violation: Option<(Invariant, String)>,
     next_tab_seed: u64,
@@ -401,17 +403,25 @@ pub(crate) struct World {
     revoked_at: BTreeMap<UserId, Cursor>,
 }
 
-/// A card edit a user made (see `World::edits`).
+/// An edit a user made (see `World::edits`).
 struct Edit {
     seen_version: Option<u64>,
+    /// For a move: the card as the user saw it (the tab's server data), so a card moved away and back meanwhile
+    /// counts as unchanged — as the engine counts it (`fields_changed`).
+    saw: Option<serde_json::Value>,
     kept: bool,
 }
 
-/// The values a user's edit sets (each unique: how the server-side check knows whose edit it applies).
-fn edit_values(op: &WriteOp) -> Vec<&String> {
+/// How the server-side check (`check_lost_update`) knows which edit it applies: the values a user's edit sets
+/// (each unique), or for a move, which browser moves which card where (not unique if one browser makes the same
+/// move twice: then the later one's view counts, which can only hide a lost update, never invent one).
+fn edit_keys(b: usize, op: &WriteOp) -> Vec<String> {
     match op {
-        WriteOp::UpdateCard { body, .. } => [&body.title, &body.description].into_iter().flatten().collect(),
-        WriteOp::RenameColumn { body, .. } | WriteOp::RenameBoard { body, .. } => vec![&body.title],
+        WriteOp::UpdateCard { body, .. } => [&body.title, &body.description].into_iter().flatten().cloned().collect(),
+        WriteOp::RenameColumn { body, .. } | WriteOp::RenameBoard { body, .. } => vec![body.title.clone()],
+        WriteOp::MoveCard { id, body } => {
+            vec![format!("browser {b} moves {id} to {} after {:?}", body.column_id, body.after_card_id)]
+        }
         _ => Vec::new(),
     }
 }
@@ -482,6 +492,7 @@ impl World {
                 WriteContext { now_ms: SIM_EPOCH_MS, write_id_ttl_ms: WRITE_ID_TTL_MS, quotas: Default::default() };
             let (outcome, _) = writes::execute_locked(conn, owner, None, op, ctx).expect("seeding");
             assert!(outcome.status.is_success(), "seeding: {}", outcome.body);
+            outcome.body
         };
         run(&mut conn, WriteOp::CreateBoard { body: CreateBoard { id: Some(board), title: "Sim".into() } });
         for b in 1..browsers {
@@ -497,13 +508,14 @@ impl World {
             );
             columns.push(id);
         }
+        let mut seeded = Vec::new();
         for i in 0..4 {
             let body = CreateCard {
                 id: Some(Uuid::from_u128(rng.random())),
                 title: format!("seed {i}"),
                 description: String::new(),
             };
-            run(&mut conn, WriteOp::CreateCard { column_id: columns[i % 3], body });
+            seeded.push(run(&mut conn, WriteOp::CreateCard { column_id: columns[i % 3], body }));
         }
         let instances = rng.random_range(1..=3);
         let tail_bug = match bug {
@@ -546,7 +558,15 @@ impl World {
             applied: BTreeMap::new(),
             edits: BTreeMap::new(),
             edit_seq: 0,
-            field_changed: BTreeMap::new(),
+            // Where the seeded cards are: a move that leaves one where it is changes nothing (`check_lost_update`).
+            field_changed: seeded
+                .iter()
+                .flat_map(|card| {
+                    let id = card["id"].as_str().and_then(|i| Uuid::parse_str(i).ok()).expect("a card's id");
+                    let version = card["version"].as_u64().expect("a card's version");
+                    ["column_id", "position"].map(|f| ((id, f), (version, usize::MAX, card[f].clone())))
+                })
+                .collect(),
             stats: RunStats { browsers, instances, ..RunStats::default() },
             violation: None,
             next_tab_seed: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -1280,10 +1300,23 @@ impl World {
                 } else {
                     Some(in_column[self.rng.random_range(0..in_column.len())])
                 };
-                WriteOp::MoveCard {
+                let op = WriteOp::MoveCard {
                     id: card.id,
                     body: MoveCard { column_id: column, after_card_id: after, base_version: None },
+                };
+                // A card is dragged where the user sees it, at once: what they saw is the tab's card now.
+                let engine = &self.browsers[b].tabs[t].engine;
+                let seen = engine.seen(card.id).version();
+                let saw = engine
+                    .board_server_state(self.board)
+                    .and_then(|board| board.cards.iter().find(|c| c.id == card.id))
+                    .and_then(|c| serde_json::to_value(c).ok());
+                for key in edit_keys(b, &op) {
+                    let edit = self.edits.entry(key).or_insert(Edit { seen_version: seen, saw: None, kept: false });
+                    edit.seen_version = edit.seen_version.max(seen);
+                    edit.saw = saw.clone();
                 }
+                op
             }
             _ => {
                 let column = view.columns[self.rng.random_range(0..view.columns.len())].id;
@@ -1304,8 +1337,8 @@ impl World {
     /// A user's edit of what they see (`seen`: the entity then): recorded by the unique values it sets, then made
     /// at once (returned) or, half the time, saved a few seconds later (`Event::UserSaves`; `None`).
     fn edit(&mut self, b: usize, t: usize, op: WriteOp, seen: Seen, opens: &str) -> Option<WriteOp> {
-        for value in edit_values(&op) {
-            self.edits.insert(value.clone(), Edit { seen_version: seen.version(), kept: false });
+        for key in edit_keys(b, &op) {
+            self.edits.insert(key, Edit { seen_version: seen.version(), saw: None, kept: false });
         }
         if !self.rng.random_bool(0.5) {
             return Some(op);
@@ -1324,10 +1357,12 @@ impl World {
 
     /// The server applied `op` from browser `b` (the entity as committed: `body`): a field it sets that another
     /// browser changed after the version its user saw is a lost update, unless the user chose to keep theirs.
-    /// (Card titles and descriptions, column and board titles.)
+    /// (Card titles and descriptions, where a card is — its column and its place —, column and board titles.)
     pub(crate) fn check_lost_update(&mut self, b: usize, op: &WriteOp, body: &serde_json::Value) {
         let Some(version) = body.get("version").and_then(serde_json::Value::as_u64) else { return };
         let committed_id = || body.get("id").and_then(|i| i.as_str()).and_then(|i| Uuid::parse_str(i).ok());
+        let moved = edit_keys(b, op);
+        // Each field the write sets, with what names the edit in `edits` (the value itself, but for a move).
         let (entity, fields): (Option<Uuid>, Vec<(&'static str, &String)>) = match op {
             WriteOp::UpdateCard { id, body } => (
                 Some(*id),
@@ -1343,17 +1378,29 @@ impl World {
             WriteOp::CreateColumn { body, .. } => (committed_id(), vec![("title", &body.title)]),
             WriteOp::RenameBoard { id, body } => (Some(*id), vec![("title", &body.title)]),
             WriteOp::CreateBoard { body } => (committed_id(), vec![("title", &body.title)]),
+            WriteOp::MoveCard { id, .. } => (Some(*id), vec![("column_id", &moved[0]), ("position", &moved[0])]),
             _ => return,
         };
         let Some(entity) = entity else { return };
-        let is_edit =
-            matches!(op, WriteOp::UpdateCard { .. } | WriteOp::RenameColumn { .. } | WriteOp::RenameBoard { .. });
+        let is_edit = matches!(
+            op,
+            WriteOp::UpdateCard { .. }
+                | WriteOp::RenameColumn { .. }
+                | WriteOp::RenameBoard { .. }
+                | WriteOp::MoveCard { .. }
+        );
         for (field, value) in fields {
+            let committed = body.get(field).cloned().unwrap_or_default();
+            let last = self.field_changed.get(&(entity, field));
+            if last.is_some_and(|(_, _, was)| *was == committed) {
+                continue;
+            }
             if is_edit
                 && let Some(edit) = self.edits.get(value)
-                && let Some(&(changed_at, by)) = self.field_changed.get(&(entity, field))
-                && by != b
-                && changed_at > edit.seen_version.unwrap_or(0)
+                && let Some((changed_at, by, was)) = last
+                && *by != b
+                && *changed_at > edit.seen_version.unwrap_or(0)
+                && edit.saw.as_ref().is_none_or(|saw| saw[field] != *was)
                 && !edit.kept
             {
                 let seen = edit.seen_version;
@@ -1364,7 +1411,7 @@ impl World {
                     ),
                 );
             }
-            self.field_changed.insert((entity, field), (version, b));
+            self.field_changed.insert((entity, field), (version, b, committed));
         }
     }
 
@@ -1379,8 +1426,8 @@ impl World {
             for (write_id, op) in conflicts {
                 let keep_mine = self.rng.random_bool(0.5);
                 if keep_mine {
-                    for value in edit_values(&op) {
-                        if let Some(edit) = self.edits.get_mut(value) {
+                    for key in edit_keys(b, &op) {
+                        if let Some(edit) = self.edits.get_mut(&key) {
                             edit.kept = true;
                         }
                     }

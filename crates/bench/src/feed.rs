@@ -20,7 +20,7 @@ use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use syncline_kanban::{ClientMessage, ServerMessage, StreamCursor, StreamId};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -50,6 +50,10 @@ struct Args {
     /// Compare with socket.io 4: the peer server script (`cargo xtask bench peers` installs and passes it).
     #[arg(long)]
     peer_socketio: Option<std::path::PathBuf>,
+    /// Also measure the floor for each subscriber count: the same clients and change message from a server that
+    /// only delivers (see `fan_out_floor`).
+    #[arg(long)]
+    floor: bool,
     /// Cards on the big board of the reads-versus-writes table (0: skip it).
     #[arg(long, default_value_t = 0)]
     big_board: usize,
@@ -368,7 +372,11 @@ async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<FanOut> {
         );
     }
     if n > per_process {
-        return fan_out_in_workers(setup, n, rounds, since, stream, n.div_ceil(per_process)).await;
+        let workers = n.div_ceil(per_process);
+        return fan_out_in_workers(&Target::of(setup)?, n, rounds, since, stream, workers, async |round| {
+            rename_card(setup, round).await
+        })
+        .await;
     }
     let rss_before = setup.resident_kib()?;
     let (ready, mut ready_rx) = mpsc::channel(n);
@@ -395,19 +403,42 @@ async fn fan_out(setup: &Setup, n: usize, rounds: usize) -> Result<FanOut> {
     Ok(FanOut { latencies, connect, kib_per_subscriber: per_sub, cpu_ms_per_change })
 }
 
+/// Where a fan-out's subscribers connect: the servers' addresses (subscriber `i` goes to `addrs[i % len]`), the
+/// session cookie they present, and the server processes whose memory and CPU time are measured.
+struct Target {
+    addrs: Vec<String>,
+    cookie: String,
+    pids: Vec<u32>,
+}
+
+impl Target {
+    fn of(setup: &Setup) -> Result<Target> {
+        Ok(Target {
+            addrs: setup.servers.iter().map(|s| s.addr.clone()).collect(),
+            cookie: setup.cookie.clone(),
+            pids: setup.pids()?,
+        })
+    }
+
+    fn resident_kib(&self) -> Result<u64> {
+        self.pids.iter().map(|&p| resident_kib(p)).sum()
+    }
+}
+
 /// The fan-out with the subscribers in `workers` processes (`feed-bench worker`), each holding an equal share:
 /// they say `ready` when all theirs are synced, then one `arrivals` line per change with every subscriber's
-/// arrival time (wall clock, µs: the one clock the processes share).
+/// arrival time (wall clock, µs: the one clock the processes share). `fire(round)` makes round `round`'s change.
+#[allow(clippy::too_many_arguments)]
 async fn fan_out_in_workers(
-    setup: &Setup,
+    target: &Target,
     n: usize,
     rounds: usize,
     since: u64,
     stream: StreamId,
     workers: usize,
+    mut fire: impl AsyncFnMut(usize) -> Result<()>,
 ) -> Result<FanOut> {
-    let rss_before = setup.resident_kib()?;
-    let addrs: Vec<String> = setup.servers.iter().map(|s| s.addr.clone()).collect();
+    let rss_before = target.resident_kib()?;
     let started = Instant::now();
     let mut children = Vec::new();
     let share = n.div_ceil(workers);
@@ -418,7 +449,7 @@ async fn fan_out_in_workers(
             break;
         }
         let spec = json!({
-            "addrs": addrs, "cookie": setup.cookie, "stream": stream.to_string(), "since": since,
+            "addrs": target.addrs, "cookie": target.cookie, "stream": stream.to_string(), "since": since,
             "first": first, "count": count,
         });
         let mut child = tokio::process::Command::new(std::env::current_exe()?)
@@ -440,18 +471,13 @@ async fn fan_out_in_workers(
     }
     let connect = started.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let kib_per_subscriber = setup.resident_kib()?.saturating_sub(rss_before) as f64 / n as f64;
-    let url = format!("{}/api/cards/{}", setup.base(), setup.card_id);
-    let servers = setup.pids()?;
+    let kib_per_subscriber = target.resident_kib()?.saturating_sub(rss_before) as f64 / n as f64;
     let clients: Vec<u32> = children.iter().filter_map(|(child, _, _)| child.id()).collect();
-    let cpu_before = (cpu_ms_of(&servers)?, cpu_ms_of(&clients)?);
+    let cpu_before = (cpu_ms_of(&target.pids)?, cpu_ms_of(&clients)?);
     let mut latencies = Vec::with_capacity(n * rounds);
     for round in 0..rounds {
         let sent = epoch_micros(std::time::SystemTime::now());
-        let resp = setup.http.patch(&url).json(&json!({"title": format!("round {round}")})).send().await?;
-        if !resp.status().is_success() {
-            bail!("round {round} failed: {}", resp.status());
-        }
+        fire(round).await.with_context(|| format!("round {round}"))?;
         for (_, lines, count) in &mut children {
             let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
                 .await
@@ -470,13 +496,136 @@ async fn fan_out_in_workers(
             }
         }
     }
-    let cpu = (cpu_ms_of(&servers)? - cpu_before.0, cpu_ms_of(&clients)? - cpu_before.1);
+    let cpu = (cpu_ms_of(&target.pids)? - cpu_before.0, cpu_ms_of(&clients)? - cpu_before.1);
     for (mut child, _, _) in children {
         child.kill().await.ok();
     }
     latencies.sort();
     let cpu_ms_per_change = (cpu.0 / rounds as f64, cpu.1 / rounds as f64);
     Ok(FanOut { latencies, connect, kib_per_subscriber, cpu_ms_per_change })
+}
+
+/// Patches the bench card's title to `round {round}`: one change on the board's stream.
+async fn rename_card(setup: &Setup, round: usize) -> Result<()> {
+    let url = format!("{}/api/cards/{}", setup.base(), setup.card_id);
+    let resp = setup.http.patch(&url).json(&json!({"title": format!("round {round}")})).send().await?;
+    if !resp.status().is_success() {
+        bail!("the write failed: {}", resp.status());
+    }
+    Ok(())
+}
+
+/// The floor: what the same clients get from a server that does nothing but deliver. `feed-bench floor-server`
+/// is the least a Rust WebSocket server does for a fan-out — tokio-tungstenite, one task per connection, one
+/// tokio broadcast channel, the socket settings syncline's feed uses — and it answers each subscription with the
+/// `Synced` text syncline sent and each round with the `Changes` text syncline sent: no session, no authorisation,
+/// no database, no cursor. Same subscribers, same worker processes, same descriptor limit per process (so as many
+/// floor servers as syncline needs instances). What syncline costs above this row is what its own code can still
+/// save; this row itself is the machine's (kernel loopback, the runtime, the clients sharing the cores).
+async fn fan_out_floor(setup: &Setup, n: usize, rounds: usize) -> Result<FanOut> {
+    let (synced, change, since, stream) = capture_messages(setup).await?;
+    let per_process = subscribers_per_process()?;
+    let spec = json!({ "synced": synced, "change": change }).to_string();
+    let (mut children, mut stdins, mut addrs, mut pids) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n.div_ceil(per_process) {
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["floor-server", &spec])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let line = lines.next_line().await?.context("a floor server exited")?;
+        addrs.push(line.strip_prefix("listening on ").with_context(|| format!("a floor server said {line:?}"))?.into());
+        pids.push(child.id().context("floor server pid")?);
+        stdins.push(child.stdin.take().expect("piped"));
+        children.push(child);
+    }
+    let target = Target { addrs, cookie: setup.cookie.clone(), pids };
+    let workers = n.div_ceil(per_process);
+    let run = fan_out_in_workers(&target, n, rounds, since, stream, workers, async |_| {
+        for stdin in &mut stdins {
+            stdin.write_all(b"change\n").await?;
+            stdin.flush().await?;
+        }
+        Ok(())
+    })
+    .await;
+    for mut child in children {
+        child.kill().await.ok();
+    }
+    run
+}
+
+/// What syncline's feed sends one subscriber of the bench board: the `Synced` text, then (after one rename) the
+/// `Changes` text; and the cursor and stream the subscribers ask for.
+async fn capture_messages(setup: &Setup) -> Result<(String, String, u64, StreamId)> {
+    let snapshot: Value =
+        setup.http.get(format!("{}/api/boards/{}", setup.base(), setup.board_id)).send().await?.json().await?;
+    let since = snapshot["cursor"].as_u64().context("cursor")?;
+    let stream: StreamId = format!("board:{}", setup.board_id).parse().map_err(anyhow::Error::msg)?;
+    let gate = tokio::sync::Semaphore::new(1);
+    let mut ws = connect_feed(0, &setup.servers[0].addr, &setup.cookie, &gate).await?;
+    let subscribe =
+        ClientMessage::Subscribe { streams: vec![StreamCursor { stream: stream.into(), since }], log_id: None };
+    ws.send(Message::text(serde_json::to_string(&subscribe)?)).await?;
+    let mut synced = None;
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+        let Message::Text(text) = frame? else { continue };
+        match serde_json::from_str::<ServerMessage>(&text)? {
+            ServerMessage::Synced { .. } if synced.is_none() => {
+                synced = Some(text.to_string());
+                rename_card(setup, 0).await?;
+            }
+            ServerMessage::Changes { .. } if synced.is_some() => {
+                return Ok((synced.expect("checked"), text.to_string(), since, stream));
+            }
+            _ => {}
+        }
+    }
+    bail!("the feed closed before it sent a change")
+}
+
+/// `feed-bench floor-server <spec>`: the floor server (see `fan_out_floor`). Says `listening on <addr>`, then
+/// sends the change to every subscriber at each line on its standard input.
+async fn floor_server(spec: &str) -> Result<()> {
+    use tokio_tungstenite::tungstenite::Utf8Bytes;
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    let spec: Value = serde_json::from_str(spec)?;
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard)?;
+    let synced = Utf8Bytes::from(spec["synced"].as_str().context("synced")?.to_owned());
+    let change = Utf8Bytes::from(spec["change"].as_str().context("change")?.to_owned());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening on {}", listener.local_addr()?);
+    let (tx, _) = tokio::sync::broadcast::channel::<Utf8Bytes>(16);
+    let subscribe = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let (synced, mut changes) = (synced.clone(), subscribe.subscribe());
+            tokio::spawn(async move {
+                let config = WebSocketConfig::default().read_buffer_size(1024).write_buffer_size(0);
+                let mut ws = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await?;
+                ws.next().await.context("no subscription")??;
+                ws.send(Message::Text(synced)).await?;
+                loop {
+                    tokio::select! {
+                        change = changes.recv() => ws.send(Message::Text(change?)).await?,
+                        frame = ws.next() => if !matches!(frame, Some(Ok(_))) { return Ok(()) },
+                    }
+                }
+                #[allow(unreachable_code)]
+                anyhow::Ok(())
+            });
+        }
+    });
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while lines.next_line().await?.is_some() {
+        let _ = tx.send(change.clone());
+    }
+    Ok(())
 }
 
 fn epoch_micros(t: std::time::SystemTime) -> u64 {
@@ -766,6 +915,9 @@ async fn main() -> Result<()> {
     if argv.get(1).map(String::as_str) == Some("worker") {
         return worker(argv.get(2).context("feed-bench worker <spec>")?).await;
     }
+    if argv.get(1).map(String::as_str) == Some("floor-server") {
+        return floor_server(argv.get(2).context("feed-bench floor-server <spec>")?).await;
+    }
     let args = Args::parse();
     // Every subscriber is a descriptor here and one in the server (which inherits this limit and raises its own
     // soft limit to it): as root, raise the hard limit for 100k+ subscribers; otherwise use what the hard limit
@@ -812,6 +964,16 @@ async fn main() -> Result<()> {
             setup.stop().await;
         }
     }
+    if args.floor
+        && let Some((_, database, instances)) = configs.first()
+    {
+        for &n in &args.subscribers {
+            let setup = Setup::start(&args.server, database, *instances).await?;
+            let row = fan_out_floor(&setup, n, args.rounds).await?.row();
+            println!("{:<15} | {n:>11} | {row}", "floor");
+            setup.stop().await;
+        }
+    }
     if args.peer_socketio.is_none() {
         println!(
             "(latency: write request sent → change message received by a subscriber; includes the HTTP write itself;"
@@ -822,6 +984,15 @@ async fn main() -> Result<()> {
         println!(
             " which share this machine's cores; past one process's descriptor limit, in several worker processes)"
         );
+        if args.floor {
+            println!(
+                " floor: a server that only delivers syncline's Synced and Changes texts to the same clients (tokio-"
+            );
+            println!(
+                " tungstenite, a broadcast channel, no session, no database), as many processes as syncline's instances,"
+            );
+            println!(" the clients always in worker processes; the least any server pays on this machine");
+        }
     }
     if let Some(script) = &args.peer_socketio {
         println!();

@@ -23,12 +23,24 @@ use uuid::Uuid;
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The tests in this file run in parallel in one process (unless told `--test-threads=1`), and one of them
+/// measures the process's memory: while it runs, no other test's server lives (`Fixture::alone`).
+static MEMORY_MEASURED: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A test's turn: with others, or alone.
+#[allow(dead_code)] // held, never read
+enum Turn {
+    Shared(tokio::sync::RwLockReadGuard<'static, ()>),
+    Alone(tokio::sync::RwLockWriteGuard<'static, ()>),
+}
+
 struct Fixture {
     server: Server,
     http: Client,
     /// The session cookie of the signed-in test user, for WebSocket upgrades.
     cookie: String,
     _dir: tempfile::TempDir,
+    _turn: Turn,
 }
 
 impl Fixture {
@@ -37,13 +49,22 @@ impl Fixture {
     }
 
     async fn with(configure: impl FnOnce(&mut Config)) -> Fixture {
+        Self::start(Turn::Shared(MEMORY_MEASURED.read().await), configure).await
+    }
+
+    /// A fixture whose test runs with no other test's server in the process (it measures the process).
+    async fn alone(configure: impl FnOnce(&mut Config)) -> Fixture {
+        Self::start(Turn::Alone(MEMORY_MEASURED.write().await), configure).await
+    }
+
+    async fn start(turn: Turn, configure: impl FnOnce(&mut Config)) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_tests(dir.path().join("feed.sqlite3"));
         config.metrics_bind = Some("127.0.0.1:0".parse().unwrap());
         configure(&mut config);
         let server = Server::start(&config).await.unwrap();
         let (http, cookie) = signed_in(&server.url(), "tester").await;
-        Fixture { server, http, cookie, _dir: dir }
+        Fixture { server, http, cookie, _dir: dir, _turn: turn }
     }
 
     /// The Prometheus text from the metrics address.
@@ -309,7 +330,7 @@ async fn a_long_poll_returns_within_100_ms_of_a_write_landing() {
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_gets_everything_later_and_costs_bounded_memory() {
     // Heartbeats are not the point here: a client that does not read does not answer pings either.
-    let f = Fixture::with(|c| c.heartbeat_secs = 600.0).await;
+    let f = Fixture::alone(|c| c.heartbeat_secs = 600.0).await;
     let (board, column, _) = f.board().await;
     let stream = StreamId::Board(board.id).name();
     let since = f.cursor(&board).await;

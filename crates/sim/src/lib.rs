@@ -419,11 +419,14 @@ fn edit_keys(b: usize, op: &WriteOp) -> Vec<String> {
     match op {
         WriteOp::UpdateCard { body, .. } => [&body.title, &body.description].into_iter().flatten().cloned().collect(),
         WriteOp::RenameColumn { body, .. } | WriteOp::RenameBoard { body, .. } => vec![body.title.clone()],
-        WriteOp::MoveCard { id, body } => {
-            vec![format!("browser {b} moves {id} to {} after {:?}", body.column_id, body.after_card_id)]
-        }
+        WriteOp::MoveCard { id, body } => vec![move_key(b, *id, body)],
         _ => Vec::new(),
     }
+}
+
+/// A move's key in `World::edits`: which browser moves which card where.
+fn move_key(b: usize, card: Uuid, body: &MoveCard) -> String {
+    format!("browser {b} moves {card} to {} after {:?}", body.column_id, body.after_card_id)
 }
 
 /// A known bug the simulation can switch on, in the engine or in the server's feed session.
@@ -1300,10 +1303,7 @@ impl World {
                 } else {
                     Some(in_column[self.rng.random_range(0..in_column.len())])
                 };
-                let op = WriteOp::MoveCard {
-                    id: card.id,
-                    body: MoveCard { column_id: column, after_card_id: after, base_version: None },
-                };
+                let body = MoveCard { column_id: column, after_card_id: after, base_version: None };
                 // A card is dragged where the user sees it, at once: what they saw is the tab's card now.
                 let engine = &self.browsers[b].tabs[t].engine;
                 let seen = engine.seen(card.id).version();
@@ -1311,12 +1311,11 @@ impl World {
                     .board_server_state(self.board)
                     .and_then(|board| board.cards.iter().find(|c| c.id == card.id))
                     .and_then(|c| serde_json::to_value(c).ok());
-                for key in edit_keys(b, &op) {
-                    let edit = self.edits.entry(key).or_insert(Edit { seen_version: seen, saw: None, kept: false });
-                    edit.seen_version = edit.seen_version.max(seen);
-                    edit.saw = saw.clone();
-                }
-                op
+                let key = move_key(b, card.id, &body);
+                let edit = self.edits.entry(key).or_insert(Edit { seen_version: seen, saw: None, kept: false });
+                edit.seen_version = edit.seen_version.max(seen);
+                edit.saw = saw;
+                WriteOp::MoveCard { id: card.id, body }
             }
             _ => {
                 let column = view.columns[self.rng.random_range(0..view.columns.len())].id;
@@ -1361,7 +1360,7 @@ impl World {
     pub(crate) fn check_lost_update(&mut self, b: usize, op: &WriteOp, body: &serde_json::Value) {
         let Some(version) = body.get("version").and_then(serde_json::Value::as_u64) else { return };
         let committed_id = || body.get("id").and_then(|i| i.as_str()).and_then(|i| Uuid::parse_str(i).ok());
-        let moved = edit_keys(b, op);
+        let moved: String;
         // Each field the write sets, with what names the edit in `edits` (the value itself, but for a move).
         let (entity, fields): (Option<Uuid>, Vec<(&'static str, &String)>) = match op {
             WriteOp::UpdateCard { id, body } => (
@@ -1378,7 +1377,10 @@ impl World {
             WriteOp::CreateColumn { body, .. } => (committed_id(), vec![("title", &body.title)]),
             WriteOp::RenameBoard { id, body } => (Some(*id), vec![("title", &body.title)]),
             WriteOp::CreateBoard { body } => (committed_id(), vec![("title", &body.title)]),
-            WriteOp::MoveCard { id, .. } => (Some(*id), vec![("column_id", &moved[0]), ("position", &moved[0])]),
+            WriteOp::MoveCard { id, body } => {
+                moved = move_key(b, *id, body);
+                (Some(*id), vec![("column_id", &moved), ("position", &moved)])
+            }
             _ => return,
         };
         let Some(entity) = entity else { return };

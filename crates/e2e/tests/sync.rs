@@ -525,3 +525,35 @@ async fn a_tab_opened_next_to_a_live_leader_says_live_at_once() {
     browser.close().await;
     h.stop().await;
 }
+
+/// Found by the chaos test in CI: a tab shown after sleeping rendered for ~100 ms, its leader's answer waited
+/// behind that long task with the timer that ends the 50 ms wait for it, the timer ran first, and the tab took the
+/// lead from a leader that had answered. The browser's socket was dropped and opened again, and the tab showed its
+/// old board until its own socket caught up. Here the follower runs a 150 ms task each time it is shown, right
+/// after the runtime hears of it (as rendering what it held back would).
+#[tokio::test]
+async fn a_follower_busy_when_shown_leaves_the_lead_with_the_leader_that_answered() {
+    let (h, board, browser, url) = setup().await;
+    let (leader, follower) = leader_and_follower(&browser, &url, &board).await;
+    let busy = "document.addEventListener('visibilitychange', () => {
+        if (document.visibilityState === 'visible') { const end = performance.now() + 150; while (performance.now() < end) {} }
+    }); true";
+    assert!(follower.eval::<bool>(busy).await.unwrap());
+    let opens = state(&leader).await["metrics"]["socket_opens"].clone();
+    for i in 0..4 {
+        follower.hide().await.unwrap();
+        follower.wait_for("JSON.parse(window.__syncline()).asleep === true", WAIT).await.unwrap();
+        rename(&h, board.card, &format!("while asleep {i}")).await;
+        follower.show().await.unwrap();
+        follower.wait_for(&shows(board.card, &format!("while asleep {i}")), WAIT).await.unwrap();
+        // Past the wait for the leader's answer and the moment more it listens.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (f, l) = (state(&follower).await, state(&leader).await);
+        assert_eq!(f["leader"], false, "shown (time {}), the busy follower took the lead: {f}", i + 1);
+        assert_eq!(l["leader"], true, "{l}");
+    }
+    assert_eq!(state(&leader).await["metrics"]["socket_opens"], opens, "the leader's socket was opened again");
+    assert_eq!(h.open_websockets(), 1);
+    browser.close().await;
+    h.stop().await;
+}

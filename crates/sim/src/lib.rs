@@ -9,13 +9,15 @@
 //! or not) make no network requests; the long-poll rate stays within its budget; no stored outbox entry
 //! outlives its write; a card deleted in a tab's view never comes back there; every tab shows its leader's
 //! connection state; the app long-polls only when the WebSocket itself was refused; a tab that is shown
-//! while its leader is frozen takes over; no user's edit overwrites a change to the same field made after what
+//! while its leader is frozen takes over, and none takes over from a leader that is visible, awake and not busy; no user's edit overwrites a change to the same field made after what
 //! that user saw when they began it (half the card edits are made in an editor that stays open a few seconds).
 //!
 //! The model is as hostile as a browser: IndexedDB requests complete after a random delay, in order per tab
 //! but not across tabs, so a put may land after BroadcastChannel messages sent later (and after another
 //! tab's delete); the requests of a crashed tab are lost; hidden tabs are frozen (timers and messages held,
-//! the Web Lock kept, the socket closed) and later resumed or discarded; the server may be down for long
+//! the Web Lock kept, the socket closed) and later resumed or discarded; a page just shown may run a long task
+//! (what arrives meanwhile waits, then runs in any order with a timer that came due); the tabs' wall clocks
+//! differ by a few ms; the server may be down for long
 //! stretches and forgets write ids after [`WRITE_ID_TTL_MS`].
 //!
 //! [`InjectedBug`]s prove the invariants bite: `run_with` switches one on in every engine, and the test suite
@@ -80,6 +82,13 @@ pub const STATUS_BOUND_MS: Millis = 1_000;
 pub const POLLING_GRACE_MS: Millis = 2_000;
 /// A change committed through any instance has been sent to every socket listening to its stream within this.
 pub const FRESH_BOUND_MS: Millis = 1_500;
+/// The wall clocks of two tabs differ by up to this much.
+pub const MAX_TAB_CLOCK_SKEW_MS: u64 = 4;
+/// A page shown renders what it held back: half the time a long task of up to this long, which delays
+/// everything else the tab would run (`Tab::busy_until`).
+pub const MAX_SHOWN_TASK_MS: Millis = 150;
+/// A leader visible, awake and not busy for this long answers any tab (`Invariant::NeedlessTakeover`).
+pub const NEEDLESS_TAKEOVER_MS: Millis = 20;
 /// A tab shown while its leader is frozen has taken over within this bound.
 pub const SHOWN_TAKEOVER_MS: Millis = 150;
 
@@ -118,6 +127,9 @@ pub enum Invariant {
     /// A tab was shown while its leader was frozen, and the frozen tab still held the lock after
     /// [`SHOWN_TAKEOVER_MS`].
     FrozenLeaderKept,
+    /// A tab took the lock from a leader that was visible, awake and not busy (and had been for a while): it
+    /// would have answered — the browser's one connection was dropped and opened again for nothing.
+    NeedlessTakeover,
     /// The feed sent a socket changes of a stream that do not continue what it sent before (a gap).
     FeedGap,
     /// The feed told a socket a stream is synced at a cursor behind live changes its session had been handed.
@@ -207,6 +219,11 @@ pub(crate) enum Event {
         b: usize,
         t: usize,
         discard: bool,
+    },
+    /// A tab's long task ends: what waited behind it runs.
+    BusyDone {
+        b: usize,
+        t: usize,
     },
     /// Has the tab shown at `shown_at` taken over from its frozen leader?
     CheckShownTakeover {
@@ -332,6 +349,15 @@ struct Tab {
     status_differs_since: Option<Millis>,
     /// Since when this leader has been long-polling.
     polling_since: Option<Millis>,
+    /// The page's main thread runs a long task until then (rendering what it held back when it was shown):
+    /// what arrives meanwhile — messages, socket frames, IndexedDB results — waits in `queued`, and a timer due
+    /// meanwhile (`timer_waits`) runs after it, in any order with them (browsers order tasks of different
+    /// sources as they please).
+    busy_until: Millis,
+    queued: Vec<Input>,
+    timer_waits: bool,
+    /// When its engine last heard it was shown or hidden.
+    visibility_since: Millis,
 }
 
 struct Browser {
@@ -350,6 +376,8 @@ struct Browser {
     /// Outbox deletes requested and not yet landed (or aborted), per write.
     idb_deletes_in_flight: BTreeMap<Uuid, u32>,
     leader: Option<usize>,
+    /// When the leader got the lock.
+    leader_since: Millis,
     long_polls: Vec<Millis>,
     two_sockets_since: Option<Millis>,
     /// Since when no tab of this browser is visible.
@@ -622,6 +650,7 @@ impl World {
                 idb_deletes_in_flight: BTreeMap::new(),
                 tab_watches: Vec::new(),
                 leader: None,
+                leader_since: 0,
                 long_polls: Vec::new(),
                 two_sockets_since: None,
                 hidden_since: None,
@@ -684,15 +713,19 @@ impl World {
                 }
             }
         }
-        self.run_until(end + SHOWN_MS);
+        // ... counted from when it can run: a shown page may first render what it held back (a long task).
+        let ready = (0..self.browsers.len())
+            .flat_map(|b| self.browsers[b].tabs.iter().filter(|t| t.alive).map(|t| t.busy_until))
+            .fold(end, Millis::max);
+        self.run_until(ready + SHOWN_MS);
         if self.violation.is_some() {
             return;
         }
-        self.now = end + SHOWN_MS;
+        self.now = ready + SHOWN_MS;
         self.check_shown();
-        self.run_until(end + SHOWN_OUTBOX_MS);
+        self.run_until(ready + SHOWN_OUTBOX_MS);
         if self.violation.is_none() {
-            self.now = end + SHOWN_OUTBOX_MS;
+            self.now = ready + SHOWN_OUTBOX_MS;
             self.check_end();
         }
     }
@@ -721,7 +754,10 @@ impl World {
             _ => None,
         };
         let cfg = EngineConfig { injected_bug, ..self.browsers[b].cfg.clone() };
-        let engine = Engine::new(cfg, prefs, tab_id, self.next_tab_seed, self.now, SIM_EPOCH_MS + self.now);
+        // Each page's wall clock is its own reading of the system clock with its own rounding (and drift): the
+        // tabs' clocks differ by a few ms.
+        let skew = self.rng.random_range(0..=MAX_TAB_CLOCK_SKEW_MS);
+        let engine = Engine::new(cfg, prefs, tab_id, self.next_tab_seed, self.now, SIM_EPOCH_MS + self.now + skew);
         let visible = self.browsers[b].tabs.iter().all(|t| !t.alive || !t.visible) || self.rng.random_bool(0.5);
         self.browsers[b].tabs.push(Tab {
             engine,
@@ -735,6 +771,10 @@ impl World {
             frozen: false,
             listening: true,
             held: Vec::new(),
+            busy_until: 0,
+            queued: Vec::new(),
+            timer_waits: false,
+            visibility_since: self.now,
             cards_seen: BTreeSet::new(),
             cards_gone: BTreeSet::new(),
             status_differs_since: None,
@@ -784,6 +824,7 @@ impl World {
             self.input(b, old, Input::LockLost);
         }
         self.browsers[b].leader = Some(t);
+        self.browsers[b].leader_since = self.now;
         self.log(|| format!("b{b}/t{t} holds the lock"));
         // The engine reads the stored outbox (an IndexedDB request: messages may arrive meanwhile), then leads.
         self.input(b, t, Input::LockGranted);
@@ -833,6 +874,16 @@ impl World {
             self.browsers[b].tabs[t].held.push(input);
             return;
         }
+        // (Visibility is the simulation's own switch, told at once: the model keeps `visible` and the engine's
+        // view of it in step.)
+        let shown = matches!(input, Input::Visibility { visible: true });
+        if matches!(input, Input::Visibility { .. }) {
+            self.browsers[b].tabs[t].visibility_since = self.now;
+        }
+        if self.browsers[b].tabs[t].busy_until > self.now && !matches!(input, Input::Visibility { .. }) {
+            self.browsers[b].tabs[t].queued.push(input);
+            return;
+        }
         if self.trace.is_some() {
             let shown = describe_input(&input);
             self.log(|| format!("b{b}/t{t} <- {shown}"));
@@ -841,6 +892,50 @@ impl World {
         self.browsers[b].tabs[t].engine.handle_input(now, input);
         self.drain(b, t);
         self.check_cards(b, t);
+        if shown && self.browsers[b].tabs[t].alive && self.rng.random_bool(0.5) {
+            // A shown page renders what it held back: a long task, after the engine heard it was shown.
+            let busy = self.rng.random_range(1..=MAX_SHOWN_TASK_MS);
+            self.log(|| format!("b{b}/t{t} busy for {busy} ms"));
+            let tab = &mut self.browsers[b].tabs[t];
+            tab.busy_until = tab.busy_until.max(now + busy);
+            self.schedule(busy, Event::BusyDone { b, t });
+        }
+    }
+
+    /// A tab's long task ended: the inputs that waited run in the order they came, and a timer that came due
+    /// meanwhile runs among them at a random place.
+    fn busy_done(&mut self, b: usize, t: usize) {
+        let tab = &mut self.browsers[b].tabs[t];
+        if !tab.alive || tab.busy_until > self.now {
+            return; // dead, or a later long task
+        }
+        let mut queued = std::mem::take(&mut tab.queued);
+        // The user's input first: browsers run input events ahead of other waiting tasks (and what the user
+        // acted on is what the screen showed, which nothing that waited has changed yet).
+        let user = |i: &Input| matches!(i, Input::Write { .. } | Input::ResolveConflict { .. } | Input::RetryNow);
+        queued.sort_by_key(|i| !user(i));
+        let timer_at = std::mem::take(&mut tab.timer_waits).then(|| self.rng.random_range(0..=queued.len()));
+        let run_timer = |world: &mut World, i: usize| {
+            if timer_at == Some(i) {
+                let tab = &mut world.browsers[b].tabs[t];
+                if tab.alive && !tab.frozen && tab.deadline <= world.now {
+                    tab.deadline = Millis::MAX;
+                    let now = world.now;
+                    tab.engine.handle_timeout(now);
+                    world.drain(b, t);
+                }
+            }
+        };
+        let n = queued.len();
+        for (i, input) in queued.into_iter().enumerate() {
+            run_timer(self, i);
+            // A closed channel receives nothing, not even what waited.
+            if matches!(input, Input::Tab(_)) && !self.browsers[b].tabs[t].listening {
+                continue;
+            }
+            self.input(b, t, input);
+        }
+        run_timer(self, n);
     }
 
     /// A card that left this tab's copy of the board (it was deleted) never comes back in it, neither in the
@@ -1040,6 +1135,19 @@ impl World {
             }
             Output::ClaimLeadership => {
                 self.log(|| format!("b{b}/t{t} claims the lock"));
+                let since = self.browsers[b].leader_since;
+                let settled = |tab: &Tab| {
+                    tab.alive
+                        && tab.visible
+                        && !tab.frozen
+                        && self.now >= tab.busy_until.max(tab.visibility_since).max(since) + NEEDLESS_TAKEOVER_MS
+                };
+                if let Some(l) = self.browsers[b].leader.filter(|&l| l != t && settled(&self.browsers[b].tabs[l])) {
+                    self.fail(
+                        Invariant::NeedlessTakeover,
+                        format!("b{b}/t{t} claimed the lock from t{l}, visible and awake"),
+                    );
+                }
                 self.become_leader(b, t);
             }
             Output::Timeout(_) => unreachable!("handled by drain"),
@@ -1106,6 +1214,10 @@ impl World {
                 if !tab.alive || tab.deadline > self.now || tab.frozen {
                     return; // superseded by a later deadline, or held until the tab is resumed
                 }
+                if tab.busy_until > self.now {
+                    tab.timer_waits = true; // runs when the long task ends (`busy_done`)
+                    return;
+                }
                 tab.deadline = Millis::MAX;
                 let now = self.now;
                 tab.engine.handle_timeout(now);
@@ -1134,6 +1246,7 @@ impl World {
                 self.input(b, t, input);
             }
             Event::Unfreeze { b, t, discard } => self.unfreeze(b, t, discard),
+            Event::BusyDone { b, t } => self.busy_done(b, t),
             Event::CheckShownTakeover { b, t, shown_at } => {
                 let browser = &self.browsers[b];
                 let still_shown = browser.tabs[t].alive && browser.tabs[t].visible && !browser.tabs[t].frozen;
@@ -1474,7 +1587,9 @@ impl World {
                 if let Some(l) = leader.filter(|&l| visible && l != t && self.browsers[b].tabs[l].frozen) {
                     let shown_at = self.now;
                     self.log(|| format!("b{b}/t{t} shown while its leader t{l} is frozen"));
-                    self.schedule(SHOWN_TAKEOVER_MS, Event::CheckShownTakeover { b, t, shown_at });
+                    // Counted from when it can run (after the long task of being shown, if any).
+                    let busy = self.browsers[b].tabs[t].busy_until.saturating_sub(self.now);
+                    self.schedule(busy + SHOWN_TAKEOVER_MS, Event::CheckShownTakeover { b, t, shown_at });
                 }
             }
             108..=113 => self.change_membership(),

@@ -51,8 +51,8 @@ pub(crate) struct Tabs<M: Model> {
     pub no_visible_since: Option<Millis>,
     /// Since when this visible follower has seen the leader hidden.
     pub leader_hidden_since: Option<Millis>,
-    /// This follower was shown at this time and waits for a leader to answer its presence.
-    pub leader_check_since: Option<Millis>,
+    /// This follower was shown and waits for a leader to answer its presence.
+    pub leader_check: Option<LeaderCheck>,
     /// Since when this follower is hidden (it falls asleep `hidden_sleep_ms` later).
     pub hidden_since: Option<Millis>,
     /// This hidden follower stopped listening to the other tabs (`Engine::fall_asleep_if_due`).
@@ -109,7 +109,7 @@ impl<M: Model> Tabs<M> {
             next_presence: now,
             no_visible_since: None,
             leader_hidden_since: None,
-            leader_check_since: None,
+            leader_check: None,
             hidden_since: None,
             asleep: false,
             recent: Map::new(),
@@ -156,7 +156,7 @@ impl<M: Model> Tabs<M> {
         soonest.maybe(self.hidden_since.map(|t| t + cfg.hidden_sleep_ms), Timer::Sleep);
         soonest.maybe(self.no_visible_since.map(|t| t + hidden_grace), Timer::HiddenGrace);
         soonest.maybe(self.leader_hidden_since.map(|t| t + LEADER_HANDOVER_DELAY_MS), Timer::LeaderHandover);
-        soonest.maybe(self.leader_check_since.map(|t| t + LEADER_ANSWER_MS), Timer::LeaderAnswer);
+        soonest.maybe(self.leader_check.map(|c| c.due), Timer::LeaderAnswer);
     }
 }
 
@@ -172,6 +172,24 @@ const LEADER_HANDOVER_DELAY_MS: Millis = 500;
 /// A hidden leader answers a tab that was just shown within this (with its presence); one that does not is
 /// frozen, and the shown tab takes over at once.
 const LEADER_ANSWER_MS: Millis = 50;
+/// When that wait ends, the shown tab listens this much longer before it takes over: a long task may have held
+/// it (a page just shown renders what it held back), and then the leader's answer waits in its queue with the
+/// timer that ends the wait — the browser runs the two in either order. What waited is read within this.
+const LISTEN_AGAIN_MS: Millis = 20;
+/// Two tabs' wall clocks may differ by this much (each reads the system clock with its own rounding and drift):
+/// a presence said up to this long before a tab was shown still answers it.
+const TAB_CLOCK_SKEW_MS: Millis = 25;
+
+/// A shown follower's wait for the leader to answer (`Engine::seek_leadership`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaderCheck {
+    /// When it was shown (and announced itself).
+    since: Millis,
+    /// It takes over if no leader has answered by then (and `listened_again`).
+    due: Millis,
+    /// The first wait ended without an answer, and `due` is the end of the second.
+    listened_again: bool,
+}
 
 impl<M: Model> Engine<M> {
     /// Some tab of this browser is visible.
@@ -289,7 +307,8 @@ impl<M: Model> Engine<M> {
         if visible {
             self.apply_held_changes();
             if !self.is_leader() {
-                self.tabs.leader_check_since = Some(self.now);
+                self.tabs.leader_check =
+                    Some(LeaderCheck { since: self.now, due: self.now + LEADER_ANSWER_MS, listened_again: false });
             }
             self.catch_up_stale();
         }
@@ -365,7 +384,7 @@ impl<M: Model> Engine<M> {
         // Kept, for a tab that wakes to lead while hidden: no tab was visible since then, as far as it knows (if
         // one was, since now); the others' presence corrects it once it listens again.
         self.tabs.no_visible_since.get_or_insert(self.now);
-        self.tabs.leader_check_since = None;
+        self.tabs.leader_check = None;
         self.tabs.leader_hidden_since = None;
         self.held_changes.clear();
         self.held_dropped.clear();
@@ -677,16 +696,20 @@ impl<M: Model> Engine<M> {
     pub(crate) fn seek_leadership(&mut self) {
         let tabs = &mut self.tabs;
         if !self.env.visible {
-            tabs.leader_check_since = None;
+            tabs.leader_check = None;
             tabs.leader_hidden_since = None;
             return;
         }
-        if let Some(since) = tabs.leader_check_since {
-            let answered = tabs.peers.values().any(|p| p.leader && p.last_seen >= since);
+        if let Some(check) = tabs.leader_check {
+            let answered = tabs.peers.values().any(|p| p.leader && p.last_seen + TAB_CLOCK_SKEW_MS >= check.since);
             if answered {
-                tabs.leader_check_since = None;
-            } else if self.now >= since + LEADER_ANSWER_MS {
-                tabs.leader_check_since = None;
+                tabs.leader_check = None;
+            } else if self.now >= check.due && !check.listened_again {
+                // What this tab has not read yet may be the answer.
+                tabs.leader_check =
+                    Some(LeaderCheck { due: self.now + LISTEN_AGAIN_MS, listened_again: true, ..check });
+            } else if self.now >= check.due {
+                tabs.leader_check = None;
                 tabs.leader_hidden_since = None;
                 self.out.push_back(Output::ClaimLeadership);
                 return;
@@ -733,7 +756,7 @@ impl<M: Model> Engine<M> {
         self.role = role;
         self.status.announced = false;
         self.announce();
-        self.tabs.leader_check_since = None;
+        self.tabs.leader_check = None;
         self.tabs.leader_hidden_since = None;
         match role {
             Role::Leader => {

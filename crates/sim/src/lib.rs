@@ -9,16 +9,17 @@
 //! or not) make no network requests; the long-poll rate stays within its budget; no stored outbox entry
 //! outlives its write; a card deleted in a tab's view never comes back there; every tab shows its leader's
 //! connection state; the app long-polls only when the WebSocket itself was refused; a tab that is shown
-//! while its leader is frozen takes over, and none takes over from a leader that is visible, awake and not busy; no user's edit overwrites a change to the same field made after what
-//! that user saw when they began it (half the card edits are made in an editor that stays open a few seconds).
+//! while its leader is frozen takes over, and none takes over from a leader that is visible, awake and not
+//! busy; no user's edit overwrites a change to the same field made after what that user saw when they began it
+//! (half the card edits are made in an editor that stays open a few seconds).
 //!
 //! The model is as hostile as a browser: IndexedDB requests complete after a random delay, in order per tab
 //! but not across tabs, so a put may land after BroadcastChannel messages sent later (and after another
 //! tab's delete); the requests of a crashed tab are lost; hidden tabs are frozen (timers and messages held,
 //! the Web Lock kept, the socket closed) and later resumed or discarded; a page just shown may run a long task
 //! (what arrives meanwhile waits, then runs in any order with a timer that came due); the tabs' wall clocks
-//! differ by a few ms; the server may be down for long
-//! stretches and forgets write ids after [`WRITE_ID_TTL_MS`].
+//! differ by a few ms; the server may be down for long stretches and forgets write ids after
+//! [`WRITE_ID_TTL_MS`].
 //!
 //! [`InjectedBug`]s prove the invariants bite: `run_with` switches one on in every engine, and the test suite
 //! checks that each is caught within a few seeds.

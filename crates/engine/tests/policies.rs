@@ -959,29 +959,35 @@ fn a_shown_tab_takes_over_at_once_from_a_leader_that_does_not_answer() {
     assert!(out.contains(&Output::ClaimLeadership), "no answer within 50 + 20 ms: take over now");
 }
 
+/// The presence of tab 9, the leader, visible, said at `sent_at` (its wall clock).
+fn leader_presence(sent_at: u64) -> Input {
+    Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at })
+}
+
+/// A follower of tab 9 hidden long enough to fall asleep, then shown: when it was shown.
+fn follower_shown_after_sleeping() -> (Driver, Millis) {
+    let mut d = Driver::new(Preferences::default());
+    d.input(leader_presence(0));
+    d.input(Input::Visibility { visible: false });
+    d.advance(5_000);
+    d.input(Input::Visibility { visible: true });
+    let shown_at = d.now;
+    (d, shown_at)
+}
+
 #[test]
 fn a_shown_tab_whose_answer_waited_behind_its_own_long_task_does_not_take_over() {
     // Found in a real browser (the chaos test, in CI): a tab shown after sleeping rendered for ~100 ms; the
     // leader's answer waited in its queue with the timer ending the 50 ms wait, the timer ran first, and the tab
     // took the lock from a leader that had answered — the browser's socket dropped and opened again, and the tab
     // showed its stale board until its own socket caught up.
-    let mut d = Driver::new(Preferences::default());
-    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));
-    d.input(Input::Visibility { visible: false });
-    d.advance(5_000);
-    d.input(Input::Visibility { visible: true });
-    let shown_at = d.now;
+    let (mut d, shown_at) = follower_shown_after_sleeping();
     // A long task: the tab runs nothing for 120 ms. Then the timer runs before the answer that waited.
     d.now += 120;
     d.e.handle_timeout(d.now);
     let out = d.drain();
     assert!(!out.contains(&Output::ClaimLeadership), "the timer ran first: it still listens");
-    let out = d.input(Input::Tab(TabMessage::Presence {
-        tab: 9,
-        visible: true,
-        leader: true,
-        sent_at: EPOCH + shown_at + 1,
-    }));
+    let out = d.input(leader_presence(EPOCH + shown_at + 1));
     assert!(!out.contains(&Output::ClaimLeadership));
     let out = d.advance(1_000);
     assert!(!out.contains(&Output::ClaimLeadership), "the leader answered: it stays the leader");
@@ -991,13 +997,8 @@ fn a_shown_tab_whose_answer_waited_behind_its_own_long_task_does_not_take_over()
 fn an_answer_from_a_tab_whose_clock_is_a_few_ms_behind_counts() {
     // Each tab reads the wall clock with its own rounding: an answer said 1 ms after the show on the leader's
     // clock can read as a few ms before it here.
-    let mut d = Driver::new(Preferences::default());
-    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: 0 }));
-    d.input(Input::Visibility { visible: false });
-    d.advance(5_000);
-    d.input(Input::Visibility { visible: true });
-    let shown_at = d.now;
-    d.input(Input::Tab(TabMessage::Presence { tab: 9, visible: true, leader: true, sent_at: EPOCH + shown_at - 3 }));
+    let (mut d, shown_at) = follower_shown_after_sleeping();
+    d.input(leader_presence(EPOCH + shown_at - 3));
     let out = d.advance(1_000);
     assert!(!out.contains(&Output::ClaimLeadership), "the leader answered");
 }

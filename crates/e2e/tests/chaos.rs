@@ -365,6 +365,13 @@ async fn chaos_loses_and_doubles_nothing_and_every_tab_comes_back_live() {
         );
     }
     eprintln!("after the last fault, every tab live in {live_after:?}");
+    // Who leads at the end, and how often each tab opened the socket (a tab that took the lead late opened one).
+    let mut roles = Vec::new();
+    for (i, t) in chaos.tabs.iter().enumerate() {
+        let state = Chaos::state(&t.tab).await;
+        roles.push(format!("tab {i}: leader {}, {} socket opens", state["leader"], state["metrics"]["socket_opens"]));
+    }
+    eprintln!("at the end: {}", roles.join("; "));
 
     assert!(missing.is_empty(), "accepted writes missing from the database: {missing:?}");
     assert!(doubled.is_empty(), "writes applied more than once: {doubled:?}");

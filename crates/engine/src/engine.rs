@@ -344,11 +344,13 @@ impl<M: Model> Engine<M> {
         // away): the browser froze this tab. What it knew of the others is stale; if it is hidden, count the frozen
         // time as time with no tab visible, so a hidden tab resumed after the grace period does not start using the
         // network again as if the others had just been hidden.
-        if now > self.promised_deadline.saturating_add(FROZEN_AFTER_MS)
-            && !self.env.visible
-            && self.tabs.no_visible_since.is_none()
-        {
+        let frozen = now > self.promised_deadline.saturating_add(FROZEN_AFTER_MS);
+        if frozen && !self.env.visible && self.tabs.no_visible_since.is_none() {
             self.tabs.no_visible_since = Some(self.promised_deadline);
+        }
+        // A leader that timed this follower out shared nothing with it since (or only with others): it asks again.
+        if frozen && !self.is_leader() && !self.tabs.asleep {
+            self.tabs.resync_after_freeze = true;
         }
         add_state_time(&mut self.metrics, &self.status.current, now - self.now);
         self.now = now;
@@ -526,6 +528,10 @@ impl<M: Model> Engine<M> {
             self.flush_outbox();
             self.save_cache();
         } else {
+            if self.tabs.resync_after_freeze && self.tabs.leader_known() {
+                self.tabs.resync_after_freeze = false;
+                self.send_interest();
+            }
             self.follower_requests();
             self.seek_leadership();
         }

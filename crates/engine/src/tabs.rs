@@ -62,6 +62,9 @@ pub(crate) struct Tabs<M: Model> {
     pub recent: Map<StreamName, Recent<M>>,
     /// The tabs whose tab lock this one waits for (`Output::WatchTab`), until `Input::TabGone`.
     pub watching: Set<TabId>,
+    /// This follower was frozen by the browser (`Engine::advance`): the leader may have stopped sharing with it
+    /// meanwhile (it timed it out), so it tells the leader again where its copies stand.
+    pub resync_after_freeze: bool,
 }
 
 /// A stream's latest changes, contiguous, of one change log; at most `RECENT_CHANGES_KEPT`.
@@ -114,6 +117,7 @@ impl<M: Model> Tabs<M> {
             asleep: false,
             recent: Map::new(),
             watching: Set::new(),
+            resync_after_freeze: false,
         }
     }
 
@@ -582,6 +586,11 @@ impl<M: Model> Engine<M> {
     fn on_current(&mut self, key: M::Key, cursor: Cursor, log_id: Option<Uuid>, changes: Vec<Change<M::Change>>) {
         let stream = M::stream(&key);
         if !self.env.visible && self.holds_changes_of(&stream) {
+            // Held with the rest, applied in order when shown (what it holds may not reach `cursor`: changes the
+            // leader did not share while this tab was frozen and timed out).
+            if !changes.is_empty() {
+                self.hold_changes(stream, changes);
+            }
             return;
         }
         let Some(data) = self.queries.map.get(&key).and_then(|q| q.data.as_ref()) else { return };

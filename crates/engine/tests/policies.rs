@@ -2004,3 +2004,29 @@ fn a_follower_resumed_after_the_browser_froze_it_tells_the_leader_where_its_copi
     let out = d.input(leader_presence(EPOCH + d.now));
     assert!(!out.iter().any(|o| matches!(o, Output::Broadcast(TabMessage::Interest { .. }))), "{out:?}");
 }
+
+#[test]
+fn a_hidden_follower_holding_changes_keeps_the_changes_a_current_brings_for_when_it_is_shown() {
+    // What it holds may not reach the leader's cursor (changes shared with nobody while it was frozen and timed
+    // out): the `Current`'s changes are held with the rest, not dropped.
+    let mut d = Driver::new(Preferences::default());
+    let key = QueryKey::Board(id(BOARD));
+    d.input(Input::Subscribe(key));
+    d.input(leader_presence(EPOCH));
+    d.input(Input::Tab(TabMessage::Data { key, data: QueryData::Board(snapshot(3)), fetched_at: 0 }));
+    d.input(Input::Visibility { visible: false });
+    let stream = StreamId::Board(id(BOARD)).name();
+    let change = |cursor: u64| Change {
+        stream: stream.clone(),
+        cursor,
+        at_ms: EPOCH,
+        write_id: None,
+        op: ChangeOp::CardUpserted { card: card(2, 10, &format!("at {cursor}"), cursor) },
+    };
+    d.input(Input::Tab(TabMessage::Changes { stream: stream.clone(), changes: vec![change(4)] }));
+    let changes = vec![change(4), change(5), change(6)];
+    d.input(Input::Tab(TabMessage::Current { key, cursor: 6, log_id: Some(id(LOG)), changes }));
+    d.input(Input::Visibility { visible: true });
+    let board = d.e.board_server_state(id(BOARD)).unwrap();
+    assert_eq!((board.cursor, board.cards[1].title.as_str()), (6, "at 6"));
+}
